@@ -1,0 +1,214 @@
+"""Turn feature rows into the integer and float tensors the two-tower model reads.
+
+The encoders are fitted once on training data and saved beside the weights (as Parquet and
+JSON, never pickle), so that serving encodes a request exactly as training did. Index 0 of every
+vocabulary means "unknown/padding": an id the model never saw still gets a vector from its
+other inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.features import ITEM_CATEGORICAL, ITEM_NUMERIC, USER_NUMERIC
+
+PRICE_BUCKETS = 16
+LOG_SCALED = {"views_total", "purchases_total", "sessions_total", "spend_total",
+              "mean_price_paid", "max_price_paid", "purchases_30d", "views_7d"}  # fmt: skip
+
+
+def _vocab(values: Iterable[str]) -> dict[str, int]:
+    return {v: i + 1 for i, v in enumerate(sorted({str(v) for v in values}))}
+
+
+@dataclass
+class ItemEncoder:
+    """Item id and attribute vocabularies, price bucket edges and demand feature scaling."""
+
+    item_ids: list[str]
+    attr_vocabs: dict[str, dict[str, int]]
+    price_edges: list[float]
+    numeric_means: dict[str, float] = field(default_factory=dict)
+    numeric_stds: dict[str, float] = field(default_factory=dict)
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+
+    @classmethod
+    def fit(cls, attributes: pd.DataFrame, examples: pd.DataFrame) -> ItemEncoder:
+        """``attributes``: one row per catalogue item (the ``item_attributes`` feature view);
+        ``examples``: training rows with the item demand features, for their scaling."""
+        vocabs = {c: _vocab(attributes[c].fillna("unknown")) for c in ITEM_CATEGORICAL}
+        prices = np.log1p(attributes["price"].fillna(0).clip(lower=0).to_numpy())
+        edges = np.unique(np.quantile(prices, np.linspace(0, 1, PRICE_BUCKETS + 1)[1:-1]))
+        demand = _log_counts(examples, ITEM_NUMERIC)
+        return cls(
+            sorted(attributes["item_id"].astype(str)),
+            vocabs,
+            edges.tolist(),
+            {c: float(demand[c].mean()) for c in ITEM_NUMERIC},
+            {c: float(demand[c].std() or 1.0) for c in ITEM_NUMERIC},
+        )
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids) + 1
+
+    def index(self, item_id: str) -> int:
+        return self._index.get(item_id, 0)
+
+    def indices(self, item_ids: Sequence[str]) -> np.ndarray:
+        get = self._index.get
+        return np.fromiter((get(i, 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def attr_sizes(self) -> dict[str, int]:
+        return {c: len(v) + 1 for c, v in self.attr_vocabs.items()} | {
+            "price_bucket": len(self.price_edges) + 2
+        }
+
+    def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Tensor inputs of the item tower for rows with item_id + attribute columns."""
+        out = {"item_idx": self.indices(frame["item_id"].astype(str).tolist())}
+        for c, vocab in self.attr_vocabs.items():
+            col = frame[c].fillna("unknown").astype(str) if c in frame else ["unknown"] * len(frame)
+            out[c] = np.fromiter((vocab.get(v, 0) for v in col), dtype=np.int64, count=len(frame))
+        prices = np.log1p(frame["price"].fillna(0).clip(lower=0).to_numpy(dtype=float))
+        out["price_bucket"] = np.searchsorted(self.price_edges, prices) + 1
+        demand = _log_counts(frame, ITEM_NUMERIC)
+        out["item_numeric"] = np.stack(
+            [((demand[c] - self.numeric_means[c]) / self.numeric_stds[c]).to_numpy()
+             for c in ITEM_NUMERIC], axis=1,
+        ).astype(np.float32)  # fmt: skip
+        return out
+
+    def attribute_table(self, catalog: pd.DataFrame) -> np.ndarray:
+        """Attribute indices per item index (row 0 = padding) for the model's history pooling.
+
+        ``catalog`` holds one row per ``item_ids`` entry, in that order.
+        """
+        encoded = self.encode(catalog)
+        table = np.zeros((self.n_items, len(self.attr_sizes())), dtype=np.int64)
+        table[1:] = np.stack([encoded[name] for name in self.attr_sizes()], axis=1)
+        return table
+
+    def to_dict(self) -> dict:
+        return {"attr_vocabs": self.attr_vocabs, "price_edges": self.price_edges,
+                "numeric_means": self.numeric_means, "numeric_stds": self.numeric_stds}  # fmt: skip
+
+
+@dataclass
+class UserEncoder:
+    """User id vocabulary, history length and numeric feature scaling."""
+
+    user_ids: list[str]
+    history: int
+    means: dict[str, float]
+    stds: dict[str, float]
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {u: i + 1 for i, u in enumerate(self.user_ids)}
+
+    @classmethod
+    def fit(cls, features: pd.DataFrame, history: int) -> UserEncoder:
+        raw = _user_raw(features, len(features))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> defaults
+            means = {c: float(np.nan_to_num(np.nanmean(raw[c]))) for c in USER_NUMERIC}
+            stds = {
+                c: float(np.nan_to_num(np.nanstd(raw[c]), nan=1.0) or 1.0) for c in USER_NUMERIC
+            }
+        return cls(sorted(features["user_id"].astype(str).unique()), history, means, stds)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids) + 1
+
+    def encode(
+        self, features: pd.DataFrame | Mapping[str, Sequence[Any]], items: ItemEncoder
+    ) -> dict[str, np.ndarray]:
+        """User tower inputs from columns (a DataFrame, or Feast's online ``to_dict()``).
+
+        Works on plain arrays rather than pandas so that one online row encodes in
+        microseconds; a missing feature (a user's first day) encodes as the training mean.
+        """
+        get = self._index.get
+        ids = [str(u) for u in features["user_id"]]
+        raw = _user_raw(features, len(ids))
+        numeric = np.stack(
+            [(np.where(np.isnan(raw[c]), self.means[c], raw[c]) - self.means[c]) / self.stds[c]
+             for c in USER_NUMERIC], axis=1,
+        ).astype(np.float32)  # fmt: skip
+        hist = np.zeros((len(ids), self.history), dtype=np.int64)
+        column = features["purchased_items"] if "purchased_items" in features else [None] * len(ids)
+        for row, bought in enumerate(column):
+            if bought is None or len(bought) == 0:
+                continue
+            idx = items.indices(list(bought[: self.history]))
+            hist[row, : len(idx)] = idx
+        return {
+            "user_idx": np.fromiter((get(u, 0) for u in ids), dtype=np.int64, count=len(ids)),
+            "user_numeric": np.nan_to_num(numeric),
+            "history": hist,
+        }
+
+    def to_dict(self) -> dict:
+        return {"history": self.history, "means": self.means, "stds": self.stds}
+
+
+def _user_raw(
+    features: pd.DataFrame | Mapping[str, Sequence[Any]], n: int
+) -> dict[str, np.ndarray]:
+    """Numeric user features as float arrays (NaN = missing), counts on a log scale."""
+    out = {}
+    for c in USER_NUMERIC:
+        if c not in features:
+            out[c] = np.full(n, np.nan)
+            continue
+        col = features[c]
+        if isinstance(col, pd.Series):
+            values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        else:
+            values = np.array([np.nan if v is None else v for v in col], dtype=float)
+        out[c] = np.log1p(np.clip(values, 0, None)) if c in LOG_SCALED else values
+    return out
+
+
+def _log_counts(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """log1p of count columns; a missing value (never sold yet) counts as zero."""
+    out = pd.DataFrame(index=frame.index)
+    for c in columns:
+        col = pd.to_numeric(frame[c], errors="coerce") if c in frame else 0.0
+        out[c] = np.log1p(pd.Series(col, index=frame.index, dtype=float).fillna(0).clip(lower=0))
+    return out
+
+
+def save_encoders(directory: Path, users: UserEncoder, items: ItemEncoder) -> None:
+    """Vocabularies as Parquet (row order = index - 1), scalers and attribute vocabs as JSON."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"user_id": users.user_ids}).to_parquet(directory / "user_vocab.parquet")
+    pd.DataFrame({"item_id": items.item_ids}).to_parquet(directory / "item_vocab.parquet")
+    (directory / "encoders.json").write_text(
+        json.dumps({"user": users.to_dict(), "item": items.to_dict()}, indent=1)
+    )
+
+
+def load_encoders(directory: Path) -> tuple[UserEncoder, ItemEncoder]:
+    meta = json.loads((directory / "encoders.json").read_text())
+    user_ids = pd.read_parquet(directory / "user_vocab.parquet")["user_id"].tolist()
+    item_ids = pd.read_parquet(directory / "item_vocab.parquet")["item_id"].tolist()
+    users = UserEncoder(user_ids, meta["user"]["history"], meta["user"]["means"],
+                        meta["user"]["stds"])  # fmt: skip
+    m = meta["item"]
+    items = ItemEncoder(item_ids, m["attr_vocabs"], m["price_edges"], m["numeric_means"],
+                        m["numeric_stds"])  # fmt: skip
+    return users, items

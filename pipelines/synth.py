@@ -1,0 +1,409 @@
+"""Synthetic fashion shop data with structure a recommender can learn.
+
+The generator plants the signals that real fashion logs carry, so that a model which learns
+them measurably beats popularity:
+
+* **Taste**: each user has a hidden preference over styles (casual, classic, ...), colours and
+  categories, mostly shops one department, and older users lean classic.
+* **Long tail**: item popularity is log-normal, so a few items take a large share of views.
+* **Outfits**: buying a top often comes with bottoms of the same style (and the reverse), which
+  is what "frequently bought together" should find.
+* **Drift**: a share of the catalogue launches during the period, sessions favour items launched
+  in the last weeks, and user taste moves slowly from one style mix to another.
+
+Users are generated in fixed-size blocks with a per-block random stream, so output is identical
+for a seed and end date, and memory stays bounded: 10M interactions stream to Parquet block by
+block.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipelines.schema import INTERACTIONS, ITEMS, USERS, table_path
+
+log = logging.getLogger(__name__)
+
+STYLES = ("casual", "classic", "sporty", "boho", "street", "minimal")
+DEPARTMENTS = ("womenswear", "menswear")
+COLOURS = (
+    "black", "white", "navy", "blue", "grey", "beige",
+    "red", "green", "pink", "brown", "yellow", "khaki",
+)  # fmt: skip
+# category -> (share of catalogue, {department: product types}, base price)
+CATEGORIES: dict[str, tuple[float, dict[str, tuple[str, ...]], float]] = {
+    "tops": (0.28, {"womenswear": ("t-shirt", "blouse", "shirt", "sweater", "hoodie"),
+                    "menswear": ("t-shirt", "shirt", "polo", "sweater", "hoodie")}, 28.0),
+    "bottoms": (0.20, {"womenswear": ("jeans", "trousers", "skirt", "shorts"),
+                       "menswear": ("jeans", "chinos", "trousers", "shorts")}, 40.0),
+    "dresses": (0.10, {"womenswear": ("midi dress", "maxi dress", "mini dress")}, 55.0),
+    "outerwear": (0.12, {"womenswear": ("jacket", "coat", "blazer"),
+                         "menswear": ("jacket", "coat", "blazer")}, 90.0),
+    "shoes": (0.16, {"womenswear": ("trainers", "boots", "heels", "sandals"),
+                     "menswear": ("trainers", "boots", "loafers")}, 70.0),
+    "accessories": (0.14, {"womenswear": ("bag", "scarf", "belt", "hat"),
+                           "menswear": ("bag", "scarf", "belt", "cap")}, 22.0),
+}  # fmt: skip
+CATEGORY_NAMES = tuple(CATEGORIES)
+STYLE_PRICE = {"casual": 0.8, "classic": 1.4, "sporty": 1.0, "boho": 0.9, "street": 1.1,
+               "minimal": 1.3}  # fmt: skip
+# Colours each style favours (the rest get a small weight).
+STYLE_COLOURS = {
+    "casual": ("blue", "navy", "white", "grey", "green"),
+    "classic": ("black", "navy", "white", "beige", "brown"),
+    "sporty": ("black", "white", "grey", "red", "blue"),
+    "boho": ("brown", "beige", "green", "pink", "khaki"),
+    "street": ("black", "khaki", "grey", "yellow", "white"),
+    "minimal": ("white", "grey", "black", "beige", "navy"),
+}
+STYLE_WORDS = {
+    "casual": ("Relaxed", "easy everyday piece"), "classic": ("Tailored", "timeless cut"),
+    "sporty": ("Active", "made to move"), "boho": ("Flowing", "free-spirited festival look"),
+    "street": ("Oversized", "bold urban attitude"), "minimal": ("Clean", "pared-back essential"),
+}  # fmt: skip
+MATERIALS = ("cotton", "organic cotton", "linen", "wool blend", "recycled polyester", "denim",
+             "viscose", "leather-look")  # fmt: skip
+FITS = ("regular fit", "slim fit", "relaxed fit", "oversized fit")
+# Complementary categories: what an outfit adds to a purchase of the key category.
+OUTFIT_PAIRS = {"tops": "bottoms", "bottoms": "tops", "dresses": "shoes"}
+
+USER_BLOCK = 4_096
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What a generation run wrote."""
+
+    users: int
+    items: int
+    interactions: int
+    purchases: int
+    start: datetime
+    end: datetime
+    out_dir: Path
+
+
+@dataclass(frozen=True)
+class _Catalog:
+    """Items sorted by (group, launch day) so eligible items of a group are a contiguous run."""
+
+    frame: pd.DataFrame  # canonical items table, in sorted order
+    group_key: np.ndarray  # group * stride + launch day offset, ascending
+    cum_weight: np.ndarray  # global cumulative popularity in sorted order
+    group_start: np.ndarray  # first sorted index of each group
+    group_end: np.ndarray  # one past the last sorted index of each group
+    colour_idx: np.ndarray
+    category_idx: np.ndarray
+    price: np.ndarray
+    stride: int
+
+
+def _group(dept: np.ndarray, style: np.ndarray, cat: np.ndarray) -> np.ndarray:
+    return (dept * len(STYLES) + style) * len(CATEGORY_NAMES) + cat
+
+
+def _make_catalog(rng: np.random.Generator, n_items: int, days: int, start: datetime) -> _Catalog:
+    dept = (rng.random(n_items) < 0.4).astype(np.int64)  # 60% womenswear
+    shares = np.array([CATEGORIES[c][0] for c in CATEGORY_NAMES])
+    cat = np.empty(n_items, dtype=np.int64)
+    for d, name in enumerate(DEPARTMENTS):
+        allowed = np.array([name in CATEGORIES[c][1] for c in CATEGORY_NAMES], dtype=float)
+        p = shares * allowed
+        mask = dept == d
+        cat[mask] = rng.choice(len(CATEGORY_NAMES), size=int(mask.sum()), p=p / p.sum())
+    style = rng.integers(0, len(STYLES), n_items)
+    colour = np.empty(n_items, dtype=np.int64)
+    for s, sname in enumerate(STYLES):
+        p = np.full(len(COLOURS), 0.15)
+        for c in STYLE_COLOURS[sname]:
+            p[COLOURS.index(c)] = 1.0
+        mask = style == s
+        colour[mask] = rng.choice(len(COLOURS), size=int(mask.sum()), p=p / p.sum())
+    base = np.array([CATEGORIES[CATEGORY_NAMES[c]][2] for c in cat])
+    mult = np.array([STYLE_PRICE[STYLES[s]] for s in style])
+    price = np.round(base * mult * rng.lognormal(0.0, 0.3, n_items), 0) - 0.01
+    popularity = rng.lognormal(0.0, 1.3, n_items)
+    # 70% of the catalogue exists before the window; the rest launches during it (drift).
+    launched_during = rng.random(n_items) < 0.3
+    launch_day = np.where(launched_during, rng.integers(0, days, n_items), -1)
+
+    product_type = []
+    titles, descriptions = [], []
+    for i in range(n_items):
+        dname, cname, sname = DEPARTMENTS[dept[i]], CATEGORY_NAMES[cat[i]], STYLES[style[i]]
+        types = CATEGORIES[cname][1][dname]
+        ptype = types[rng.integers(0, len(types))]
+        product_type.append(ptype)
+        adjective, phrase = STYLE_WORDS[sname]
+        colour_name = COLOURS[colour[i]]
+        titles.append(f"{colour_name.title()} {adjective} {ptype.title()}")
+        material = MATERIALS[rng.integers(0, len(MATERIALS))]
+        fit = FITS[rng.integers(0, len(FITS))]
+        descriptions.append(
+            f"{adjective} {ptype} in {colour_name} {material}, {fit}. A {sname} {phrase} "
+            f"from our {dname} {cname} range."
+        )
+    n_groups = len(DEPARTMENTS) * len(STYLES) * len(CATEGORY_NAMES)
+    stride = days + 2
+    group = _group(dept, style, cat)
+    # Every non-empty group has an item on sale from the start, so no session has to pick an
+    # item before its launch.
+    launch_day[np.unique(group, return_index=True)[1]] = -1
+    key = group * stride + (launch_day + 1)
+    order = np.argsort(key, kind="stable")
+    launch_ts = [
+        start + timedelta(days=int(d)) if d >= 0 else start - timedelta(days=30) for d in launch_day
+    ]
+    frame = (
+        pd.DataFrame(
+            {
+                "item_id": [f"i{i:06d}" for i in range(n_items)],
+                "title": titles,
+                "description": descriptions,
+                "category": [CATEGORY_NAMES[c] for c in cat],
+                "product_type": product_type,
+                "colour": [COLOURS[c] for c in colour],
+                "department": [DEPARTMENTS[d] for d in dept],
+                "style": [STYLES[s] for s in style],
+                "price": price,
+                "in_stock": rng.random(n_items) < 0.95,
+                "launch_date": pd.to_datetime(launch_ts, utc=True),
+            }
+        )
+        .iloc[order]
+        .reset_index(drop=True)
+    )
+    sorted_group = group[order]
+    return _Catalog(
+        frame=frame,
+        group_key=key[order],
+        cum_weight=np.cumsum(popularity[order]),
+        group_start=np.searchsorted(sorted_group, np.arange(n_groups), "left"),
+        group_end=np.searchsorted(sorted_group, np.arange(n_groups), "right"),
+        colour_idx=colour[order],
+        category_idx=cat[order],
+        price=price[order],
+        stride=stride,
+    )
+
+
+def _sample_items(
+    rng: np.random.Generator,
+    cat: _Catalog,
+    group: np.ndarray,
+    day: np.ndarray,
+    trending: np.ndarray,
+) -> np.ndarray:
+    """Popularity-weighted draw among items of ``group`` launched by ``day``.
+
+    With ``trending`` set, the draw is restricted to items launched in the last 21 days when the
+    group has any, which is how new collections take over (drift).
+    """
+    lo = cat.group_start[group]
+    hi = np.searchsorted(cat.group_key, group * cat.stride + day + 1, "right")
+    if (hi <= lo).any():
+        raise AssertionError("a sampled group has no launched item")  # see _make_catalog
+    recent_lo = np.searchsorted(cat.group_key, group * cat.stride + np.maximum(day - 20, 0) + 1)
+    lo = np.where(trending & (recent_lo < hi) & (recent_lo > lo), recent_lo, lo)
+    base = np.where(lo > 0, cat.cum_weight[np.maximum(lo - 1, 0)], 0.0)
+    top = cat.cum_weight[hi - 1]
+    u = base + rng.random(len(group)) * (top - base)
+    idx = np.searchsorted(cat.cum_weight, u, "right")
+    return np.clip(idx, lo, hi - 1)
+
+
+def _category_table(cat: _Catalog) -> np.ndarray:
+    """Catalogue share of each category per (department, style), zero where a group is empty."""
+    shares = np.array([CATEGORIES[c][0] for c in CATEGORY_NAMES])
+    sizes = (cat.group_end - cat.group_start).reshape(len(DEPARTMENTS), len(STYLES), -1)
+    return (sizes > 0) * shares + 1e-12
+
+
+def _user_block(
+    rng: np.random.Generator, first_user: int, n: int, cat: _Catalog, cat_share: np.ndarray,
+    days: int, start: datetime,
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Users ``first_user .. first_user+n`` and all of their sessions."""
+    n_styles, n_colours = len(STYLES), len(COLOURS)
+    age = np.clip(rng.normal(34, 11, n), 16, 80).astype(np.int32)
+    female = rng.random(n) < 0.62
+    home_dept = np.where(female, 0, 1)
+    taste_a = rng.dirichlet(np.full(n_styles, 0.15), n)
+    taste_b = rng.dirichlet(np.full(n_styles, 0.15), n)
+    classic = STYLES.index("classic")
+    old = np.clip((age - 30) / 40, 0, 1)
+    taste_a[:, classic] += 0.6 * old
+    taste_a /= taste_a.sum(axis=1, keepdims=True)
+    taste_b = 0.8 * taste_a + 0.2 * taste_b  # slow drift towards a second mix
+    colour_taste = rng.dirichlet(np.full(n_colours, 0.2), n)
+    category_taste = rng.dirichlet(np.full(len(CATEGORY_NAMES), 0.6), n)
+    activity = rng.lognormal(np.log(max(days / 12, 1.0)), 0.9, n)
+
+    n_sessions = rng.poisson(activity)
+    s_user = np.repeat(np.arange(n), n_sessions)
+    m = len(s_user)
+    s_time = rng.random(m) * (days - 0.05)  # in days since start; sessions end before `end`
+    s_day = s_time.astype(np.int64)
+    frac = (s_time / days)[:, None]
+    taste = (1 - frac) * taste_a[s_user] + frac * taste_b[s_user]
+    s_style = (rng.random((m, 1)) > np.cumsum(taste, axis=1)).sum(axis=1)
+    s_style = np.minimum(s_style, n_styles - 1)
+    s_dept = np.where(rng.random(m) < 0.92, home_dept[s_user], 1 - home_dept[s_user])
+    # Category: what the department/style offers, weighted by the user's category taste.
+    p_cat = cat_share[s_dept, s_style] * category_taste[s_user]
+    cdf = np.cumsum(p_cat, axis=1) / p_cat.sum(axis=1, keepdims=True)
+    s_cat = np.minimum((rng.random((m, 1)) > cdf).sum(axis=1), len(CATEGORY_NAMES) - 1)
+    s_group = _group(s_dept, s_style, s_cat)
+    s_trending = rng.random(m) < 0.2
+    n_views = 1 + rng.geometric(0.3, m)
+
+    # Views: 4 popularity-weighted candidates each, the user picks by colour taste.
+    v_sess = np.repeat(np.arange(m), n_views)
+    v_seq = np.arange(len(v_sess)) - np.repeat(np.cumsum(n_views) - n_views, n_views)
+    n_cand = 8
+    cands = _sample_items(
+        rng,
+        cat,
+        np.repeat(s_group[v_sess], n_cand),
+        np.repeat(s_day[v_sess], n_cand),
+        np.repeat(s_trending[v_sess], n_cand),
+    ).reshape(-1, n_cand)
+    pref = colour_taste[s_user[v_sess][:, None], cat.colour_idx[cands]]
+    choice = np.argmax(np.log(pref + 1e-9) + rng.gumbel(size=pref.shape), axis=1)
+    v_item = cands[np.arange(len(cands)), choice]
+
+    # Purchase: a share of sessions buys one viewed item, preferring the favourite colour.
+    buys = rng.random(m) < 0.45
+    last_view = np.cumsum(n_views) - 1
+    pick = np.cumsum(n_views) - n_views + rng.integers(0, 1 << 30, m) % n_views
+    b_sess = np.nonzero(buys)[0]
+    b_item = v_item[pick[b_sess]]
+    b_seq = v_seq[last_view[b_sess]] + 1
+    # Outfit completion: a complementary item of the same style and department.
+    b_cat = cat.category_idx[b_item]
+    pair = np.array(
+        [CATEGORY_NAMES.index(OUTFIT_PAIRS.get(c, c)) for c in CATEGORY_NAMES], dtype=np.int64
+    )
+    has_pair = np.isin(b_cat, [CATEGORY_NAMES.index(k) for k in OUTFIT_PAIRS])
+    o_mask = has_pair & (rng.random(len(b_sess)) < 0.5)
+    o_sess = b_sess[o_mask]
+    o_group = _group(s_dept[o_sess], s_style[o_sess], pair[b_cat[o_mask]])
+    o_nonempty = cat.group_end[o_group] > cat.group_start[o_group]
+    o_sess, o_group = o_sess[o_nonempty], o_group[o_nonempty]
+    o_item = _sample_items(rng, cat, o_group, s_day[o_sess], s_trending[o_sess])
+    o_seq = b_seq[o_mask][o_nonempty] + 2
+
+    # Event rows: views, cart+purchase of the chosen item, view+cart+purchase of the pair item.
+    ev_sess = np.concatenate([v_sess, b_sess, b_sess, o_sess, o_sess, o_sess])
+    ev_item = np.concatenate([v_item, b_item, b_item, o_item, o_item, o_item])
+    ev_seq = np.concatenate([v_seq, b_seq, b_seq + 1, o_seq, o_seq + 1, o_seq + 2])
+    ev_type = np.concatenate(
+        [
+            np.zeros(len(v_sess), np.int8),
+            np.ones(len(b_sess), np.int8),
+            np.full(len(b_sess), 2, np.int8),
+            np.zeros(len(o_sess), np.int8),
+            np.ones(len(o_sess), np.int8),
+            np.full(len(o_sess), 2, np.int8),
+        ]
+    )
+    # Steps are 90 s apart plus jitter below one step, so events keep their order in a session.
+    jitter = rng.uniform(0, 60, len(ev_sess))
+    seconds = s_time[ev_sess] * SECONDS_PER_DAY + ev_seq * 90.0 + jitter
+    seconds = np.minimum(seconds, days * SECONDS_PER_DAY - 1)
+    order = np.lexsort((seconds, ev_sess))
+    ev_sess, ev_item, ev_type, seconds = (
+        ev_sess[order],
+        ev_item[order],
+        ev_type[order],
+        seconds[order],
+    )
+    event_names = np.array(["view", "add_to_cart", "purchase"], dtype=object)
+    users_global = first_user + s_user[ev_sess]
+    ts = pd.Timestamp(start) + pd.to_timedelta(np.round(seconds * 1e6).astype(np.int64), "us")
+    interactions = pd.DataFrame(
+        {
+            "user_id": pd.Series([f"u{u:07d}" for u in users_global], dtype=object),
+            "item_id": cat.frame["item_id"].to_numpy()[ev_item],
+            "timestamp": ts,
+            "event_type": event_names[ev_type],
+            "value": np.ones(len(ev_sess)),
+            "price": cat.price[ev_item],
+            "session_id": [f"s{first_user + s_user[s]:07d}-{s:05d}" for s in ev_sess],
+        }
+    )
+    signup = pd.Timestamp(start) - pd.to_timedelta(rng.integers(1, 720, n), "D")
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{first_user + i:07d}" for i in range(n)],
+            "age": age,
+            "gender": np.where(female, "female", "male"),
+            "signup_date": signup,
+        }
+    )
+    return interactions, users
+
+
+def generate(
+    out_dir: Path,
+    users: int,
+    items: int,
+    days: int,
+    seed: int,
+    end_date: date | None = None,
+    progress: bool = True,
+) -> SynthSummary:
+    """Write ``interactions``, ``items`` and ``users`` Parquet tables to ``out_dir``.
+
+    ``end_date`` is the day after the last event (midnight UTC); it defaults to today so that
+    a demo's data is "recent". The same seed and end date give identical files.
+    """
+    if users < 1 or items < 20 or days < 2:
+        raise ValueError("synth needs users >= 1, items >= 20 and days >= 2")
+    end_day = end_date or datetime.now(UTC).date()
+    end = datetime(end_day.year, end_day.month, end_day.day, tzinfo=UTC)
+    start = end - timedelta(days=days)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    catalog = _make_catalog(np.random.default_rng([seed, 0]), items, days, start)
+    cat_share = _category_table(catalog)
+    pq.write_table(
+        pa.Table.from_pandas(catalog.frame, schema=ITEMS, preserve_index=False),
+        table_path(out_dir, "items"),
+    )
+
+    n_rows = n_purchases = 0
+    inter_tmp = table_path(out_dir, "interactions").with_suffix(".parquet.tmp")
+    users_tmp = table_path(out_dir, "users").with_suffix(".parquet.tmp")
+    blocks = range(0, users, USER_BLOCK)
+    with (
+        pq.ParquetWriter(inter_tmp, INTERACTIONS) as inter_writer,
+        pq.ParquetWriter(users_tmp, USERS) as user_writer,
+    ):
+        for b, first in enumerate(
+            tqdm(blocks, desc="synth users", unit="block", disable=not progress)
+        ):
+            rng = np.random.default_rng([seed, 1, b])
+            n = min(USER_BLOCK, users - first)
+            inter, user_frame = _user_block(rng, first, n, catalog, cat_share, days, start)
+            inter_writer.write_table(
+                pa.Table.from_pandas(inter, schema=INTERACTIONS, preserve_index=False)
+            )
+            user_writer.write_table(
+                pa.Table.from_pandas(user_frame, schema=USERS, preserve_index=False)
+            )
+            n_rows += len(inter)
+            n_purchases += int((inter["event_type"] == "purchase").sum())
+    inter_tmp.replace(table_path(out_dir, "interactions"))
+    users_tmp.replace(table_path(out_dir, "users"))
+    log.info("wrote %d interactions for %d users and %d items", n_rows, users, items)
+    return SynthSummary(users, items, n_rows, n_purchases, start, end, out_dir)

@@ -1,0 +1,347 @@
+"""Train the two-tower model with Ray Train on a point-in-time-correct Feast training set.
+
+Flow: purchases are split by time (the last ``test_days`` are held out); each training purchase
+becomes an example (user, item, timestamp) whose features come from Feast's
+``get_historical_features``; the examples are encoded to arrays on disk; ``train_func`` runs on
+each Ray Train worker (1 here, N on a cluster) over its shard; rank 0's weights come back as a
+checkpoint. The run is then evaluated on the held-out window against popularity and saved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import torch
+
+from models.artifacts import WEIGHTS, save_run, set_current, to_tensors
+from models.encoding import ItemEncoder, UserEncoder
+from models.metrics import evaluate_rankings
+from models.popularity import recommend_popular, top_items
+from models.two_tower import ITEM_INPUTS, TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from pipelines.features import ITEM_ATTRIBUTES, ITEM_NUMERIC, USER_NUMERIC
+from pipelines.schema import table_path
+from recsys.config import Settings
+from recsys.feast_store import open_store
+from recsys.ray_runtime import ensure_ray, local_cpus
+
+log = logging.getLogger(__name__)
+ARRAYS = "train_arrays.npz"
+USER_FEATURE_REFS = [f"user_features:{c}" for c in (*USER_NUMERIC, "purchased_items")]
+ITEM_FEATURE_REFS = [f"item_features:{c}" for c in ITEM_NUMERIC]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- per-worker loop
+def train_func(config: dict[str, Any]) -> None:
+    """One Ray Train worker: read its shard of the encoded examples and fit the model.
+
+    The same function runs under 1 or N workers (DDP through ``prepare_model``); only rank 0
+    writes weights, into the checkpoint it reports with the last epoch's metrics.
+    """
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config["threads"])))
+    torch.manual_seed(config["seed"])
+    with np.load(config["arrays"], allow_pickle=False) as data:
+        shared = {"log_q", "item_table"}
+        arrays = {k: data[k] if k in shared else data[k][rank::world] for k in data.files}
+    log_q = torch.as_tensor(arrays.pop("log_q"), dtype=torch.float32)
+    model = TwoTower(TwoTowerConfig(**config["model"]))
+    model.set_item_table(torch.as_tensor(arrays.pop("item_table")))
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
+    )
+    n = len(arrays["item_idx"])
+    batch = int(config["batch_size"])
+    tensors = to_tensors(arrays)
+    rng = np.random.default_rng(config["seed"] + rank)
+    for epoch in range(config["epochs"]):
+        model.train()
+        order = torch.as_tensor(rng.permutation(n))
+        total, steps = 0.0, 0
+        for start in range(0, n - 1, batch):
+            idx = order[start : start + batch]
+            if len(idx) < 2:
+                continue
+            b = {k: v[idx] for k, v in tensors.items()}
+            users, items = model(b)
+            loss = in_batch_softmax_loss(
+                users, items, b["item_idx"], log_q[b["item_idx"]], config["temperature"]
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss)
+            steps += 1
+        metrics = {"epoch": epoch + 1, "loss": total / max(steps, 1)}
+        if epoch + 1 < config["epochs"]:
+            ray.train.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                from safetensors.torch import save_file
+
+                module = model.module if hasattr(model, "module") else model
+                state = {k: v.contiguous() for k, v in module.state_dict().items()}
+                save_file(state, Path(tmp) / WEIGHTS)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+# --------------------------------------------------------------------------- driver side
+def load_events(settings: Settings, event_types: tuple[str, ...]) -> pd.DataFrame:
+    """(user_id, item_id, timestamp, event_type) of the validated interactions, oldest first."""
+    path = table_path(settings.validated_dir, "interactions")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `recsys validate` first.")
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(
+            f"""SELECT user_id, item_id, "timestamp", event_type FROM read_parquet('{path}')
+                WHERE list_contains(?, event_type) ORDER BY "timestamp" """,
+            [list(event_types)],
+        ).df()
+
+
+def split_by_time(purchases: pd.DataFrame, test_days: int) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """(cutoff, end): the held-out window is [cutoff, end), whole days before the data's end."""
+    end = purchases["timestamp"].max().floor("D") + pd.Timedelta(days=1)
+    return end - pd.Timedelta(days=test_days), end
+
+
+def _historical(store, entity_df: pd.DataFrame, features) -> pd.DataFrame:
+    frame = store.get_historical_features(entity_df=entity_df, features=features).to_df()
+    return frame.reset_index(drop=True)
+
+
+def load_item_attributes(settings: Settings) -> pd.DataFrame:
+    path = settings.features_dir / f"{ITEM_ATTRIBUTES}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `recsys features` first.")
+    return pd.read_parquet(path)
+
+
+def item_frame(attributes: pd.DataFrame, item_ids: list[str]) -> pd.DataFrame:
+    """Catalogue rows in the given order (vocabulary order: row i = item index i + 1)."""
+    frame = attributes.drop_duplicates("item_id", keep="last").set_index("item_id")
+    return frame.reindex(item_ids).rename_axis("item_id").reset_index()
+
+
+def catalog_frame(
+    store, attributes: pd.DataFrame, item_ids: list[str], as_of: pd.Timestamp
+) -> pd.DataFrame:
+    """Catalogue rows in ``item_ids`` order with their demand features as of ``as_of``."""
+    frame = item_frame(attributes, item_ids)
+    entity_df = pd.DataFrame({"item_id": item_ids, "event_timestamp": as_of})
+    demand = _historical(store, entity_df, ITEM_FEATURE_REFS)[["item_id", *ITEM_NUMERIC]]
+    return frame.merge(demand.drop_duplicates("item_id"), on="item_id", how="left")
+
+
+@torch.no_grad()
+def item_vectors(model: TwoTower, items: ItemEncoder, catalog: pd.DataFrame) -> np.ndarray:
+    """L2-normalised vectors of ``catalog`` rows (see :func:`catalog_frame`)."""
+    encoded = to_tensors(items.encode(catalog))
+    return model.item_vectors({k: encoded[k] for k in ITEM_INPUTS}).numpy()
+
+
+@torch.no_grad()
+def user_vectors(
+    model: TwoTower, users: UserEncoder, items: ItemEncoder, features: pd.DataFrame
+) -> np.ndarray:
+    return model.user_vectors(to_tensors(users.encode(features, items))).numpy()
+
+
+def _top_k(
+    scores: np.ndarray, item_ids: list[str], seen: list[set[str]], k: int
+) -> list[list[str]]:
+    out = []
+    for row, bought in zip(scores, seen, strict=True):
+        take = k + len(bought)
+        idx = np.argpartition(-row, min(take, len(row) - 1))[:take]
+        idx = idx[np.argsort(-row[idx])]
+        out.append([item_ids[i] for i in idx if item_ids[i] not in bought][:k])
+    return out
+
+
+def train(settings: Settings, progress=print) -> TrainResult:
+    """Build the Feast training set, fit through Ray Train, evaluate, save a run."""
+    cfg = settings.train
+    started = time.perf_counter()
+    events = load_events(settings, tuple({"purchase", *cfg.train_events}))
+    purchases = events[events["event_type"] == "purchase"].drop(columns="event_type")
+    if purchases.empty:
+        raise ValueError("no purchase events in the validated interactions: nothing to learn.")
+    cutoff, end = split_by_time(purchases, cfg.test_days)
+    train_rows = purchases[purchases["timestamp"] < cutoff]
+    test_rows = purchases[purchases["timestamp"] >= cutoff]
+    if len(train_rows) < 10 or test_rows.empty:
+        raise ValueError(
+            f"not enough purchases to train and evaluate: {len(train_rows)} before {cutoff}, "
+            f"{len(test_rows)} after. Generate more data or lower RECSYS_TRAIN__TEST_DAYS."
+        )
+    positives = events[events["event_type"].isin(cfg.train_events) & (events["timestamp"] < cutoff)]
+
+    store = open_store(settings)
+    entity_df = positives[["user_id", "item_id", "timestamp"]].rename(
+        columns={"timestamp": "event_timestamp"}
+    )
+    examples = _historical(store, entity_df, store.get_feature_service("two_tower_training"))
+    kinds = ", ".join(f"{n:,} {t}s" for t, n in positives["event_type"].value_counts().items())
+    progress(f"  training set: {kinds} with point-in-time features from Feast "
+             f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
+
+    attributes = load_item_attributes(settings)
+    items = ItemEncoder.fit(attributes, examples)
+    users = UserEncoder.fit(examples, history=settings.features.recent_items)
+    arrays = users.encode(examples, items) | items.encode(examples)
+    counts = np.bincount(arrays["item_idx"], minlength=items.n_items).astype(np.float64)
+    log_q = np.log((counts + 1.0) / (counts + 1.0).sum()).astype(np.float32)
+
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    run_dir = settings.artifacts_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    item_table = items.attribute_table(item_frame(attributes, items.item_ids))
+    np.savez(run_dir / ARRAYS, log_q=log_q, item_table=item_table, **arrays)
+    model_cfg = TwoTowerConfig(
+        n_users=users.n_users,
+        n_items=items.n_items,
+        attr_sizes=items.attr_sizes(),
+        n_user_numeric=len(USER_NUMERIC),
+        n_item_numeric=len(ITEM_NUMERIC),
+        dim=cfg.dim,
+        temperature=cfg.temperature,
+        id_dropout=cfg.id_dropout,
+    )
+    state, fit_metrics, fit_seconds = _fit_with_ray(settings, run_dir, model_cfg)
+    model = TwoTower(model_cfg)
+    model.load_state_dict(state)
+    model.eval()
+    progress(f"  Ray Train: {cfg.epochs} epochs, {cfg.num_workers} worker(s), "
+             f"loss {fit_metrics.get('loss', float('nan')):.3f} ({fit_seconds:.1f}s)")  # fmt: skip
+
+    metrics = evaluate(store, model, users, items, attributes, train_rows, test_rows, cutoff)
+    metrics["fit"] = fit_metrics | {"seconds": round(fit_seconds, 2)}
+    popular = top_items(purchases, since=end - pd.Timedelta(days=14))
+    popular.to_parquet(run_dir / "popular.parquet")
+    manifest = {
+        "run_id": run_id,
+        "created_at": datetime.now(UTC).isoformat(),
+        "train_config": cfg.model_dump(),
+        "data": {
+            "home": str(settings.home),
+            "purchases": len(purchases),
+            "train_examples": len(examples),
+            "test_purchases": len(test_rows),
+            "start": str(purchases["timestamp"].min()),
+            "cutoff": str(cutoff),
+            "end": str(end),
+        },
+        "metrics": metrics,
+    }
+    save_run(run_dir, model, users, items, manifest)
+    (run_dir / ARRAYS).unlink(missing_ok=True)  # derived from Feast; not needed to serve
+    set_current(settings.artifacts_dir, run_dir)
+    log.info("saved run %s: %s", run_dir, json.dumps(metrics))
+    return TrainResult(run_dir, metrics)
+
+
+def _fit_with_ray(
+    settings: Settings, run_dir: Path, model_cfg: TwoTowerConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], float]:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from safetensors.torch import load_file
+
+    cfg = settings.train
+    ensure_ray(settings)
+    threads = cfg.cpus_per_worker or max(1, local_cpus(settings) // cfg.num_workers)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={
+            "arrays": str(run_dir / ARRAYS),
+            "model": model_cfg.to_dict(),
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "temperature": cfg.temperature,
+            "threads": threads,
+            "seed": cfg.seed,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": threads}
+        ),
+        run_config=RunConfig(
+            name=f"two_tower_{run_dir.name}", storage_path=str(settings.home / "ray_results")
+        ),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - started
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train returned no checkpoint: {result.error!r}")
+    with result.checkpoint.as_directory() as ckpt:
+        state = load_file(Path(ckpt) / WEIGHTS)
+    return state, dict(result.metrics or {}), seconds
+
+
+def evaluate(
+    store,
+    model: TwoTower,
+    users: UserEncoder,
+    items: ItemEncoder,
+    attributes: pd.DataFrame,
+    train_rows: pd.DataFrame,
+    test_rows: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    k: int = 10,
+) -> dict[str, Any]:
+    """Recall/NDCG@k on the held-out window for the model and two popularity baselines.
+
+    Every model ranks the same users, sees features as of the cutoff (Feast, point in time),
+    and has the items each user bought before the cutoff removed from its list and the truth.
+    """
+    seen = train_rows.groupby("user_id")["item_id"].agg(set).to_dict()
+    truth_all = test_rows.groupby("user_id")["item_id"].agg(set).to_dict()
+    truth = {u: rel - seen.get(u, set()) for u, rel in truth_all.items()}
+    truth = {u: rel for u, rel in truth.items() if rel}
+    test_users = sorted(truth)
+    entity_df = pd.DataFrame({"user_id": test_users, "event_timestamp": cutoff})
+    feats = _historical(store, entity_df, USER_FEATURE_REFS)
+    feats = feats.set_index("user_id").reindex(test_users).reset_index()
+    catalog = catalog_frame(store, attributes, items.item_ids, cutoff)
+    scores = user_vectors(model, users, items, feats) @ item_vectors(model, items, catalog).T
+    seen_lists = [seen.get(u, set()) for u in test_users]
+    ranked = _top_k(scores, items.item_ids, seen_lists, k)
+    two_tower = evaluate_rankings(dict(zip(test_users, ranked, strict=True)), truth, k)
+    pop_all = top_items(train_rows)["item_id"].tolist()
+    pop_recent = top_items(train_rows, since=cutoff - pd.Timedelta(days=14))["item_id"].tolist()
+    return {
+        "k": k,
+        "cutoff": str(cutoff),
+        "two_tower": two_tower,
+        "popularity": evaluate_rankings(recommend_popular(pop_all, seen, test_users, k), truth, k),
+        "popularity_recent": evaluate_rankings(
+            recommend_popular(pop_recent, seen, test_users, k), truth, k
+        ),
+    }

@@ -1,0 +1,679 @@
+"""Validation stage: raw Parquet tables -> validated tables + quarantine + a Data Docs report.
+
+Everything after ingestion (features, training, serving) assumes clean keys and sane values, so
+this stage is the one gate where bad data is caught. It works at two levels:
+
+* **Table level**: a missing file, a missing required column or a column whose type cannot be cast
+  to the canonical schema makes the whole table unusable. These raise :class:`DataValidationError`
+  at once, before any slow work, with a message that says what to fix.
+* **Row level**: bad rows (nulls in keys, unknown event types, negative prices, future timestamps,
+  dangling references, duplicates, impossible ages) are moved to a quarantine table with a
+  ``reason`` column instead of failing the run, so a handful of broken rows does not stop the
+  pipeline. Only when more than ``max_bad_fraction`` of a table is bad does the stage fail, since
+  at that point the export itself is probably broken.
+
+The same rules are expressed as Great Expectations suites and run on the raw (cast but unfiltered)
+tables, so the HTML Data Docs show what was wrong with the input, not the already-cleaned output.
+The row checks themselves are plain pandas: quarantine needs a per-row reason, which GX does not
+give cheaply, and the pandas code is the single source of truth for what lands downstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.schema import AGE_BOUNDS, EVENT_TYPES, REQUIRED_COLUMNS, TABLES, table_path
+
+# GX phones home and draws progress bars unless told otherwise; the variable must be set before
+# great_expectations is imported. GX itself is imported lazily (see ``_import_gx``) because the
+# import alone takes seconds and most CLI commands never validate.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+log = logging.getLogger(__name__)
+
+# Items and users are cleaned first so that the referential checks on interactions use the keys
+# that actually reach the validated folder.
+TABLE_ORDER: tuple[str, ...] = ("items", "users", "interactions")
+OPTIONAL_TABLES: frozenset[str] = frozenset({"users"})
+EVENT_KEY: tuple[str, ...] = ("user_id", "item_id", "timestamp", "event_type")
+REASON_COLUMN = "reason"
+
+# Which column each row-level reason is about, for error messages and the summary.
+REASON_COLUMNS: dict[str, str] = {
+    "invalid_event_type": "event_type",
+    "negative_price": "price",
+    "future_timestamp": "timestamp",
+    "unknown_item_id": "item_id",
+    "unknown_user_id": "user_id",
+    "duplicate_event": ",".join(EVENT_KEY),
+    "duplicate_item_id": "item_id",
+    "duplicate_user_id": "user_id",
+    "age_out_of_range": "age",
+}
+NULL_REASON_PREFIX = "null_"
+
+GX_DATASOURCE = "recsys_raw"
+GX_BATCH_DEFINITION = "whole_table"
+GX_SITE = "recsys_data_docs"
+
+
+class DataValidationError(RuntimeError):
+    """A table cannot be used as is; the message names table, column, count and the fix.
+
+    The structured attributes let callers (the CLI, tests) react without parsing the message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        table: str | None = None,
+        column: str | None = None,
+        count: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.table = table
+        self.column = column
+        self.count = count
+
+
+@dataclass
+class TableResult:
+    """Row accounting and GX outcome for one table; ``rows_in == rows_valid + rows_quarantined``."""
+
+    table: str
+    rows_in: int
+    rows_valid: int
+    rows_quarantined: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    expectations_passed: int = 0
+    expectations_failed: int = 0
+
+
+@dataclass
+class ValidationResult:
+    """What the stage produced: per-table results, the Data Docs index and the quarantine folder."""
+
+    tables: dict[str, TableResult]
+    report_path: Path
+    quarantine_dir: Path
+
+
+@dataclass
+class _Checked:
+    """A table after casting and row checks, before anything is written."""
+
+    name: str
+    source: Path
+    table: pa.Table  # cast to the canonical types, all rows, extra columns kept
+    frame: pd.DataFrame  # the canonical columns of ``table`` as pandas, for checks and GX
+    reasons: pd.Series  # one reason per row, None where the row is valid
+
+    @property
+    def valid_mask(self) -> np.ndarray:
+        return self.reasons.isna().to_numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Table level: read, required columns, casting
+# --------------------------------------------------------------------------------------------
+
+
+def _file_label(name: str) -> str:
+    return f"{name}.parquet"
+
+
+def _read_raw(raw_dir: Path, name: str) -> pa.Table | None:
+    """Read a raw table; None for an absent optional table, an error for an absent required one."""
+    path = table_path(raw_dir, name)
+    if not path.is_file():
+        if name in OPTIONAL_TABLES:
+            log.info("%s absent from %s: skipping it and its referential check", path.name, raw_dir)
+            return None
+        raise DataValidationError(
+            f"{_file_label(name)}: required table is missing (expected file: {path}). "
+            "Run ingestion first or point raw_dir at the folder holding the export.",
+            table=name,
+        )
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataValidationError(
+            f"{_file_label(name)}: cannot be read as Parquet (file: {path}): {exc}. "
+            "Re-export the table.",
+            table=name,
+        ) from exc
+
+
+def _cast_timestamp(array: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    """Cast to UTC microseconds, treating naive values as UTC.
+
+    Nanoseconds are truncated (the platform stores microseconds). Numbers are refused: epoch
+    seconds and milliseconds look the same, and guessing wrong silently moves events by decades.
+    """
+    source = array.type
+    if pa.types.is_timestamp(source) or pa.types.is_date(source):
+        return pc.cast(array, target, safe=False)
+    if pa.types.is_string(source) or pa.types.is_large_string(source):
+        try:
+            return pc.cast(array, target)
+        except pa.ArrowInvalid:
+            # Strings without a zone offset: parse as naive, then read them as UTC.
+            naive = pc.cast(array, pa.timestamp(target.unit))
+            return pc.cast(naive, target)
+    raise pa.ArrowInvalid(
+        f"{source} values are ambiguous as timestamps (seconds? milliseconds?); "
+        "export them as timestamps or ISO-8601 strings"
+    )
+
+
+def _cast_column(array: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    if array.type == target:
+        return array
+    if pa.types.is_dictionary(array.type):
+        array = pc.cast(array, array.type.value_type)
+    if pa.types.is_timestamp(target):
+        return _cast_timestamp(array, target)
+    return pc.cast(array, target)
+
+
+def _conform(name: str, raw: pa.Table, source: Path) -> pa.Table:
+    """Check required columns and cast to the canonical schema; extra columns pass through.
+
+    Optional canonical columns that the export lacks are added as nulls, so every downstream
+    reader can rely on the full schema. All fields are nullable here: rows with nulls in key
+    columns still have to reach the quarantine.
+    """
+    schema = TABLES[name]
+    for column in REQUIRED_COLUMNS[name]:
+        if column not in raw.column_names:
+            raise DataValidationError(
+                f"{_file_label(name)}: required column '{column}' is missing (file: {source}). "
+                "Fix the export or map the column.",
+                table=name,
+                column=column,
+            )
+
+    arrays: list[pa.ChunkedArray] = []
+    fields: list[pa.Field] = []
+    for target in schema:
+        if target.name in raw.column_names:
+            column = raw.column(target.name)
+            try:
+                arrays.append(_cast_column(column, target.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise DataValidationError(
+                    f"{_file_label(name)}: column '{target.name}' has type {column.type} which "
+                    f"cannot be cast to {target.type} (file: {source}): {exc}. "
+                    "Fix the export or map the column.",
+                    table=name,
+                    column=target.name,
+                ) from exc
+        else:
+            log.info("%s: optional column '%s' absent, filled with nulls", name, target.name)
+            arrays.append(pa.chunked_array([pa.nulls(raw.num_rows, target.type)]))
+        fields.append(target.with_nullable(True))
+
+    canonical = set(schema.names)
+    for column_name in raw.column_names:
+        if column_name not in canonical:
+            arrays.append(raw.column(column_name))
+            fields.append(raw.schema.field(column_name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+# --------------------------------------------------------------------------------------------
+# Row level: one reason per row, the first rule that applies
+# --------------------------------------------------------------------------------------------
+
+
+def _flag(reasons: pd.Series, mask: pd.Series | np.ndarray, reason: str) -> None:
+    """Give ``reason`` to rows in ``mask`` that have no reason yet (first rule wins)."""
+    hit = np.asarray(mask, dtype=bool) & reasons.isna().to_numpy()
+    if hit.any():
+        reasons[hit] = reason
+
+
+def _flag_duplicates(reasons: pd.Series, frame: pd.DataFrame, keys: list[str], reason: str) -> None:
+    """Quarantine repeats of a key among rows still valid, keeping the first.
+
+    Duplicates are looked for only among rows that passed every other rule, so that when the
+    first copy is bad (e.g. a negative price) a later good copy is kept rather than both lost.
+    """
+    alive = reasons.isna().to_numpy()
+    if not alive.any():
+        return
+    dup = frame.loc[alive, keys].duplicated(keep="first")
+    hit = np.zeros(len(frame), dtype=bool)
+    hit[np.flatnonzero(alive)[dup.to_numpy()]] = True
+    _flag(reasons, hit, reason)
+
+
+def _row_reasons(
+    name: str,
+    frame: pd.DataFrame,
+    now: pd.Timestamp,
+    item_ids: np.ndarray | None,
+    user_ids: np.ndarray | None,
+) -> pd.Series:
+    reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    for column in REQUIRED_COLUMNS[name]:
+        _flag(reasons, frame[column].isna(), f"{NULL_REASON_PREFIX}{column}")
+
+    if name == "interactions":
+        _flag(reasons, ~frame["event_type"].isin(EVENT_TYPES), "invalid_event_type")
+        _flag(reasons, frame["price"] < 0, "negative_price")
+        _flag(reasons, frame["timestamp"] > now, "future_timestamp")
+        if item_ids is not None:
+            _flag(reasons, ~frame["item_id"].isin(item_ids), "unknown_item_id")
+        if user_ids is not None:
+            _flag(reasons, ~frame["user_id"].isin(user_ids), "unknown_user_id")
+        _flag_duplicates(reasons, frame, list(EVENT_KEY), "duplicate_event")
+    elif name == "items":
+        _flag(reasons, frame["price"] < 0, "negative_price")
+        _flag_duplicates(reasons, frame, ["item_id"], "duplicate_item_id")
+    elif name == "users":
+        low, high = AGE_BOUNDS
+        age = frame["age"]
+        # A missing age is allowed (many shops never ask); only impossible values are bad.
+        _flag(reasons, age.notna() & ((age < low) | (age > high)), "age_out_of_range")
+        _flag_duplicates(reasons, frame, ["user_id"], "duplicate_user_id")
+    return reasons
+
+
+def _reason_column(reason: str) -> str:
+    if reason.startswith(NULL_REASON_PREFIX):
+        return reason.removeprefix(NULL_REASON_PREFIX)
+    return REASON_COLUMNS.get(reason, "?")
+
+
+def _check_table(
+    name: str,
+    raw: pa.Table,
+    source: Path,
+    now: pd.Timestamp,
+    item_ids: np.ndarray | None,
+    user_ids: np.ndarray | None,
+) -> _Checked:
+    table = _conform(name, raw, source)
+    # Only the canonical columns go to pandas: extras may hold types pandas handles badly, and
+    # converting fewer string columns matters on tens of millions of rows.
+    frame = table.select(TABLES[name].names).to_pandas()
+    reasons = _row_reasons(name, frame, now, item_ids, user_ids)
+    return _Checked(name=name, source=source, table=table, frame=frame, reasons=reasons)
+
+
+def _valid_keys(checked: _Checked, column: str) -> np.ndarray:
+    return checked.frame.loc[checked.valid_mask, column].unique()
+
+
+# --------------------------------------------------------------------------------------------
+# Great Expectations
+# --------------------------------------------------------------------------------------------
+
+
+def _import_gx() -> Any:
+    """Import great_expectations on first use (the import costs seconds)."""
+    import great_expectations as gx
+
+    return gx
+
+
+def _gx_context(reports_dir: Path, docs_dir: Path) -> Any:
+    """Open (or create) the file-mode context under ``reports_dir/gx``, idempotently.
+
+    Re-running must not fail on objects that already exist, so the context is configured with
+    get-or-create and update calls only. The Data Docs site points at ``docs_dir`` (absolute, so
+    the HTML lands where the caller asked, not under the GX project); GX's default ``local_site``
+    is dropped so docs are rendered once.
+    """
+    gx = _import_gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="file", project_root_dir=str(reports_dir / "gx"))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context.variables.save()
+
+    site_config = {
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(docs_dir.resolve()),
+        },
+    }
+    sites = context.list_data_docs_sites()
+    if GX_SITE not in sites:
+        context.add_data_docs_site(GX_SITE, site_config)
+    elif sites[GX_SITE] != site_config:
+        context.update_data_docs_site(GX_SITE, site_config)
+    if "local_site" in context.list_data_docs_sites():
+        context.delete_data_docs_site("local_site")
+    return context
+
+
+def _get_or_create(getter: Callable[[], Any], creator: Callable[[], Any]) -> Any:
+    try:
+        return getter()
+    except LookupError:  # GX raises KeyError or LookupError for unknown names
+        return creator()
+
+
+def _batch_definition(context: Any, name: str) -> Any:
+    source = _get_or_create(
+        lambda: context.data_sources.get(GX_DATASOURCE),
+        lambda: context.data_sources.add_pandas(GX_DATASOURCE),
+    )
+    asset = _get_or_create(lambda: source.get_asset(name), lambda: source.add_dataframe_asset(name))
+    return _get_or_create(
+        lambda: asset.get_batch_definition(GX_BATCH_DEFINITION),
+        lambda: asset.add_batch_definition_whole_dataframe(GX_BATCH_DEFINITION),
+    )
+
+
+def _expectations(name: str, with_users: bool) -> list[Any]:
+    """The suite for one table: the GX mirror of the row rules in ``_row_reasons``.
+
+    Values that change per run (the clock, the valid key sets) are suite parameters
+    (``$PARAMETER``) supplied at run time, so the stored suite stays small and stable. The key
+    sets get a ``description`` because otherwise Data Docs renders every id in the set.
+    """
+    gxe = _import_gx().expectations
+    required = REQUIRED_COLUMNS[name]
+    out: list[Any] = [gxe.ExpectColumnToExist(column=c) for c in required]
+    out += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in required]
+    if name == "interactions":
+        out += [
+            gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
+            gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0),
+            gxe.ExpectColumnMaxToBeBetween(column="timestamp", max_value={"$PARAMETER": "now"}),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="item_id",
+                value_set={"$PARAMETER": "item_ids"},
+                description="item_id must reference an item that passed validation in "
+                "items.parquet (referential integrity)",
+            ),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=list(EVENT_KEY)),
+        ]
+        if with_users:
+            out.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column="user_id",
+                    value_set={"$PARAMETER": "user_ids"},
+                    description="user_id must reference a user that passed validation in "
+                    "users.parquet (referential integrity)",
+                )
+            )
+    elif name == "items":
+        out += [
+            gxe.ExpectColumnValuesToBeUnique(column="item_id"),
+            gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0),
+        ]
+    elif name == "users":
+        low, high = AGE_BOUNDS
+        out += [
+            gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+            gxe.ExpectColumnValuesToBeBetween(column="age", min_value=low, max_value=high),
+        ]
+    return out
+
+
+def _referenced(frame: pd.DataFrame, column: str, valid: np.ndarray | None) -> list[str]:
+    """The valid keys that ``frame[column]`` actually uses.
+
+    On this batch, "value in the valid keys" and "value in the valid keys it uses" are the same
+    expectation, but GX serialises the value set hundreds of times per run (pydantic ``.dict()``
+    on every metric lookup: ~3 s for 30k ids), so a catalogue's never-touched items are dropped.
+    """
+    if valid is None or len(valid) == 0:
+        return []
+    used = pd.unique(frame[column].dropna())
+    return sorted(np.intersect1d(used.astype(str), np.asarray(valid, dtype=str)).tolist())
+
+
+def _run_gx(
+    context: Any, checked: _Checked, params: dict[str, Any], with_users: bool
+) -> tuple[int, int]:
+    """Validate the raw (cast, unfiltered) table and refresh Data Docs; (passed, failed)."""
+    gx = _import_gx()
+    name = checked.name
+    suite = context.suites.add_or_update(
+        gx.ExpectationSuite(name=f"recsys_{name}", expectations=_expectations(name, with_users))
+    )
+    definition = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(
+            name=f"recsys_{name}", data=_batch_definition(context, name), suite=suite
+        )
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=f"recsys_{name}",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[GX_SITE])],
+            result_format="SUMMARY",
+        )
+    )
+    result = checkpoint.run(
+        batch_parameters={"dataframe": checked.frame}, expectation_parameters=params
+    )
+    passed = failed = 0
+    for run in result.run_results.values():
+        passed += int(run.statistics["successful_expectations"])
+        failed += int(run.statistics["unsuccessful_expectations"])
+    log.info("%s: %d expectations passed, %d failed", name, passed, failed)
+    return passed, failed
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    """Write atomically (tmp + rename) so a crash never leaves a half file for the next stage."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    pq.write_table(table, tmp, coerce_timestamps="us", allow_truncated_timestamps=True)
+    tmp.replace(path)
+
+
+def _strict_schema(name: str, table: pa.Table) -> pa.Schema:
+    """Canonical fields (with their nullability) followed by the pass-through columns."""
+    canonical = TABLES[name]
+    extras = [f for f in table.schema if f.name not in canonical.names]
+    return pa.schema(list(canonical) + extras)
+
+
+def _write_validated(checked: _Checked, validated_dir: Path) -> None:
+    """Valid rows with the canonical schema, non-null key fields included."""
+    mask = pa.array(checked.valid_mask)
+    valid = checked.table.filter(mask).cast(_strict_schema(checked.name, checked.table))
+    _write_parquet(valid, table_path(validated_dir, checked.name))
+
+
+def _write_quarantine(checked: _Checked, quarantine_dir: Path) -> Path:
+    """Always write the file (empty if no bad rows) so downstream can rely on it existing."""
+    bad = ~checked.valid_mask
+    rows = checked.table.filter(pa.array(bad))
+    if REASON_COLUMN in rows.column_names:  # keep the raw column, but ours is the one that counts
+        rows = rows.rename_columns(
+            [f"raw_{c}" if c == REASON_COLUMN else c for c in rows.column_names]
+        )
+    reasons = pa.array(checked.reasons[bad].tolist(), type=pa.string())
+    path = table_path(quarantine_dir, checked.name)
+    _write_parquet(rows.append_column(REASON_COLUMN, reasons), path)
+    return path
+
+
+def _too_many_bad(
+    result: TableResult, max_bad_fraction: float, quarantine: Path, report: Path
+) -> DataValidationError:
+    reason, count = max(result.reasons.items(), key=lambda kv: kv[1])
+    column = _reason_column(reason)
+    share = result.rows_quarantined / result.rows_in
+    return DataValidationError(
+        f"{_file_label(result.table)}: {result.rows_quarantined} of {result.rows_in} rows "
+        f"({share:.1%}) failed row checks, above max_bad_fraction={max_bad_fraction:.1%}. "
+        f"Biggest reason: '{reason}' on column '{column}' ({count} rows). Inspect the rows in "
+        f"{quarantine} and the report {report}; fix the export, or raise max_bad_fraction if "
+        "this is expected.",
+        table=result.table,
+        column=column,
+        count=count,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _utc_now(now: datetime | None) -> pd.Timestamp:
+    stamp = pd.Timestamp(now if now is not None else datetime.now(UTC))
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def validate_dataset(
+    raw_dir: Path,
+    validated_dir: Path,
+    quarantine_dir: Path,
+    reports_dir: Path,
+    max_bad_fraction: float = 0.05,
+    now: datetime | None = None,
+) -> ValidationResult:
+    """Validate the raw tables, write validated + quarantined Parquet and the Data Docs report.
+
+    Table-level problems raise :class:`DataValidationError` before anything is written. When a
+    table has more than ``max_bad_fraction`` bad rows, the quarantine files and the report are
+    still written (they are what you need to debug it) but the validated folder is left untouched
+    and the error is raised. ``now`` (default: the current time, naive means UTC) is the limit for
+    event timestamps; tests pin it for reproducibility.
+    """
+    raw_dir, validated_dir = Path(raw_dir), Path(validated_dir)
+    quarantine_dir, reports_dir = Path(quarantine_dir), Path(reports_dir)
+    clock = _utc_now(now)
+
+    # Table level first: fail fast, before the seconds that GX costs.
+    raws = {name: _read_raw(raw_dir, name) for name in TABLE_ORDER}
+    checked: dict[str, _Checked] = {}
+    item_ids: np.ndarray | None = None
+    user_ids: np.ndarray | None = None
+    for name in TABLE_ORDER:
+        raw = raws[name]
+        if raw is None:
+            continue
+        refs_items = item_ids if name == "interactions" else None
+        refs_users = user_ids if name == "interactions" else None
+        checked[name] = _check_table(
+            name, raw, table_path(raw_dir, name), clock, refs_items, refs_users
+        )
+        if name == "items":
+            item_ids = _valid_keys(checked[name], "item_id")
+        elif name == "users":
+            user_ids = _valid_keys(checked[name], "user_id")
+
+    results: dict[str, TableResult] = {}
+    for name, table in checked.items():
+        counts = Counter(r for r in table.reasons if r is not None)
+        rows_in = table.table.num_rows
+        bad = int(sum(counts.values()))
+        results[name] = TableResult(
+            table=name,
+            rows_in=rows_in,
+            rows_valid=rows_in - bad,
+            rows_quarantined=bad,
+            reasons=dict(counts.most_common()),
+        )
+
+    docs_dir = reports_dir / "data_docs"
+    context = _gx_context(reports_dir, docs_dir)
+    with_users = "users" in checked
+    for name, table in checked.items():
+        params: dict[str, Any] = {"now": clock.to_pydatetime()}
+        if name == "interactions":
+            params["item_ids"] = _referenced(table.frame, "item_id", item_ids)
+            if with_users:
+                params["user_ids"] = _referenced(table.frame, "user_id", user_ids)
+        passed, failed = _run_gx(context, table, params, with_users)
+        results[name].expectations_passed = passed
+        results[name].expectations_failed = failed
+    report_path = docs_dir / "index.html"
+
+    failures: list[DataValidationError] = []
+    for name, table in checked.items():
+        quarantine = _write_quarantine(table, quarantine_dir)
+        result = results[name]
+        if result.rows_in and result.rows_quarantined / result.rows_in > max_bad_fraction:
+            failures.append(_too_many_bad(result, max_bad_fraction, quarantine, report_path))
+    if failures:
+        for failure in failures[1:]:
+            log.error("%s", failure)
+        raise failures[0]
+
+    for table in checked.values():
+        _write_validated(table, validated_dir)
+        result = results[table.name]
+        assert result.rows_in == result.rows_valid + result.rows_quarantined
+        log.info(
+            "%s: %d rows in, %d valid, %d quarantined %s",
+            table.name,
+            result.rows_in,
+            result.rows_valid,
+            result.rows_quarantined,
+            result.reasons or "",
+        )
+    return ValidationResult(tables=results, report_path=report_path, quarantine_dir=quarantine_dir)
+
+
+def _top_reasons(reasons: dict[str, int], limit: int = 3) -> str:
+    top = sorted(reasons.items(), key=lambda kv: -kv[1])[:limit]
+    return ", ".join(f"{reason} ({count})" for reason, count in top) or "-"
+
+
+def print_summary(result: ValidationResult, console: Console) -> None:
+    """One table row per validated table plus where to find the report and the bad rows."""
+    from rich.table import Table
+
+    table = Table(title="Data validation")
+    table.add_column("table")
+    table.add_column("rows in", justify="right")
+    table.add_column("valid", justify="right")
+    table.add_column("quarantined", justify="right")
+    table.add_column("top reasons")
+    table.add_column("expectations passed/failed", justify="right")
+    for item in _ordered(result.tables.values()):
+        style = "red" if item.expectations_failed or item.rows_quarantined else None
+        table.add_row(
+            item.table,
+            f"{item.rows_in:,}",
+            f"{item.rows_valid:,}",
+            f"{item.rows_quarantined:,}",
+            _top_reasons(item.reasons),
+            f"{item.expectations_passed}/{item.expectations_failed}",
+            style=style,
+        )
+    console.print(table)
+    console.print(f"Report: {result.report_path}")
+    console.print(f"Quarantine: {result.quarantine_dir}")
+
+
+def _ordered(results: Iterable[TableResult]) -> list[TableResult]:
+    """Interactions first: it is the table people look at."""
+    rank = {"interactions": 0, "items": 1, "users": 2}
+    return sorted(results, key=lambda r: rank.get(r.table, 99))

@@ -1,0 +1,303 @@
+"""``recsys``: one subcommand per pipeline stage, each idempotent and re-runnable.
+
+Stages read and write under the data root (``RECSYS_HOME``, default ``var/`` in the checkout),
+in the order raw -> validated -> features -> feature store -> model -> index -> API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from recsys.config import Settings, get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Create or import data sets.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Feature-store-backed fashion recommendations: Feast, PyTorch, Ray, Qdrant, FastAPI."""
+    os.environ.setdefault("FEAST_USAGE", "False")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TQDM_DISABLE", "0")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)  # libraries' deprecation chatter
+    for name in ("recsys", "pipelines", "models", "serving"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Print a stage header and its wall time; errors stop with a readable message."""
+    console.rule(f"[bold]{name}")
+    started = time.perf_counter()
+    yield
+    console.print(f"[green]✓ {name}[/] in {time.perf_counter() - started:.1f}s")
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/] {exc}")
+    return typer.Exit(code=1)
+
+
+# --------------------------------------------------------------------------- stages
+def run_synth(settings: Settings, users: int, items: int, days: int, seed: int,
+              end_date: date | None) -> None:  # fmt: skip
+    from pipelines.synth import generate
+
+    with stage("data synth"):
+        s = generate(settings.raw_dir, users, items, days, seed, end_date)
+        console.print(
+            f"  {s.interactions:,} interactions ({s.purchases:,} purchases) from {s.users:,} users "
+            f"on {s.items:,} items, {s.start:%Y-%m-%d} to {s.end:%Y-%m-%d} -> {s.out_dir}"
+        )
+
+
+def run_validate(settings: Settings, max_bad_fraction: float) -> None:
+    from pipelines.validate import DataValidationError, print_summary, validate_dataset
+
+    with stage("validate"):
+        try:
+            result = validate_dataset(
+                settings.raw_dir,
+                settings.validated_dir,
+                settings.quarantine_dir,
+                settings.reports_dir,
+                max_bad_fraction=max_bad_fraction,
+            )
+        except (DataValidationError, FileNotFoundError) as exc:
+            raise _fail(exc) from exc
+        print_summary(result, console)
+
+
+def run_features(settings: Settings) -> None:
+    from pipelines.features import compute_features
+
+    with stage("features"):
+        try:
+            s = compute_features(
+                settings.validated_dir, settings.features_dir, settings.features.purchased_items_cap
+            )
+        except FileNotFoundError as exc:
+            raise _fail(exc) from exc
+        console.print(
+            f"  user snapshots {s.user_rows:,}, item snapshots {s.item_rows:,}, "
+            f"item attributes {s.attribute_rows:,} -> {s.out_dir}"
+        )
+
+
+def run_materialize(settings: Settings) -> None:
+    from pipelines.materialize import materialize
+
+    with stage("materialize (feast apply + materialize)"):
+        s = materialize(settings)
+        rows = sum(s.feature_views.values())
+        console.print(
+            f"  {rows:,} rows from {len(s.feature_views)} feature views into the online store "
+            f"({rows / max(s.seconds, 1e-9):,.0f} rows/s), up to {s.end:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+def run_train(settings: Settings) -> dict[str, Any]:
+    from pipelines.train import train
+
+    with stage("train (two-tower, Ray Train)"):
+        try:
+            result = train(settings, progress=console.print)
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(exc) from exc
+        m = result.metrics
+        recall, ndcg = f"recall@{m['k']}", f"ndcg@{m['k']}"
+        table = Table(title=f"held-out window from {m['cutoff'][:10]} "
+                            f"({m['two_tower']['users']:,} users)")  # fmt: skip
+        table.add_column("model")
+        table.add_column(recall, justify="right")
+        table.add_column(ndcg, justify="right")
+        for name in ("two_tower", "popularity", "popularity_recent"):
+            table.add_row(name, f"{m[name][recall]:.4f}", f"{m[name][ndcg]:.4f}")
+        console.print(table)
+        best_pop = max(m["popularity"][recall], m["popularity_recent"][recall])
+        lift = m["two_tower"][recall] / max(best_pop, 1e-12)
+        console.print(f"  two-tower / best popularity {recall}: [bold]{lift:.2f}x[/]")
+        console.print(f"  run saved to {result.run_dir}")
+        return m
+
+
+def run_index(settings: Settings) -> None:
+    from pipelines.index import build_index
+
+    with stage(f"index ({settings.vector_store.type} vector store)"):
+        s = build_index(settings)
+        console.print(
+            f"  {s.points:,} item vectors (dim {s.dim}) from {s.run_dir.name}: {s.health}"
+        )
+
+
+def run_serve(settings: Settings, host: str, port: int) -> None:
+    import torch
+    import uvicorn
+
+    from serving.app import create_app
+
+    # One request is a tiny forward pass: intra-op threads only add overhead; concurrency
+    # comes from requests (and uvicorn workers), not from parallel matrix kernels.
+    torch.set_num_threads(1)
+
+    console.rule("[bold]serve")
+    console.print(f"  API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+# --------------------------------------------------------------------------- commands
+@data_app.command("synth")
+def data_synth(
+    users: Annotated[int, typer.Option(help="Number of shoppers.")] = get_settings().synth.users,
+    items: Annotated[int, typer.Option(help="Catalogue size.")] = get_settings().synth.items,
+    days: Annotated[int, typer.Option(help="Days of history.")] = get_settings().synth.days,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = get_settings().synth.seed,
+    end_date: Annotated[
+        str | None, typer.Option(help="Day after the last event, YYYY-MM-DD (default: today).")
+    ] = get_settings().synth.end_date,
+) -> None:
+    """Generate a synthetic fashion shop (catalogue, shoppers, sessions) as canonical Parquet."""
+    run_synth(get_settings(), users, items, days, seed, _parse_date(end_date))
+
+
+@app.command()
+def validate(
+    max_bad_fraction: Annotated[
+        float, typer.Option(help="Share of bad rows per table above which the run fails.")
+    ] = 0.05,
+) -> None:
+    """Check raw tables with Great Expectations; quarantine bad rows; write the HTML report."""
+    run_validate(get_settings(), max_bad_fraction)
+
+
+@app.command()
+def features() -> None:
+    """Compute daily user and item feature snapshots with DuckDB."""
+    run_features(get_settings())
+
+
+@app.command()
+def materialize() -> None:
+    """Register the Feast repo and load the latest features into the online store."""
+    run_materialize(get_settings())
+
+
+@app.command()
+def train(
+    epochs: Annotated[int | None, typer.Option(help="Override RECSYS_TRAIN__EPOCHS.")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Ray Train workers.")] = None,
+) -> None:
+    """Train the two-tower model through Ray Train and compare it with popularity."""
+    run_train(_with_train(get_settings(), epochs, num_workers))
+
+
+@app.command()
+def index() -> None:
+    """Upsert the current model's item vectors into the vector store."""
+    run_index(get_settings())
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = get_settings().serve.host,
+    port: Annotated[int, typer.Option()] = get_settings().serve.port,
+) -> None:
+    """Start the recommendation API."""
+    run_serve(get_settings(), host, port)
+
+
+@app.command()
+def demo(
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Start the API at the end.")
+    ] = True,
+    host: Annotated[str, typer.Option()] = get_settings().serve.host,
+    port: Annotated[int, typer.Option()] = get_settings().serve.port,
+    users: Annotated[int, typer.Option()] = get_settings().synth.users,
+    items: Annotated[int, typer.Option()] = get_settings().synth.items,
+    days: Annotated[int, typer.Option()] = get_settings().synth.days,
+    seed: Annotated[int, typer.Option()] = get_settings().synth.seed,
+) -> None:
+    """Run every stage on generated data, then serve and print example requests."""
+    settings = get_settings()
+    started = time.perf_counter()
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("synth", lambda: run_synth(settings, users, items, days, seed, None)),
+        ("validate", lambda: run_validate(settings, 0.05)),
+        ("features", lambda: run_features(settings)),
+        ("materialize", lambda: run_materialize(settings)),
+        ("train", lambda: run_train(settings)),
+        ("index", lambda: run_index(settings)),
+    ]
+    for _name, step in steps:
+        step()
+    console.rule("[bold]ready")
+    console.print(
+        f"  all stages in {time.perf_counter() - started:.1f}s; data root {settings.home}"
+    )
+    user_id = example_user(settings)
+    base = f"http://{host}:{port}"
+    console.print("  try:")
+    console.print(f"    curl -s '{base}/users/{user_id}/recommendations?k=10'")
+    console.print(f"    curl -s '{base}/users/new-visitor/recommendations?k=5'")
+    console.print(f"    curl -s '{base}/health'")
+    if serve:
+        run_serve(settings, host, port)
+
+
+def example_user(settings: Settings) -> str:
+    """A real shopper of the data set with a purchase history (the most active one)."""
+    import duckdb
+
+    path = settings.features_dir / "user_features.parquet"
+    with duckdb.connect() as con:
+        row = con.execute(
+            f"SELECT user_id FROM read_parquet('{path}') "
+            "ORDER BY purchases_total DESC, user_id LIMIT 1"
+        ).fetchone()
+    if row is None:
+        raise _fail(RuntimeError(f"no users in {path}"))
+    return str(row[0])
+
+
+def _with_train(settings: Settings, epochs: int | None, num_workers: int | None) -> Settings:
+    updates = {k: v for k, v in {"epochs": epochs, "num_workers": num_workers}.items() if v}
+    if not updates:
+        return settings
+    return settings.model_copy(update={"train": settings.train.model_copy(update=updates)})
+
+
+def _parse_date(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--end-date {value!r} is not YYYY-MM-DD") from exc
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,159 @@
+"""One typed place for every setting, overridable from the environment.
+
+Every stage reads its knobs from :class:`Settings` so that a run can be reproduced from its
+environment alone. Environment variables use the ``RECSYS_`` prefix and ``__`` for nesting,
+e.g. ``RECSYS_HOME=/data/recsys`` or ``RECSYS_TRAIN__EPOCHS=5``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_home() -> Path:
+    """The git-ignored ``var/`` folder of the checkout, or of the working directory."""
+    if (REPO_ROOT / "feature_repo").is_dir():
+        return REPO_ROOT / "var"
+    return Path.cwd() / "var"
+
+
+class SynthSettings(BaseModel):
+    """Size and shape of the generated fashion data set."""
+
+    users: int = 5_000
+    items: int = 2_000
+    days: int = 90
+    seed: int = 7
+    end_date: str | None = Field(
+        default=None, description="Last day of data (YYYY-MM-DD); default: today (UTC)."
+    )
+
+
+class FeatureSettings(BaseModel):
+    """Feature computation knobs."""
+
+    recent_items: int = Field(default=10, description="Recent purchases fed to the user tower.")
+    purchased_items_cap: int = Field(
+        default=500, description="Purchased item ids kept online for the already-bought filter."
+    )
+
+
+class TrainSettings(BaseModel):
+    """Two-tower training hyper-parameters and the evaluation protocol."""
+
+    dim: int = 64
+    epochs: int = 3
+    batch_size: int = 1024
+    train_events: tuple[str, ...] = Field(
+        default=("purchase", "view"),
+        description="Events used as positives; views add taste signal that purchases lack.",
+    )
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    temperature: float = 0.1
+    id_dropout: float = Field(
+        default=0.5, description="Share of rows trained without their user/item id embedding."
+    )
+    num_workers: int = 1
+    cpus_per_worker: int = Field(
+        default=0, description="Threads per worker; 0 = the machine's cores / num_workers."
+    )
+    test_days: int = Field(default=7, description="Last days held out for evaluation.")
+    seed: int = 0
+
+
+class VectorStoreSettings(BaseModel):
+    """Which vector store backend to use (``type``), Feast-style."""
+
+    type: Literal["edge", "qdrant"] = "edge"
+    url: str | None = Field(default=None, description="Qdrant server URL for type=qdrant.")
+    api_key: str | None = None
+    collection: str = "items"
+    hnsw_ef: int = 64
+
+
+class RaySettings(BaseModel):
+    """Local Ray runtime limits (ignored when RAY_ADDRESS points at a cluster)."""
+
+    num_cpus: int | None = None
+    object_store_memory: int = 512 * 1024 * 1024
+    # Short on purpose: Ray's Unix socket paths must stay under ~107 characters.
+    temp_dir: Path = Path("/tmp/recsys-ray")
+
+
+class ServeSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_k: int = 10
+    max_k: int = 100
+
+
+class Settings(BaseSettings):
+    """Root settings; ``home`` is the data root that every stage reads and writes under."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(default_factory=_default_home)
+    feature_repo: Path = REPO_ROOT / "feature_repo"
+    synth: SynthSettings = SynthSettings()
+    features: FeatureSettings = FeatureSettings()
+    train: TrainSettings = TrainSettings()
+    vector_store: VectorStoreSettings = VectorStoreSettings()
+    ray: RaySettings = RaySettings()
+    serve: ServeSettings = ServeSettings()
+
+    # Paths derived from the data root: one place that says where each stage writes.
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def validated_dir(self) -> Path:
+        return self.data_dir / "validated"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def vectors_dir(self) -> Path:
+        return self.home / "qdrant"
+
+    @property
+    def ray_dir(self) -> Path:
+        return self.home / "ray"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,86 @@
+"""Open the Feast repo in ``feature_repo/`` against the configured data root.
+
+The committed ``feature_store.yaml`` points at the default data root so that the plain ``feast``
+CLI works from ``feature_repo/`` out of the box. When ``RECSYS_HOME`` moves the data root, this
+module writes a resolved copy of that file under ``$RECSYS_HOME/feast/`` (absolute registry and
+online-store paths) and opens the store from it; ``feast -f <that copy> ...`` does the same from
+the shell.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from recsys.config import Settings
+
+os.environ.setdefault("FEAST_USAGE", "False")
+
+
+def resolved_yaml(settings: Settings) -> Path:
+    """Write (if changed) and return a ``feature_store.yaml`` with absolute data-root paths."""
+    source = settings.feature_repo / "feature_store.yaml"
+    config = yaml.safe_load(source.read_text())
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    registry = config.get("registry")
+    registry_path = str(settings.feast_dir / "registry.db")
+    if isinstance(registry, dict):
+        registry["path"] = registry_path
+    else:
+        config["registry"] = registry_path
+    online = config.get("online_store") or {}
+    if online.get("type", "sqlite") == "sqlite":
+        online["path"] = str(settings.feast_dir / "online_store.db")
+        config["online_store"] = online
+    target = settings.feast_dir / "feature_store.yaml"
+    text = (
+        "# Generated from feature_repo/feature_store.yaml for this data root.\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+    return target
+
+
+def _close_ibis_backend() -> None:
+    """Close the DuckDB connection that Feast's offline store opens through ibis's default
+    backend; left open, DuckDB's bindings print a page of "leaked instance" lines at exit."""
+    import ibis
+
+    backend = ibis.options.default_backend
+    if backend is not None:
+        backend.disconnect()
+        ibis.options.default_backend = None
+        gc.collect()
+
+
+def open_store(settings: Settings):  # -> feast.FeatureStore (import is slow: keep it lazy)
+    """A FeatureStore over ``feature_repo/`` with paths under the configured data root."""
+    from feast import FeatureStore
+
+    atexit.register(_close_ibis_backend)  # registering twice is harmless: disconnect is idempotent
+    return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=resolved_yaml(settings))
+
+
+def apply(settings: Settings) -> None:
+    """``feast apply`` in-process: register the definitions in ``feature_repo/``."""
+    from feast.repo_config import load_repo_config
+    from feast.repo_operations import apply_total
+
+    os.environ["RECSYS_HOME"] = str(settings.home)  # definitions.py reads the same data root
+    config = load_repo_config(settings.feature_repo, resolved_yaml(settings))
+    sys.modules.pop("definitions", None)  # re-import: the data root may differ from last time
+    cwd = Path.cwd()
+    sys.path.insert(0, str(settings.feature_repo))  # Feast imports definitions.py by name
+    try:
+        with contextlib.redirect_stdout(None):
+            apply_total(config, settings.feature_repo, skip_source_validation=False)
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(settings.feature_repo))

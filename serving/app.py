@@ -1,0 +1,80 @@
+"""FastAPI app: personalised recommendations over HTTP.
+
+Run with ``recsys serve`` (uvicorn). The app loads the current model run, the Feast store and
+the vector store once at start-up (``lifespan``) and shares them across requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from recsys.config import Settings, get_settings
+from serving.recommender import Recommender
+
+log = logging.getLogger(__name__)
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str | None = None
+    category: str | None = None
+    colour: str | None = None
+    price: float | None = None
+    score: float = Field(description="Cosine similarity (model) or popularity share (fallback).")
+
+
+class RecommendationResponse(BaseModel):
+    user_id: str
+    items: list[RecommendedItem]
+    fallback: bool = Field(description="True when the user is unknown and popular items are shown.")
+    model_version: str
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.recommender = Recommender(settings)
+        log.info("serving model %s", app.state.recommender.model_version)
+        yield
+        app.state.recommender.close()
+
+    app = FastAPI(
+        title="Fashion recommendations",
+        version="0.1.0",
+        description="Personalised recommendations from Feast features and Qdrant vector search.",
+        lifespan=lifespan,
+    )
+
+    @app.get("/users/{user_id}/recommendations", response_model=RecommendationResponse)
+    def recommendations(
+        request: Request,
+        user_id: str = Path(..., min_length=1, max_length=256),
+        k: int = Query(settings.serve.default_k, ge=1, le=settings.serve.max_k),
+    ) -> RecommendationResponse:
+        """Top-k items for a user, excluding what they already bought.
+
+        An unknown user gets popular items with ``fallback: true``.
+        """
+        rec = request.app.state.recommender.recommend(user_id, k)
+        return RecommendationResponse(
+            user_id=rec.user_id,
+            items=[RecommendedItem(**item) for item in rec.items],
+            fallback=rec.fallback,
+            model_version=rec.model_version,
+        )
+
+    @app.get("/health")
+    def health(request: Request) -> JSONResponse:
+        """Each dependency's state; 503 when one is down."""
+        checks = request.app.state.recommender.health()
+        return JSONResponse(checks, status_code=200 if checks["ok"] else 503)
+
+    return app

@@ -1,0 +1,116 @@
+"""The request path: Feast online features -> user tower -> Qdrant search -> business rules.
+
+Everything slow (Feast registry, model weights, vector store, popular list) is loaded once when
+the service starts; a request only does one online read, one small forward pass and one vector
+search.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from models.artifacts import current_run, load_run
+from pipelines.index import item_payloads
+from pipelines.train import USER_FEATURE_REFS
+from recsys.config import Settings
+from recsys.feast_store import open_store
+from recsys.vectorstore import SearchFilter, VectorStore, open_vector_store
+
+log = logging.getLogger(__name__)
+
+ITEM_FIELDS = ("item_id", "title", "category", "colour", "price")
+
+
+@dataclass
+class Recommendation:
+    user_id: str
+    items: list[dict[str, Any]]
+    fallback: bool
+    model_version: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Recommender:
+    """Holds the loaded model, feature store and vector store for the API process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.run_dir = current_run(settings.artifacts_dir)
+        self.model, self.users, self.items, self.manifest = load_run(self.run_dir)
+        self.model_version = self.run_dir.name
+        self.feature_store = open_store(settings)
+        # Warm the registry cache now so the first request does not pay for it.
+        self.feature_store.get_online_features(
+            features=USER_FEATURE_REFS, entity_rows=[{"user_id": "__warmup__"}]
+        )
+        self.vectors: VectorStore = open_vector_store(settings.vector_store, settings.home)
+        popular = pd.read_parquet(self.run_dir / "popular.parquet")
+        payloads = item_payloads(settings, popular["item_id"].tolist()).to_dict("records")
+        self.popular = [
+            {**_item_fields(payload), "score": float(score)}
+            for payload, score in zip(payloads, popular["score"], strict=True)
+        ]
+
+    def user_features(self, user_id: str) -> dict[str, Any] | None:
+        """The user's online feature row, or None when the store has never seen the user."""
+        row = self.feature_store.get_online_features(
+            features=USER_FEATURE_REFS, entity_rows=[{"user_id": user_id}]
+        ).to_dict()
+        values = {k: v[0] for k, v in row.items()}
+        if all(values[name.split(":")[1]] is None for name in USER_FEATURE_REFS):
+            return None
+        return values
+
+    def recommend(self, user_id: str, k: int) -> Recommendation:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        features = self.user_features(user_id)
+        timings["features"] = (time.perf_counter() - t0) * 1e3
+        if features is None:
+            return Recommendation(user_id, self.popular_items(k), True, self.model_version, timings)
+        t1 = time.perf_counter()
+        bought = [b for b in (features.get("purchased_items") or []) if b]
+        with torch.no_grad():
+            inputs = self.users.encode({k: [v] for k, v in features.items()}, self.items)
+            vector = self.model.user_vectors({k: torch.as_tensor(v) for k, v in inputs.items()})
+        exclude = frozenset(int(i) for i in self.items.indices(bought) if i > 0)
+        timings["user_tower"] = (time.perf_counter() - t1) * 1e3
+        t2 = time.perf_counter()
+        hits = self.vectors.search(vector[0].numpy(), k, SearchFilter(exclude_ids=exclude))
+        timings["search"] = (time.perf_counter() - t2) * 1e3
+        items = [{**_item_fields(h.payload), "score": round(h.score, 6)} for h in hits]
+        return Recommendation(user_id, items, False, self.model_version, timings)
+
+    def popular_items(self, k: int) -> list[dict[str, Any]]:
+        return self.popular[:k]
+
+    def health(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {"model": {"ok": True, "version": self.model_version}}
+        try:
+            t0 = time.perf_counter()
+            self.user_features("__health__")
+            checks["feature_store"] = {
+                "ok": True,
+                "online_store": self.feature_store.config.online_store.type,
+                "latency_ms": round((time.perf_counter() - t0) * 1e3, 3),
+            }
+        except Exception as exc:  # health must report, never raise
+            checks["feature_store"] = {"ok": False, "error": str(exc)}
+        checks["vector_store"] = self.vectors.health()
+        checks["ok"] = all(c.get("ok", False) for c in checks.values() if isinstance(c, dict))
+        return checks
+
+    def close(self) -> None:
+        self.vectors.close()
+
+
+def _item_fields(source: Any) -> dict[str, Any]:
+    out = {name: source.get(name) for name in ITEM_FIELDS}
+    out["price"] = None if out["price"] is None else float(out["price"])
+    return out

@@ -1,0 +1,162 @@
+"""The whole platform on a tiny generated shop: CLI stages, Feast, Ray, Qdrant and the API.
+
+Nothing is mocked: ``pipeline_home`` (conftest) runs ``recsys demo --no-serve`` as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from models.artifacts import MANIFEST, WEIGHTS, current_run
+from pipelines.schema import table_path
+from recsys.config import Settings
+from recsys.feast_store import open_store
+from serving.app import create_app
+from tests.conftest import REPO, cli_env, run_cli
+
+
+def _example_user(output: str) -> str:
+    match = re.search(r"/users/(\S+)/recommendations\?k=10", output)
+    assert match, output[-2000:]
+    return match.group(1)
+
+
+def test_demo_runs_every_stage_and_leaves_its_outputs(pipeline_home, pipeline_settings) -> None:
+    _, output = pipeline_home
+    for stage in ("data synth", "validate", "features", "materialize", "train", "index"):
+        assert f"✓ {stage}" in output
+    s = pipeline_settings
+    assert (s.reports_dir / "data_docs" / "index.html").exists()
+    for name in ("interactions", "items", "users"):
+        assert table_path(s.validated_dir, name).exists()
+        assert (s.quarantine_dir / f"{name}.parquet").exists()
+    for name in ("user_features", "item_features", "item_attributes"):
+        assert (s.features_dir / f"{name}.parquet").exists()
+    assert (s.feast_dir / "registry.db").exists() and (s.feast_dir / "online_store.db").exists()
+    run = current_run(s.artifacts_dir)
+    assert (run / WEIGHTS).exists()
+    manifest = json.loads((run / MANIFEST).read_text())
+    assert {"model_config", "train_config", "data", "metrics"} <= set(manifest)
+    assert "curl -s 'http://127.0.0.1:8000/users/" in output
+
+
+def test_two_tower_learns_the_planted_taste(pipeline_settings) -> None:
+    metrics = json.loads((current_run(pipeline_settings.artifacts_dir) / MANIFEST).read_text())[
+        "metrics"
+    ]
+    best_pop = max(metrics["popularity"]["recall@10"], metrics["popularity_recent"]["recall@10"])
+    assert metrics["two_tower"]["users"] >= 50
+    assert metrics["two_tower"]["recall@10"] > 1.5 * best_pop, metrics
+
+
+def test_historical_features_are_point_in_time_correct(pipeline_settings) -> None:
+    """A training example sees exactly the purchases made before its own day, never later."""
+    inter = pd.read_parquet(table_path(pipeline_settings.validated_dir, "interactions"))
+    buys = inter[inter["event_type"] == "purchase"]
+    sample = buys.sample(200, random_state=0)[["user_id", "item_id", "timestamp"]]
+    store = open_store(pipeline_settings)
+    got = store.get_historical_features(
+        entity_df=sample.rename(columns={"timestamp": "event_timestamp"}),
+        features=["user_features:purchases_total", "user_features:purchased_items"],
+    ).to_df()
+    checked = 0
+    for row in got.itertuples():
+        day = row.event_timestamp.floor("D")
+        before = buys[(buys["user_id"] == row.user_id) & (buys["timestamp"] < day)]
+        expected = len(before)
+        value = 0 if pd.isna(row.purchases_total) else row.purchases_total
+        assert value == expected, (row.user_id, row.event_timestamp)
+        later = set(buys[(buys["user_id"] == row.user_id) & (buys["timestamp"] >= day)]["item_id"])
+        listed = row.purchased_items
+        history = set(listed) if isinstance(listed, list | tuple) else set()
+        assert not (history - set(before["item_id"])), "a later purchase leaked into history"
+        checked += bool(later)
+    assert checked > 0
+
+
+def test_plain_feast_cli_works_from_the_feature_repo(pipeline_settings) -> None:
+    yaml_path = pipeline_settings.feast_dir / "feature_store.yaml"
+    env = cli_env(pipeline_settings.home)
+    feast = str(REPO / ".venv" / "bin" / "feast")
+    for args in (
+        ["apply"],
+        ["materialize-incremental", datetime.now(UTC).isoformat()],
+        ["feature-views", "list"],
+    ):
+        proc = subprocess.run(
+            [feast, "-f", str(yaml_path), *args],
+            cwd=REPO / "feature_repo",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "user_features" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def client(pipeline_settings) -> TestClient:
+    with TestClient(create_app(pipeline_settings)) as c:
+        yield c
+
+
+def test_recommendations_exclude_what_the_user_bought(
+    client, pipeline_home, pipeline_settings
+) -> None:
+    user = _example_user(pipeline_home[1])
+    response = client.get(f"/users/{user}/recommendations", params={"k": 10})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["user_id"] == user and body["fallback"] is False and body["model_version"]
+    items = body["items"]
+    assert len(items) == 10 and len({i["item_id"] for i in items}) == 10
+    assert {"item_id", "title", "category", "colour", "price", "score"} <= set(items[0])
+    scores = [i["score"] for i in items]
+    assert scores == sorted(scores, reverse=True)
+    inter = pd.read_parquet(table_path(pipeline_settings.validated_dir, "interactions"))
+    bought = set(inter[(inter["user_id"] == user) & (inter["event_type"] == "purchase")]["item_id"])
+    assert bought, "the example user should have a purchase history"
+    assert not bought & {i["item_id"] for i in items}
+
+
+def test_unknown_user_gets_popular_items_marked_fallback(client) -> None:
+    body = client.get("/users/nobody-at-all/recommendations", params={"k": 5}).json()
+    assert body["fallback"] is True and len(body["items"]) == 5
+    assert body["items"][0]["score"] >= body["items"][-1]["score"]
+
+
+@pytest.mark.parametrize("k", [0, 101, "ten"])
+def test_bad_k_is_rejected_naming_the_parameter(client, k) -> None:
+    response = client.get("/users/u1/recommendations", params={"k": k})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "k"]
+
+
+def test_health_reports_each_dependency(client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ok"] is True
+    for dependency in ("model", "feature_store", "vector_store"):
+        assert body[dependency]["ok"] is True
+    assert body["vector_store"]["backend"] == "edge" and body["vector_store"]["points"] > 0
+
+
+def test_validate_stops_on_a_missing_column(tmp_path) -> None:
+    raw = Settings(home=tmp_path).raw_dir
+    raw.mkdir(parents=True)
+    pd.DataFrame({"item_id": ["a"], "price": [1.0]}).to_parquet(table_path(raw, "items"))
+    pd.DataFrame({"user_id": ["u"], "item_id": ["a"], "event_type": ["view"]}).to_parquet(
+        table_path(raw, "interactions")
+    )
+    proc = run_cli(tmp_path, "validate", check=False)
+    assert proc.returncode == 1
+    assert "interactions" in proc.stdout and "timestamp" in proc.stdout

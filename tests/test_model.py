@@ -1,0 +1,149 @@
+"""Two-tower model pieces: encoders, towers, loss, and the safetensors round trip."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.artifacts import current_run, load_run, save_run, set_current
+from models.encoding import ItemEncoder, UserEncoder
+from models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from pipelines.features import ITEM_NUMERIC, USER_NUMERIC
+
+
+def _catalog(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "item_id": [f"i{i:03d}" for i in range(n)],
+            "category": rng.choice(["tops", "bottoms"], n),
+            "colour": rng.choice(["red", "blue", "black"], n),
+            "department": "womenswear",
+            "style": rng.choice(["casual", "classic"], n),
+            "product_type": "shirt",
+            "price": rng.uniform(5, 100, n),
+            **{c: rng.integers(0, 20, n) for c in ITEM_NUMERIC},
+        }
+    )
+
+
+def _users(catalog: pd.DataFrame, n: int = 30) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({c: rng.integers(0, 50, n).astype(float) for c in USER_NUMERIC})
+    frame["user_id"] = [f"u{i}" for i in range(n)]
+    frame["purchased_items"] = [list(rng.choice(catalog["item_id"], 3)) for _ in range(n)]
+    frame.loc[0, "purchased_items"] = None  # a user with no history yet
+    frame.loc[1, "views_total"] = np.nan  # a missing feature
+    return frame
+
+
+def _model(users: UserEncoder, items: ItemEncoder, catalog: pd.DataFrame) -> TwoTower:
+    cfg = TwoTowerConfig(
+        users.n_users,
+        items.n_items,
+        items.attr_sizes(),
+        len(USER_NUMERIC),
+        len(ITEM_NUMERIC),
+        dim=8,
+        id_dropout=0.5,
+    )
+    model = TwoTower(cfg)
+    model.set_item_table(torch.as_tensor(items.attribute_table(catalog)))
+    return model
+
+
+def _batch(users: UserEncoder, items: ItemEncoder, catalog: pd.DataFrame) -> dict:
+    """30 (user, item) rows: each user of ``_users`` paired with one catalogue item."""
+    arrays = users.encode(_users(catalog), items) | items.encode(catalog.iloc[:30])
+    return {k: torch.as_tensor(v) for k, v in arrays.items()}
+
+
+def test_encoders_map_unknowns_to_zero_and_keep_shapes() -> None:
+    catalog = _catalog()
+    items = ItemEncoder.fit(catalog, catalog)
+    users = UserEncoder.fit(_users(catalog), history=4)
+    enc = users.encode(_users(catalog), items)
+    assert enc["history"].shape == (30, 4)
+    assert (enc["history"][0] == 0).all() and (enc["history"][1, :3] > 0).all()
+    assert np.isfinite(enc["user_numeric"]).all()
+    unknown = users.encode(pd.DataFrame({"user_id": ["stranger"]}), items)
+    assert unknown["user_idx"][0] == 0 and (unknown["user_numeric"] == 0).all()
+    item_enc = items.encode(catalog.assign(colour=["mauve"] * len(catalog)))
+    assert (item_enc["colour"] == 0).all() and (item_enc["item_idx"] > 0).all()
+
+
+def test_online_row_encodes_like_the_training_batch() -> None:
+    """Serving encodes Feast's ``to_dict()`` columns; training encodes a DataFrame."""
+    catalog = _catalog()
+    items = ItemEncoder.fit(catalog, catalog)
+    frame = _users(catalog)
+    users = UserEncoder.fit(frame, history=4)
+    batch = users.encode(frame, items)
+    for row in (0, 1, 5):
+        values = {c: [None if pd.isna(v) else v] if not isinstance(v, list) else [v]
+                  for c, v in frame.iloc[row].items()}  # fmt: skip
+        one = users.encode(values, items)
+        for key, array in one.items():
+            np.testing.assert_allclose(array[0], batch[key][row], rtol=1e-6)
+
+
+def test_towers_are_normalised_and_id_dropout_only_trains() -> None:
+    catalog = _catalog()
+    items = ItemEncoder.fit(catalog, catalog)
+    users = UserEncoder.fit(_users(catalog), history=4)
+    model = _model(users, items, catalog)
+    batch = _batch(users, items, catalog)
+    model.eval()
+    u, i = model(batch)
+    assert u.shape == i.shape == (30, 8)
+    assert torch.allclose(u.norm(dim=1), torch.ones(30), atol=1e-5)
+    u2, _ = model(batch)
+    assert torch.equal(u, u2)  # deterministic in eval mode
+    model.train()
+    torch.manual_seed(0)
+    u3, _ = model(batch)
+    assert not torch.allclose(u, u3)  # dropout of id embeddings changes training outputs
+
+
+def test_loss_masks_duplicate_positives_and_learns() -> None:
+    users = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    items = users.clone()
+    idx = torch.tensor([1, 2, 1, 3])
+    loss = in_batch_softmax_loss(users, items, idx, torch.zeros(4), 0.1)
+    assert torch.isfinite(loss)
+    # a row whose only other candidate is a duplicate of its positive has loss ~0 there
+    catalog = _catalog()
+    item_enc, user_enc = ItemEncoder.fit(catalog, catalog), UserEncoder.fit(_users(catalog), 4)
+    model = _model(user_enc, item_enc, catalog)
+    batch = _batch(user_enc, item_enc, catalog)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(30):
+        u, i = model(batch)
+        loss = in_batch_softmax_loss(u, i, batch["item_idx"], torch.zeros(30), 0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_run_round_trips_without_pickle(tmp_path: Path) -> None:
+    catalog = _catalog()
+    items = ItemEncoder.fit(catalog, catalog)
+    users = UserEncoder.fit(_users(catalog), history=4)
+    model = _model(users, items, catalog).eval()
+    run = save_run(tmp_path / "r1", model, users, items, {"metrics": {"x": 1}})
+    set_current(tmp_path, run)
+    assert current_run(tmp_path) == run
+    loaded, users2, items2, manifest = load_run(run)
+    assert manifest["metrics"] == {"x": 1}
+    assert users2.user_ids == users.user_ids and items2.price_edges == items.price_edges
+    batch = {k: torch.as_tensor(v) for k, v in items.encode(catalog).items()}
+    with torch.no_grad():
+        assert torch.allclose(model.item_vectors(batch), loaded.item_vectors(batch))
+    assert not any(p.suffix in {".pkl", ".pt"} for p in run.iterdir())
+    with pytest.raises(FileNotFoundError, match="recsys train"):
+        current_run(tmp_path / "empty")

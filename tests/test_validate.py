@@ -1,0 +1,321 @@
+"""Tests for the validation stage on small hand-built tables.
+
+Great Expectations makes each run cost about a second (and its import several), so the clean and
+the dirty data sets are each validated once in module-scoped fixtures and inspected by several
+tests. Table-level failures are raised before GX is touched, so those tests are cheap.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+
+from pipelines.schema import EVENT_TYPES, TABLES, table_path
+from pipelines.validate import (
+    DataValidationError,
+    ValidationResult,
+    print_summary,
+    validate_dataset,
+)
+
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+N_ITEMS, N_USERS, N_EVENTS = 20, 10, 60
+
+
+def make_items(n: int = N_ITEMS) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "item_id": [f"i{k:02d}" for k in range(n)],
+            "title": [f"Item {k}" for k in range(n)],
+            "category": ["tops" if k % 2 else "bottoms" for k in range(n)],
+            "price": [10.0 + k for k in range(n)],
+            "in_stock": [True] * n,
+            "launch_date": pd.date_range("2024-01-01", periods=n, freq="D", tz="UTC"),
+            "supplier": ["acme"] * n,  # not in the canonical schema: must pass through
+        }
+    )
+
+
+def make_users(n: int = N_USERS) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{k}" for k in range(n)],
+            "age": pd.array([20 + k for k in range(n - 1)] + [None], dtype="Int64"),
+            "gender": ["f" if k % 2 else "m" for k in range(n)],
+            "signup_date": pd.date_range("2023-01-01", periods=n, freq="D", tz="UTC"),
+        }
+    )
+
+
+def make_interactions(n: int = N_EVENTS) -> pd.DataFrame:
+    # Naive nanosecond timestamps, as pandas writes them by default: validation must read them
+    # as UTC and store microseconds.
+    stamps = [NOW.replace(tzinfo=None) - timedelta(hours=k + 1) for k in range(n)]
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{k % N_USERS}" for k in range(n)],
+            "item_id": [f"i{k % N_ITEMS:02d}" for k in range(n)],
+            "timestamp": pd.to_datetime(stamps),
+            "event_type": [EVENT_TYPES[k % len(EVENT_TYPES)] for k in range(n)],
+            "value": [1.0] * n,
+            "price": [10.0 + k % N_ITEMS for k in range(n)],
+            "session_id": [f"s{k // 5}" for k in range(n)],
+        }
+    )
+
+
+def write_raw(
+    raw: Path,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame | None,
+) -> Path:
+    raw.mkdir(parents=True, exist_ok=True)
+    interactions.to_parquet(table_path(raw, "interactions"), index=False)
+    items.to_parquet(table_path(raw, "items"), index=False)
+    if users is not None:
+        users.to_parquet(table_path(raw, "users"), index=False)
+    return raw
+
+
+def run(root: Path, **kwargs: object) -> ValidationResult:
+    return validate_dataset(
+        raw_dir=root / "raw",
+        validated_dir=root / "validated",
+        quarantine_dir=root / "quarantine",
+        reports_dir=root / "reports",
+        now=NOW,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def dirty_data() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Clean tables plus one planted defect per rule, each with a known reason."""
+    items = make_items()
+    bad_items = pd.DataFrame(
+        {
+            "item_id": ["i00", "i_neg", None],
+            "title": ["Duplicate of i00", "Negative", "No key"],
+            "price": [99.0, -5.0, 1.0],
+        }
+    )
+    items = pd.concat([items, bad_items], ignore_index=True)
+
+    users = make_users()
+    bad_users = pd.DataFrame(
+        {"user_id": ["u_child", "u_old", "u0"], "age": pd.array([7, 150, 30], dtype="Int64")}
+    )
+    users = pd.concat([users, bad_users], ignore_index=True)
+
+    inter = make_interactions()
+    base = inter.iloc[[1]].reset_index(drop=True)
+
+    def variant(**changes: object) -> pd.DataFrame:
+        row = base.copy()
+        for column, value in changes.items():
+            row[column] = value
+        return row
+
+    planted = [
+        variant(price=-3.0),  # negative_price
+        variant(item_id="nope"),  # unknown_item_id
+        variant(item_id="i_neg"),  # unknown_item_id: the item itself was quarantined
+        variant(timestamp=pd.Timestamp(NOW.replace(tzinfo=None) + timedelta(days=2))),
+        variant(event_type="click"),  # invalid_event_type
+        variant(user_id="ghost"),  # unknown_user_id
+        variant(user_id=None),  # null_user_id
+        inter.iloc[[0]],  # duplicate_event of row 0
+    ]
+    inter = pd.concat([inter, *planted], ignore_index=True)
+    return inter, items, users
+
+
+EXPECTED_REASONS = {
+    "interactions": {
+        "negative_price": 1,
+        "unknown_item_id": 2,
+        "future_timestamp": 1,
+        "invalid_event_type": 1,
+        "unknown_user_id": 1,
+        "null_user_id": 1,
+        "duplicate_event": 1,
+    },
+    "items": {"duplicate_item_id": 1, "negative_price": 1, "null_item_id": 1},
+    "users": {"age_out_of_range": 2, "duplicate_user_id": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def clean_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, ValidationResult, ValidationResult]:
+    """The clean data set validated twice into the same folders (idempotence)."""
+    root = tmp_path_factory.mktemp("clean")
+    write_raw(root / "raw", make_interactions(), make_items(), make_users())
+    first = run(root)
+    second = run(root)
+    return root, first, second
+
+
+@pytest.fixture(scope="module")
+def dirty_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ValidationResult]:
+    root = tmp_path_factory.mktemp("dirty")
+    write_raw(root / "raw", *dirty_data())
+    return root, run(root, max_bad_fraction=0.5)
+
+
+def test_clean_dataset_passes(clean_runs: tuple[Path, ValidationResult, ValidationResult]) -> None:
+    root, result, _ = clean_runs
+    sizes = {"interactions": N_EVENTS, "items": N_ITEMS, "users": N_USERS}
+    assert set(result.tables) == set(sizes)
+    for name, table in result.tables.items():
+        assert (table.rows_in, table.rows_valid, table.rows_quarantined) == (sizes[name],) * 2 + (
+            0,
+        )
+        assert table.reasons == {}
+        assert table.expectations_failed == 0
+        assert table.expectations_passed > 0
+    assert result.report_path == root / "reports" / "data_docs" / "index.html"
+    assert result.report_path.is_file()
+    assert "recsys_interactions" in result.report_path.read_text()
+
+
+def test_validated_tables_follow_canonical_schema(
+    clean_runs: tuple[Path, ValidationResult, ValidationResult],
+) -> None:
+    root = clean_runs[0]
+    for name, canonical in TABLES.items():
+        schema = pq.read_schema(table_path(root / "validated", name))
+        assert schema.names[: len(canonical)] == canonical.names
+        for target in canonical:
+            assert schema.field(target.name).type == target.type, (name, target.name)
+            assert schema.field(target.name).nullable == target.nullable, (name, target.name)
+    items = pq.read_table(table_path(root / "validated", "items"))
+    assert items.column("supplier").to_pylist() == ["acme"] * N_ITEMS  # extra column kept
+    interactions = pq.read_table(table_path(root / "validated", "interactions"))
+    assert interactions.schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
+    assert interactions.column("timestamp")[0].as_py() == NOW - timedelta(hours=1)
+
+
+def test_clean_run_writes_empty_quarantine_files(
+    clean_runs: tuple[Path, ValidationResult, ValidationResult],
+) -> None:
+    root, result, _ = clean_runs
+    for name in TABLES:
+        table = pq.read_table(table_path(result.quarantine_dir, name))
+        assert table.num_rows == 0
+        assert table.column_names[-1] == "reason"
+        assert set(TABLES[name].names) <= set(table.column_names)
+    assert result.quarantine_dir == root / "quarantine"
+
+
+def test_second_run_in_same_reports_dir(
+    clean_runs: tuple[Path, ValidationResult, ValidationResult],
+) -> None:
+    _, first, second = clean_runs
+    assert second.tables == first.tables
+    assert second.report_path == first.report_path
+    assert second.report_path.is_file()
+
+
+def test_dirty_rows_are_quarantined_with_reasons(
+    dirty_run: tuple[Path, ValidationResult],
+) -> None:
+    _, result = dirty_run
+    for name, expected in EXPECTED_REASONS.items():
+        table = result.tables[name]
+        assert table.reasons == expected, name
+        assert table.rows_quarantined == sum(expected.values())
+        assert table.rows_in == table.rows_valid + table.rows_quarantined
+        assert table.expectations_failed > 0, name
+    assert result.tables["interactions"].rows_in == N_EVENTS + 8
+    assert result.tables["users"].rows_valid == N_USERS  # u0 kept once, null age allowed
+
+
+def test_quarantine_files_hold_the_bad_rows(dirty_run: tuple[Path, ValidationResult]) -> None:
+    root, result = dirty_run
+    for name, expected in EXPECTED_REASONS.items():
+        quarantined = pq.read_table(table_path(result.quarantine_dir, name)).to_pandas()
+        assert quarantined["reason"].value_counts().to_dict() == expected
+        valid = pq.read_table(table_path(root / "validated", name)).to_pandas()
+        assert len(valid) + len(quarantined) == result.tables[name].rows_in
+
+    items_q = pq.read_table(table_path(result.quarantine_dir, "items")).to_pandas()
+    dup = items_q.loc[items_q["reason"] == "duplicate_item_id"]
+    assert dup["title"].tolist() == ["Duplicate of i00"]  # the first copy is the one kept
+    valid_items = pq.read_table(table_path(root / "validated", "items")).to_pandas()
+    assert valid_items.loc[valid_items["item_id"] == "i00", "title"].tolist() == ["Item 0"]
+
+    inter_q = pq.read_table(table_path(result.quarantine_dir, "interactions")).to_pandas()
+    by_reason = inter_q.groupby("reason")
+    assert sorted(by_reason.get_group("unknown_item_id")["item_id"]) == ["i_neg", "nope"]
+    assert by_reason.get_group("future_timestamp")["timestamp"].iloc[0] > pd.Timestamp(NOW)
+    assert by_reason.get_group("invalid_event_type")["event_type"].tolist() == ["click"]
+    assert inter_q["session_id"].notna().all()  # original columns travel with the reason
+
+    users_q = pq.read_table(table_path(result.quarantine_dir, "users")).to_pandas()
+    ages = users_q.loc[users_q["reason"] == "age_out_of_range", "age"]
+    assert sorted(ages.tolist()) == [7, 150]
+
+
+def test_print_summary(dirty_run: tuple[Path, ValidationResult]) -> None:
+    _, result = dirty_run
+    console = Console(record=True, width=200)
+    print_summary(result, console)
+    text = console.export_text()
+    for name in ("interactions", "items", "users", "unknown_item_id (2)", "index.html"):
+        assert name in text
+
+
+def test_missing_required_column_raises(tmp_path: Path) -> None:
+    write_raw(
+        tmp_path / "raw",
+        make_interactions().drop(columns=["timestamp"]),
+        make_items(),
+        make_users(),
+    )
+    with pytest.raises(DataValidationError, match=r"interactions\.parquet.*'timestamp'") as err:
+        run(tmp_path)
+    assert (err.value.table, err.value.column) == ("interactions", "timestamp")
+    assert not (tmp_path / "validated").exists()
+
+
+def test_missing_required_file_raises(tmp_path: Path) -> None:
+    raw = write_raw(tmp_path / "raw", make_interactions(), make_items(), None)
+    table_path(raw, "items").unlink()
+    with pytest.raises(DataValidationError, match=r"items\.parquet.*missing") as err:
+        run(tmp_path)
+    assert err.value.table == "items"
+
+
+def test_uncastable_column_raises(tmp_path: Path) -> None:
+    items = make_items().assign(price=["cheap"] * N_ITEMS)
+    write_raw(tmp_path / "raw", make_interactions(), items, make_users())
+    with pytest.raises(DataValidationError, match=r"items\.parquet: column 'price'") as err:
+        run(tmp_path)
+    assert err.value.column == "price"
+
+
+def test_too_many_bad_rows_raises(tmp_path: Path) -> None:
+    """Without users.parquet (optional) and with 30% dangling item ids, interactions fails."""
+    inter = make_interactions()
+    inter.loc[: N_EVENTS * 3 // 10 - 1, "item_id"] = "gone"
+    inter["user_id"] = "not_in_any_users_table"  # fine: users.parquet is absent
+    write_raw(tmp_path / "raw", inter, make_items(), None)
+    with pytest.raises(DataValidationError, match=r"interactions\.parquet") as err:
+        run(tmp_path)
+    message = str(err.value)
+    assert "unknown_item_id" in message and "'item_id'" in message and "(18 rows)" in message
+    assert (err.value.table, err.value.column, err.value.count) == ("interactions", "item_id", 18)
+    # What is needed to debug it is written; nothing half-valid reaches the next stage.
+    quarantined = pq.read_table(table_path(tmp_path / "quarantine", "interactions"))
+    assert quarantined.num_rows == 18
+    assert (tmp_path / "reports" / "data_docs" / "index.html").is_file()
+    assert not table_path(tmp_path / "validated", "interactions").exists()
+    assert not table_path(tmp_path / "quarantine", "users").exists()
