@@ -2,18 +2,21 @@
 
 Sources point at the Parquet files that `recsys features` writes under the data root
 (``RECSYS_HOME``, default ``var/`` in the checkout). Paths are absolute because Feast resolves
-relative source paths against the current directory, not against this repo.
+relative source paths against the current directory, not against this repo. TTLs come from the
+same settings (``RECSYS_FEATURES__USER_TTL_DAYS`` ...).
 """
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource
 from feast.types import Array, Bool, Float64, Int64, String
 from feast.value_type import ValueType
 
 from recsys.config import Settings
 
-FEATURES_DIR = Settings().features_dir  # fresh: RECSYS_HOME may change per run
+SETTINGS = Settings()  # fresh, not cached: RECSYS_HOME may change between runs in one process
+FEATURES_DIR = SETTINGS.features_dir
+TTL = SETTINGS.features
 
 
 def _source(name: str) -> FileSource:
@@ -22,6 +25,14 @@ def _source(name: str) -> FileSource:
         path=str(FEATURES_DIR / f"{name}.parquet"),
         timestamp_field="event_timestamp",
     )
+
+
+def _counts(*names: str) -> list[Field]:
+    return [Field(name=n, dtype=Int64) for n in names]
+
+
+def _reals(*names: str) -> list[Field]:
+    return [Field(name=n, dtype=Float64) for n in names]
 
 
 user = Entity(
@@ -40,38 +51,52 @@ item = Entity(
 user_features = FeatureView(
     name="user_features",
     entities=[user],
-    ttl=timedelta(days=365),
+    ttl=timedelta(days=TTL.user_ttl_days),
     schema=[
-        Field(name="views_total", dtype=Int64),
-        Field(name="purchases_total", dtype=Int64),
-        Field(name="sessions_total", dtype=Int64),
-        Field(name="spend_total", dtype=Float64),
-        Field(name="mean_price_paid", dtype=Float64),
-        Field(name="max_price_paid", dtype=Float64),
-        Field(name="purchases_30d", dtype=Int64),
-        Field(name="views_7d", dtype=Int64),
-        Field(name="days_since_last_purchase", dtype=Int64),
-        Field(name="age", dtype=Int64),
+        *_counts("views_total", "purchases_total", "carts_total", "sessions_total"),
+        *_reals("spend_total", "mean_price_paid", "max_price_paid"),
+        *_counts("views_7d", "views_30d", "views_90d", "purchases_7d", "purchases_30d"),
+        *_counts("purchases_90d", "carts_30d", "days_since_last_purchase", "age"),
+        Field(name="age_bucket", dtype=String),
+        Field(name="fav_category", dtype=String),
+        Field(name="fav_colour", dtype=String),
+        Field(name="fav_department", dtype=String),
+        *_reals("fav_category_share", "fav_colour_share", "fav_department_share"),
         Field(name="purchased_items", dtype=Array(String)),
     ],
     source=_source("user_features"),
     online=True,
-    description="Daily snapshots of a shopper's activity and newest-first purchase history.",
+    description="Daily snapshots of a shopper's activity, tastes and newest-first purchases.",
+)
+
+user_activity_push = PushSource(name="user_activity_push", batch_source=_source("user_activity"))
+
+user_activity = FeatureView(
+    name="user_activity",
+    entities=[user],
+    ttl=timedelta(days=TTL.activity_ttl_days),
+    schema=[
+        Field(name="recent_views", dtype=Array(String)),
+        Field(name="recent_purchases", dtype=Array(String)),
+        Field(name="session_events", dtype=Int64),
+    ],
+    source=user_activity_push,
+    online=True,
+    description="Real-time activity pushed by the API on each event; seeded from the logs.",
 )
 
 item_features = FeatureView(
     name="item_features",
     entities=[item],
-    ttl=timedelta(days=365),
+    ttl=timedelta(days=TTL.item_ttl_days),
     schema=[
-        Field(name="item_purchases_total", dtype=Int64),
-        Field(name="item_purchases_7d", dtype=Int64),
-        Field(name="item_views_7d", dtype=Int64),
-        Field(name="item_buyers_total", dtype=Int64),
+        *_counts("item_purchases_total", "item_purchases_7d", "item_purchases_30d"),
+        *_counts("item_views_7d", "item_buyers_total"),
+        *_reals("item_trend", "item_repurchase_rate", "item_mean_price_paid"),
     ],
     source=_source("item_features"),
     online=True,
-    description="Daily snapshots of an item's demand.",
+    description="Dense daily snapshots of an item's demand and momentum.",
 )
 
 item_attributes = FeatureView(
@@ -95,11 +120,17 @@ item_attributes = FeatureView(
 two_tower_training = FeatureService(
     name="two_tower_training",
     features=[user_features, item_attributes, item_features],
-    description="What the two-tower model trains on.",
+    description="What the two-tower model trains on (point in time, per example).",
+)
+
+ranking = FeatureService(
+    name="ranking",
+    features=[user_features, user_activity, item_features, item_attributes],
+    description="What a ranker reads for (user, candidate item) pairs.",
 )
 
 user_serving = FeatureService(
     name="user_serving",
-    features=[user_features],
-    description="What the API reads per request to build the user vector and filters.",
+    features=[user_features, user_activity],
+    description="What the API reads per request: the user vector's inputs and the filters.",
 )

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -66,7 +67,9 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
             start = earliest - timedelta(seconds=1)
         start = start if start.tzinfo else start.replace(tzinfo=UTC)
         rows[view.name] = _rows_between(path, start, end)
-        with contextlib.redirect_stdout(io.StringIO()):  # Feast prints its own progress bars
+        # Feast prints its own progress bars, and ibis deprecation warnings under them.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             store.materialize(start_date=start, end_date=end, feature_views=[view.name])
     seconds = time.perf_counter() - started
     log.info("materialized %s in %.1fs", rows, seconds)

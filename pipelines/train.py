@@ -13,6 +13,7 @@ import json
 import logging
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,7 +131,9 @@ def split_by_time(purchases: pd.DataFrame, test_days: int) -> tuple[pd.Timestamp
 
 
 def _historical(store, entity_df: pd.DataFrame, features) -> pd.DataFrame:
-    frame = store.get_historical_features(entity_df=entity_df, features=features).to_df()
+    with warnings.catch_warnings():  # ibis deprecation chatter inside Feast's DuckDB store
+        warnings.simplefilter("ignore", DeprecationWarning)
+        frame = store.get_historical_features(entity_df=entity_df, features=features).to_df()
     return frame.reset_index(drop=True)
 
 

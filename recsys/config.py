@@ -43,6 +43,11 @@ class FeatureSettings(BaseModel):
     purchased_items_cap: int = Field(
         default=500, description="Purchased item ids kept online for the already-bought filter."
     )
+    user_ttl_days: int = Field(
+        default=365, description="How far back a user snapshot may serve (Feast TTL)."
+    )
+    item_ttl_days: int = Field(default=365, description="The same for item demand snapshots.")
+    activity_ttl_days: int = Field(default=30, description="TTL of pushed real-time activity.")
 
 
 class TrainSettings(BaseModel):

@@ -160,3 +160,29 @@ def test_validate_stops_on_a_missing_column(tmp_path) -> None:
     proc = run_cli(tmp_path, "validate", check=False)
     assert proc.returncode == 1
     assert "interactions" in proc.stdout and "timestamp" in proc.stdout
+
+
+def test_push_source_updates_online_activity_at_once(pipeline_settings) -> None:
+    """What the API will do on each event: push, then the next online read sees it."""
+    from feast.data_source import PushMode
+
+    store = open_store(pipeline_settings)
+    services = {s.name for s in store.list_feature_services()}
+    assert {"two_tower_training", "ranking", "user_serving"} <= services
+    row = pd.DataFrame(
+        {
+            "user_id": ["pushed-user"],
+            "event_timestamp": [pd.Timestamp.now(tz="UTC")],
+            "recent_views": [["i000001"]],
+            "recent_purchases": [["i000002", "i000001"]],
+            "session_events": [3],
+        }
+    )
+    store.push("user_activity_push", row, to=PushMode.ONLINE)
+    online = store.get_online_features(
+        features=store.get_feature_service("user_serving"),
+        entity_rows=[{"user_id": "pushed-user"}],
+    ).to_dict()
+    assert online["recent_purchases"] == [["i000002", "i000001"]]
+    assert online["session_events"] == [3]
+    assert online["purchases_total"] == [None]  # no batch history for this user

@@ -11,75 +11,103 @@ def _ts(day: int, hour: int = 12) -> pd.Timestamp:
     return pd.Timestamp("2026-03-01", tz="UTC") + pd.Timedelta(days=day - 1, hours=hour)
 
 
+def _at(day: int) -> pd.Timestamp:
+    """The stamp of the snapshot that summarises ``day`` (the next midnight)."""
+    return _ts(day + 1, 0)
+
+
+ROWS = [  # user, item, day, hour, event, price, session
+    ("u1", "A", 1, 10, "view", 10.0, "s1"),
+    ("u1", "A", 1, 11, "purchase", 10.0, "s1"),
+    ("u1", "B", 2, 9, "view", 30.0, "s2"),
+    ("u1", "C", 5, 9, "purchase", 30.0, "s3"),
+    ("u1", "B", 5, 10, "purchase", 50.0, "s3"),
+    ("u2", "A", 3, 8, "purchase", 10.0, "s4"),
+    ("u2", "A", 4, 8, "purchase", 12.0, "s5"),  # a repeat buyer of A
+    ("u3", "C", 12, 8, "view", 30.0, "s6"),  # makes day 12 the data's last day
+]
+
+
 @pytest.fixture(scope="module")
 def features(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
     validated = tmp_path_factory.mktemp("validated")
-    rows = [  # user, item, day, hour, event, price, session
-        ("u1", "A", 1, 10, "view", 10.0, "s1"),
-        ("u1", "A", 1, 11, "purchase", 10.0, "s1"),
-        ("u1", "B", 2, 9, "view", 30.0, "s2"),
-        ("u1", "C", 5, 9, "purchase", 30.0, "s3"),
-        ("u1", "B", 5, 10, "purchase", 50.0, "s3"),
-        ("u2", "A", 3, 8, "purchase", 10.0, "s4"),
-    ]
     pd.DataFrame(
         {
-            "user_id": [r[0] for r in rows],
-            "item_id": [r[1] for r in rows],
-            "timestamp": [_ts(r[2], r[3]) for r in rows],
-            "event_type": [r[4] for r in rows],
+            "user_id": [r[0] for r in ROWS],
+            "item_id": [r[1] for r in ROWS],
+            "timestamp": [_ts(r[2], r[3]) for r in ROWS],
+            "event_type": [r[4] for r in ROWS],
             "value": 1.0,
-            "price": [r[5] for r in rows],
-            "session_id": [r[6] for r in rows],
+            "price": [r[5] for r in ROWS],
+            "session_id": [r[6] for r in ROWS],
         }
     ).to_parquet(table_path(validated, "interactions"))
     pd.DataFrame(
         {
             "item_id": ["A", "B", "C"],
-            "category": ["tops", "bottoms", "shoes"],
+            "category": ["tops", "bottoms", "tops"],
             "colour": ["red", None, "black"],
             "price": [10.0, 50.0, 30.0],
         }
     ).to_parquet(table_path(validated, "items"))
-    pd.DataFrame({"user_id": ["u1", "u2"], "age": [30, 41]}).to_parquet(
+    pd.DataFrame({"user_id": ["u1", "u2"], "age": [30, 17]}).to_parquet(
         table_path(validated, "users")
     )
     out = tmp_path_factory.mktemp("features")
     summary = compute_features(validated, out)
-    assert summary.user_rows == 4
+    assert summary.activity_rows == 3
     return {
         name: pd.read_parquet(out / f"{name}.parquet")
-        for name in ("user_features", "item_features", "item_attributes")
+        for name in ("user_features", "item_features", "item_attributes", "user_activity")
     }
 
 
-def test_user_snapshots_are_stamped_after_the_day_they_summarise(features) -> None:
+def test_user_snapshots_on_active_days_and_window_exits(features) -> None:
     u1 = features["user_features"].query("user_id == 'u1'").set_index("event_timestamp")
-    assert list(u1.index) == [_ts(2, 0), _ts(3, 0), _ts(6, 0)]
-    day5 = u1.loc[_ts(6, 0)]
-    assert day5["purchases_total"] == 3
-    assert day5["views_total"] == 2
+    # active on days 1, 2, 5; day 1 leaves the 7-day window on day 8, day 2 on day 9
+    # (day 5 + 7 = 12 is also within the data); 30/90-day exits fall after day 12
+    assert list(u1.index) == [_at(d) for d in (1, 2, 5, 8, 9, 12)]
+    day5 = u1.loc[_at(5)]
+    assert day5["purchases_total"] == 3 and day5["views_total"] == 2
     assert day5["sessions_total"] == 3
     assert day5["mean_price_paid"] == pytest.approx(30.0)
     assert day5["max_price_paid"] == 50.0
     assert day5["days_since_last_purchase"] == 0
-    assert day5["age"] == 30
     assert list(day5["purchased_items"]) == ["B", "C", "A"]  # newest first
-    day2 = u1.loc[_ts(3, 0)]  # a view-only day carries the history forward
-    assert list(day2["purchased_items"]) == ["A"]
-    assert day2["days_since_last_purchase"] == 1
+    assert day5["purchases_7d"] == 3 and day5["views_7d"] == 2
+    # day 8: day 1 has left the 7-day window; nothing new happened
+    assert u1.loc[_at(8), "purchases_7d"] == 2 and u1.loc[_at(8), "views_7d"] == 1
+    assert u1.loc[_at(8), "purchases_30d"] == 3
+    assert u1.loc[_at(12), "purchases_7d"] == 0 and u1.loc[_at(12), "purchases_total"] == 3
+    assert u1.loc[_at(12), "days_since_last_purchase"] == 7
+    day2 = u1.loc[_at(2)]  # a view-only day carries the history forward
+    assert list(day2["purchased_items"]) == ["A"] and day2["days_since_last_purchase"] == 1
+
+
+def test_user_tastes_and_age_bucket(features) -> None:
+    users = features["user_features"].sort_values("event_timestamp").groupby("user_id").last()
+    assert users.loc["u1", "fav_category"] == "tops"  # A and C are tops, B is bottoms
+    assert users.loc["u1", "fav_category_share"] == pytest.approx(2 / 3)
+    assert users.loc["u1", "age_bucket"] == "25-34"
+    assert users.loc["u2", "age_bucket"] == "13-17"
+    assert users.loc["u3", "age_bucket"] == "unknown"  # not in the users table
+    assert (
+        users.loc["u3", "purchases_total"] == 0 and list(users.loc["u3", "purchased_items"]) == []
+    )
 
 
 def test_item_snapshots_are_dense_and_windows_expire(features) -> None:
     a = features["item_features"].query("item_id == 'A'").set_index("event_timestamp")
-    # first seen on day 1, dense up to the data's last day (day 5)
-    assert list(a.index) == [_ts(d, 0) for d in range(2, 7)]
-    assert a.loc[_ts(4, 0), "item_purchases_total"] == 2
-    assert a.loc[_ts(4, 0), "item_buyers_total"] == 2
-    assert a.loc[_ts(6, 0), "item_purchases_7d"] == 2
-    b = features["item_features"].query("item_id == 'B'").set_index("event_timestamp")
-    assert b.loc[_ts(3, 0), "item_views_7d"] == 1
-    assert b.loc[_ts(6, 0), "item_purchases_total"] == 1
+    assert list(a.index) == [_at(d) for d in range(1, 13)]  # first seen day 1 .. last day 12
+    assert a.loc[_at(4), "item_purchases_total"] == 3
+    assert a.loc[_at(4), "item_buyers_total"] == 2
+    assert a.loc[_at(4), "item_repurchase_rate"] == pytest.approx(0.5)  # u2 bought A twice
+    assert a.loc[_at(4), "item_mean_price_paid"] == pytest.approx(32 / 3)
+    assert a.loc[_at(11), "item_purchases_7d"] == 0  # day 4 has left the window
+    assert a.loc[_at(11), "item_purchases_30d"] == 3
+    # momentum: 3 sales this week against a 30-day rate of 3 * 7/30 a week
+    assert a.loc[_at(4), "item_trend"] == pytest.approx(4 / (3 * 7 / 30 + 1))
+    assert a.loc[_at(11), "item_trend"] < 1
 
 
 def test_item_attributes_fill_unknowns(features) -> None:
@@ -88,3 +116,11 @@ def test_item_attributes_fill_unknowns(features) -> None:
     assert attrs.loc["A", "department"] == "unknown"  # column absent from the catalogue
     assert bool(attrs.loc["C", "in_stock"]) is True
     assert attrs.loc["A", "event_timestamp"] == _ts(1, 10)  # first sighting
+
+
+def test_activity_seed_is_each_users_latest_state(features) -> None:
+    act = features["user_activity"].set_index("user_id")
+    assert list(act.loc["u1", "recent_purchases"]) == ["B", "C", "A"]
+    assert list(act.loc["u1", "recent_views"]) == ["B", "A"]
+    assert act.loc["u1", "session_events"] == 2  # the last session, s3
+    assert act.loc["u1", "event_timestamp"] == _ts(5, 10)
