@@ -49,8 +49,11 @@ log = logging.getLogger(__name__)
 
 # Items and users are cleaned first so that the referential checks on interactions use the keys
 # that actually reach the validated folder.
-TABLE_ORDER: tuple[str, ...] = ("items", "users", "interactions")
-OPTIONAL_TABLES: frozenset[str] = frozenset({"users"})
+TABLE_ORDER: tuple[str, ...] = ("items", "users", "interactions", "holdout")
+OPTIONAL_TABLES: frozenset[str] = frozenset({"users", "holdout"})
+# The holdout (pairs that evaluation scores against, written by some importers) is interaction
+# data under another name: same schema, same row rules, same expectations.
+RULES_OF: dict[str, str] = {"holdout": "interactions"}
 EVENT_KEY: tuple[str, ...] = ("user_id", "item_id", "timestamp", "event_type")
 REASON_COLUMN = "reason"
 
@@ -135,6 +138,11 @@ class _Checked:
 # --------------------------------------------------------------------------------------------
 
 
+def _rules(name: str) -> str:
+    """The canonical table whose schema and rules apply to table ``name``."""
+    return RULES_OF.get(name, name)
+
+
 def _file_label(name: str) -> str:
     return f"{name}.parquet"
 
@@ -200,8 +208,8 @@ def _conform(name: str, raw: pa.Table, source: Path) -> pa.Table:
     reader can rely on the full schema. All fields are nullable here: rows with nulls in key
     columns still have to reach the quarantine.
     """
-    schema = TABLES[name]
-    for column in REQUIRED_COLUMNS[name]:
+    schema = TABLES[_rules(name)]
+    for column in REQUIRED_COLUMNS[_rules(name)]:
         if column not in raw.column_names:
             raise DataValidationError(
                 f"{_file_label(name)}: required column '{column}' is missing (file: {source}). "
@@ -273,6 +281,7 @@ def _row_reasons(
     user_ids: np.ndarray | None,
 ) -> pd.Series:
     reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    name = _rules(name)
     for column in REQUIRED_COLUMNS[name]:
         _flag(reasons, frame[column].isna(), f"{NULL_REASON_PREFIX}{column}")
 
@@ -314,7 +323,7 @@ def _check_table(
     table = _conform(name, raw, source)
     # Only the canonical columns go to pandas: extras may hold types pandas handles badly, and
     # converting fewer string columns matters on tens of millions of rows.
-    frame = table.select(TABLES[name].names).to_pandas()
+    frame = table.select(TABLES[_rules(name)].names).to_pandas()
     reasons = _row_reasons(name, frame, now, item_ids, user_ids)
     return _Checked(name=name, source=source, table=table, frame=frame, reasons=reasons)
 
@@ -395,6 +404,7 @@ def _expectations(name: str, with_users: bool) -> list[Any]:
     sets get a ``description`` because otherwise Data Docs renders every id in the set.
     """
     gxe = _import_gx().expectations
+    name = _rules(name)
     required = REQUIRED_COLUMNS[name]
     out: list[Any] = [gxe.ExpectColumnToExist(column=c) for c in required]
     out += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in required]
@@ -495,7 +505,7 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 def _strict_schema(name: str, table: pa.Table) -> pa.Schema:
     """Canonical fields (with their nullability) followed by the pass-through columns."""
-    canonical = TABLES[name]
+    canonical = TABLES[_rules(name)]
     extras = [f for f in table.schema if f.name not in canonical.names]
     return pa.schema(list(canonical) + extras)
 
@@ -578,8 +588,8 @@ def validate_dataset(
         raw = raws[name]
         if raw is None:
             continue
-        refs_items = item_ids if name == "interactions" else None
-        refs_users = user_ids if name == "interactions" else None
+        refs_items = item_ids if _rules(name) == "interactions" else None
+        refs_users = user_ids if _rules(name) == "interactions" else None
         checked[name] = _check_table(
             name, raw, table_path(raw_dir, name), clock, refs_items, refs_users
         )
@@ -606,7 +616,7 @@ def validate_dataset(
     with_users = "users" in checked
     for name, table in checked.items():
         params: dict[str, Any] = {"now": clock.to_pydatetime()}
-        if name == "interactions":
+        if _rules(name) == "interactions":
             params["item_ids"] = _referenced(table.frame, "item_id", item_ids)
             if with_users:
                 params["user_ids"] = _referenced(table.frame, "user_id", user_ids)
@@ -675,5 +685,5 @@ def print_summary(result: ValidationResult, console: Console) -> None:
 
 def _ordered(results: Iterable[TableResult]) -> list[TableResult]:
     """Interactions first: it is the table people look at."""
-    rank = {"interactions": 0, "items": 1, "users": 2}
+    rank = {"interactions": 0, "items": 1, "users": 2, "holdout": 3}
     return sorted(results, key=lambda r: rank.get(r.table, 99))

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -73,6 +75,42 @@ def run_synth(settings: Settings, users: int, items: int, days: int, seed: int,
         )
 
 
+def run_import(settings: Settings, fmt: str, path: Path | None, options: dict[str, Any]) -> None:
+    """Import a data set, then let it replace the current one under the data root.
+
+    The adapter writes into a staging folder first, so a bad mapping or a broken file fails
+    without touching the data set (and features, Feast state) that is there now.
+    """
+    from pipelines.adapters import DatasetImportError, get_adapter, replace_dataset
+
+    with stage(f"data import {fmt}"):
+        staging = settings.data_dir / "raw.importing"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            summary = get_adapter(fmt).import_dataset(staging, path=path, **options)
+            removed = replace_dataset(settings, staged=staging)
+        except (DatasetImportError, OSError) as exc:
+            raise _fail(exc) from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        table = Table(title=f"{summary.format} -> {settings.raw_dir}")
+        table.add_column("table")
+        table.add_column("rows", justify="right")
+        for name, rows in summary.counts.items():
+            table.add_row(name, f"{rows:,}")
+        console.print(table)
+        for note in summary.notes:
+            console.print(f"  - {note}")
+        if removed:
+            console.print(
+                f"  replaced the previous data set (cleared {', '.join(p.name for p in removed)};"
+                " model runs kept)"
+            )
+        console.print(
+            "  next: recsys validate && recsys features && recsys materialize && recsys train"
+        )
+
+
 def run_validate(settings: Settings, max_bad_fraction: float) -> None:
     from pipelines.validate import DataValidationError, print_summary, validate_dataset
 
@@ -102,7 +140,8 @@ def run_features(settings: Settings) -> None:
             raise _fail(exc) from exc
         console.print(
             f"  user snapshots {s.user_rows:,}, item snapshots {s.item_rows:,}, "
-            f"item attributes {s.attribute_rows:,} -> {s.out_dir}"
+            f"item attributes {s.attribute_rows:,}, user activity {s.activity_rows:,} "
+            f"-> {s.out_dir}"
         )
 
 
@@ -181,6 +220,54 @@ def data_synth(
 ) -> None:
     """Generate a synthetic fashion shop (catalogue, shoppers, sessions) as canonical Parquet."""
     run_synth(get_settings(), users, items, days, seed, _parse_date(end_date))
+
+
+@data_app.command("import")
+def data_import(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="generic, hm, movielens or asos.")],
+    path: Annotated[
+        Path | None,
+        typer.Argument(metavar="DIR", help="The data set's folder (hm, movielens, asos)."),
+    ] = None,
+    interactions: Annotated[
+        Path | None, typer.Option(help="generic: events file, CSV or Parquet.")
+    ] = None,
+    items: Annotated[Path | None, typer.Option(help="generic: catalogue file.")] = None,
+    users: Annotated[Path | None, typer.Option(help="generic: users file.")] = None,
+    holdout: Annotated[
+        Path | None, typer.Option(help="generic: events held out for evaluation.")
+    ] = None,
+    mapping: Annotated[
+        str | None,
+        typer.Option("--map", help="generic: canonical=source columns, e.g. user_id=customer_id."),
+    ] = None,
+    event_type: Annotated[
+        str | None, typer.Option(help="generic: event type of every row (no event column).")
+    ] = None,
+    event_map: Annotated[
+        str | None, typer.Option(help="generic: canonical=source event values, e.g. view=click.")
+    ] = None,
+    timestamp_format: Annotated[
+        str | None, typer.Option(help="generic: DuckDB strptime format, e.g. '%Y-%m-%d'.")
+    ] = None,
+    timestamp_unit: Annotated[
+        str | None, typer.Option(help="generic: epoch numbers in s, ms or us.")
+    ] = None,
+    holdout_days: Annotated[
+        int | None, typer.Option(help="hm: move the last N days to the holdout.")
+    ] = None,
+    reference_time: Annotated[
+        str | None, typer.Option(help="asos: timestamp of the train pairs (ISO-8601).")
+    ] = None,
+) -> None:
+    """Import a data set (replaces the current one; model runs are kept)."""
+    options = {
+        "interactions": interactions, "items": items, "users": users, "holdout": holdout,
+        "map": mapping, "event_type": event_type, "event_map": event_map,
+        "timestamp_format": timestamp_format, "timestamp_unit": timestamp_unit,
+        "holdout_days": holdout_days, "reference_time": reference_time,
+    }  # fmt: skip
+    run_import(get_settings(), fmt, path, options)
 
 
 @app.command()
