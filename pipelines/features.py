@@ -13,8 +13,10 @@ dense (every day from first sighting), so an item's momentum falls to zero when 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -57,6 +59,8 @@ class FeatureSummary:
     attribute_rows: int
     activity_rows: int
     out_dir: Path
+    mode: str = "full"  # "full", "incremental" (new days only) or "current" (nothing new)
+    since: date | None = None  # last day computed before this run, for incremental runs
 
 
 def _age_bucket_sql(column: str) -> str:
@@ -73,21 +77,52 @@ def _windowed(measure: str, days: int) -> str:
     )
 
 
-def _user_sql(inter: Path, attributes: Path, users: Path | None, cap: int) -> str:
-    """User snapshots; ``attributes`` is the normalised ``item_attributes`` table."""
+FULL_RUN = date(1900, 1, 1)  # "since" of a run with no earlier snapshots
+BASE_USER = """SELECT NULL::VARCHAR AS user_id, NULL::TIMESTAMPTZ AS event_timestamp,
+    NULL::BIGINT AS views_total, NULL::BIGINT AS purchases_total, NULL::BIGINT AS carts_total,
+    NULL::BIGINT AS sessions_total, NULL::DOUBLE AS spend_total, NULL::DOUBLE AS max_price_paid,
+    NULL::BIGINT AS days_since_last_purchase, NULL::VARCHAR[] AS purchased_items LIMIT 0"""
+BASE_ITEM = """SELECT NULL::VARCHAR AS item_id, NULL::TIMESTAMPTZ AS event_timestamp,
+    NULL::BIGINT AS item_purchases_total, NULL::BIGINT AS item_buyers_total,
+    NULL::DOUBLE AS item_repurchase_rate, NULL::DOUBLE AS item_mean_price_paid LIMIT 0"""
+
+
+def _latest(source: str, key: str) -> str:
+    """Each entity's newest snapshot in ``source`` (the state an incremental run continues)."""
+    return (
+        f"SELECT * FROM ({source}) QUALIFY row_number() OVER "
+        f"(PARTITION BY {key} ORDER BY event_timestamp DESC) = 1"
+    )
+
+
+def _user_sql(
+    inter: Path, attributes: Path, users: Path | None, cap: int, since: date, base: str
+) -> str:
+    """User snapshots for the days after ``since``, continuing from ``base`` (SQL relation).
+
+    A full run is the same query with ``since`` = :data:`FULL_RUN` and an empty base, so the
+    incremental path is the only path. Only events of the last 90 days before ``since`` are
+    re-read (the longest window); totals and the purchase history continue from the base.
+    ``attributes`` is the normalised ``item_attributes`` table.
+    """
     age_join = (
         f"LEFT JOIN (SELECT user_id, age FROM read_parquet('{users}')) u ON u.user_id = c.user_id"
         if users is not None
         else "LEFT JOIN (SELECT NULL::VARCHAR AS user_id, NULL::INTEGER AS age) u ON false"
     )
+    since_sql = f"DATE '{since.isoformat()}'"
     boundaries = " UNION ALL ".join(
-        f"SELECT user_id, day + INTERVAL {w} DAY AS day FROM active" for w in WINDOWS
+        f"SELECT user_id, CAST(day + INTERVAL {w} DAY AS DATE) AS day FROM daily" for w in WINDOWS
     )
     windowed = ",\n".join(
         f"{_windowed(m, w)} AS {m}_{w}d"
         for m, w in (("views", 7), ("views", 30), ("views", 90), ("purchases", 7),
                      ("purchases", 30), ("purchases", 90), ("carts", 30))
     )  # fmt: skip
+    new_sums = ",\n".join(
+        f"sum(CASE WHEN day > {since_sql} THEN {m} ELSE 0 END) OVER w AS {m}_new"
+        for m in ("views", "purchases", "carts", "sessions", "spend")
+    )
     favourites = ",\n".join(
         f"""list_aggregate(h.{a}s, 'mode') AS fav_{a},
            CAST(CASE WHEN len(h.{a}s) = 0 THEN 0 ELSE
@@ -95,11 +130,16 @@ def _user_sql(inter: Path, attributes: Path, users: Path | None, cap: int) -> st
                 END AS DOUBLE) AS fav_{a}_share"""
         for a in ("category", "colour", "department")
     )
+    attr_lists = ",\n".join(
+        f"list(coalesce(CAST(a.{c} AS VARCHAR), 'unknown') ORDER BY {{order}}) AS {c}s"
+        for c in ("category", "colour", "department")
+    )
     return f"""
     WITH ev AS (
         SELECT e.user_id, e.item_id, CAST(e."timestamp" AS TIMESTAMPTZ) AS ts, e.event_type,
                e.price, e.session_id, CAST(e."timestamp" AS DATE) AS day
         FROM read_parquet('{inter}') e
+        WHERE CAST(e."timestamp" AS DATE) > {since_sql} - INTERVAL 90 DAY
     ),
     daily AS (
         SELECT user_id, day,
@@ -109,68 +149,85 @@ def _user_sql(inter: Path, attributes: Path, users: Path | None, cap: int) -> st
                coalesce(sum(price) FILTER (WHERE event_type = 'purchase'), 0) AS spend,
                max(price) FILTER (WHERE event_type = 'purchase') AS max_price,
                count(DISTINCT session_id) AS sessions,
-               max(ts) FILTER (WHERE event_type = 'purchase') AS last_purchase_ts
+               max(day) FILTER (WHERE event_type = 'purchase') AS purchase_day
         FROM ev GROUP BY user_id, day
     ),
-    active AS (SELECT user_id, day FROM daily),
     last_day AS (SELECT max(day) AS hi FROM daily),
-    snapshot_days AS (  -- active days plus the days an active day leaves a window
-        SELECT DISTINCT user_id, CAST(day AS DATE) AS day FROM ({boundaries})
-        WHERE CAST(day AS DATE) <= (SELECT hi FROM last_day)
-        UNION SELECT user_id, day FROM active
+    snapshot_days AS (  -- new active days, and the days an active day leaves a window
+        SELECT DISTINCT user_id, day FROM (
+            SELECT user_id, day FROM daily UNION ALL {boundaries}
+        ) WHERE day > {since_sql} AND day <= (SELECT hi FROM last_day)
     ),
-    filled AS (
-        SELECT s.user_id, s.day, coalesce(d.views, 0) AS views,
-               coalesce(d.purchases, 0) AS purchases, coalesce(d.carts, 0) AS carts,
-               coalesce(d.spend, 0) AS spend, d.max_price, coalesce(d.sessions, 0) AS sessions,
-               d.last_purchase_ts
-        FROM snapshot_days s LEFT JOIN daily d ON d.user_id = s.user_id AND d.day = s.day
+    rows AS (  -- the look-back days feed the windows; snapshot days are the output
+        SELECT coalesce(d.user_id, s.user_id) AS user_id, coalesce(d.day, s.day) AS day,
+               coalesce(d.views, 0) AS views, coalesce(d.purchases, 0) AS purchases,
+               coalesce(d.carts, 0) AS carts, coalesce(d.spend, 0) AS spend,
+               coalesce(d.sessions, 0) AS sessions, d.max_price, d.purchase_day,
+               s.day IS NOT NULL AS is_snapshot
+        FROM daily d FULL OUTER JOIN snapshot_days s ON d.user_id = s.user_id AND d.day = s.day
     ),
     cum AS (
-        SELECT user_id, day,
-               sum(views) OVER w AS views_total,
-               sum(purchases) OVER w AS purchases_total,
-               sum(carts) OVER w AS carts_total,
-               sum(sessions) OVER w AS sessions_total,
-               sum(spend) OVER w AS spend_total,
-               max(max_price) OVER w AS max_price_paid,
-               max(last_purchase_ts) OVER w AS last_purchase_ts,
+        SELECT user_id, day, is_snapshot,
+               {new_sums},
+               max(CASE WHEN day > {since_sql} THEN max_price END) OVER w AS max_price_new,
+               max(CASE WHEN day > {since_sql} THEN purchase_day END) OVER w AS purchase_day_new,
                {windowed}
-        FROM filled
+        FROM rows
         WINDOW w AS (PARTITION BY user_id ORDER BY day ROWS UNBOUNDED PRECEDING)
     ),
-    bought AS (  -- per purchase day, newest first: item ids and their attributes
-        SELECT b.user_id, b.day,
-               list(b.item_id ORDER BY b.ts DESC) AS items_today,
-               list(coalesce(CAST(i.category AS VARCHAR), 'unknown') ORDER BY b.ts DESC)
-                   AS categorys_today,
-               list(coalesce(CAST(i.colour AS VARCHAR), 'unknown') ORDER BY b.ts DESC)
-                   AS colours_today,
-               list(coalesce(CAST(i.department AS VARCHAR), 'unknown') ORDER BY b.ts DESC)
-                   AS departments_today
-        FROM ev b LEFT JOIN read_parquet('{attributes}') i USING (item_id)
-        WHERE b.event_type = 'purchase' GROUP BY b.user_id, b.day
+    base AS ({_latest(base, "user_id")}),
+    base_hist AS (  -- the base's history with the attributes of each item, in order
+        SELECT h.user_id, list(h.item_id ORDER BY h.pos) AS history,
+               {attr_lists.format(order="h.pos")}
+        FROM (SELECT user_id, unnest(purchased_items) AS item_id,
+                     generate_subscripts(purchased_items, 1) AS pos FROM base) h
+        LEFT JOIN read_parquet('{attributes}') a USING (item_id)
+        GROUP BY h.user_id
     ),
-    hist AS (  -- everything bought up to each purchase day, newest first, capped
+    bought AS (  -- per new purchase day, newest first: item ids and their attributes
+        SELECT b.user_id, b.day, list(b.item_id ORDER BY b.ts DESC) AS history,
+               {attr_lists.format(order="b.ts DESC")}
+        FROM ev b LEFT JOIN read_parquet('{attributes}') a USING (item_id)
+        WHERE b.event_type = 'purchase' AND b.day > {since_sql}
+        GROUP BY b.user_id, b.day
+    ),
+    hist_new AS (  -- everything bought since ``since`` up to each purchase day, newest first
         SELECT user_id, day,
-               flatten(list(items_today) OVER h)[1:{cap}] AS history,
-               flatten(list(categorys_today) OVER h)[1:{cap}] AS categorys,
-               flatten(list(colours_today) OVER h)[1:{cap}] AS colours,
-               flatten(list(departments_today) OVER h)[1:{cap}] AS departments
+               flatten(list(history) OVER h) AS history,
+               flatten(list(categorys) OVER h) AS categorys,
+               flatten(list(colours) OVER h) AS colours,
+               flatten(list(departments) OVER h) AS departments
         FROM bought
         WINDOW h AS (PARTITION BY user_id ORDER BY day DESC
                      ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)
+    ),
+    hist AS (
+        SELECT c.user_id, c.day,
+               list_concat(coalesce(n.history, []), coalesce(bh.history, []))[1:{cap}]
+                   AS history,
+               list_concat(coalesce(n.categorys, []), coalesce(bh.categorys, []))[1:{cap}]
+                   AS categorys,
+               list_concat(coalesce(n.colours, []), coalesce(bh.colours, []))[1:{cap}]
+                   AS colours,
+               list_concat(coalesce(n.departments, []), coalesce(bh.departments, []))[1:{cap}]
+                   AS departments
+        FROM (SELECT user_id, day FROM cum WHERE is_snapshot) c
+        ASOF LEFT JOIN hist_new n ON c.user_id = n.user_id AND c.day >= n.day
+        LEFT JOIN base_hist bh ON bh.user_id = c.user_id
     )
     SELECT c.user_id,
            CAST(c.day + INTERVAL 1 DAY AS TIMESTAMPTZ) AS event_timestamp,
-           CAST(c.views_total AS BIGINT) AS views_total,
-           CAST(c.purchases_total AS BIGINT) AS purchases_total,
-           CAST(c.carts_total AS BIGINT) AS carts_total,
-           CAST(c.sessions_total AS BIGINT) AS sessions_total,
-           CAST(c.spend_total AS DOUBLE) AS spend_total,
-           CAST(CASE WHEN c.purchases_total > 0 THEN c.spend_total / c.purchases_total
+           CAST(coalesce(b.views_total, 0) + c.views_new AS BIGINT) AS views_total,
+           CAST(coalesce(b.purchases_total, 0) + c.purchases_new AS BIGINT) AS purchases_total,
+           CAST(coalesce(b.carts_total, 0) + c.carts_new AS BIGINT) AS carts_total,
+           CAST(coalesce(b.sessions_total, 0) + c.sessions_new AS BIGINT) AS sessions_total,
+           CAST(coalesce(b.spend_total, 0) + c.spend_new AS DOUBLE) AS spend_total,
+           CAST(CASE WHEN coalesce(b.purchases_total, 0) + c.purchases_new > 0
+                THEN (coalesce(b.spend_total, 0) + c.spend_new)
+                     / (coalesce(b.purchases_total, 0) + c.purchases_new)
                 ELSE 0 END AS DOUBLE) AS mean_price_paid,
-           CAST(coalesce(c.max_price_paid, 0) AS DOUBLE) AS max_price_paid,
+           CAST(coalesce(greatest(b.max_price_paid, c.max_price_new), 0) AS DOUBLE)
+               AS max_price_paid,
            CAST(c.views_7d AS BIGINT) AS views_7d,
            CAST(c.views_30d AS BIGINT) AS views_30d,
            CAST(c.views_90d AS BIGINT) AS views_90d,
@@ -178,32 +235,44 @@ def _user_sql(inter: Path, attributes: Path, users: Path | None, cap: int) -> st
            CAST(c.purchases_30d AS BIGINT) AS purchases_30d,
            CAST(c.purchases_90d AS BIGINT) AS purchases_90d,
            CAST(c.carts_30d AS BIGINT) AS carts_30d,
-           CAST(CASE WHEN c.last_purchase_ts IS NULL THEN -1
-                ELSE date_diff('day', CAST(c.last_purchase_ts AS DATE), c.day) END AS BIGINT)
-                AS days_since_last_purchase,
+           CAST(coalesce(date_diff('day', coalesce(c.purchase_day_new,
+                    CASE WHEN b.days_since_last_purchase >= 0 THEN
+                         CAST(b.event_timestamp AS DATE) - INTERVAL 1 DAY
+                         - to_days(CAST(b.days_since_last_purchase AS INTEGER)) END), c.day),
+                -1) AS BIGINT) AS days_since_last_purchase,
            CAST(coalesce(u.age, 0) AS BIGINT) AS age,
            {_age_bucket_sql("coalesce(u.age, 0)")} AS age_bucket,
            {favourites},
-           coalesce(h.history, []::VARCHAR[]) AS purchased_items
+           h.history AS purchased_items
     FROM cum c
-    ASOF LEFT JOIN hist h ON c.user_id = h.user_id AND c.day >= h.day
+    JOIN hist h ON h.user_id = c.user_id AND h.day = c.day
+    LEFT JOIN base b ON b.user_id = c.user_id
     {age_join}
+    WHERE c.is_snapshot
     ORDER BY c.user_id, event_timestamp
     """
 
 
-def _item_sql(inter: Path) -> str:
-    """Dense daily item snapshots, from first sighting to the data's last day."""
+def _item_sql(inter: Path, since: date, base: str) -> str:
+    """Dense daily item snapshots for the days after ``since``, continuing from ``base``.
+
+    Items are snapshotted every day from their first sighting to the data's last day; only
+    the last 30 days before ``since`` (the longest window) are re-read besides purchases,
+    whose whole history decides who is a new or a repeat buyer.
+    """
+    since_sql = f"DATE '{since.isoformat()}'"
     return f"""
-    WITH ev AS (
+    WITH all_ev AS (
         SELECT user_id, item_id, event_type, price, CAST("timestamp" AS DATE) AS day
         FROM read_parquet('{inter}')
     ),
-    last_day AS (SELECT max(day) AS hi FROM ev),
+    ev AS (SELECT * FROM all_ev WHERE day > {since_sql} - INTERVAL 30 DAY),
+    last_day AS (SELECT max(day) AS hi FROM all_ev),
     grid AS (
-        SELECT f.item_id, CAST(unnest(generate_series(f.first_day, l.hi, INTERVAL 1 DAY)) AS DATE)
-               AS day
-        FROM (SELECT item_id, min(day) AS first_day FROM ev GROUP BY item_id) f, last_day l
+        SELECT f.item_id, CAST(unnest(generate_series(
+                   greatest(f.first_day, CAST({since_sql} - INTERVAL 29 DAY AS DATE)),
+                   l.hi, INTERVAL 1 DAY)) AS DATE) AS day
+        FROM (SELECT item_id, min(day) AS first_day FROM all_ev GROUP BY item_id) f, last_day l
     ),
     daily AS (
         SELECT item_id, day,
@@ -215,12 +284,12 @@ def _item_sql(inter: Path) -> str:
     buys AS (  -- the day each buyer bought the item for the 1st and the 2nd time
         SELECT item_id, user_id, day,
                row_number() OVER (PARTITION BY item_id, user_id ORDER BY day) AS nth
-        FROM ev WHERE event_type = 'purchase'
+        FROM all_ev WHERE event_type = 'purchase'
     ),
     buyer_days AS (
         SELECT item_id, day, count(*) FILTER (WHERE nth = 1) AS new_buyers,
                count(*) FILTER (WHERE nth = 2) AS new_repeaters
-        FROM buys GROUP BY item_id, day
+        FROM buys WHERE day > {since_sql} GROUP BY item_id, day
     ),
     dense AS (
         SELECT g.item_id, g.day, coalesce(d.purchases, 0) AS purchases,
@@ -233,17 +302,30 @@ def _item_sql(inter: Path) -> str:
     ),
     win AS (
         SELECT item_id, day,
-               sum(purchases) OVER w AS purchases_total,
-               sum(spend) OVER w AS spend_total,
+               sum(CASE WHEN day > {since_sql} THEN purchases ELSE 0 END) OVER w
+                   AS purchases_new,
+               sum(CASE WHEN day > {since_sql} THEN spend ELSE 0 END) OVER w AS spend_new,
                sum(purchases) OVER w7 AS purchases_7d,
                sum(purchases) OVER w30 AS purchases_30d,
                sum(views) OVER w7 AS views_7d,
-               sum(new_buyers) OVER w AS buyers_total,
-               sum(new_repeaters) OVER w AS repeaters_total
+               sum(new_buyers) OVER w AS buyers_new,
+               sum(new_repeaters) OVER w AS repeaters_new
         FROM dense
         WINDOW w AS (PARTITION BY item_id ORDER BY day ROWS UNBOUNDED PRECEDING),
                w7 AS (PARTITION BY item_id ORDER BY day ROWS 6 PRECEDING),
                w30 AS (PARTITION BY item_id ORDER BY day ROWS 29 PRECEDING)
+    ),
+    base AS ({_latest(base, "item_id")}),
+    totals AS (
+        SELECT w.*,
+               coalesce(b.item_purchases_total, 0) + w.purchases_new AS purchases_total,
+               coalesce(b.item_mean_price_paid * b.item_purchases_total, 0) + w.spend_new
+                   AS spend_total,
+               coalesce(b.item_buyers_total, 0) + w.buyers_new AS buyers_total,
+               round(coalesce(b.item_repurchase_rate * b.item_buyers_total, 0))
+                   + w.repeaters_new AS repeaters_total
+        FROM win w LEFT JOIN base b USING (item_id)
+        WHERE w.day > {since_sql}
     )
     SELECT item_id,
            CAST(day + INTERVAL 1 DAY AS TIMESTAMPTZ) AS event_timestamp,
@@ -258,7 +340,7 @@ def _item_sql(inter: Path) -> str:
                 AS DOUBLE) AS item_repurchase_rate,
            CAST(CASE WHEN purchases_total > 0 THEN spend_total / purchases_total ELSE 0 END
                 AS DOUBLE) AS item_mean_price_paid
-    FROM win
+    FROM totals
     ORDER BY item_id, event_timestamp
     """
 
@@ -319,10 +401,67 @@ def _attributes_sql(items: Path, inter: Path, columns: set[str]) -> str:
     """
 
 
+STATE_FILE = "_state.json"
+STATE_VERSION = 2  # bump when a feature definition changes: forces a full recompute
+
+
+# The columns features are computed from: a change elsewhere does not invalidate snapshots.
+FINGERPRINT_COLUMNS = {
+    "interactions": ("user_id", "item_id", "timestamp", "event_type", "price", "session_id"),
+    "items": ("item_id", *ITEM_CATEGORICAL, "price", "in_stock", "launch_date"),
+    "users": ("user_id", "age"),
+}
+
+
+def _columns(con: duckdb.DuckDBPyConnection, path: Path) -> set[str]:
+    return {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()}
+
+
+def _fingerprint(
+    con: duckdb.DuckDBPyConnection, table: str, path: Path, until: date | None = None
+) -> str:
+    """Row count and an order-independent hash of a table (interactions: up to ``until``)."""
+    present = _columns(con, path)
+    columns = [c for c in FINGERPRINT_COLUMNS[table] if c in present]
+    where = f"""WHERE CAST("timestamp" AS DATE) <= DATE '{until.isoformat()}'""" if until else ""
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    row = con.execute(
+        f"SELECT count(*), sum(hash({quoted})) FROM read_parquet('{path}') {where}"
+    ).fetchone()
+    return f"{row[0]}:{row[1]}"
+
+
+def _plan(
+    con: duckdb.DuckDBPyConnection, state: dict, inputs: dict[str, Path], cap: int, out_dir: Path
+) -> tuple[str, date | None]:
+    """("full" | "incremental" | "current", since): what the last run's state allows."""
+    outputs_exist = all((out_dir / f"{n}.parquet").exists() for n in (USER_FEATURES, ITEM_FEATURES))
+    if not state or state.get("version") != STATE_VERSION or state.get("cap") != cap:
+        return "full", None
+    if not outputs_exist:
+        return "full", None
+    since = date.fromisoformat(state["last_day"])
+    for name in ("items", "users"):
+        now = _fingerprint(con, name, inputs[name]) if inputs[name].exists() else None
+        if now != state["fingerprints"].get(name):
+            log.info("%s changed since the last run: recomputing every day", name)
+            return "full", None
+    current = _fingerprint(con, "interactions", inputs["interactions"], since)
+    if current != state["fingerprints"]["interactions"]:
+        log.info("interactions up to %s changed since the last run: recomputing every day", since)
+        return "full", None
+    return "incremental", since
+
+
 def compute_features(
-    validated_dir: Path, out_dir: Path, purchased_cap: int = 500
+    validated_dir: Path, out_dir: Path, purchased_cap: int = 500, incremental: bool = True
 ) -> FeatureSummary:
-    """Read validated tables, write the feature Parquet files (one per Feast source)."""
+    """Read validated tables, write the feature Parquet files (one per Feast source).
+
+    User and item snapshots are computed incrementally: when the interactions up to the last
+    computed day (and the catalogue and users) are unchanged, only the new days are computed,
+    continuing from each entity's last snapshot, and appended. Anything else recomputes all.
+    """
     inter = table_path(validated_dir, "interactions")
     items = table_path(validated_dir, "items")
     users = table_path(validated_dir, "users")
@@ -333,31 +472,63 @@ def compute_features(
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")  # the CLI prints its own stage timings
-    item_columns = {
-        r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{items}')").fetchall()
-    }
+    state_path = out_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    inputs = {"interactions": inter, "items": items, "users": users}
+    mode, since = (
+        _plan(con, state, inputs, purchased_cap, out_dir) if incremental else ("full", None)
+    )
+    last_day = con.execute(
+        f"""SELECT max(CAST("timestamp" AS DATE)) FROM read_parquet('{inter}')"""
+    ).fetchone()[0]
+    if mode == "incremental" and since is not None and last_day <= since:
+        mode = "current"
+    item_columns = _columns(con, items)
     attributes = out_dir / f"{ITEM_ATTRIBUTES}.parquet"
+    start = since if mode != "full" else FULL_RUN
+
+    def previous(name: str, empty: str) -> str:
+        return (
+            f"SELECT * FROM read_parquet('{out_dir / name}.parquet')" if mode != "full" else empty
+        )
+
     queries = {  # in order: user tastes read the normalised attributes written first
         ITEM_ATTRIBUTES: _attributes_sql(items, inter, item_columns),
-        USER_FEATURES: _user_sql(
-            inter, attributes, users if users.exists() else None, purchased_cap
-        ),
         USER_ACTIVITY: _activity_sql(inter),
-        ITEM_FEATURES: _item_sql(inter),
     }
+    if mode != "current":
+        queries[USER_FEATURES] = _user_sql(
+            inter, attributes, users if users.exists() else None, purchased_cap, start,
+            previous(USER_FEATURES, BASE_USER),
+        )  # fmt: skip
+        queries[ITEM_FEATURES] = _item_sql(inter, start, previous(ITEM_FEATURES, BASE_ITEM))
     counts: dict[str, int] = {}
     for name, sql in queries.items():
         target = out_dir / f"{name}.parquet"
         tmp = target.with_suffix(".parquet.tmp")
+        if mode == "incremental" and name in (USER_FEATURES, ITEM_FEATURES):
+            sql = f"SELECT * FROM read_parquet('{target}') UNION ALL BY NAME ({sql})"
         con.execute(f"COPY ({sql}) TO '{tmp}' (FORMAT PARQUET, COMPRESSION ZSTD)")
         tmp.replace(target)
+    for name in (USER_FEATURES, ITEM_FEATURES, ITEM_ATTRIBUTES, USER_ACTIVITY):
+        target = out_dir / f"{name}.parquet"
         counts[name] = con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0]
         log.info("%s: %d rows -> %s", name, counts[name], target)
+    fingerprints = {
+        "interactions": _fingerprint(con, "interactions", inter, last_day),
+        "items": _fingerprint(con, "items", items),
+        "users": _fingerprint(con, "users", users) if users.exists() else None,
+    }
     con.close()
+    state_path.write_text(json.dumps({"version": STATE_VERSION, "cap": purchased_cap,
+                                      "last_day": last_day.isoformat(),
+                                      "fingerprints": fingerprints}, indent=1))  # fmt: skip
     return FeatureSummary(
         counts[USER_FEATURES],
         counts[ITEM_FEATURES],
         counts[ITEM_ATTRIBUTES],
         counts[USER_ACTIVITY],
         out_dir,
+        mode,
+        since,
     )

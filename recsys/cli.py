@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -138,6 +138,12 @@ def run_features(settings: Settings) -> None:
             )
         except FileNotFoundError as exc:
             raise _fail(exc) from exc
+        how = {
+            "full": "computed every day",
+            "incremental": f"computed only the days after {s.since}",
+            "current": "snapshots already up to date",
+        }[s.mode]
+        console.print(f"  {how}")
         console.print(
             f"  user snapshots {s.user_rows:,}, item snapshots {s.item_rows:,}, "
             f"item attributes {s.attribute_rows:,}, user activity {s.activity_rows:,} "
@@ -274,7 +280,7 @@ def data_import(
 def validate(
     max_bad_fraction: Annotated[
         float, typer.Option(help="Share of bad rows per table above which the run fails.")
-    ] = 0.05,
+    ] = get_settings().validation.max_bad_fraction,
 ) -> None:
     """Check raw tables with Great Expectations; quarantine bad rows; write the HTML report."""
     run_validate(get_settings(), max_bad_fraction)
@@ -331,16 +337,12 @@ def demo(
     """Run every stage on generated data, then serve and print example requests."""
     settings = get_settings()
     started = time.perf_counter()
-    steps: list[tuple[str, Callable[[], Any]]] = [
-        ("synth", lambda: run_synth(settings, users, items, days, seed, None)),
-        ("validate", lambda: run_validate(settings, 0.05)),
-        ("features", lambda: run_features(settings)),
-        ("materialize", lambda: run_materialize(settings)),
-        ("train", lambda: run_train(settings)),
-        ("index", lambda: run_index(settings)),
-    ]
-    for _name, step in steps:
-        step()
+    run_synth(settings, users, items, days, seed, None)
+    run_validate(settings, settings.validation.max_bad_fraction)
+    run_features(settings)
+    run_materialize(settings)
+    run_train(settings)
+    run_index(settings)
     console.rule("[bold]ready")
     console.print(
         f"  all stages in {time.perf_counter() - started:.1f}s; data root {settings.home}"

@@ -36,6 +36,14 @@ class SynthSettings(BaseModel):
     )
 
 
+class ValidationSettings(BaseModel):
+    """When bad rows stop the pipeline instead of being quarantined."""
+
+    max_bad_fraction: float = Field(
+        default=0.05, ge=0, le=1, description="Share of bad rows per table that fails a run."
+    )
+
+
 class FeatureSettings(BaseModel):
     """Feature computation knobs."""
 
@@ -110,6 +118,7 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home)
     feature_repo: Path = REPO_ROOT / "feature_repo"
     synth: SynthSettings = SynthSettings()
+    validation: ValidationSettings = ValidationSettings()
     features: FeatureSettings = FeatureSettings()
     train: TrainSettings = TrainSettings()
     vector_store: VectorStoreSettings = VectorStoreSettings()

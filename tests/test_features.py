@@ -124,3 +124,38 @@ def test_activity_seed_is_each_users_latest_state(features) -> None:
     assert list(act.loc["u1", "recent_views"]) == ["B", "A"]
     assert act.loc["u1", "session_events"] == 2  # the last session, s3
     assert act.loc["u1", "event_timestamp"] == _ts(5, 10)
+
+
+def _sorted(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    return frame.sort_values([key, "event_timestamp"]).reset_index(drop=True)
+
+
+def test_incremental_run_equals_a_full_recompute(tmp_path) -> None:
+    """Append days to a generated shop: computing only the new days gives the full result."""
+    from datetime import date
+
+    from pipelines.synth import generate
+
+    full_dir, inc_dir, out_full, out_inc = (tmp_path / n for n in ("v1", "v2", "f1", "f2"))
+    generate(full_dir, users=300, items=120, days=40, seed=5, end_date=date(2026, 5, 1),
+             progress=False)  # fmt: skip
+    inter = pd.read_parquet(table_path(full_dir, "interactions"))
+    inc_dir.mkdir()
+    for name in ("items", "users"):
+        pd.read_parquet(table_path(full_dir, name)).to_parquet(table_path(inc_dir, name))
+    cut = pd.Timestamp("2026-04-12", tz="UTC")
+    before = inter[inter["timestamp"] < cut]
+    before.to_parquet(table_path(inc_dir, "interactions"), index=False)
+    assert compute_features(inc_dir, out_inc).mode == "full"
+    inter.to_parquet(table_path(inc_dir, "interactions"))  # 19 more days arrive
+    step = compute_features(inc_dir, out_inc)
+    assert step.mode == "incremental" and str(step.since) == "2026-04-11"
+    reference = compute_features(full_dir, out_full, incremental=False)
+    assert (step.user_rows, step.item_rows) == (reference.user_rows, reference.item_rows)
+    for name, key in (("user_features", "user_id"), ("item_features", "item_id")):
+        got = _sorted(pd.read_parquet(out_inc / f"{name}.parquet"), key)
+        want = _sorted(pd.read_parquet(out_full / f"{name}.parquet"), key)
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9)
+    assert compute_features(inc_dir, out_inc).mode == "current"  # nothing new: nothing redone
+    inter.iloc[1:].to_parquet(table_path(inc_dir, "interactions"), index=False)  # history changed
+    assert compute_features(inc_dir, out_inc).mode == "full"
