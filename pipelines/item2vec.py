@@ -1,0 +1,492 @@
+"""Train item2vec on shopping sessions through Ray Train, and evaluate next-item prediction.
+
+Flow: the validated interactions are read with DuckDB and split by time: events before the
+cutoff make the training sessions, sessions that *start* at or after it are held out (a
+session straddling the cutoff is used only for its part before it, so nothing after the
+cutoff leaks into training). Training sessions become skip-gram pairs on the driver, written
+to an ``.npz``; :func:`train_func` runs on each Ray Train worker over its shard of the pairs
+and rank 0 reports the weights as a checkpoint. :func:`train_plain` runs the same epoch loop
+(:func:`run_epochs`) without Ray, so the two can be timed against each other on equal terms.
+
+Evaluation: for every step t >= 1 of a held-out session, predict item t from item t-1 and
+score HR@K and MRR@K for item2vec (cosine neighbours of item t-1) against a co-occurrence
+baseline (the items most often within the window of item t-1 in training sessions) and
+popularity. All three fall back to popularity when item t-1 was never seen in training, and
+a step to an item never seen in training is a miss for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import torch
+
+from models.item2vec import (
+    PAD,
+    WEIGHTS,
+    Item2Vec,
+    Item2VecConfig,
+    Item2VecRun,
+    Sessions,
+    build_sessions,
+    cosine_topk,
+    draw_negatives,
+    load_item2vec,
+    negative_cdf,
+    save_item2vec,
+    session_keys,
+    skipgram_pairs,
+    subsample_keep_prob,
+)
+from pipelines.schema import EVENT_TYPES, table_path
+from recsys.config import Settings
+from recsys.ray_runtime import ensure_ray, local_cpus
+
+log = logging.getLogger(__name__)
+PAIRS = "item2vec_pairs.npz"
+EVAL_K = 20
+
+
+@dataclass
+class Item2VecResult:
+    """What :func:`fit_item2vec` produced: where it saved, the metrics, the loaded run."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    run: Item2VecRun
+
+
+# --------------------------------------------------------------------------- training loop
+def run_epochs(
+    model: torch.nn.Module,
+    center: torch.Tensor,
+    context: torch.Tensor,
+    cdf: torch.Tensor,
+    cfg: Item2VecConfig,
+    seed: int,
+    on_epoch: Callable[[dict[str, Any], bool], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The epoch loop shared by Ray Train and plain PyTorch: shuffle, draw negatives, step.
+
+    ``model`` may be the DDP wrapper that Ray's ``prepare_model`` returns; ``on_epoch`` gets
+    each epoch's metrics and whether it is the last. Returns the metrics of every epoch.
+    """
+    n = len(center)
+    if n == 0:
+        raise ValueError("no skip-gram pairs to train on: sessions need at least two items.")
+    optimizer = torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    batch = int(cfg.batch_size)
+    history: list[dict[str, Any]] = []
+    model.train()
+    for epoch in range(cfg.epochs):
+        started = time.perf_counter()
+        order = torch.randperm(n, generator=gen)
+        total, steps = 0.0, 0
+        for lo in range(0, n, batch):
+            idx = order[lo : lo + batch]
+            negatives = draw_negatives(cdf, (len(idx), cfg.negatives), gen)
+            loss = model(center[idx], context[idx], negatives)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": total / max(steps, 1),
+            "pairs": n,
+            "epoch_seconds": round(time.perf_counter() - started, 3),
+        }
+        history.append(metrics)
+        log.info(
+            "item2vec epoch %d: loss %.4f (%.1fs)",
+            epoch + 1,
+            metrics["loss"],
+            metrics["epoch_seconds"],
+        )
+        if on_epoch is not None:
+            on_epoch(metrics, epoch + 1 == cfg.epochs)
+    return history
+
+
+def _load_shard(
+    config: dict[str, Any], rank: int, world: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's (center, context) pairs and the shared negative-sampling CDF."""
+    with np.load(config["arrays"], allow_pickle=False) as data:
+        center = torch.as_tensor(data["center"][rank::world].astype(np.int64))
+        context = torch.as_tensor(data["context"][rank::world].astype(np.int64))
+        cdf = negative_cdf(data["counts"])
+    return center, context, cdf
+
+
+def _final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    return history[-1] | {
+        "loss_history": [round(h["loss"], 6) for h in history],
+        "loop_seconds": round(sum(h["epoch_seconds"] for h in history), 3),
+    }
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """One Ray Train worker: fit item2vec on this rank's shard of the pairs.
+
+    Runs under 1 or N workers (DDP, which all-reduces the sparse embedding gradients, through
+    ``prepare_model``). Every rank reports every epoch; only rank 0 attaches a checkpoint with
+    the safetensors weights to its last report, which is what carries the metrics back to the
+    driver under Train V2.
+    """
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = Item2VecConfig(**config["model"])
+    torch.set_num_threads(max(1, int(config["threads"])))
+    torch.manual_seed(cfg.seed)
+    center, context, cdf = _load_shard(config, rank, world)
+    base = Item2Vec(int(config["n_items"]), cfg.dim)
+    model = ray.train.torch.prepare_model(base)
+
+    def report(metrics: dict[str, Any], last: bool) -> None:
+        if not last:
+            ray.train.report(metrics)
+
+    history = run_epochs(model, center, context, cdf, cfg, cfg.seed + rank, report)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            state = {k: v.contiguous() for k, v in base.state_dict().items()}
+            save_file(state, Path(tmp) / WEIGHTS)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(_final_metrics(history), checkpoint=checkpoint)
+
+
+def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The same fit as :func:`train_func` in this process, without Ray: (weights, metrics).
+
+    The baseline against which Ray Train's overhead is measured; also the sane choice for a
+    small catalogue on one machine.
+    """
+    cfg = Item2VecConfig(**config["model"])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(config["threads"])))
+    try:
+        torch.manual_seed(cfg.seed)
+        center, context, cdf = _load_shard(config, 0, 1)
+        model = Item2Vec(int(config["n_items"]), cfg.dim)
+        history = run_epochs(model, center, context, cdf, cfg, cfg.seed)
+    finally:
+        torch.set_num_threads(previous)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, _final_metrics(history)
+
+
+def _fit_with_ray(
+    settings: Settings, config: dict[str, Any], name: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from safetensors.torch import load_file
+
+    workers = settings.train.num_workers
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=False, resources_per_worker={"CPU": config["threads"]}
+        ),
+        run_config=RunConfig(name=name, storage_path=str(settings.home / "ray_results")),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(
+            f"Ray Train returned no checkpoint for {name}: {result.error!r}. See the worker "
+            f"logs under {settings.ray.temp_dir}."
+        )
+    with result.checkpoint.as_directory() as ckpt:
+        state = load_file(Path(ckpt) / WEIGHTS)
+    return state, dict(result.metrics or {})
+
+
+# --------------------------------------------------------------------------- data
+def read_interactions(path: Path) -> pd.DataFrame:
+    """Canonical interactions (views, carts, purchases) from Parquet, through DuckDB.
+
+    ``session_id`` is optional in the canonical schema; without the column every event falls
+    back to the user + day session.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `recsys validate` first.")
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        source = f"read_parquet('{str(path).replace(chr(39), chr(39) * 2)}')"
+        columns = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        missing = {"user_id", "item_id", "timestamp", "event_type"} - columns
+        if missing:
+            raise ValueError(
+                f"{path} lacks column(s) {sorted(missing)}: item2vec needs the canonical "
+                "interactions table (pipelines/schema.py)."
+            )
+        session = "session_id" if "session_id" in columns else "NULL::VARCHAR AS session_id"
+        return con.execute(
+            f"""SELECT user_id, item_id, "timestamp", event_type, {session} FROM {source}
+                WHERE list_contains(?, event_type)""",
+            [list(EVENT_TYPES)],
+        ).df()
+
+
+def default_cutoff(events: pd.DataFrame, test_days: int) -> pd.Timestamp:
+    """Midnight ``test_days`` whole days before the day after the last event."""
+    end = pd.to_datetime(events["timestamp"], utc=True).max().floor("D") + pd.Timedelta(days=1)
+    return end - pd.Timedelta(days=test_days)
+
+
+def split_sessions(events: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training events: before ``cutoff``; held-out events: sessions starting at/after it)."""
+    ts = pd.to_datetime(events["timestamp"], utc=True)
+    start = ts.groupby(session_keys(events)).transform("min").to_numpy()
+    return events[(ts < cutoff).to_numpy()], events[start >= cutoff]
+
+
+# --------------------------------------------------------------------------- evaluation
+def next_item_steps(sessions: Sessions) -> tuple[np.ndarray, np.ndarray]:
+    """(item t-1, item t) for every step t >= 1 inside each session."""
+    sess = sessions.session_index()
+    same = sess[1:] == sess[:-1]
+    return sessions.items[:-1][same], sessions.items[1:][same]
+
+
+def popularity_order(counts: np.ndarray) -> np.ndarray:
+    """Item indices with a training count, most frequent first (ties by index)."""
+    order = np.lexsort((np.arange(len(counts)), -counts))
+    return order[(order != PAD) & (counts[order] > 0)]
+
+
+def _fill_popular(top: np.ndarray, queries: np.ndarray, popular: np.ndarray) -> np.ndarray:
+    """Fill the -1 holes of each row with popular items not yet listed and not the query."""
+    k = top.shape[1]
+    head = popular[: 2 * k + 1]  # enough: at most k listed + the query itself to skip
+    for r in np.flatnonzero((top < 0).any(axis=1)):
+        row = top[r]
+        have = set(row[row >= 0].tolist()) | {int(queries[r])}
+        fill = [p for p in head.tolist() if p not in have][: int((row < 0).sum())]
+        row[row < 0] = np.pad(fill, (0, int((row < 0).sum()) - len(fill)), constant_values=-1)
+    return top
+
+
+def cooccurrence_topk(
+    center: np.ndarray, context: np.ndarray, counts: np.ndarray, queries: np.ndarray, k: int
+) -> np.ndarray:
+    """For each (unique, sorted) query index: the items most often paired with it, ties by
+    popularity, filled up with popular items. Sparse: never builds a V x V matrix."""
+    n = len(counts)
+    keys, together = np.unique(center.astype(np.int64) * n + context, return_counts=True)
+    c, x = keys // n, keys % n
+    sel = np.isin(c, queries)
+    c, x, together = c[sel], x[sel], together[sel]
+    order = np.lexsort((x, -counts[x], -together, c))
+    c, x = c[order], x[order]
+    rank = np.arange(len(c)) - np.searchsorted(c, c, "left")
+    take = rank < k
+    top = np.full((len(queries), k), -1, dtype=np.int64)
+    top[np.searchsorted(queries, c[take]), rank[take]] = x[take]
+    return _fill_popular(top, queries, popularity_order(counts))
+
+
+def hit_metrics(top: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """HR@K and MRR@K of one ranked list per step (targets of index 0 never hit)."""
+    k = top.shape[1]
+    hits = (top == target[:, None]) & (target[:, None] != PAD)
+    found = hits.any(axis=1)
+    rank = hits.argmax(axis=1) + 1
+    return {
+        f"hr@{k}": float(found.mean()) if len(found) else 0.0,
+        f"mrr@{k}": float(np.where(found, 1.0 / rank, 0.0).mean()) if len(found) else 0.0,
+    }
+
+
+def evaluate_next_item(
+    vectors: np.ndarray,
+    counts: np.ndarray,
+    center: np.ndarray,
+    context: np.ndarray,
+    heldout: Sessions,
+    k: int = EVAL_K,
+) -> dict[str, Any]:
+    """Next-item HR@K / MRR@K on held-out sessions: item2vec vs co-occurrence vs popularity.
+
+    ``vectors`` are L2-normalised item vectors (row = index); ``center``/``context`` are the
+    training pairs the co-occurrence baseline counts; ``counts`` the training popularity.
+    """
+    prev, target = next_item_steps(heldout)
+    if len(prev) == 0:
+        raise ValueError(
+            "no held-out session has two items: nothing to evaluate. Move the cutoff earlier "
+            "or generate more data."
+        )
+    queries, inverse = np.unique(prev, return_inverse=True)
+    popular = popularity_order(counts)
+    known = queries != PAD
+    i2v = np.full((len(queries), k), -1, dtype=np.int64)
+    if known.any():
+        top = cosine_topk(vectors, queries[known], k)[0]
+        i2v[np.flatnonzero(known)[:, None], np.arange(top.shape[1])] = top
+    i2v = _fill_popular(i2v, queries, popular)
+    cooc = cooccurrence_topk(center, context, counts, queries, k)
+    pop = _fill_popular(np.full((len(queries), k), -1, dtype=np.int64), queries, popular)
+    return {
+        "k": k,
+        "item2vec": hit_metrics(i2v[inverse], target),
+        "cooccurrence": hit_metrics(cooc[inverse], target),
+        "popularity": hit_metrics(pop[inverse], target),
+        "random_hr": round(min(1.0, k / max(len(popular), 1)), 6),
+        "steps": len(prev),
+        "unknown_prev": int((prev == PAD).sum()),
+        "unknown_target": int((target == PAD).sum()),
+        "heldout_sessions": len(heldout),
+    }
+
+
+# --------------------------------------------------------------------------- driver
+def fit_item2vec(
+    settings: Settings,
+    interactions_path: Path | None = None,
+    out_dir: Path | None = None,
+    cfg: Item2VecConfig | None = None,
+    cutoff: pd.Timestamp | datetime | str | None = None,
+    use_ray: bool = True,
+) -> Item2VecResult:
+    """Sessions -> pairs -> fit (Ray Train or plain PyTorch) -> evaluate -> save to ``out_dir``.
+
+    Defaults: the validated interactions, ``artifacts/item2vec_<time>``, and a cutoff
+    ``settings.train.test_days`` before the end of the data (as the two-tower model uses).
+    The returned metrics hold ``item2vec`` and ``cooccurrence`` HR/MRR@20, ``pairs``,
+    ``events`` (training events) and ``fit`` (loss, seconds, backend).
+    """
+    cfg = cfg or Item2VecConfig()
+    path = Path(interactions_path or table_path(settings.validated_dir, "interactions"))
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    out_dir = Path(out_dir or settings.artifacts_dir / f"item2vec_{run_id}").resolve()
+    events = read_interactions(path)
+    if events.empty:
+        raise ValueError(f"{path} has no view, add_to_cart or purchase events.")
+    if cutoff is None:
+        cutoff = default_cutoff(events, settings.train.test_days)
+    cutoff = pd.Timestamp(cutoff)
+    cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+    train_events, test_events = split_sessions(events, cutoff)
+    if train_events.empty or test_events.empty:
+        raise ValueError(
+            f"cutoff {cutoff} leaves {len(train_events)} training events and "
+            f"{len(test_events)} held-out events: pick a cutoff inside the data "
+            f"({events['timestamp'].min()} .. {events['timestamp'].max()})."
+        )
+    train_sessions, vocab = build_sessions(train_events, min_count=cfg.min_count)
+    heldout, _ = build_sessions(test_events, vocab, drop_unknown=False)
+    rng = np.random.default_rng(cfg.seed)
+    keep = subsample_keep_prob(vocab.counts, cfg.subsample)
+    center, context = skipgram_pairs(train_sessions, cfg.window, rng, keep)
+    shuffle = rng.permutation(len(center))  # iid shards for rank::world slicing
+    center, context = center[shuffle], context[shuffle]
+    log.info(
+        "item2vec: %d training events, %d sessions, %d items, %d pairs (cutoff %s)",
+        len(train_events),
+        len(train_sessions),
+        vocab.size - 1,
+        len(center),
+        cutoff,
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = out_dir / PAIRS
+    np.savez(
+        arrays,
+        center=center.astype(np.int32),
+        context=context.astype(np.int32),
+        counts=vocab.counts,
+    )
+    workers = settings.train.num_workers if use_ray else 1
+    threads = settings.train.cpus_per_worker or max(1, local_cpus(settings) // workers)
+    config = {
+        "arrays": str(arrays),
+        "n_items": vocab.size,
+        "threads": threads,
+        "model": cfg.model_dump(),
+    }
+    started = time.perf_counter()
+    try:
+        if use_ray:
+            ensure_ray(settings)
+            ray_started = time.perf_counter()
+            state, fit_metrics = _fit_with_ray(settings, config, f"item2vec_{out_dir.name}")
+            fit_metrics["ray_init_seconds"] = round(ray_started - started, 2)
+        else:
+            state, fit_metrics = train_plain(config)
+    finally:
+        arrays.unlink(missing_ok=True)  # derived data; the sessions can always be rebuilt
+    fit_seconds = time.perf_counter() - started
+    model = Item2Vec(vocab.size, cfg.dim)
+    model.load_state_dict(state)
+    model.eval()
+
+    evaluation = evaluate_next_item(
+        model.item_vectors().numpy(),
+        vocab.counts,
+        *_cooccurrence_pairs(train_sessions, cfg),
+        heldout,
+    )
+    metrics = {
+        **evaluation,
+        "pairs": len(center),
+        "events": len(train_events),
+        "sessions": len(train_sessions),
+        "items": vocab.size - 1,
+        "cutoff": str(cutoff),
+        "fit": {
+            "backend": "ray" if use_ray else "plain",
+            "workers": workers,
+            "threads": threads,
+            "seconds": round(fit_seconds, 2),
+            **{k: v for k, v in fit_metrics.items() if k != "pairs"},
+        },
+    }
+    save_item2vec(
+        out_dir,
+        model,
+        vocab,
+        cfg,
+        metrics,
+        {"data": {"interactions": str(path), "cutoff": str(cutoff)}},
+    )
+    log.info(
+        "item2vec saved to %s: HR@%d %.4f (co-occurrence %.4f)",
+        out_dir,
+        EVAL_K,
+        evaluation["item2vec"][f"hr@{EVAL_K}"],
+        evaluation["cooccurrence"][f"hr@{EVAL_K}"],
+    )
+    return Item2VecResult(out_dir, metrics, load_item2vec(out_dir))
+
+
+def _cooccurrence_pairs(sessions: Sessions, cfg: Item2VecConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Window pairs of the training sessions *without* sub-sampling, for the baseline.
+
+    Sub-sampling is a training device for the embedding; applied to a counting baseline it
+    would only throw away evidence about best-sellers, so the baseline counts every pair of the
+    same sessions and window (a superset of item2vec's pairs): its strongest fair form.
+    """
+    return skipgram_pairs(sessions, cfg.window, np.random.default_rng(cfg.seed), None)
