@@ -454,7 +454,11 @@ def _plan(
 
 
 def compute_features(
-    validated_dir: Path, out_dir: Path, purchased_cap: int = 500, incremental: bool = True
+    validated_dir: Path,
+    out_dir: Path,
+    purchased_cap: int = 500,
+    incremental: bool = True,
+    memory_limit: str = "3GB",
 ) -> FeatureSummary:
     """Read validated tables, write the feature Parquet files (one per Feast source).
 
@@ -472,6 +476,10 @@ def compute_features(
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")  # the CLI prints its own stage timings
+    # Bounded memory: beyond the limit DuckDB spills window and join state to disk.
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET temp_directory = '{out_dir / '.duckdb_tmp'}'")
+    con.execute("SET preserve_insertion_order = false")
     state_path = out_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     inputs = {"interactions": inter, "items": items, "users": users}

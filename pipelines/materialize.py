@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
     runs continue incrementally from where the last one ended.
     """
     started = time.perf_counter()
+    chunk_rows = settings.features.materialize_chunk_rows
     apply(settings)
     store = open_store(settings)
     end = end or datetime.now(UTC)
@@ -67,10 +69,17 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
             start = earliest - timedelta(seconds=1)
         start = start if start.tzinfo else start.replace(tzinfo=UTC)
         rows[view.name] = _rows_between(path, start, end)
+        # Feast loads a whole window into memory: walk a large range in time chunks of about
+        # `chunk_rows` rows to bound it (each call has a fixed cost, so small ones go at once).
         # Feast prints its own progress bars, and ibis deprecation warnings under them.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            store.materialize(start_date=start, end_date=end, feature_views=[view.name])
+        chunk = (end - start) / max(1, math.ceil(rows[view.name] / chunk_rows))
+        lo = start
+        while lo < end:
+            hi = min(lo + chunk, end)
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                store.materialize(start_date=lo, end_date=hi, feature_views=[view.name])
+            lo = hi
     seconds = time.perf_counter() - started
     log.info("materialized %s in %.1fs", rows, seconds)
     return MaterializeSummary(rows, seconds, end)

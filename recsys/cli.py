@@ -134,7 +134,10 @@ def run_features(settings: Settings) -> None:
     with stage("features"):
         try:
             s = compute_features(
-                settings.validated_dir, settings.features_dir, settings.features.purchased_items_cap
+                settings.validated_dir,
+                settings.features_dir,
+                settings.features.purchased_items_cap,
+                memory_limit=settings.features.duckdb_memory_limit,
             )
         except FileNotFoundError as exc:
             raise _fail(exc) from exc

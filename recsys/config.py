@@ -56,6 +56,12 @@ class FeatureSettings(BaseModel):
     )
     item_ttl_days: int = Field(default=365, description="The same for item demand snapshots.")
     activity_ttl_days: int = Field(default=30, description="TTL of pushed real-time activity.")
+    duckdb_memory_limit: str = Field(
+        default="3GB", description="DuckDB spills to disk beyond this (features stage)."
+    )
+    materialize_chunk_rows: int = Field(
+        default=1_000_000, description="Materialize in time windows of about this many rows."
+    )
 
 
 class TrainSettings(BaseModel):

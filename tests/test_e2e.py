@@ -186,3 +186,37 @@ def test_push_source_updates_online_activity_at_once(pipeline_settings) -> None:
     assert online["recent_purchases"] == [["i000002", "i000001"]]
     assert online["session_events"] == [3]
     assert online["purchases_total"] == [None]  # no batch history for this user
+
+
+def test_feast_ui_serves_the_repo(pipeline_settings) -> None:
+    """`feast ui` from feature_repo/ starts and serves its page (loopback, bounded wait)."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    feast = str(REPO / ".venv" / "bin" / "feast")
+    yaml_path = str(pipeline_settings.feast_dir / "feature_store.yaml")
+    proc = subprocess.Popen(
+        [feast, "-f", yaml_path, "ui", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO / "feature_repo",
+        env=cli_env(pipeline_settings.home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    assert r.status == 200 and b"<html" in r.read(2000).lower()
+                    return
+            except OSError:
+                time.sleep(1)
+        raise AssertionError("feast ui did not answer within 120 s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
