@@ -1,0 +1,448 @@
+"""Content embeddings of the catalogue (text or images), computed with Ray Data and cached.
+
+Embedding is the expensive part of content features: a transformer forward pass per item. Most
+of a catalogue does not change between runs, so each item gets a **content hash**:
+
+    sha256(model hash + kind + exact input)    model hash = sha256 of the folder's config.json
+
+where the input is :func:`models.text_encoder.item_text` for ``kind="text"`` and the image
+file's bytes for ``kind="image"``. Vectors are cached by that hash in
+``cache_dir/{kind}_{model_hash[:12]}.parquet`` (``content_hash``, ``vector``), so a rerun only
+encodes new or edited items; a different model gets a different cache file.
+
+The misses go through Ray Data (``map_batches`` with a callable class, one actor that loads the
+model once) so the same code scales from this laptop to a cluster (``RAY_ADDRESS``).
+``use_ray=False`` runs the very same callable class in-process: no Ray start-up, which is the
+quicker choice for small updates on one machine.
+
+Output: ``out_path`` Parquet with ``item_id``, ``vector`` (list<float32>, unit length) and
+``content_hash``, in the order of the items table.
+
+Caveat: the model identity is config.json only. Two checkpoints with the same config (e.g. a
+fine-tune of the same architecture) share a cache file: point ``cache_dir`` elsewhere, or delete
+the cache, when swapping weights in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.text_encoder import check_model_dir, default_model_path, item_text
+from recsys.config import Settings, get_settings
+from recsys.ray_runtime import ensure_ray, local_cpus
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["text", "image"]
+KINDS: tuple[str, ...] = ("text", "image")
+
+
+class EmbedSettings(BaseSettings):
+    """Knobs of the embedding stage, from ``RECSYS_EMBED__*`` environment variables.
+
+    Kept here rather than in :mod:`recsys.config` so the stage is self-contained; explicit
+    arguments to :func:`embed_items` win over these.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_EMBED__", extra="ignore")
+
+    text_model_path: Path | None = Field(
+        default=None, description="Text model folder; default: the bundled all-MiniLM-L6-v2."
+    )
+    image_model_path: Path | None = Field(
+        default=None, description="CLIP(-vision) folder with preprocessor_config.json."
+    )
+    num_cpus: int = Field(
+        default=0, description="CPUs (torch threads) of the encoding actor; 0 = all local CPUs."
+    )
+    max_length: int = Field(default=128, description="Token limit of the text encoder.")
+    image_column: str = Field(
+        default="image_path",
+        description="Items column with image files (relative paths: from the items file).",
+    )
+
+
+@dataclass
+class EmbedSummary:
+    """What a run did; ``hits``/``misses`` count items, ``encoded`` distinct inputs."""
+
+    kind: str
+    items: int
+    hits: int
+    misses: int
+    encoded: int
+    dim: int
+    seconds: float
+    items_per_s: float
+    encode_seconds: float
+    backend: str
+    model_hash: str
+    out_path: str
+    cache_path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_hash(model_path: str | Path) -> str:
+    """sha256 of the model folder's config.json: the model's identity in cache keys."""
+    path = check_model_dir(model_path)
+    return hashlib.sha256((path / "config.json").read_bytes()).hexdigest()
+
+
+def content_hash(model_digest: str, kind: str, payload: bytes) -> str:
+    """Cache key of one input: changes when the model, the kind or the input changes."""
+    h = hashlib.sha256(f"{model_digest}\0{kind}\0".encode())
+    h.update(payload)
+    return h.hexdigest()
+
+
+class BatchEncoder:
+    """Ray Data callable class: loads the encoder once per actor, embeds a batch of inputs.
+
+    A batch is ``{"content_hash": [...], "payload": [...]}`` (payload = text, or image path);
+    the answer is ``{"content_hash": [...], "vector": (n, dim) float32}``. ``use_ray=False``
+    calls the same class in-process, so both paths run identical code.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        model_path: str,
+        batch_size: int = 64,
+        max_length: int = 128,
+        num_threads: int = 0,
+    ) -> None:
+        if num_threads > 0:
+            import torch
+
+            # An actor owns num_cpus CPUs; more threads than that only oversubscribes them.
+            torch.set_num_threads(num_threads)
+        if kind == "text":
+            from models.text_encoder import TextEncoder
+
+            self.encoder: Any = TextEncoder(
+                model_path, max_length=max_length, batch_size=batch_size
+            )
+        elif kind == "image":
+            from models.image_encoder import ImageEncoder
+
+            self.encoder = ImageEncoder(model_path, batch_size=batch_size)
+        else:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.dim = int(self.encoder.dim)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = [str(x) for x in batch["payload"]]
+        vectors = self.encoder.encode(inputs)
+        return {"content_hash": np.asarray(batch["content_hash"]), "vector": vectors}
+
+
+# --- reading inputs -----------------------------------------------------------------------
+
+
+def _load_inputs(items_path: Path, kind: str, model_digest: str, image_column: str) -> pd.DataFrame:
+    """``item_id``, ``payload`` (text or absolute image path) and ``content_hash`` per item."""
+    if not items_path.is_file():
+        raise FileNotFoundError(
+            f"items table {items_path} does not exist: run `recsys data synth` or an adapter "
+            "to write the canonical items Parquet first."
+        )
+    items = pq.read_table(items_path).to_pandas()
+    if "item_id" not in items.columns:
+        raise ValueError(f"{items_path} has no item_id column (required by the items schema).")
+    dupes = items["item_id"][items["item_id"].duplicated()]
+    if len(dupes):
+        raise ValueError(
+            f"{items_path}: item_id must be unique; {len(dupes)} duplicates, e.g. "
+            f"{dupes.iloc[0]!r}. Deduplicate the items table (validate does) before embedding."
+        )
+    ids = items["item_id"].astype(str)
+    if kind == "text":
+        payload = [item_text(row) for row in items.to_dict("records")]
+        hashes = [content_hash(model_digest, kind, t.encode("utf-8")) for t in payload]
+    else:
+        if image_column not in items.columns:
+            raise ValueError(
+                f"{items_path} has no {image_column!r} column: image embeddings need one image "
+                "file per item (absolute, or relative to the items file); set "
+                "RECSYS_EMBED__IMAGE_COLUMN if it is named differently."
+            )
+        payload, hashes = [], []
+        for item_id, raw in zip(ids, items[image_column], strict=True):
+            if raw is None or (isinstance(raw, float) and np.isnan(raw)) or str(raw) == "":
+                raise ValueError(
+                    f"{items_path}: item {item_id!r} has no {image_column}; fill it or drop "
+                    "the item before embedding images."
+                )
+            path = Path(str(raw)).expanduser()
+            if not path.is_absolute():
+                path = items_path.parent / path
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{items_path}: image {path} of item {item_id!r} ({image_column}) does "
+                    "not exist."
+                )
+            payload.append(str(path.resolve()))
+            hashes.append(content_hash(model_digest, kind, path.read_bytes()))
+    return pd.DataFrame({"item_id": ids, "payload": payload, "content_hash": hashes})
+
+
+# --- Parquet helpers ----------------------------------------------------------------------
+
+
+def _vector_array(vectors: np.ndarray) -> pa.ListArray:
+    n, dim = vectors.shape
+    offsets = pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32) if n else [0], pa.int32())
+    values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
+    return pa.ListArray.from_arrays(offsets, values)
+
+
+def read_vectors(table: pa.Table, source: Path | str = "table") -> np.ndarray:
+    """The ``vector`` column of ``table`` as an ``(n, dim)`` float32 matrix."""
+    col = table.column("vector").combine_chunks()
+    if len(col) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if col.null_count or lengths.min() != lengths.max():
+        raise ValueError(f"{source}: vectors are null or of different lengths; delete the file.")
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return values.reshape(len(col), int(lengths[0]))
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Write next to ``path`` then rename, so a crash never leaves a half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        return np.array([], dtype=object), np.zeros((0, 0), dtype=np.float32)
+    table = pq.read_table(path, columns=["content_hash", "vector"])
+    return np.asarray(table.column("content_hash").to_pylist(), dtype=object), read_vectors(
+        table, path
+    )
+
+
+# --- encoding back ends -------------------------------------------------------------------
+
+
+def _encode_in_process(
+    todo: pd.DataFrame, ctor: dict[str, Any], batch_size: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    from tqdm import tqdm
+
+    encoder = BatchEncoder(**ctor)
+    hashes, vectors = [], []
+    with tqdm(total=len(todo), desc=f"embed {ctor['kind']}", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo.iloc[start : start + batch_size]
+            out = encoder(
+                {
+                    "content_hash": chunk["content_hash"].to_numpy(),
+                    "payload": chunk["payload"].to_numpy(),
+                }
+            )
+            hashes.append(out["content_hash"])
+            vectors.append(out["vector"])
+            bar.update(len(chunk))
+    return np.concatenate(hashes), np.concatenate(vectors).astype(np.float32, copy=False)
+
+
+def _encode_ray(
+    todo: pd.DataFrame,
+    ctor: dict[str, Any],
+    batch_size: int,
+    num_cpus: int,
+    settings: Settings,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    import ray.data
+
+    ensure_ray(settings)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    # Several blocks rather than one, so progress moves and results stream back as they finish.
+    frame = todo[["content_hash", "payload"]].reset_index(drop=True)
+    rows_per_block = batch_size * 8
+    blocks = [frame.iloc[i : i + rows_per_block] for i in range(0, len(frame), rows_per_block)]
+    ds = ray.data.from_pandas(blocks)
+    ds = ds.map_batches(
+        BatchEncoder,
+        fn_constructor_kwargs=ctor,
+        batch_size=batch_size,
+        batch_format="numpy",
+        # One actor: the model loads once and owns the CPUs (``concurrency=1`` before Ray 2.51).
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=num_cpus,
+        udf_modifying_row_count=False,
+    )
+    out = ds.to_pandas()
+    vectors = np.stack([np.asarray(v, dtype=np.float32) for v in out["vector"]])
+    return out["content_hash"].to_numpy(dtype=object), vectors
+
+
+# --- the stage ----------------------------------------------------------------------------
+
+
+def embed_items(
+    items_path: Path,
+    out_path: Path,
+    cache_dir: Path,
+    kind: Kind = "text",
+    model_path: str | Path | None = None,
+    use_ray: bool = True,
+    batch_size: int = 64,
+    settings: Settings | None = None,
+    embed_settings: EmbedSettings | None = None,
+    progress: bool = True,
+) -> EmbedSummary:
+    """Embed every item of ``items_path`` into ``out_path``, encoding only cache misses.
+
+    ``model_path`` defaults to ``RECSYS_EMBED__TEXT_MODEL_PATH`` / ``..._IMAGE_MODEL_PATH``,
+    and for text to the bundled all-MiniLM-L6-v2. ``settings`` (Ray limits) defaults to the
+    process settings; ``use_ray=False`` skips Ray and encodes in this process.
+    """
+    t0 = time.perf_counter()
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    opts = embed_settings or EmbedSettings()
+    items_path, out_path, cache_dir = Path(items_path), Path(out_path), Path(cache_dir)
+    if model_path is None:
+        model_path = opts.text_model_path if kind == "text" else opts.image_model_path
+    if model_path is None:
+        if kind == "image":
+            raise ValueError(
+                "kind='image' needs model_path (a CLIP or CLIP-vision folder with "
+                "preprocessor_config.json) or RECSYS_EMBED__IMAGE_MODEL_PATH; no image "
+                "weights ship with the platform."
+            )
+        model_path = default_model_path()
+    model_dir = check_model_dir(model_path, f"{kind} model")
+    digest = model_hash(model_dir)
+    cache_path = cache_dir / f"{kind}_{digest[:12]}.parquet"
+
+    inputs = _load_inputs(items_path, kind, digest, opts.image_column)
+    cached_hashes, cached_vectors = _read_cache(cache_path)
+    index = {h: i for i, h in enumerate(cached_hashes)}
+    hit = inputs["content_hash"].map(index.__contains__).to_numpy(dtype=bool)
+    todo = inputs.loc[~hit].drop_duplicates("content_hash")
+    log.info(
+        "%s embeddings of %d items from %s: %d cached, %d to encode (%d distinct) with %s",
+        kind,
+        len(inputs),
+        items_path,
+        int(hit.sum()),
+        int((~hit).sum()),
+        len(todo),
+        model_dir,
+    )
+
+    backend = "cache"
+    t_enc = time.perf_counter()
+    new_hashes = np.array([], dtype=object)
+    new_vectors = np.zeros((0, 0), dtype=np.float32)
+    if len(todo):
+        num_cpus = opts.num_cpus or local_cpus(settings or get_settings())
+        ctor = {
+            "kind": kind,
+            "model_path": str(model_dir),
+            "batch_size": batch_size,
+            "max_length": opts.max_length,
+            # Inside a Ray actor, match torch's threads to the CPUs the actor holds.
+            "num_threads": num_cpus if use_ray else 0,
+        }
+        if use_ray:
+            backend = "ray"
+            new_hashes, new_vectors = _encode_ray(
+                todo, ctor, batch_size, num_cpus, settings or get_settings(), progress
+            )
+        else:
+            backend = "in-process"
+            new_hashes, new_vectors = _encode_in_process(todo, ctor, batch_size, progress)
+        if len(new_hashes) != len(todo) or set(new_hashes) != set(todo["content_hash"]):
+            raise RuntimeError(
+                f"the {backend} encoder returned {len(new_hashes)} vectors for {len(todo)} "
+                "inputs; this is a bug in the batch function."
+            )
+    encode_seconds = time.perf_counter() - t_enc
+
+    if not len(new_hashes):
+        all_vectors = cached_vectors
+    elif not len(cached_hashes):
+        all_vectors = new_vectors
+    elif cached_vectors.shape[1] != new_vectors.shape[1]:
+        raise ValueError(
+            f"cache {cache_path} holds {cached_vectors.shape[1]}-d vectors but the model gives "
+            f"{new_vectors.shape[1]}-d ones; delete the cache file."
+        )
+    else:
+        all_vectors = np.concatenate([cached_vectors, new_vectors])
+    all_hashes = np.concatenate([cached_hashes, new_hashes])
+    index.update({h: len(cached_hashes) + i for i, h in enumerate(new_hashes)})
+    rows = np.fromiter((index[h] for h in inputs["content_hash"]), np.int64, len(inputs))
+    vectors = all_vectors[rows] if len(rows) else np.zeros((0, 0), dtype=np.float32)
+    dim = int(all_vectors.shape[1]) if all_vectors.size else 0
+
+    meta = {"kind": kind, "model_path": str(model_dir), "model_hash": digest, "dim": str(dim)}
+    out = pa.table(
+        {
+            "item_id": pa.array(inputs["item_id"].tolist(), pa.string()),
+            "vector": _vector_array(vectors.reshape(len(inputs), dim)),
+            "content_hash": pa.array(inputs["content_hash"].tolist(), pa.string()),
+        }
+    ).replace_schema_metadata({f"recsys.embed.{k}": v for k, v in meta.items()})
+    _write_atomic(out, out_path)
+    if len(new_hashes):
+        cache = pa.table(
+            {
+                "content_hash": pa.array(all_hashes.tolist(), pa.string()),
+                "vector": _vector_array(all_vectors),
+            }
+        )
+        _write_atomic(cache, cache_path)
+
+    seconds = time.perf_counter() - t0
+    summary = EmbedSummary(
+        kind=kind,
+        items=len(inputs),
+        hits=int(hit.sum()),
+        misses=int((~hit).sum()),
+        encoded=len(todo),
+        dim=dim,
+        seconds=round(seconds, 3),
+        items_per_s=round(len(inputs) / seconds, 1) if seconds > 0 else 0.0,
+        encode_seconds=round(encode_seconds, 3),
+        backend=backend,
+        model_hash=digest,
+        out_path=str(out_path),
+        cache_path=str(cache_path),
+    )
+    log.info(
+        "embedded %d items (%d hits, %d misses, dim %d) in %.1fs, %.0f items/s [%s] -> %s",
+        summary.items,
+        summary.hits,
+        summary.misses,
+        summary.dim,
+        summary.seconds,
+        summary.items_per_s,
+        backend,
+        out_path,
+    )
+    return summary
