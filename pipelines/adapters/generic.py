@@ -10,7 +10,7 @@ written, so a typo fails in a second with the columns that do exist, not after a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,30 +198,30 @@ class GenericAdapter(DatasetAdapter):
 
     # ------------------------------------------------------------------ planning
     @staticmethod
-    def _mapping(value: str | Mapping[str, str] | None) -> dict[str, str]:
-        known = sorted({c for schema in CANONICAL.values() for c in schema.names})
-        mapping: dict[str, str] = {}
-        for canonical, source in parse_pairs(value, "map"):
-            if canonical not in known:
+    def _checked_pairs(
+        value: str | Mapping[str, str] | None, option: str, allowed: Sequence[str], what: str
+    ) -> list[tuple[str, str]]:
+        """``canonical=source`` pairs of ``--option``, refusing an unknown left-hand side."""
+        pairs = list(parse_pairs(value, option))
+        for canonical, source in pairs:
+            if canonical not in allowed:
                 raise DatasetImportError(
-                    f"--map {canonical}={source}: '{canonical}' is not a canonical column; "
-                    f"map one of: {', '.join(known)}"
+                    f"--{option} {canonical}={source}: '{canonical}' is not {what}; "
+                    f"use one of {', '.join(allowed)} on the left of '='"
                 )
-            mapping[canonical] = source
-        return mapping
+        return pairs
 
-    @staticmethod
-    def _event_map(value: str | Mapping[str, str] | None) -> dict[str, str]:
+    @classmethod
+    def _mapping(cls, value: str | Mapping[str, str] | None) -> dict[str, str]:
+        """Canonical column -> source column."""
+        known = sorted({c for schema in CANONICAL.values() for c in schema.names})
+        return dict(cls._checked_pairs(value, "map", known, "a canonical column"))
+
+    @classmethod
+    def _event_map(cls, value: str | Mapping[str, str] | None) -> dict[str, str]:
         """Source value -> canonical event type (several source values may map to one type)."""
-        out: dict[str, str] = {}
-        for canonical, source in parse_pairs(value, "event-map"):
-            if canonical not in EVENT_TYPES:
-                raise DatasetImportError(
-                    f"--event-map {canonical}={source}: '{canonical}' is not an event type; "
-                    f"use {', '.join(EVENT_TYPES)} on the left of '='"
-                )
-            out[source] = canonical
-        return out
+        pairs = cls._checked_pairs(value, "event-map", EVENT_TYPES, "an event type")
+        return {source: canonical for canonical, source in pairs}
 
     def _plan(
         self,
