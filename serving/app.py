@@ -10,11 +10,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from recsys.config import Settings, get_settings
+from serving.events import Event
 from serving.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,14 @@ class RecommendedItem(BaseModel):
     colour: str | None = None
     price: float | None = None
     score: float = Field(description="Cosine similarity (model) or popularity share (fallback).")
+
+
+class EventBatch(BaseModel):
+    events: list[Event] = Field(min_length=1, max_length=1000)
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
 
 
 class RecommendationResponse(BaseModel):
@@ -70,6 +79,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             fallback=rec.fallback,
             model_version=rec.model_version,
         )
+
+    @app.post("/events", response_model=EventsAccepted)
+    def events(batch: EventBatch, request: Request) -> EventsAccepted:
+        """Record shop events: logged durably, then visible to the next recommendation.
+
+        An event naming an item the catalogue does not have is refused (404, naming the id),
+        and nothing of that batch is recorded.
+        """
+        recommender = request.app.state.recommender
+        unknown = sorted({e.item_id for e in batch.events if not recommender.known_item(e.item_id)})
+        if unknown:
+            raise HTTPException(status_code=404, detail=f"unknown item_id: {', '.join(unknown)}")
+        return EventsAccepted(accepted=recommender.record_events(batch.events))
 
     @app.get("/health")
     def health(request: Request) -> JSONResponse:

@@ -21,10 +21,15 @@ from pipelines.train import USER_FEATURE_REFS
 from recsys.config import Settings
 from recsys.feast_store import open_store
 from recsys.vectorstore import SearchFilter, VectorStore, open_vector_store
+from serving.events import Event, EventLog, activity_rows, stamp
 
 log = logging.getLogger(__name__)
 
 ITEM_FIELDS = ("item_id", "title", "category", "colour", "price")
+ACTIVITY_REFS = [
+    f"user_activity:{c}" for c in ("recent_views", "recent_purchases", "session_events")
+]
+SERVING_REFS = [*USER_FEATURE_REFS, *ACTIVITY_REFS]
 
 
 @dataclass
@@ -47,8 +52,9 @@ class Recommender:
         self.feature_store = open_store(settings)
         # Warm the registry cache now so the first request does not pay for it.
         self.feature_store.get_online_features(
-            features=USER_FEATURE_REFS, entity_rows=[{"user_id": "__warmup__"}]
+            features=SERVING_REFS, entity_rows=[{"user_id": "__warmup__"}]
         )
+        self.event_log = EventLog(settings.home / "events" / "events.jsonl")
         self.vectors: VectorStore = open_vector_store(settings.vector_store, settings.home)
         popular = pd.read_parquet(self.run_dir / "popular.parquet")
         payloads = item_payloads(settings, popular["item_id"].tolist()).to_dict("records")
@@ -58,14 +64,43 @@ class Recommender:
         ]
 
     def user_features(self, user_id: str) -> dict[str, Any] | None:
-        """The user's online feature row, or None when the store has never seen the user."""
+        """The user's online row (batch features + pushed activity), None if never seen.
+
+        Items bought since the last batch run (pushed by ``POST /events``) are put in front of
+        ``purchased_items``: the already-bought filter and the user tower both see them.
+        """
         row = self.feature_store.get_online_features(
-            features=USER_FEATURE_REFS, entity_rows=[{"user_id": user_id}]
+            features=SERVING_REFS, entity_rows=[{"user_id": user_id}]
         ).to_dict()
         values = {k: v[0] for k, v in row.items()}
-        if all(values[name.split(":")[1]] is None for name in USER_FEATURE_REFS):
+        if all(values[name.split(":")[1]] is None for name in SERVING_REFS):
             return None
+        fresh = [b for b in (values.get("recent_purchases") or []) if b]
+        batch = [b for b in (values.get("purchased_items") or []) if b]
+        values["purchased_items"] = list(dict.fromkeys([*fresh, *batch]))
         return values
+
+    def record_events(self, events: list[Event]) -> int:
+        """Log durably, then push each user's folded activity to the online store."""
+        from feast.data_source import PushMode
+
+        events = stamp(events)
+        self.event_log.append(events)
+        users = sorted({e.user_id for e in events})
+        online = self.feature_store.get_online_features(
+            features=ACTIVITY_REFS, entity_rows=[{"user_id": u} for u in users]
+        ).to_dict()
+        current = {
+            u: {name.split(":")[1]: online[name.split(":")[1]][i] for name in ACTIVITY_REFS}
+            for i, u in enumerate(online["user_id"])
+        }
+        self.feature_store.push(
+            "user_activity_push", activity_rows(events, current), to=PushMode.ONLINE
+        )
+        return len(events)
+
+    def known_item(self, item_id: str) -> bool:
+        return self.items.index(item_id) > 0
 
     def recommend(self, user_id: str, k: int) -> Recommendation:
         timings: dict[str, float] = {}

@@ -220,3 +220,44 @@ def test_feast_ui_serves_the_repo(pipeline_settings) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_posted_purchase_leaves_the_next_recommendations_within_a_second(
+    client, pipeline_home, pipeline_settings
+) -> None:
+    import time
+
+    user = _example_user(pipeline_home[1])
+    first = client.get(f"/users/{user}/recommendations", params={"k": 10}).json()["items"]
+    bought = first[0]["item_id"]
+    started = time.monotonic()
+    response = client.post(
+        "/events", json={"events": [{"user_id": user, "item_id": bought, "event_type": "purchase"}]}
+    )
+    assert response.status_code == 200 and response.json() == {"accepted": 1}
+    after = client.get(f"/users/{user}/recommendations", params={"k": 10}).json()
+    assert time.monotonic() - started < 1.0
+    assert bought not in {i["item_id"] for i in after["items"]} and len(after["items"]) == 10
+    logged = (pipeline_settings.home / "events" / "events.jsonl").read_text().splitlines()
+    assert json.loads(logged[-1])["item_id"] == bought
+
+
+def test_a_new_visitor_who_buys_gets_personal_recommendations(client) -> None:
+    popular = client.get("/users/brand-new-visitor/recommendations", params={"k": 5}).json()
+    assert popular["fallback"] is True
+    item = popular["items"][0]["item_id"]
+    events = [{"user_id": "brand-new-visitor", "item_id": item, "event_type": "purchase"}]
+    assert client.post("/events", json={"events": events}).status_code == 200
+    body = client.get("/users/brand-new-visitor/recommendations", params={"k": 5}).json()
+    assert body["fallback"] is False
+    assert item not in {i["item_id"] for i in body["items"]}
+
+
+def test_events_naming_unknown_items_or_types_are_refused(client) -> None:
+    unknown = {"user_id": "u1", "item_id": "no-such-item", "event_type": "view"}
+    response = client.post("/events", json={"events": [unknown]})
+    assert response.status_code == 404 and "no-such-item" in response.json()["detail"]
+    bad_type = {"user_id": "u1", "item_id": "i000001", "event_type": "like"}
+    response = client.post("/events", json={"events": [bad_type]})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "event_type"

@@ -1,0 +1,88 @@
+"""Durable intake of shop events posted to the API.
+
+An event is appended to a JSON-lines log and fsynced before the API answers, so an accepted
+event survives a crash; then it is pushed to Feast's ``user_activity_push`` source, so that the
+next recommendation for that user already knows it (bought items are excluded, the user tower's
+history includes them). The log is the record to fold into the next import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from pipelines.features import RECENT_ACTIVITY
+
+
+class Event(BaseModel):
+    user_id: str = Field(min_length=1, max_length=256)
+    item_id: str = Field(min_length=1, max_length=256)
+    event_type: Literal["view", "add_to_cart", "purchase"]
+    timestamp: datetime | None = Field(default=None, description="Default: when received.")
+    session_id: str | None = None
+    price: float | None = Field(default=None, ge=0)
+
+
+class EventLog:
+    """Append-only JSON lines, one fsync per batch (thread-safe within a process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def append(self, events: Sequence[Event]) -> None:
+        lines = "".join(json.dumps(e.model_dump(mode="json")) + "\n" for e in events)
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def stamp(events: Sequence[Event]) -> list[Event]:
+    """Events with a UTC timestamp (received time when the client sent none)."""
+    now = datetime.now(UTC)
+    return [
+        e.model_copy(update={"timestamp": (e.timestamp or now).astimezone(UTC)}) for e in events
+    ]
+
+
+def activity_rows(events: Sequence[Event], current: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """New ``user_activity`` rows: each user's online row with these events folded in.
+
+    ``current`` maps user id -> the user's current online values (recent_views,
+    recent_purchases, session_events), possibly all None for a user never seen.
+    """
+    rows = []
+    by_user: dict[str, list[Event]] = {}
+    for e in sorted(events, key=lambda e: e.timestamp):
+        by_user.setdefault(e.user_id, []).append(e)
+    for user, evs in by_user.items():
+        now = current.get(user, {})
+        views = list(now.get("recent_views") or [])
+        buys = list(now.get("recent_purchases") or [])
+        session_events = int(now.get("session_events") or 0)
+        for e in evs:
+            if e.event_type == "view":
+                views = [e.item_id, *[v for v in views if v != e.item_id]]
+            elif e.event_type == "purchase":
+                buys = [e.item_id, *buys]
+            session_events += 1
+        rows.append(
+            {
+                "user_id": user,
+                "event_timestamp": evs[-1].timestamp,
+                "recent_views": views[:RECENT_ACTIVITY],
+                "recent_purchases": buys[:RECENT_ACTIVITY],
+                "session_events": session_events,
+            }
+        )
+    return pd.DataFrame(rows)
