@@ -7,15 +7,18 @@ the vector store once at start-up (``lifespan``) and shares them across requests
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from recsys.config import Settings, get_settings
 from serving.events import Event
+from serving.metrics import ApiMetrics
 from serving.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,8 @@ class RecommendedItem(BaseModel):
     colour: str | None = None
     price: float | None = None
     score: float = Field(description="Cosine similarity (model) or popularity share (fallback).")
+    rank: int = Field(description="1 = best.")
+    reasons: list[str] = Field(description="Why the item was proposed.")
 
 
 class EventBatch(BaseModel):
@@ -42,6 +47,9 @@ class RecommendationResponse(BaseModel):
     user_id: str
     items: list[RecommendedItem]
     fallback: bool = Field(description="True when the user is unknown and popular items are shown.")
+    degraded: bool = Field(
+        default=False, description="True when a dependency failed and popular items are shown."
+    )
     model_version: str
 
 
@@ -61,6 +69,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Personalised recommendations from Feast features and Qdrant vector search.",
         lifespan=lifespan,
     )
+    metrics = ApiMetrics()
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        return response
 
     @app.get("/users/{user_id}/recommendations", response_model=RecommendationResponse)
     def recommendations(
@@ -73,10 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         An unknown user gets popular items with ``fallback: true``.
         """
         rec = request.app.state.recommender.recommend(user_id, k)
+        metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
         return RecommendationResponse(
             user_id=rec.user_id,
             items=[RecommendedItem(**item) for item in rec.items],
             fallback=rec.fallback,
+            degraded=rec.degraded,
             model_version=rec.model_version,
         )
 
@@ -92,6 +114,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if unknown:
             raise HTTPException(status_code=404, detail=f"unknown item_id: {', '.join(unknown)}")
         return EventsAccepted(accepted=recommender.record_events(batch.events))
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        """Prometheus text format: requests, latency per endpoint and stage, fallbacks."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     def health(request: Request) -> JSONResponse:

@@ -39,6 +39,7 @@ class Recommendation:
     fallback: bool
     model_version: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    degraded: bool = False  # a dependency failed: the answer comes from popularity
 
 
 class Recommender:
@@ -103,27 +104,60 @@ class Recommender:
         return self.items.index(item_id) > 0
 
     def recommend(self, user_id: str, k: int) -> Recommendation:
+        """Top-k for a user; never raises for a failing dependency.
+
+        Unknown user: popular items, ``fallback``. Feature store or vector store failing:
+        popular items minus what is known to be bought, ``degraded`` (and the error logged).
+        """
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        features = self.user_features(user_id)
-        timings["features"] = (time.perf_counter() - t0) * 1e3
+        try:
+            features = self.user_features(user_id)
+        except Exception:
+            log.exception("online features failed for %s: answering with popular items", user_id)
+            return self._popular(user_id, k, timings, degraded=True)
+        finally:
+            timings["features"] = (time.perf_counter() - t0) * 1e3
         if features is None:
-            return Recommendation(user_id, self.popular_items(k), True, self.model_version, timings)
+            return self._popular(user_id, k, timings)
         t1 = time.perf_counter()
-        bought = [b for b in (features.get("purchased_items") or []) if b]
+        bought = features["purchased_items"]
         with torch.no_grad():
             inputs = self.users.encode({k: [v] for k, v in features.items()}, self.items)
             vector = self.model.user_vectors({k: torch.as_tensor(v) for k, v in inputs.items()})
         exclude = frozenset(int(i) for i in self.items.indices(bought) if i > 0)
         timings["user_tower"] = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
-        hits = self.vectors.search(vector[0].numpy(), k, SearchFilter(exclude_ids=exclude))
-        timings["search"] = (time.perf_counter() - t2) * 1e3
-        items = [{**_item_fields(h.payload), "score": round(h.score, 6)} for h in hits]
+        try:
+            hits = self.vectors.search(vector[0].numpy(), k, SearchFilter(exclude_ids=exclude))
+        except Exception:
+            log.exception("vector search failed for %s: answering with popular items", user_id)
+            return self._popular(user_id, k, timings, degraded=True, bought=set(bought))
+        finally:
+            timings["search"] = (time.perf_counter() - t2) * 1e3
+        items = [
+            {**_item_fields(h.payload), "score": round(h.score, 6), "rank": rank,
+             "reasons": ["two-tower: matches your purchase history and profile"]}
+            for rank, h in enumerate(hits, start=1)
+        ]  # fmt: skip
         return Recommendation(user_id, items, False, self.model_version, timings)
 
-    def popular_items(self, k: int) -> list[dict[str, Any]]:
-        return self.popular[:k]
+    def _popular(
+        self,
+        user_id: str,
+        k: int,
+        timings: dict[str, float],
+        degraded: bool = False,
+        bought: set[str] | frozenset[str] = frozenset(),
+    ) -> Recommendation:
+        chosen = [p for p in self.popular[: k + len(bought)] if p["item_id"] not in bought][:k]
+        items = [
+            {**p, "rank": rank, "reasons": ["popular in the last 14 days"]}
+            for rank, p in enumerate(chosen, start=1)
+        ]
+        return Recommendation(
+            user_id, items, not degraded, self.model_version, timings, degraded=degraded
+        )
 
     def health(self) -> dict[str, Any]:
         checks: dict[str, Any] = {"model": {"ok": True, "version": self.model_version}}

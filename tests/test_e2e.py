@@ -261,3 +261,38 @@ def test_events_naming_unknown_items_or_types_are_refused(client) -> None:
     response = client.post("/events", json={"events": [bad_type]})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][-1] == "event_type"
+
+
+def test_items_carry_rank_and_reasons_and_metrics_count_requests(client, pipeline_home) -> None:
+    user = _example_user(pipeline_home[1])
+    items = client.get(f"/users/{user}/recommendations", params={"k": 3}).json()["items"]
+    assert [i["rank"] for i in items] == [1, 2, 3] and all(i["reasons"] for i in items)
+    client.get("/users/somebody-new/recommendations")
+    text = client.get("/metrics").text
+    assert 'recsys_requests_total{endpoint="/users/{user_id}/recommendations"' in text
+    assert 'recsys_stage_seconds_count{stage="search"}' in text
+    assert 'recsys_fallbacks_total{reason="unknown_user"}' in text
+
+
+def test_vector_store_failure_degrades_to_popular_items(client, pipeline_home,
+                                                        pipeline_settings) -> None:  # fmt: skip
+    """A missing collection (the real edge backend failing) -> 200, degraded, nothing bought."""
+    from recsys.vectorstore import open_vector_store
+
+    recommender = client.app.state.recommender
+    healthy = recommender.vectors
+    recommender.vectors = open_vector_store(
+        pipeline_settings.vector_store, pipeline_settings.home, collection="missing"
+    )
+    try:
+        user = _example_user(pipeline_home[1])
+        response = client.get(f"/users/{user}/recommendations", params={"k": 10})
+        assert response.status_code == 200
+        body = response.json()
+        assert body["degraded"] is True and body["fallback"] is False and len(body["items"]) == 10
+        bought = set(recommender.user_features(user)["purchased_items"])
+        assert not bought & {i["item_id"] for i in body["items"]}
+        assert client.get("/health").status_code == 503
+    finally:
+        recommender.vectors = healthy
+    assert client.get("/health").status_code == 200

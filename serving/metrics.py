@@ -1,0 +1,40 @@
+"""Prometheus metrics of the API: requests, latency per endpoint and per stage, fallbacks.
+
+Each app gets its own registry, so several apps in one process (tests, workers) never clash.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# Buckets sized for a service whose median is about a millisecond.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "recsys_requests", "HTTP requests", ["endpoint", "method", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "recsys_request_seconds", "Request latency", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.stage_latency = Histogram(
+            "recsys_stage_seconds", "Latency of a recommendation stage", ["stage"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.fallbacks = Counter(
+            "recsys_fallbacks", "Answers not from the model", ["reason"], registry=self.registry
+        )
+
+    def observe_recommendation(self, timings_ms: dict[str, float], fallback: bool,
+                               degraded: bool) -> None:  # fmt: skip
+        for stage, ms in timings_ms.items():
+            self.stage_latency.labels(stage=stage).observe(ms / 1e3)
+        if degraded:
+            self.fallbacks.labels(reason="degraded").inc()
+        elif fallback:
+            self.fallbacks.labels(reason="unknown_user").inc()
