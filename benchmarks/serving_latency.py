@@ -1,0 +1,184 @@
+"""Serving benchmark: API latency at a fixed request rate, saturation throughput, and the floor.
+
+Needs a data root where the pipeline has run (`recsys demo --no-serve`). The floor (a bare
+Feast online read plus a bare vector search with the same exclusion filter, for the same users)
+is measured in this process first; then the API is started as `recsys serve` in its own process
+and loaded from this one over loopback with httpx/asyncio: an open loop at `--rate` requests/s,
+then a closed loop with `--concurrency` requests in flight for the saturation throughput.
+
+    RECSYS_HOME=var .venv/bin/python benchmarks/serving_latency.py --rate 100 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+RECSYS = Path(sys.executable).with_name("recsys")
+
+
+def _percentiles(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {
+        "n": len(ms),
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p90_ms": round(float(np.percentile(a, 90)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+    }
+
+
+def floor(users: list[str]) -> dict[str, Any]:
+    """Bare Feast online read + bare vector search (same exclusion) per user, in-process."""
+    import torch
+
+    from recsys.config import get_settings
+    from recsys.vectorstore import SearchFilter
+    from serving.recommender import Recommender
+
+    torch.set_num_threads(1)
+    rec = Recommender(get_settings())
+    try:
+        feature_ms, search_ms, vectors = [], [], {}
+        for u in users:  # vectors first, so the search loop times only the search
+            f = rec.user_features(u)
+            if f is None:
+                continue
+            inputs = rec.users.encode({k: [v] for k, v in f.items()}, rec.items)
+            with torch.no_grad():
+                vec = rec.model.user_vectors({k: torch.as_tensor(v) for k, v in inputs.items()})
+            exclude = frozenset(int(i) for i in rec.items.indices(f["purchased_items"]) if i > 0)
+            vectors[u] = (vec[0].numpy(), exclude)
+        for u in users:
+            t = time.perf_counter()
+            rec.feature_store.get_online_features(
+                features=["user_features:purchased_items"], entity_rows=[{"user_id": u}]
+            )
+            feature_ms.append((time.perf_counter() - t) * 1e3)
+            if u in vectors:
+                vec, exclude = vectors[u]
+                t = time.perf_counter()
+                rec.vectors.search(vec, 10, SearchFilter(exclude_ids=exclude))
+                search_ms.append((time.perf_counter() - t) * 1e3)
+        both = np.percentile(feature_ms, 50) + np.percentile(search_ms, 50)
+        return {
+            "feast_online_read": _percentiles(feature_ms),
+            "vector_search": _percentiles(search_ms),
+            "floor_p50_ms": round(float(both), 3),
+        }
+    finally:
+        rec.close()
+
+
+async def open_loop(base: str, users: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    """Requests on a fixed schedule, whatever the answers' latency (no coordinated omission)."""
+    latencies: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+
+        async def one(user: str) -> None:
+            nonlocal errors
+            t = time.perf_counter()
+            r = await client.get(f"/users/{user}/recommendations", params={"k": 10})
+            latencies.append((time.perf_counter() - t) * 1e3)
+            errors += r.status_code != 200
+
+        tasks, start = [], time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(users[i % len(users)])))
+        await asyncio.gather(*tasks)
+    return {"rate_rps": rate, **_percentiles(latencies), "errors": errors}
+
+
+async def closed_loop(base: str, users: list[str], concurrency: int, seconds: float) -> dict:
+    done = 0
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+
+        async def worker(offset: int) -> None:
+            nonlocal done
+            i = offset
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                await client.get(f"/users/{users[i % len(users)]}/recommendations")
+                latencies.append((time.perf_counter() - t) * 1e3)
+                done += 1
+                i += concurrency
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"concurrency": concurrency, "throughput_rps": round(done / elapsed, 1),
+            **_percentiles(latencies)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--users", type=int, default=500)
+    args = parser.parse_args()
+
+    import duckdb
+
+    from recsys.config import get_settings
+
+    settings = get_settings()
+    path = settings.features_dir / "user_features.parquet"
+    with duckdb.connect() as con:
+        ids = [r[0] for r in con.execute(f"SELECT DISTINCT user_id FROM read_parquet('{path}')")
+               .fetchall()]  # fmt: skip
+    users = random.Random(0).sample(ids, min(args.users, len(ids)))
+    report: dict[str, Any] = {"benchmark": "serving_latency", "users": len(users)}
+    report["floor"] = floor(users)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(RECSYS), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "RECSYS_HOME": str(settings.home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the API did not become healthy within 120 s")
+        asyncio.run(open_loop(base, users, args.rate, 3))  # warm-up
+        report["api_at_rate"] = asyncio.run(open_loop(base, users, args.rate, args.seconds))
+        report["saturation"] = asyncio.run(closed_loop(base, users, args.concurrency, args.seconds))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    report["api_p50_over_floor"] = round(
+        report["api_at_rate"]["p50_ms"] / report["floor"]["floor_p50_ms"], 2
+    )
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
