@@ -130,6 +130,54 @@ def split_by_time(purchases: pd.DataFrame, test_days: int) -> tuple[pd.Timestamp
     return end - pd.Timedelta(days=test_days), end
 
 
+@dataclass
+class TrainingSplit:
+    """What the model trains on and what it is scored against.
+
+    ``temporal``: the last ``test_days`` of purchases are held out. ``holdout``: the data set
+    came with its own test pairs (``validated/holdout.parquet``, e.g. ASOS's validation file):
+    everything else trains. ``undated``: all training events share one timestamp (ASOS has
+    none), so there is no order to respect and each example's history is everything else.
+    """
+
+    mode: str
+    train: pd.DataFrame  # purchases before the cutoff: the "already bought" of evaluation
+    test: pd.DataFrame  # purchases to predict
+    positives: pd.DataFrame  # training examples (train_events before the cutoff)
+    cutoff: pd.Timestamp  # user features for evaluation are read as of this time
+    end: pd.Timestamp
+    undated: bool
+
+    def describe(self) -> str:
+        what = f"{len(self.test):,} held-out purchases ({self.mode}"
+        what += ", undated events: leave-one-out history)" if self.undated else ")"
+        return f"{what}, {len(self.train):,} purchases before {self.cutoff:%Y-%m-%d %H:%M}"
+
+
+def split_for_training(
+    settings: Settings, events: pd.DataFrame, purchases: pd.DataFrame
+) -> TrainingSplit:
+    cfg = settings.train
+    holdout_path = table_path(settings.validated_dir, "holdout")
+    if holdout_path.exists():
+        holdout = pd.read_parquet(holdout_path, columns=["user_id", "item_id", "event_type"])
+        test = holdout[holdout["event_type"] == "purchase"][["user_id", "item_id"]]
+        end = purchases["timestamp"].max().floor("D") + pd.Timedelta(days=1)
+        positives = events[events["event_type"].isin(cfg.train_events)]
+        undated = positives["timestamp"].nunique() == 1
+        return TrainingSplit("holdout", purchases, test, positives, end, end, undated)
+    cutoff, end = split_by_time(purchases, cfg.test_days)
+    train = purchases[purchases["timestamp"] < cutoff]
+    test = purchases[purchases["timestamp"] >= cutoff]
+    if len(train) < 10 or test.empty:
+        raise ValueError(
+            f"not enough purchases to train and evaluate: {len(train)} before {cutoff}, "
+            f"{len(test)} after. Generate more data or lower RECSYS_TRAIN__TEST_DAYS."
+        )
+    positives = events[events["event_type"].isin(cfg.train_events) & (events["timestamp"] < cutoff)]
+    return TrainingSplit("temporal", train, test, positives, cutoff, end, False)
+
+
 def _historical(store, entity_df: pd.DataFrame, features) -> pd.DataFrame:
     with warnings.catch_warnings():  # ibis deprecation chatter inside Feast's DuckDB store
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -194,21 +242,23 @@ def train(settings: Settings, progress=print) -> TrainResult:
     purchases = events[events["event_type"] == "purchase"].drop(columns="event_type")
     if purchases.empty:
         raise ValueError("no purchase events in the validated interactions: nothing to learn.")
-    cutoff, end = split_by_time(purchases, cfg.test_days)
-    train_rows = purchases[purchases["timestamp"] < cutoff]
-    test_rows = purchases[purchases["timestamp"] >= cutoff]
-    if len(train_rows) < 10 or test_rows.empty:
-        raise ValueError(
-            f"not enough purchases to train and evaluate: {len(train_rows)} before {cutoff}, "
-            f"{len(test_rows)} after. Generate more data or lower RECSYS_TRAIN__TEST_DAYS."
-        )
-    positives = events[events["event_type"].isin(cfg.train_events) & (events["timestamp"] < cutoff)]
+    split = split_for_training(settings, events, purchases)
+    cutoff, end, train_rows, test_rows = split.cutoff, split.end, split.train, split.test
+    positives = split.positives
+    progress(f"  evaluation: {split.describe()}")
 
     store = open_store(settings)
     entity_df = positives[["user_id", "item_id", "timestamp"]].rename(
         columns={"timestamp": "event_timestamp"}
     )
+    if split.undated:  # no order known: every example sees all history but its own item
+        entity_df["event_timestamp"] = end
     examples = _historical(store, entity_df, store.get_feature_service("two_tower_training"))
+    if split.undated:
+        examples["purchased_items"] = [
+            [h for h in (history if history is not None else []) if h != item]
+            for history, item in zip(examples["purchased_items"], examples["item_id"], strict=True)
+        ]
     kinds = ", ".join(f"{n:,} {t}s" for t, n in positives["event_type"].value_counts().items())
     progress(f"  training set: {kinds} with point-in-time features from Feast "
              f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
@@ -252,6 +302,7 @@ def train(settings: Settings, progress=print) -> TrainResult:
         "train_config": cfg.model_dump(),
         "data": {
             "home": str(settings.home),
+            "evaluation": split.describe(),
             "purchases": len(purchases),
             "train_examples": len(examples),
             "test_purchases": len(test_rows),
@@ -333,9 +384,13 @@ def evaluate(
     feats = _historical(store, entity_df, USER_FEATURE_REFS)
     feats = feats.set_index("user_id").reindex(test_users).reset_index()
     catalog = catalog_frame(store, attributes, items.item_ids, cutoff)
-    scores = user_vectors(model, users, items, feats) @ item_vectors(model, items, catalog).T
-    seen_lists = [seen.get(u, set()) for u in test_users]
-    ranked = _top_k(scores, items.item_ids, seen_lists, k)
+    item_vecs = item_vectors(model, items, catalog)
+    user_vecs = user_vectors(model, users, items, feats)
+    ranked: list[list[str]] = []
+    for lo in range(0, len(test_users), 2048):  # bounded memory: users x catalogue per chunk
+        chunk = test_users[lo : lo + 2048]
+        scores = user_vecs[lo : lo + 2048] @ item_vecs.T
+        ranked += _top_k(scores, items.item_ids, [seen.get(u, set()) for u in chunk], k)
     two_tower = evaluate_rankings(dict(zip(test_users, ranked, strict=True)), truth, k)
     pop_all = top_items(train_rows)["item_id"].tolist()
     pop_recent = top_items(train_rows, since=cutoff - pd.Timedelta(days=14))["item_id"].tolist()
