@@ -8,10 +8,12 @@ same settings (``RECSYS_FEATURES__USER_TTL_DAYS`` ...).
 
 from datetime import timedelta
 
+import pyarrow.parquet as pq
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource
 from feast.types import Array, Bool, Float64, Int64, String
 from feast.value_type import ValueType
 
+from pipelines.features import EXTRA_PREFIX
 from recsys.config import Settings
 
 SETTINGS = Settings()  # fresh, not cached: RECSYS_HOME may change between runs in one process
@@ -25,6 +27,15 @@ def _source(name: str) -> FileSource:
         path=str(FEATURES_DIR / f"{name}.parquet"),
         timestamp_field="event_timestamp",
     )
+
+
+def _extra_attributes() -> list[Field]:
+    """The catalogue's own extra columns (``attr_*``), as found by `recsys features`."""
+    path = FEATURES_DIR / "item_attributes.parquet"
+    if not path.exists():
+        return []
+    names = pq.read_schema(path).names
+    return [Field(name=n, dtype=String) for n in names if n.startswith(EXTRA_PREFIX)]
 
 
 def _counts(*names: str) -> list[Field]:
@@ -111,6 +122,7 @@ item_attributes = FeatureView(
         Field(name="product_type", dtype=String),
         Field(name="price", dtype=Float64),
         Field(name="in_stock", dtype=Bool),
+        *_extra_attributes(),
     ],
     source=_source("item_attributes"),
     online=True,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.schema import table_path
+from pipelines.schema import ITEMS, table_path
 
 log = logging.getLogger(__name__)
 
@@ -373,8 +373,20 @@ def _activity_sql(inter: Path) -> str:
     """
 
 
+EXTRA_PREFIX = "attr_"  # catalogue columns beyond the canonical ones, as item attributes
+
+
+def extra_item_columns(columns: set[str] | list[str]) -> list[str]:
+    """Catalogue columns the canonical items schema does not know: they pass through."""
+    return sorted(c for c in columns if c not in ITEMS.names and not c.startswith("__"))
+
+
 def _attributes_sql(items: Path, inter: Path, columns: set[str]) -> str:
-    """Catalogue attributes; stamped at launch (or first sighting) so they join for any event."""
+    """Catalogue attributes; stamped at launch (or first sighting) so they join for any event.
+
+    Extra catalogue columns pass through as ``attr_<name>`` strings (prefixed so they never
+    collide with another view's feature names in a feature service).
+    """
     cats = ", ".join(
         f"coalesce(CAST(i.{c} AS VARCHAR), 'unknown') AS {c}"
         if c in columns
@@ -386,6 +398,9 @@ def _attributes_sql(items: Path, inter: Path, columns: set[str]) -> str:
     launch = (
         "CAST(i.launch_date AS TIMESTAMPTZ)" if "launch_date" in columns else "NULL::TIMESTAMPTZ"
     )
+    extras = "".join(
+        f', CAST(i."{c}" AS VARCHAR) AS "{EXTRA_PREFIX}{c}"' for c in extra_item_columns(columns)
+    )
     return f"""
     WITH first_seen AS (
         SELECT item_id, CAST(min("timestamp") AS TIMESTAMPTZ) AS ts
@@ -395,7 +410,7 @@ def _attributes_sql(items: Path, inter: Path, columns: set[str]) -> str:
            CAST(least(coalesce({launch}, f.ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                       coalesce(f.ts, TIMESTAMPTZ '2100-01-01 00:00:00+00')) AS TIMESTAMPTZ)
                 AS event_timestamp,
-           {cats}, {price} AS price, {stock} AS in_stock
+           {cats}, {price} AS price, {stock} AS in_stock{extras}
     FROM read_parquet('{items}') i LEFT JOIN first_seen f USING (item_id)
     ORDER BY i.item_id
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from models.artifacts import current_run, load_run
+from pipelines.features import EXTRA_PREFIX
 from pipelines.schema import table_path
 from pipelines.train import catalog_frame, item_frame, item_vectors, load_item_attributes
 from recsys.config import Settings
@@ -33,13 +35,25 @@ class IndexSummary:
 
 
 def item_payloads(settings: Settings, item_ids: list[str]) -> pd.DataFrame:
-    """Catalogue attributes plus title, one row per item id in the given order."""
+    """Catalogue attributes, title and extra catalogue columns, one row per item id in order."""
     attributes = item_frame(load_item_attributes(settings), item_ids)
-    titles_path = table_path(settings.validated_dir, "items")
-    titles = pd.read_parquet(titles_path, columns=["item_id", "title"]).drop_duplicates("item_id")
-    frame = attributes.merge(titles, on="item_id", how="left")
+    frame = attributes.merge(_titles(settings), on="item_id", how="left")
     frame["title"] = frame["title"].fillna(frame["item_id"])
     return frame
+
+
+def _titles(settings: Settings) -> pd.DataFrame:
+    path = table_path(settings.validated_dir, "items")
+    return pd.read_parquet(path, columns=["item_id", "title"]).drop_duplicates("item_id")
+
+
+def _payload(record: dict) -> dict:
+    """A payload without missing values (absent beats null for Qdrant filters)."""
+    return {
+        k: v
+        for k, v in record.items()
+        if v is not None and not (isinstance(v, float) and math.isnan(v))
+    }
 
 
 def build_index(settings: Settings) -> IndexSummary:
@@ -52,8 +66,10 @@ def build_index(settings: Settings) -> IndexSummary:
     )
     vectors = item_vectors(model, items, catalog)
     payloads = item_payloads(settings, items.item_ids)
-    fields = [c for c in (*KEYWORD_FIELDS, "title", *FLOAT_FIELDS, *BOOL_FIELDS) if c in payloads]
-    records = payloads[fields].to_dict("records")
+    extras = [c for c in payloads.columns if c.startswith(EXTRA_PREFIX)]  # passed through
+    known = (*KEYWORD_FIELDS, "title", *FLOAT_FIELDS, *BOOL_FIELDS)
+    fields = [c for c in known if c in payloads] + extras
+    records = [_payload(r) for r in payloads[fields].to_dict("records")]
     store = open_vector_store(settings.vector_store, settings.home)
     try:
         store.recreate(

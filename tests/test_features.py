@@ -48,6 +48,7 @@ def features(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame
             "category": ["tops", "bottoms", "tops"],
             "colour": ["red", None, "black"],
             "price": [10.0, 50.0, 30.0],
+            "fabric": ["cotton", None, "leather"],  # a retailer's own column
         }
     ).to_parquet(table_path(validated, "items"))
     pd.DataFrame({"user_id": ["u1", "u2"], "age": [30, 17]}).to_parquet(
@@ -116,6 +117,8 @@ def test_item_attributes_fill_unknowns(features) -> None:
     assert attrs.loc["A", "department"] == "unknown"  # column absent from the catalogue
     assert bool(attrs.loc["C", "in_stock"]) is True
     assert attrs.loc["A", "event_timestamp"] == _ts(1, 10)  # first sighting
+    assert attrs.loc["C", "attr_fabric"] == "leather"  # extra columns pass through, prefixed
+    assert pd.isna(attrs.loc["B", "attr_fabric"])
 
 
 def test_activity_seed_is_each_users_latest_state(features) -> None:
