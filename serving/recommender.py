@@ -17,7 +17,6 @@ import torch
 
 from models.artifacts import current_run, load_run
 from pipelines.index import item_payloads
-from pipelines.train import USER_FEATURE_REFS
 from recsys.config import Settings
 from recsys.feast_store import open_store
 from recsys.vectorstore import SearchFilter, VectorStore, open_vector_store
@@ -29,7 +28,6 @@ ITEM_FIELDS = ("item_id", "title", "category", "colour", "price")
 ACTIVITY_REFS = [
     f"user_activity:{c}" for c in ("recent_views", "recent_purchases", "session_events")
 ]
-SERVING_REFS = [*USER_FEATURE_REFS, *ACTIVITY_REFS]
 
 
 @dataclass
@@ -52,8 +50,10 @@ class Recommender:
         self.model_version = self.run_dir.name
         self.feature_store = open_store(settings)
         # Warm the registry cache now so the first request does not pay for it.
+        # The `user_serving` feature service is the API's contract with the feature repo.
+        self.serving_features = self.feature_store.get_feature_service("user_serving")
         self.feature_store.get_online_features(
-            features=SERVING_REFS, entity_rows=[{"user_id": "__warmup__"}]
+            features=self.serving_features, entity_rows=[{"user_id": "__warmup__"}]
         )
         self.event_log = EventLog(settings.home / "events" / "events.jsonl")
         self.vectors: VectorStore = open_vector_store(settings.vector_store, settings.home)
@@ -71,10 +71,10 @@ class Recommender:
         ``purchased_items``: the already-bought filter and the user tower both see them.
         """
         row = self.feature_store.get_online_features(
-            features=SERVING_REFS, entity_rows=[{"user_id": user_id}]
+            features=self.serving_features, entity_rows=[{"user_id": user_id}]
         ).to_dict()
         values = {k: v[0] for k, v in row.items()}
-        if all(values[name.split(":")[1]] is None for name in SERVING_REFS):
+        if all(v is None for k, v in values.items() if k != "user_id"):
             return None
         fresh = [b for b in (values.get("recent_purchases") or []) if b]
         batch = [b for b in (values.get("purchased_items") or []) if b]
