@@ -7,7 +7,7 @@ Metrics are averaged over users that have at least one relevant item.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -38,3 +38,97 @@ def evaluate_rankings(
     ndcgs = [ndcg_at_k(rankings.get(u, ()), truth[u], k) for u in users]
     return {f"recall@{k}": float(np.mean(recalls)), f"ndcg@{k}": float(np.mean(ndcgs)),
             "users": len(users)}  # fmt: skip
+
+
+def map_at_k(ranked: Sequence[Hashable], relevant: set[Hashable], k: int) -> float:
+    """Average precision at K, normalised by ``min(K, |relevant|)`` like Recall@K.
+
+    The same normaliser keeps a user with many relevant items from being capped below 1.0
+    (the Kaggle/H&M "MAP@12" convention).
+    """
+    if not relevant:
+        raise ValueError("MAP is undefined for a user with no relevant items")
+    hits, total = 0, 0.0
+    for i, item in enumerate(ranked[:k]):
+        if item in relevant:
+            hits += 1
+            total += hits / (i + 1)
+    return total / min(k, len(relevant))
+
+
+def hit_rate_at_k(ranked: Sequence[Hashable], relevant: set[Hashable], k: int) -> float:
+    """1.0 when at least one relevant item is in the top K, else 0.0."""
+    if not relevant:
+        raise ValueError("hit rate is undefined for a user with no relevant items")
+    return float(any(item in relevant for item in ranked[:k]))
+
+
+def catalog_coverage(
+    rankings: Mapping[Hashable, Sequence[Hashable]] | Sequence[Sequence[Hashable]],
+    n_items: int,
+    k: int,
+) -> float:
+    """Share of the ``n_items`` catalogue shown in at least one user's top K.
+
+    Popularity scores well on accuracy while showing a handful of items; coverage makes that
+    visible next to Recall.
+    """
+    if n_items <= 0:
+        raise ValueError("catalog coverage needs n_items > 0")
+    lists = rankings.values() if isinstance(rankings, Mapping) else rankings
+    shown: set[Hashable] = set()
+    for ranked in lists:
+        shown.update(ranked[:k])
+    return len(shown) / n_items
+
+
+def evaluate_all(
+    rankings: Mapping[Hashable, Sequence[Hashable]],
+    truth: Mapping[Hashable, set[Hashable]],
+    ks: Sequence[int] = (10, 20, 100),
+    map_ks: Sequence[int] = (12,),
+    n_items: int | None = None,
+) -> dict[str, float]:
+    """Every metric for every K in one pass, as a flat dict (``recall@10``, ``map@12``, ...).
+
+    Averages over users of ``truth`` with at least one relevant item; a user without a ranking
+    counts as all misses. MAP is reported at every K of ``ks`` and ``map_ks``. ``coverage@K``
+    (over the rankings of the evaluated users) is added when ``n_items`` is given.
+    """
+    users = [u for u, rel in truth.items() if rel]
+    if not users:
+        raise ValueError("no user has a relevant item in the evaluation window")
+    all_map_ks = sorted(set(ks) | set(map_ks))
+    k_max = max([*ks, *all_map_ks])
+    sums: dict[str, float] = {}
+    for k in ks:
+        for name in ("recall", "ndcg", "hit"):
+            sums[f"{name}@{k}"] = 0.0
+    for k in all_map_ks:
+        sums[f"map@{k}"] = 0.0
+    discounts = 1.0 / np.log2(np.arange(k_max) + 2)
+    ideal_cum = np.cumsum(discounts)
+    for u in users:
+        rel = truth[u]
+        ranked = list(rankings.get(u, ()))[:k_max]
+        hits = np.zeros(k_max, dtype=np.float64)
+        hits[: len(ranked)] = [item in rel for item in ranked]
+        cum_hits = np.cumsum(hits)
+        cum_dcg = np.cumsum(hits * discounts)
+        cum_prec = np.cumsum(hits * cum_hits / np.arange(1, k_max + 1))
+        n_rel = len(rel)
+        for k in ks:
+            denom = min(k, n_rel)
+            sums[f"recall@{k}"] += cum_hits[k - 1] / denom
+            sums[f"ndcg@{k}"] += cum_dcg[k - 1] / ideal_cum[denom - 1]
+            sums[f"hit@{k}"] += float(cum_hits[k - 1] > 0)
+        for k in all_map_ks:
+            sums[f"map@{k}"] += cum_prec[k - 1] / min(k, n_rel)
+    out: dict[str, float] = {key: float(value / len(users)) for key, value in sums.items()}
+    if n_items:
+        for k in ks:
+            out[f"coverage@{k}"] = catalog_coverage(
+                [rankings.get(u, ()) for u in users], n_items, k
+            )
+    out["users"] = len(users)
+    return out

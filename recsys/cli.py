@@ -191,6 +191,68 @@ def run_train(settings: Settings) -> dict[str, Any]:
         return m
 
 
+def run_evaluate(
+    settings: Settings,
+    holdout: Path | None,
+    split: str | None,
+    test_fraction: float,
+    json_path: Path | None,
+    tune: bool,
+) -> dict[str, Any]:
+    """Tune and score the classic peers on one protocol; print a table, write the report."""
+    import json as json_lib
+
+    from pipelines.evaluate import evaluate as evaluate_peers
+
+    with stage("evaluate (popularity, item-kNN, ALS, EASE)"):
+        try:
+            result = evaluate_peers(
+                settings,
+                holdout=holdout,
+                split=split,  # type: ignore[arg-type]
+                test_fraction=test_fraction,
+                tune=tune,
+                progress=console.print,
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(exc) from exc
+        d = result["dataset"]
+        table = Table(
+            title=f"{result['protocol']['split']} split: {d['eval_users']:,} users "
+            f"({d['cold_test_users']:,} cold), {d['train_items']:,} items"
+        )
+        columns = ("R@10", "NDCG@10", "MAP@12", "R@100", "cov@10", "cold-u R@10", "cold-i R@10")
+        table.add_column("model")
+        for col in (*columns, "fit s"):
+            table.add_column(col, justify="right")
+        chosen: list[str] = []
+        for name, m in result["models"].items():
+            if "overall" not in m:
+                table.add_row(name, f"[red]{m.get('error', 'failed')}[/]")
+                continue
+            o = m["overall"]
+            seg = [f"{m[s]['recall@10']:.4f}" if m.get(s) else "-"
+                   for s in ("cold_users", "cold_items")]  # fmt: skip
+            metrics = ("recall@10", "ndcg@10", "map@12", "recall@100", "coverage@10")
+            if m["params"]:
+                chosen.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in m["params"].items()))
+            table.add_row(
+                name,
+                *(f"{o[c]:.4f}" if c in o else "-" for c in metrics),
+                *seg,
+                f"{m['fit_seconds']:.1f}",
+            )
+        console.print(table)
+        for line in chosen:
+            console.print(f"  {line}")
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json_lib.dumps(result, indent=2, default=str))
+            console.print(f"  JSON -> {json_path}")
+        console.print(f"  report -> {settings.reports_dir / 'evaluation' / 'report.md'}")
+        return result
+
+
 def run_index(settings: Settings) -> None:
     from pipelines.index import build_index
 
@@ -308,6 +370,26 @@ def train(
 ) -> None:
     """Train the two-tower model through Ray Train and compare it with popularity."""
     run_train(_with_train(get_settings(), epochs, num_workers))
+
+
+@app.command()
+def evaluate(
+    holdout: Annotated[
+        Path | None, typer.Option(help="Test events (Parquet); default validated/holdout.")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="holdout or temporal (default: holdout if present).")
+    ] = None,
+    test_fraction: Annotated[
+        float, typer.Option(help="temporal: last share of time held out.")
+    ] = 0.1,
+    json: Annotated[Path | None, typer.Option(help="Also write the results JSON here.")] = None,
+    tune: Annotated[
+        bool, typer.Option("--tune/--no-tune", help="Tune on a slice of the training data.")
+    ] = True,
+) -> None:
+    """Score popularity, item-kNN, ALS and EASE with one protocol (tuned on training data)."""
+    run_evaluate(get_settings(), holdout, split, test_fraction, json, tune)
 
 
 @app.command()

@@ -1,0 +1,350 @@
+"""Classic collaborative-filtering peers that any new model must beat, on one sparse matrix.
+
+Every peer is fitted on the same user x item matrix (``scipy.sparse`` CSR, float32) and ranks
+with the same code (:meth:`Recommender.recommend`): scores in user batches, already-seen items
+removed, top K by ``numpy.argpartition``. Sharing the ranking and exclusion code is what makes
+the comparison honest: only the scoring differs between models.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EASE_MEMORY_GB = 12.0
+
+
+@dataclass
+class InteractionMatrix:
+    """A user x item count matrix plus the id <-> row/column mappings."""
+
+    matrix: sp.csr_matrix
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    user_index: dict[str, int] = field(repr=False)
+    item_index: dict[str, int] = field(repr=False)
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        user_ids: Sequence[str] | None = None,
+        item_ids: Sequence[str] | None = None,
+    ) -> InteractionMatrix:
+        """Count (user_id, item_id) rows; ids outside the given vocabularies are dropped."""
+        users = np.asarray(sorted(frame["user_id"].unique()) if user_ids is None else user_ids)
+        items = np.asarray(sorted(frame["item_id"].unique()) if item_ids is None else item_ids)
+        user_index = {u: i for i, u in enumerate(users.tolist())}
+        item_index = {t: i for i, t in enumerate(items.tolist())}
+        rows = frame["user_id"].map(user_index)
+        cols = frame["item_id"].map(item_index)
+        keep = rows.notna() & cols.notna()
+        matrix = sp.csr_matrix(
+            (
+                np.ones(int(keep.sum()), dtype=np.float32),
+                (rows[keep].to_numpy(np.int64), cols[keep].to_numpy(np.int64)),
+            ),
+            shape=(len(users), len(items)),
+            dtype=np.float32,
+        )
+        matrix.sum_duplicates()
+        return cls(matrix, users, items, user_index, item_index)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+
+def binarize(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """The same pattern with every stored value set to 1 (float32)."""
+    out = matrix.astype(np.float32, copy=True).tocsr()
+    out.data[:] = 1.0
+    return out
+
+
+class Recommender:
+    """Shared ranking: subclasses implement ``fit`` and ``_scores`` (dense batch x items)."""
+
+    name = "base"
+    batch_size = 2048
+
+    def __init__(self) -> None:
+        self.train_matrix: sp.csr_matrix | None = None
+
+    def fit(self, matrix: sp.csr_matrix) -> Recommender:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, float | int]:
+        return {}
+
+    def _scores(self, user_rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def recommend(
+        self, user_rows: Sequence[int] | np.ndarray, k: int, exclude_seen: bool = True
+    ) -> list[list[int]]:
+        """Top-``k`` item columns per user row, best first, without the user's training items."""
+        if self.train_matrix is None:
+            raise RuntimeError(f"{type(self).__name__}.recommend called before fit()")
+        rows = np.asarray(user_rows, dtype=np.int64)
+        n_items = self.train_matrix.shape[1]
+        k = min(k, n_items)
+        out: list[list[int]] = []
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            scores = np.array(self._scores(batch), dtype=np.float32, copy=True)
+            if exclude_seen:
+                seen = self.train_matrix[batch]
+                scores[
+                    np.repeat(np.arange(len(batch)), np.diff(seen.indptr)), seen.indices
+                ] = -np.inf
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            top = np.take_along_axis(top, order, axis=1)
+            ranked_scores = np.take_along_axis(top_scores, order, axis=1)
+            for items, s in zip(top, ranked_scores, strict=True):
+                out.append(items[np.isfinite(s)].tolist())
+        return out
+
+
+class Popularity(Recommender):
+    """All-time interaction counts: the same list for everyone, minus what they have."""
+
+    name = "popularity"
+
+    def fit(self, matrix: sp.csr_matrix) -> Popularity:
+        self.train_matrix = matrix.tocsr()
+        return self.fit_counts(np.asarray(binarize(matrix).sum(axis=0)).ravel())
+
+    def fit_counts(self, counts: np.ndarray) -> Popularity:
+        # Scores are ranks, not counts: ties broken by item column, identically every batch.
+        order = np.argsort(-counts, kind="stable")
+        self._item_scores = np.empty(len(counts), dtype=np.float32)
+        self._item_scores[order] = -np.arange(len(counts), dtype=np.float32)
+        return self
+
+    def _scores(self, user_rows: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self._item_scores, (len(user_rows), len(self._item_scores)))
+
+
+class RecentPopularity(Popularity):
+    """Counts over the last ``days`` before the newest event; all-time when time does not vary.
+
+    Fashion demand moves with the season, so recent counts are the stronger baseline when the
+    data has real timestamps (H&M); ASOS's train pairs share one timestamp, where this equals
+    :class:`Popularity`.
+    """
+
+    name = "popularity_recent"
+
+    def __init__(self, days: int = 14) -> None:
+        super().__init__()
+        self.days = days
+
+    def params(self) -> dict[str, float | int]:
+        return {"days": self.days}
+
+    def fit(
+        self,
+        matrix: sp.csr_matrix,
+        item_cols: np.ndarray | None = None,
+        timestamps: np.ndarray | None = None,
+    ) -> RecentPopularity:
+        """``item_cols``/``timestamps``: one entry per training event (optional)."""
+        self.train_matrix = matrix.tocsr()
+        counts = np.asarray(binarize(matrix).sum(axis=0)).ravel()
+        if item_cols is not None and timestamps is not None and len(timestamps):
+            ts = pd.to_datetime(pd.Series(timestamps))
+            if ts.min() != ts.max():
+                recent = (ts >= ts.max() - pd.Timedelta(days=self.days)).to_numpy()
+                recent_counts = np.bincount(
+                    np.asarray(item_cols)[recent], minlength=matrix.shape[1]
+                ).astype(np.float64)
+                # all-time counts only break ties among items unseen in the window
+                counts = recent_counts + counts / (counts.max() + 1.0)
+        return self.fit_counts(counts)
+
+
+class ItemKNN(Recommender):
+    """Cosine item-item similarity, ``k`` neighbours kept per item; score = sum over history."""
+
+    name = "item_knn"
+
+    def __init__(self, k: int = 100) -> None:
+        super().__init__()
+        self.k = k
+
+    def params(self) -> dict[str, float | int]:
+        return {"k": self.k}
+
+    def fit(self, matrix: sp.csr_matrix) -> ItemKNN:
+        self.train_matrix = matrix.tocsr()
+        x = binarize(matrix)
+        gram = (x.T @ x).tocsr().astype(np.float32)
+        norms = np.sqrt(gram.diagonal()).astype(np.float32)
+        norms[norms == 0] = 1.0
+        inv = sp.diags(1.0 / norms).astype(np.float32)
+        sim = (inv @ gram @ inv).tocsr()
+        sim.setdiag(0)
+        sim.eliminate_zeros()
+        self.similarity = _top_k_per_row(sim, self.k)
+        return self
+
+    def _scores(self, user_rows: np.ndarray) -> np.ndarray:
+        x = binarize(self.train_matrix[user_rows])
+        return (x @ self.similarity).toarray()
+
+
+def _top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the ``k`` largest stored values of each row."""
+    indptr, indices, data = matrix.indptr, matrix.indices, matrix.data
+    keep = np.zeros(len(data), dtype=bool)
+    for row in range(matrix.shape[0]):
+        lo, hi = indptr[row], indptr[row + 1]
+        if hi - lo <= k:
+            keep[lo:hi] = True
+        else:
+            keep[lo + np.argpartition(-data[lo:hi], k - 1)[:k]] = True
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(indptr))
+    return sp.csr_matrix(
+        (data[keep], (rows[keep], indices[keep])), shape=matrix.shape, dtype=np.float32
+    )
+
+
+class ALS(Recommender):
+    """implicit's CPU ALS (Hu, Koren, Volinsky 2008): confidence ``1 + alpha * count``.
+
+    implicit's default ``alpha=1`` is far from the best on purchase data (0.018 vs 0.035
+    Recall@10 on ASOS), which is why the harness tunes alpha with factors and regularization.
+    """
+
+    name = "als"
+
+    def __init__(
+        self,
+        factors: int = 128,
+        regularization: float = 0.5,
+        alpha: float = 20.0,
+        iterations: int = 15,
+        random_state: int = 0,
+    ) -> None:
+        super().__init__()
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.random_state = random_state
+
+    def params(self) -> dict[str, float | int]:
+        return {
+            "factors": self.factors,
+            "regularization": self.regularization,
+            "alpha": self.alpha,
+            "iterations": self.iterations,
+        }
+
+    def fit(self, matrix: sp.csr_matrix) -> ALS:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+
+        self.train_matrix = matrix.tocsr()
+        # implicit parallelises itself; a multi-threaded BLAS underneath oversubscribes the
+        # cores and slows ALS down by an order of magnitude (implicit warns about it).
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=self.factors,
+                regularization=self.regularization,
+                alpha=self.alpha,
+                iterations=self.iterations,
+                random_state=self.random_state,
+                calculate_training_loss=False,
+            )
+            model.fit(self.train_matrix.astype(np.float32), show_progress=False)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
+        return self
+
+    def _scores(self, user_rows: np.ndarray) -> np.ndarray:
+        return self.user_factors[user_rows] @ self.item_factors.T
+
+
+class EASE(Recommender):
+    """EASE^R (Steck 2019): B = I - P / diag(P), P = (X^T X + lambda I)^-1, zero diagonal.
+
+    The item x item inverse is dense: for ~30k items that is 3.5 GB in float32 and a naive
+    float64 ``np.linalg.inv`` needs several copies (23 GB on ASOS). This fit keeps one float32
+    copy and inverts it in place with a Cholesky factorisation (LAPACK potrf/potri via torch).
+    """
+
+    name = "ease"
+
+    def __init__(self, lambda_: float = 400.0, memory_gb: float = DEFAULT_EASE_MEMORY_GB) -> None:
+        super().__init__()
+        self.lambda_ = lambda_
+        self.memory_gb = memory_gb
+
+    def params(self) -> dict[str, float | int]:
+        return {"lambda": self.lambda_}
+
+    @staticmethod
+    def required_gb(n_items: int) -> float:
+        """Memory of the one dense float32 item x item matrix EASE holds."""
+        return n_items * n_items * 4 / 1024**3
+
+    def fit(self, matrix: sp.csr_matrix) -> EASE:
+        n = matrix.shape[1]
+        need = self.required_gb(n)
+        if need > self.memory_gb:
+            raise MemoryError(
+                f"EASE on {n:,} items needs a {need:.1f} GB dense item x item matrix, more than "
+                f"its {self.memory_gb:.1f} GB budget: raise EASE(memory_gb=...) if the machine "
+                "has the memory, or keep only items with enough interactions."
+            )
+        self.train_matrix = matrix.tocsr()
+        x = binarize(matrix)
+        started = time.perf_counter()
+        # One dense float32 buffer, factorised and inverted in place through torch (MKL
+        # LAPACK). scipy's bundled OpenBLAS ``spotrf`` segfaulted on the 29.7k-item ASOS Gram
+        # matrix (fine at 8k), and a crash cannot be caught, so LAPACK goes through torch.
+        inv = np.asarray((x.T @ x).toarray(), dtype=np.float32)
+        if not inv.flags.c_contiguous:
+            inv = inv.T  # symmetric: the transpose of an F-ordered buffer is C-ordered
+        inv[np.diag_indices(n)] += np.float32(self.lambda_)
+        _inverse_spd_in_place(inv)
+        diag = inv.diagonal().copy()
+        inv /= -diag[np.newaxis, :]  # B[i, j] = -P[i, j] / P[j, j], in place
+        inv[np.diag_indices(n)] = 0.0
+        self.weights = inv
+        log.info(
+            "EASE lambda=%s on %d items in %.1fs", self.lambda_, n, time.perf_counter() - started
+        )
+        return self
+
+    def _scores(self, user_rows: np.ndarray) -> np.ndarray:
+        x = binarize(self.train_matrix[user_rows])
+        return np.asarray(x @ self.weights)
+
+
+def _inverse_spd_in_place(a: np.ndarray) -> None:
+    """Invert a C-contiguous symmetric positive definite float32 matrix in its own buffer."""
+    import torch
+
+    t = torch.from_numpy(a)
+    ptr = t.data_ptr()
+    try:
+        torch.linalg.cholesky(t, out=t)
+    except RuntimeError as exc:  # torch raises LinAlgError (a RuntimeError) when not SPD
+        raise np.linalg.LinAlgError(f"EASE: Cholesky of X^T X + lambda I failed: {exc}") from exc
+    torch.cholesky_inverse(t, out=t)
+    if t.data_ptr() != ptr:  # torch reallocated: copy back so the caller's buffer is the result
+        log.warning("EASE: the inverse was not computed in place; peak memory doubled")
+        a[...] = t.numpy()
