@@ -328,16 +328,16 @@ class GenericAdapter(DatasetAdapter):
                 exprs["event_type"] = f"CASE {value} {cases} ELSE {value} END"
         else:
             exprs["event_type"] = sql_str(constant or "")
-        extras = {c: ident(c) for c in plan.extras}
-        writer.write(
-            plan.table,
-            f"SELECT {canonical_select(plan.table, exprs, extras)} FROM {plan.relation}",
-            source=plan.path,
-            fixes=fixes,
-        )
+        self._emit(writer, plan, exprs, fixes)
 
     def _write_table(self, writer: TableWriter, plan: _Plan, rule: TimestampRule) -> None:
-        exprs, fixes = self._exprs(plan, rule)
+        self._emit(writer, plan, *self._exprs(plan, rule))
+
+    @staticmethod
+    def _emit(
+        writer: TableWriter, plan: _Plan, exprs: dict[str, str], fixes: dict[str, str]
+    ) -> None:
+        """Write one canonical table: mapped expressions, then the source's extra columns."""
         extras = {c: ident(c) for c in plan.extras}
         writer.write(
             plan.table,
