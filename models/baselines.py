@@ -1,7 +1,7 @@
 """Classic collaborative-filtering peers that any new model must beat, on one sparse matrix.
 
 Every peer is fitted on the same user x item matrix (``scipy.sparse`` CSR, float32) and ranks
-with the same code (:meth:`Recommender.recommend`): scores in user batches, already-seen items
+with the same code (:meth:`BaselineModel.recommend`): scores in user batches, already-seen items
 removed, top K by ``numpy.argpartition``. Sharing the ranking and exclusion code is what makes
 the comparison honest: only the scoring differs between models.
 """
@@ -70,7 +70,7 @@ def binarize(matrix: sp.csr_matrix) -> sp.csr_matrix:
     return out
 
 
-class Recommender:
+class BaselineModel:
     """Shared ranking: subclasses implement ``fit`` and ``_scores`` (dense batch x items)."""
 
     name = "base"
@@ -79,7 +79,7 @@ class Recommender:
     def __init__(self) -> None:
         self.train_matrix: sp.csr_matrix | None = None
 
-    def fit(self, matrix: sp.csr_matrix) -> Recommender:
+    def fit(self, matrix: sp.csr_matrix) -> BaselineModel:
         raise NotImplementedError
 
     def params(self) -> dict[str, float | int]:
@@ -116,7 +116,7 @@ class Recommender:
         return out
 
 
-class Popularity(Recommender):
+class Popularity(BaselineModel):
     """All-time interaction counts: the same list for everyone, minus what they have."""
 
     name = "popularity"
@@ -174,7 +174,7 @@ class RecentPopularity(Popularity):
         return self.fit_counts(counts)
 
 
-class ItemKNN(Recommender):
+class ItemKNN(BaselineModel):
     """Cosine item-item similarity, ``k`` neighbours kept per item; score = sum over history."""
 
     name = "item_knn"
@@ -220,7 +220,7 @@ def _top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
     )
 
 
-class ALS(Recommender):
+class ALS(BaselineModel):
     """implicit's CPU ALS (Hu, Koren, Volinsky 2008): confidence ``1 + alpha * count``.
 
     implicit's default ``alpha=1`` is far from the best on purchase data (0.018 vs 0.035
@@ -277,7 +277,7 @@ class ALS(Recommender):
         return self.user_factors[user_rows] @ self.item_factors.T
 
 
-class EASE(Recommender):
+class EASE(BaselineModel):
     """EASE^R (Steck 2019): B = I - P / diag(P), P = (X^T X + lambda I)^-1, zero diagonal.
 
     The item x item inverse is dense: for ~30k items that is 3.5 GB in float32 and a naive

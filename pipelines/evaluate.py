@@ -50,11 +50,11 @@ import scipy.sparse as sp
 from models.baselines import (
     ALS,
     EASE,
+    BaselineModel,
     InteractionMatrix,
     ItemKNN,
     Popularity,
     RecentPopularity,
-    Recommender,
 )
 from models.metrics import evaluate_all
 from pipelines.schema import table_path
@@ -173,7 +173,7 @@ def evaluate(
     timestamps = train["timestamp"].to_numpy()
     ease_gb = ease_memory_gb if ease_memory_gb is not None else _default_ease_memory_gb()
 
-    factories: dict[str, Callable[[dict[str, Any]], Recommender]] = {
+    factories: dict[str, Callable[[dict[str, Any]], BaselineModel]] = {
         "popularity": lambda p: Popularity(),
         "popularity_recent": lambda p: RecentPopularity(RECENT_DAYS),
         "item_knn": lambda p: ItemKNN(int(p["k"])),
@@ -191,7 +191,7 @@ def evaluate(
     if unknown:
         raise ValueError(f"unknown model(s) {sorted(unknown)}; choose from {sorted(factories)}")
 
-    def fit(name: str, model: Recommender, matrix: sp.csr_matrix) -> Recommender:
+    def fit(name: str, model: BaselineModel, matrix: sp.csr_matrix) -> BaselineModel:
         if name == "popularity_recent":
             assert isinstance(model, RecentPopularity)
             # the validation slice drops single pairs; recent counts use every training event
