@@ -254,6 +254,11 @@ def train(settings: Settings, progress=print) -> TrainResult:
     if split.undated:  # no order known: every example sees all history but its own item
         entity_df["event_timestamp"] = end
     examples = _historical(store, entity_df, store.get_feature_service("two_tower_training"))
+    # Feast/DuckDB return rows in no fixed order; training shuffles with a seeded permutation,
+    # so fix the order first or the same seed trains a different model on every run.
+    examples = examples.sort_values(
+        ["event_timestamp", "user_id", "item_id"], kind="stable", ignore_index=True
+    )
     if split.undated:
         examples["purchased_items"] = [
             [h for h in (history if history is not None else []) if h != item]
