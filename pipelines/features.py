@@ -537,11 +537,14 @@ def compute_features(
         target = out_dir / f"{name}.parquet"
         counts[name] = con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0]
         log.info("%s: %d rows -> %s", name, counts[name], target)
-    fingerprints = {
-        "interactions": _fingerprint(con, "interactions", inter, last_day),
-        "items": _fingerprint(con, "items", items),
-        "users": _fingerprint(con, "users", users) if users.exists() else None,
-    }
+    # An incremental or current run has just checked the catalogue, the users and (current
+    # run) the interactions against the stored fingerprints: reuse them, do not rescan.
+    fingerprints = dict(state["fingerprints"]) if mode != "full" else {}
+    if mode == "full":
+        fingerprints["items"] = _fingerprint(con, "items", items)
+        fingerprints["users"] = _fingerprint(con, "users", users) if users.exists() else None
+    if mode != "current":
+        fingerprints["interactions"] = _fingerprint(con, "interactions", inter, last_day)
     con.close()
     state_path.write_text(json.dumps({"version": STATE_VERSION, "cap": purchased_cap,
                                       "last_day": last_day.isoformat(),
