@@ -4,8 +4,9 @@ Protocol (recorded in the output's ``protocol`` block):
 
 * **Split.** A holdout file (``--holdout``, or ``validated/holdout.parquet`` written by an
   importer such as ASOS) is the test set and the validated interactions are the training set;
-  otherwise (``--split temporal``) the last ``test_fraction`` of time, cut at a timestamp
-  quantile, is the test set. Purchases are used when the data has any, else all events.
+  otherwise (``--split temporal``) time is cut at the served run's cutoff (so that the served
+  pipeline and the peers share one split) or, with ``--test-fraction``, at that timestamp
+  quantile. Purchases are used when the data has any, else all events.
 * **Truth.** Per user: test items minus that user's training items. Every model gets the same
   exclusion of already-seen items, so no model is rewarded for re-recommending purchases.
 * **Cold users.** Test users without training interactions are ranked by popularity by every
@@ -14,6 +15,10 @@ Protocol (recorded in the output's ``protocol`` block):
 * **Tuning.** Hyper-parameters are chosen on a validation slice carved from the *training*
   data only (one random training item held out per user with >= 2 items), by Recall@10, then
   the model is refitted on all training data. The test set is scored once.
+* **Served pipeline.** The current run (``recsys train`` + ``recsys index``) through the API's
+  own code (:mod:`pipelines.served_eval`): its candidates, ranker, vector search and business
+  rules, with Feast user rows as of the run's cutoff. Its sources were fitted on the same
+  training events; it is refused when its training data reaches past the split's cutoff.
 
 Output JSON schema (``evaluation.json``)::
 
@@ -26,7 +31,9 @@ Output JSON schema (``evaluation.json``)::
                        "tuning": [{"params": {...}, "recall@10": float, "seconds": float}],
                        "tuning_note": str | null, "fit_seconds": float,
                        "recommend_seconds": float}},
-     "served": null,            # placeholder: the served pipeline is evaluated later
+     "served": {"overall": {...}, "cold_users": ..., "cold_items": ..., "run": str,
+                "as_of": str, "ranking": {...}, "ms_per_user": float,
+                "top10_source_share": {source: share}} | {"error": str},
      "seconds": float, "created_at": str}
 """
 
@@ -58,6 +65,7 @@ from models.baselines import (
 )
 from models.metrics import evaluate_all
 from pipelines.schema import table_path
+from pipelines.served_eval import evaluate_served, served_run
 from recsys.config import Settings
 
 log = logging.getLogger(__name__)
@@ -68,6 +76,7 @@ COLD_THRESHOLD = 2
 TUNE_METRIC = "recall@10"
 MAX_VALIDATION_USERS = 10_000
 RECENT_DAYS = 14
+DEFAULT_TEST_FRACTION = 0.1
 
 # RecBole-style search spaces; the ALS grid (27 points) is sampled down to ``ALS_TRIALS``.
 GRIDS: dict[str, dict[str, list[float | int]]] = {
@@ -96,7 +105,7 @@ def evaluate(
     settings: Settings,
     holdout: Path | None = None,
     split: Split | None = None,
-    test_fraction: float = 0.1,
+    test_fraction: float | None = None,
     k_max: int = 100,
     tune: bool = True,
     tune_budget_s: float = 600.0,
@@ -104,6 +113,7 @@ def evaluate(
     models: tuple[str, ...] | None = None,
     ease_memory_gb: float | None = None,
     progress: Callable[[str], None] | None = None,
+    serve: bool = True,
 ) -> dict[str, Any]:
     """Fit, tune and score every peer; write JSON + Markdown under ``reports/evaluation``.
 
@@ -112,7 +122,7 @@ def evaluate(
     """
     say = progress or log.info
     started = time.perf_counter()
-    if not 0 < test_fraction < 1:
+    if test_fraction is not None and not 0 < test_fraction < 1:
         raise ValueError(f"--test-fraction must be in (0, 1), got {test_fraction}")
     ks = tuple(k for k in (10, 20, 100) if k <= k_max) or (k_max,)
     map_ks = tuple(k for k in (12,) if k <= k_max)
@@ -265,18 +275,67 @@ def evaluate(
             settings.reports_dir / "evaluation", _result(dataset, protocol, results, started)
         )
 
-    out = _result(dataset, protocol, results, started)
+    served = None
+    if serve:
+        served = _served(settings, protocol, eval_users, truth, cold_user_truth,
+                         cold_item_truth, ks, map_ks, n_items, k_max, say)  # fmt: skip
+    out = _result(dataset, protocol, results, started, served)
     write_report(settings.reports_dir / "evaluation", out)
     return out
 
 
-def _result(dataset, protocol, results, started: float) -> dict[str, Any]:
+def _served(
+    settings,
+    protocol,
+    eval_users,
+    truth,
+    cold_user_truth,
+    cold_item_truth,
+    ks,
+    map_ks,
+    n_items,
+    k_max,
+    say,
+) -> dict[str, Any]:
+    """The served pipeline's block: metrics like a model's, or why it was not evaluated."""
+    found = served_run(settings)
+    if found is None:
+        return {"error": "no trained run with a ranker: run `recsys train` and `recsys index`"}
+    run_dir, manifest = found
+    data = manifest.get("data", {})
+    run_cutoff = pd.Timestamp(data["cutoff"])
+    if protocol["split"] == "temporal" and pd.Timestamp(protocol["cutoff"]) < run_cutoff:
+        return {
+            "error": f"run {run_dir.name} trained on data up to {run_cutoff}, after this "
+            f"split's cutoff {protocol['cutoff']}: it has seen test events. "
+            "Evaluate with the run's split (no --test-fraction) or retrain."
+        }
+    if protocol["split"] == "holdout" and "(holdout" not in str(data.get("evaluation", "")):
+        return {
+            "error": f"run {run_dir.name} was trained with a temporal split, not this "
+            "holdout: retrain after importing the holdout"
+        }
+    say("  served pipeline: the API's candidates, ranker and rules, per test user")
+    try:
+        rankings, info = evaluate_served(settings, eval_users, k_max, run_cutoff, say)
+    except Exception as exc:  # the peers' results stay useful: report, do not crash
+        log.exception("served pipeline evaluation failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "overall": evaluate_all(rankings, truth, ks, map_ks, n_items=n_items),
+        "cold_users": _maybe(rankings, cold_user_truth, ks, map_ks, n_items),
+        "cold_items": _maybe(rankings, cold_item_truth, ks, map_ks, n_items),
+        **info,
+    }
+
+
+def _result(dataset, protocol, results, started: float, served=None) -> dict[str, Any]:
     """The output document (also written after each model, so a long run leaves partials)."""
     return {
         "dataset": dataset,
         "protocol": protocol,
         "models": results,
-        "served": None,
+        "served": served,
         "seconds": round(time.perf_counter() - started, 1),
         "created_at": datetime.now(UTC).isoformat(),
     }
@@ -293,8 +352,10 @@ def _load(path: Path) -> pd.DataFrame:
 
 
 def _split(
-    settings: Settings, holdout: Path | None, split: Split | None, test_fraction: float
+    settings: Settings, holdout: Path | None, split: Split | None, test_fraction: float | None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Holdout, else temporal: at the served run's cutoff (so that the served pipeline and the
+    peers share one split) unless ``test_fraction`` is given, else at 10% of time."""
     path = table_path(settings.validated_dir, "interactions")
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `recsys validate` first.")
@@ -320,13 +381,18 @@ def _split(
                     "test_fraction": None}  # fmt: skip
         train = events
     else:
-        cutoff = events["timestamp"].quantile(1 - test_fraction)
+        found = served_run(settings) if test_fraction is None else None
+        if found is not None:
+            cutoff = pd.Timestamp(found[1]["data"]["cutoff"])
+        else:
+            test_fraction = test_fraction or DEFAULT_TEST_FRACTION
+            cutoff = events["timestamp"].quantile(1 - test_fraction)
         train = events[events["timestamp"] < cutoff]
         test = events[events["timestamp"] >= cutoff]
         if train.empty or test.empty:
             raise ValueError(
                 f"{path}: timestamps do not vary enough for a temporal split at "
-                f"{test_fraction:.0%}; import a holdout (--holdout FILE) instead"
+                f"{cutoff}; import a holdout (--holdout FILE) instead"
             )
         protocol = {"split": "temporal", "holdout": None, "cutoff": str(cutoff),
                     "test_fraction": test_fraction}  # fmt: skip
@@ -398,19 +464,18 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
         "| model | " + " | ".join(_columns(ks)) + " | params | fit s |",
         "|---" * (len(_columns(ks)) + 3) + "|",
     ]
-    for name, m in result["models"].items():
+    for name, m in _rows(result).items():
         if "overall" not in m:
             lines.append(f"| {name} | {m.get('error', 'failed')} |")
             continue
         o = m["overall"]
         cells = [f"{o.get(c, float('nan')):.4f}" for c in _columns(ks)]
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {m['params']} | {m['fit_seconds']} |"
-        )
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {m.get('params', '-')} | {m.get('fit_seconds', '-')} |")  # fmt: skip
     for seg in ("cold_users", "cold_items"):
         lines += ["", f"## Segment: {seg.replace('_', ' ')}", "",
                   "| model | users | recall@10 | ndcg@10 |", "|---|---|---|---|"]  # fmt: skip
-        for name, m in result["models"].items():
+        for name, m in _rows(result).items():
             s = m.get(seg)
             if s:
                 lines.append(f"| {name} | {s['users']} | {s.get('recall@10', float('nan')):.4f}"
@@ -434,6 +499,14 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
     return report
 
 
+def _rows(result: dict[str, Any]) -> dict[str, Any]:
+    """The peers, then the served pipeline when it was evaluated."""
+    rows = dict(result["models"])
+    if result.get("served") is not None:
+        rows["served pipeline"] = result["served"]
+    return rows
+
+
 def _columns(ks: list[int]) -> list[str]:
     cols = [f"recall@{k}" for k in ks] + ["ndcg@10", "map@12", "hit@10", "coverage@10"]
     return [c for c in dict.fromkeys(cols)]
@@ -449,7 +522,7 @@ def _plot(path: Path, result: dict[str, Any]) -> bool:
         return False
     ks = result["protocol"]["ks"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, m in result["models"].items():
+    for name, m in _rows(result).items():
         if "overall" in m:
             ax.plot(ks, [m["overall"][f"recall@{k}"] for k in ks], marker="o", label=name)
     ax.set_xscale("log")

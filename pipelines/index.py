@@ -1,4 +1,10 @@
-"""Write the current model's item vectors, with filterable payloads, to the vector store."""
+"""Write the current model's item vectors, with filterable payloads, to the vector store.
+
+Each run goes into a new collection named after the model run (``items__<run>``); the alias
+(``vector_store.collection``) moves to it only once it is complete, so serving never sees a
+half-built index and can follow the alias without a restart. Older collections beyond
+``vector_store.keep_collections`` are dropped; ``recsys rollback`` moves the alias back.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +38,9 @@ class IndexSummary:
     run_dir: Path
     seconds: float
     health: dict
+    collection: str  # the collection built by this run, which the alias now points at
+    previous: str | None  # what the alias pointed at before (None on the first index)
+    dropped: tuple[str, ...] = ()  # old collections deleted (beyond keep_collections)
 
 
 def item_payloads(settings: Settings, item_ids: list[str]) -> pd.DataFrame:
@@ -70,21 +79,58 @@ def build_index(settings: Settings) -> IndexSummary:
     known = (*KEYWORD_FIELDS, "title", *FLOAT_FIELDS, *BOOL_FIELDS)
     fields = [c for c in known if c in payloads] + extras
     records = [_payload(r) for r in payloads[fields].to_dict("records")]
+    alias = settings.vector_store.collection
+    run_id = run_dir.name
     store = open_vector_store(settings.vector_store, settings.home)
     try:
-        store.recreate(
+        name = store.new_collection_name(alias, run_id)
+        store.create_collection(
+            name,
             vectors.shape[1],
             keyword_fields=KEYWORD_FIELDS,
             float_fields=FLOAT_FIELDS,
             bool_fields=BOOL_FIELDS,
+            run_id=run_id,
         )
-        store.upsert(
-            ItemPoint(i + 1, vectors[i], records[i]) for i in range(len(records))
-        )  # point id = vocabulary index of the item
-        store.finalize()
-        health = store.health()
+        try:
+            store.upsert(
+                (ItemPoint(i + 1, vectors[i], records[i]) for i in range(len(records))),
+                collection=name,
+            )  # point id = vocabulary index of the item
+            store.finalize(collection=name)
+            health = store.health(collection=name)
+        except BaseException:
+            try:  # nothing points at it yet: leave no half-built collection behind
+                store.drop_collection(name)
+            except Exception:
+                log.exception("could not drop the half-built collection %s", name)
+            raise
+        # Let go of the new collection before publishing it: an API that follows the alias
+        # with a writable edge store must be able to open it right away.
+        store.close()
+        previous = store.set_alias(alias, name, run_id=run_id)
+        dropped = store.prune(alias, settings.vector_store.keep_collections)
     finally:
         store.close()
     seconds = time.perf_counter() - started
-    log.info("indexed %d items (dim %d) in %.1fs", len(records), vectors.shape[1], seconds)
-    return IndexSummary(len(records), int(vectors.shape[1]), run_dir, seconds, health)
+    log.info(
+        "indexed %d items (dim %d) into %s in %.1fs; %s -> %s (was %s), dropped %s",
+        len(records),
+        vectors.shape[1],
+        name,
+        seconds,
+        alias,
+        name,
+        previous,
+        dropped or "nothing",
+    )
+    return IndexSummary(
+        len(records),
+        int(vectors.shape[1]),
+        run_dir,
+        seconds,
+        health,
+        collection=name,
+        previous=previous,
+        dropped=tuple(dropped),
+    )

@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from models.metrics import evaluate_rankings
 from models.popularity import recommend_popular, top_items
 from models.two_tower import ITEM_INPUTS, TwoTower, TwoTowerConfig, in_batch_softmax_loss
 from pipelines.features import ITEM_ATTRIBUTES, ITEM_NUMERIC, USER_NUMERIC
+from pipelines.ranking import carve_labels, fit_ranking, padded_item_vectors
 from pipelines.schema import table_path
 from recsys.config import Settings
 from recsys.feast_store import open_store
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 ARRAYS = "train_arrays.npz"
 USER_FEATURE_REFS = [f"user_features:{c}" for c in (*USER_NUMERIC, "purchased_items")]
 ITEM_FEATURE_REFS = [f"item_features:{c}" for c in ITEM_NUMERIC]
+RANKING_USER_REFS = [*USER_FEATURE_REFS, "user_features:age_bucket"]
 
 
 @dataclass
@@ -48,34 +51,66 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- per-worker loop
-def train_func(config: dict[str, Any]) -> None:
-    """One Ray Train worker: read its shard of the encoded examples and fit the model.
+Report = Callable[[dict[str, Any], dict[str, torch.Tensor] | None, bool], None]
 
-    The same function runs under 1 or N workers (DDP through ``prepare_model``); only rank 0
-    writes weights, into the checkpoint it reports with the last epoch's metrics.
+
+def _optimizers(model: TwoTower, config: dict[str, Any]) -> list[torch.optim.Optimizer]:
+    """Adam over every parameter, or, with ``config["sparse"]``, SparseAdam for the id tables
+    (user, item, history item: switched to sparse gradients, so a step touches only the rows
+    in the batch instead of all users and items) and Adam for the rest. The attribute tables
+    stay dense: a handful of rows, hit thousands of times a batch, where a sparse gradient only
+    adds a sort. Off by default: ``benchmarks/training_speed.py`` measures whether it pays.
     """
-    import ray.train
-    import ray.train.torch
+    lr, decay = config["lr"], config["weight_decay"]
+    if not config.get("sparse", False):
+        return [torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)]
+    if decay:
+        raise ValueError("sparse embedding gradients need weight_decay=0 (SparseAdam has none)")
+    tables = [model.user_id, model.item_id, model.history_item]
+    for table in tables:
+        table.sparse = True
+    sparse_ids = {id(t.weight) for t in tables}
+    return [
+        torch.optim.SparseAdam([t.weight for t in tables], lr=lr),
+        torch.optim.Adam([p for p in model.parameters() if id(p) not in sparse_ids], lr=lr),
+    ]
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+
+def fit_two_tower(
+    config: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+    report: Report | None = None,
+    prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+) -> dict[str, torch.Tensor] | None:
+    """The two-tower epoch loop, shared by Ray Train (:func:`train_func`) and plain PyTorch
+    (:func:`train_plain`), so that the two can be timed against each other on equal terms.
+
+    Reads this rank's shard (``rank::world``) of the encoded examples and fits. ``prepare``
+    wraps the model (Ray's ``prepare_model``: DDP under N workers); ``report(metrics, state,
+    last)`` gets each epoch's metrics (the last with the loss history, the loop's and the array
+    load's seconds: where a run's time went), and on the last epoch rank 0's weights. Returns
+    the weights on rank 0, ``None`` elsewhere.
+    """
     torch.set_num_threads(max(1, int(config["threads"])))
     torch.manual_seed(config["seed"])
+    loading = time.perf_counter()
     with np.load(config["arrays"], allow_pickle=False) as data:
         shared = {"log_q", "item_table"}
         arrays = {k: data[k] if k in shared else data[k][rank::world] for k in data.files}
     log_q = torch.as_tensor(arrays.pop("log_q"), dtype=torch.float32)
-    model = TwoTower(TwoTowerConfig(**config["model"]))
-    model.set_item_table(torch.as_tensor(arrays.pop("item_table")))
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
-    )
+    base = TwoTower(TwoTowerConfig(**config["model"]))
+    base.set_item_table(torch.as_tensor(arrays.pop("item_table")))
+    optimizers = _optimizers(base, config)  # before DDP: it must see the sparse tables
+    model = prepare(base) if prepare is not None else base
     n = len(arrays["item_idx"])
     batch = int(config["batch_size"])
     tensors = to_tensors(arrays)
     rng = np.random.default_rng(config["seed"] + rank)
+    load_seconds = time.perf_counter() - loading
+    state, history = None, []
     for epoch in range(config["epochs"]):
+        started = time.perf_counter()
         model.train()
         order = torch.as_tensor(rng.permutation(n))
         total, steps = 0.0, 0
@@ -88,25 +123,82 @@ def train_func(config: dict[str, Any]) -> None:
             loss = in_batch_softmax_loss(
                 users, items, b["item_idx"], log_q[b["item_idx"]], config["temperature"]
             )
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            total += float(loss)
+            for optimizer in optimizers:
+                optimizer.step()
+            total += float(loss.detach())
             steps += 1
-        metrics = {"epoch": epoch + 1, "loss": total / max(steps, 1)}
-        if epoch + 1 < config["epochs"]:
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": total / max(steps, 1),
+            "examples": n,
+            "epoch_seconds": round(time.perf_counter() - started, 3),
+        }
+        history.append(metrics)
+        last = epoch + 1 == config["epochs"]
+        if last:
+            metrics = metrics | {
+                "loss_history": [round(h["loss"], 6) for h in history],
+                "loop_seconds": round(sum(h["epoch_seconds"] for h in history), 3),
+                "load_seconds": round(load_seconds, 3),
+            }
+            if rank == 0:
+                state = {k: v.contiguous() for k, v in base.state_dict().items()}
+        if report is not None:
+            report(metrics, state, last)
+    return state
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """One Ray Train worker: :func:`fit_two_tower` on this rank's shard.
+
+    The same function runs under 1 or N workers (DDP through ``prepare_model``); only rank 0
+    writes weights, into the checkpoint it reports with the last epoch's metrics (under Train
+    V2 that checkpoint is also what carries the metrics back to the driver).
+    """
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+
+    def report(metrics: dict[str, Any], state: dict[str, torch.Tensor] | None, last: bool) -> None:
+        if not last:
             ray.train.report(metrics)
-            continue
+            return
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if rank == 0:
+            if state is not None:
                 from safetensors.torch import save_file
 
-                module = model.module if hasattr(model, "module") else model
-                state = {k: v.contiguous() for k, v in module.state_dict().items()}
                 save_file(state, Path(tmp) / WEIGHTS)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+    fit_two_tower(
+        config,
+        ctx.get_world_rank(),
+        ctx.get_world_size(),
+        report,
+        ray.train.torch.prepare_model,
+    )
+
+
+def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The same fit as :func:`train_func` in this process, without Ray: (weights, metrics).
+
+    The baseline against which Ray Train's overhead is measured. The metrics are the last
+    epoch's report, as Ray's ``Result.metrics`` holds them.
+    """
+    reports: list[dict[str, Any]] = []
+    previous = torch.get_num_threads()
+    try:
+        state = fit_two_tower(config, report=lambda metrics, _state, _last: reports.append(metrics))
+    finally:
+        torch.set_num_threads(previous)
+    assert state is not None  # rank 0 always returns its weights
+    return state, reports[-1]
 
 
 # --------------------------------------------------------------------------- driver side
@@ -185,6 +277,11 @@ def _historical(store, entity_df: pd.DataFrame, features) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def _titles(settings: Settings) -> pd.DataFrame:
+    path = table_path(settings.validated_dir, "items")
+    return pd.read_parquet(path, columns=["item_id", "title"]).drop_duplicates("item_id")
+
+
 def load_item_attributes(settings: Settings) -> pd.DataFrame:
     path = settings.features_dir / f"{ITEM_ATTRIBUTES}.parquet"
     if not path.exists():
@@ -246,6 +343,22 @@ def train(settings: Settings, progress=print) -> TrainResult:
     cutoff, end, train_rows, test_rows = split.cutoff, split.end, split.train, split.test
     positives = split.positives
     progress(f"  evaluation: {split.describe()}")
+    labels = None
+    if settings.ranking.enabled:
+        # the ranker's labels are held out of everything it learns from, the two-tower too
+        rk = settings.ranking
+        n_labels = max(1, min(rk.label_users, int(rk.label_share * len(train_rows))))
+        fit_purchases, labels = carve_labels(train_rows, n_labels, cfg.seed)
+        positives = positives.merge(
+            labels.assign(_label=True), on=["user_id", "item_id"], how="left"
+        )
+        positives = positives[positives["_label"].isna()].drop(columns="_label")
+    cold_items = _pick_cold_items(test_rows, cfg.cold_item_fraction, cfg.seed)
+    if cold_items:
+        # an experiment, not a serving setting: these items never reach training, so their
+        # vectors come from content alone (the id embedding is zeroed below)
+        positives = positives[~positives["item_id"].isin(cold_items)]
+        progress(f"  cold-start check: {len(cold_items):,} items held out of training")
 
     store = open_store(settings)
     entity_df = positives[["user_id", "item_id", "timestamp"]].rename(
@@ -294,11 +407,29 @@ def train(settings: Settings, progress=print) -> TrainResult:
     model = TwoTower(model_cfg)
     model.load_state_dict(state)
     model.eval()
+    zero_untrained_ids(model, counts)
     progress(f"  Ray Train: {cfg.epochs} epochs, {cfg.num_workers} worker(s), "
              f"loss {fit_metrics.get('loss', float('nan')):.3f} ({fit_seconds:.1f}s)")  # fmt: skip
 
-    metrics = evaluate(store, model, users, items, attributes, train_rows, test_rows, cutoff)
+    metrics = evaluate(store, model, users, items, attributes, train_rows, test_rows, cutoff,
+                       cold_items=cold_items)  # fmt: skip
     metrics["fit"] = fit_metrics | {"seconds": round(fit_seconds, 2)}
+    ranking = None
+    if labels is not None:
+        catalog = catalog_frame(store, attributes, items.item_ids, cutoff).merge(
+            _titles(settings), on="item_id", how="left"
+        )
+        user_rows = _historical(
+            store,
+            pd.DataFrame({"user_id": sorted(train_rows["user_id"].unique()),
+                          "event_timestamp": cutoff}),
+            RANKING_USER_REFS,
+        )  # fmt: skip
+        ranking = fit_ranking(
+            settings, fit_purchases, train_rows, labels, items.item_ids, catalog, user_rows,
+            lambda frame: user_vectors(model, users, items, frame),
+            padded_item_vectors(item_vectors(model, items, catalog)), cutoff, run_dir, progress,
+        )  # fmt: skip
     popular = top_items(purchases, since=end - pd.Timedelta(days=14))
     popular.to_parquet(run_dir / "popular.parquet")
     manifest = {
@@ -316,6 +447,7 @@ def train(settings: Settings, progress=print) -> TrainResult:
             "end": str(end),
         },
         "metrics": metrics,
+        "ranking": ranking,
     }
     save_run(run_dir, model, users, items, manifest)
     (run_dir / ARRAYS).unlink(missing_ok=True)  # derived from Feast; not needed to serve
@@ -374,6 +506,7 @@ def evaluate(
     test_rows: pd.DataFrame,
     cutoff: pd.Timestamp,
     k: int = 10,
+    cold_items: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Recall/NDCG@k on the held-out window for the model and two popularity baselines.
 
@@ -397,6 +530,7 @@ def evaluate(
         scores = user_vecs[lo : lo + 2048] @ item_vecs.T
         ranked += _top_k(scores, items.item_ids, [seen.get(u, set()) for u in chunk], k)
     two_tower = evaluate_rankings(dict(zip(test_users, ranked, strict=True)), truth, k)
+    cold = _cold_item_metrics(user_vecs, item_vecs, items, test_users, seen, truth, cold_items, k)
     pop_all = top_items(train_rows)["item_id"].tolist()
     pop_recent = top_items(train_rows, since=cutoff - pd.Timedelta(days=14))["item_id"].tolist()
     return {
@@ -407,4 +541,73 @@ def evaluate(
         "popularity_recent": evaluate_rankings(
             recommend_popular(pop_recent, seen, test_users, k), truth, k
         ),
+        "cold_items": cold,
+    }
+
+
+def _pick_cold_items(test_rows: pd.DataFrame, fraction: float, seed: int) -> frozenset[str]:
+    """A random share of the items bought in the test period, to keep out of training."""
+    if fraction <= 0:
+        return frozenset()
+    candidates = np.sort(test_rows["item_id"].unique())
+    n = max(1, int(round(fraction * len(candidates))))
+    rng = np.random.default_rng(seed + 1)
+    return frozenset(rng.choice(candidates, min(n, len(candidates)), replace=False).tolist())
+
+
+@torch.no_grad()
+def zero_untrained_ids(model: TwoTower, counts: np.ndarray) -> None:
+    """Zero the id embeddings of items no training example had.
+
+    Their rows still hold the random initialisation, which would add noise to a vector that
+    should come from content alone; zero is exactly what id dropout trained the towers to
+    see for an unknown id, so a new item is served from its attributes and demand.
+    """
+    untrained = torch.as_tensor(np.flatnonzero(counts == 0))
+    if len(untrained):
+        model.item_id.weight[untrained] = 0.0
+        model.history_item.weight[untrained] = 0.0
+
+
+def _cold_item_metrics(
+    user_vecs: np.ndarray,
+    item_vecs: np.ndarray,
+    items: ItemEncoder,
+    test_users: list[str],
+    seen: dict[str, set[str]],
+    truth: dict[str, set[str]],
+    cold_items: frozenset[str],
+    k: int,
+) -> dict[str, Any] | None:
+    """Recall@k on test purchases of items held out of training, against random ranking.
+
+    Two views: ranked among the whole catalogue (can a new item compete at all?) and among the
+    held-out items only (does content place the right new item first?).
+    """
+    if not cold_items:
+        return None
+    cold_idx = np.array(sorted(items.index(i) - 1 for i in cold_items if items.index(i) > 0))
+    rows = [r for r, u in enumerate(test_users) if truth[u] & cold_items]
+    if not rows or not len(cold_idx):
+        return {"items": len(cold_items), "users": 0}
+    ids = items.item_ids
+    hits_all = hits_cold = total = 0
+    for r in rows:
+        user = test_users[r]
+        rel = truth[user] & cold_items
+        scores = item_vecs @ user_vecs[r]
+        top_all = _top_k(scores[None, :], ids, [seen.get(user, set())], k)[0]
+        within = cold_idx[np.argsort(-scores[cold_idx], kind="stable")[:k]]
+        hits_all += len(rel & set(top_all))
+        hits_cold += len(rel & {ids[i] for i in within})
+        total += len(rel)
+    n_catalog, n_cold = len(ids), len(cold_idx)
+    return {
+        "items": n_cold,
+        "users": len(rows),
+        "pairs": total,
+        f"recall@{k}_catalogue": round(hits_all / total, 4),
+        f"random@{k}_catalogue": round(min(k, n_catalog) / n_catalog, 4),
+        f"recall@{k}_among_cold": round(hits_cold / total, 4),
+        f"random@{k}_among_cold": round(min(k, n_cold) / n_cold, 4),
     }

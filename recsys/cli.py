@@ -187,6 +187,16 @@ def run_train(settings: Settings) -> dict[str, Any]:
         best_pop = max(m["popularity"][recall], m["popularity_recent"][recall])
         lift = m["two_tower"][recall] / max(best_pop, 1e-12)
         console.print(f"  two-tower / best popularity {recall}: [bold]{lift:.2f}x[/]")
+        cold = m.get("cold_items")
+        if cold and cold.get("users"):
+            k = m["k"]
+            console.print(
+                f"  cold-start items ({cold['items']} never trained on, {cold['users']} users): "
+                f"recall@{k} {cold[f'recall@{k}_among_cold']:.3f} among them vs "
+                f"{cold[f'random@{k}_among_cold']:.3f} at random; "
+                f"{cold[f'recall@{k}_catalogue']:.3f} in the whole catalogue vs "
+                f"{cold[f'random@{k}_catalogue']:.3f}"
+            )
         console.print(f"  run saved to {result.run_dir}")
         return m
 
@@ -195,7 +205,7 @@ def run_evaluate(
     settings: Settings,
     holdout: Path | None,
     split: str | None,
-    test_fraction: float,
+    test_fraction: float | None,
     json_path: Path | None,
     tune: bool,
 ) -> dict[str, Any]:
@@ -204,7 +214,7 @@ def run_evaluate(
 
     from pipelines.evaluate import evaluate as evaluate_peers
 
-    with stage("evaluate (popularity, item-kNN, ALS, EASE)"):
+    with stage("evaluate (popularity, item-kNN, ALS, EASE, the served pipeline)"):
         try:
             result = evaluate_peers(
                 settings,
@@ -226,7 +236,10 @@ def run_evaluate(
         for col in (*columns, "fit s"):
             table.add_column(col, justify="right")
         chosen: list[str] = []
-        for name, m in result["models"].items():
+        rows = dict(result["models"])
+        if result.get("served") is not None:
+            rows["[bold]served pipeline[/]"] = {"params": {}, **result["served"]}
+        for name, m in rows.items():
             if "overall" not in m:
                 table.add_row(name, f"[red]{m.get('error', 'failed')}[/]")
                 continue
@@ -240,7 +253,7 @@ def run_evaluate(
                 name,
                 *(f"{o[c]:.4f}" if c in o else "-" for c in metrics),
                 *seg,
-                f"{m['fit_seconds']:.1f}",
+                f"{m['fit_seconds']:.1f}" if "fit_seconds" in m else "-",
             )
         console.print(table)
         for line in chosen:
@@ -263,6 +276,41 @@ def run_index(settings: Settings) -> None:
         )
 
 
+def run_rollback(settings: Settings, to: str | None) -> None:
+    """Point the vector store alias back, and ``artifacts/current`` at the matching model run.
+
+    The API must serve the model whose item vectors are in the collection, so the run id
+    recorded with the collection decides which model run becomes current again.
+    """
+    from models.artifacts import set_current
+    from recsys.vectorstore import VectorStoreError, open_vector_store
+
+    alias = settings.vector_store.collection
+    with stage(f"rollback ({settings.vector_store.type} vector store)"):
+        store = open_vector_store(settings.vector_store, settings.home)
+        try:
+            old, new = store.rollback(alias, to)
+            old_run, new_run = store.run_id_of(old), store.run_id_of(new)
+        except VectorStoreError as exc:
+            raise _fail(exc) from exc
+        finally:
+            store.close()
+        console.print(
+            f"  {alias}: {old} (model run {old_run or 'unknown'}) -> {new} "
+            f"(model run {new_run or 'unknown'})"
+        )
+        run_dir = settings.artifacts_dir / new_run if new_run else None
+        if run_dir is not None and run_dir.is_dir():
+            set_current(settings.artifacts_dir, run_dir)
+            console.print(f"  artifacts/current -> {new_run}: serve this model with {new}")
+        else:
+            console.print(
+                f"  [yellow]no model run folder for {new} under {settings.artifacts_dir}[/]: "
+                "artifacts/current is unchanged; make sure the API serves the model that "
+                f"built {new}"
+            )
+
+
 def run_serve(settings: Settings, host: str, port: int) -> None:
     import torch
     import uvicorn
@@ -274,8 +322,17 @@ def run_serve(settings: Settings, host: str, port: int) -> None:
     torch.set_num_threads(1)
 
     console.rule("[bold]serve")
-    console.print(f"  API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    workers = settings.serve.workers
+    console.print(f"  API on http://{host}:{port}  (docs: http://{host}:{port}/docs), "
+                  f"{workers} worker(s)")  # fmt: skip
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        return
+    # several processes: each builds its own app (settings from the same environment) and
+    # serves from its own read-only copy of the index
+    os.environ["RECSYS_HOME"] = str(settings.home)
+    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level="warning")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- commands
@@ -381,8 +438,12 @@ def evaluate(
         str | None, typer.Option(help="holdout or temporal (default: holdout if present).")
     ] = None,
     test_fraction: Annotated[
-        float, typer.Option(help="temporal: last share of time held out.")
-    ] = 0.1,
+        float | None,
+        typer.Option(
+            help="temporal: last share of time held out (default: the served run's "
+            "cutoff, else 0.1)."
+        ),
+    ] = None,
     json: Annotated[Path | None, typer.Option(help="Also write the results JSON here.")] = None,
     tune: Annotated[
         bool, typer.Option("--tune/--no-tune", help="Tune on a slice of the training data.")
@@ -399,12 +460,31 @@ def index() -> None:
 
 
 @app.command()
+def rollback(
+    to: Annotated[
+        str | None,
+        typer.Option(help="Collection to point the alias at (default: the previous one)."),
+    ] = None,
+) -> None:
+    """Point the vector store alias back at the previous collection (and its model run)."""
+    run_rollback(get_settings(), to)
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option()] = get_settings().serve.host,
     port: Annotated[int, typer.Option()] = get_settings().serve.port,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="uvicorn worker processes (default: settings).")
+    ] = None,
 ) -> None:
     """Start the recommendation API."""
-    run_serve(get_settings(), host, port)
+    settings = get_settings()
+    if workers is not None:
+        settings = settings.model_copy(
+            update={"serve": settings.serve.model_copy(update={"workers": workers})}
+        )
+    run_serve(settings, host, port)
 
 
 @app.command()

@@ -85,7 +85,47 @@ class TrainSettings(BaseModel):
         default=0, description="Threads per worker; 0 = the machine's cores / num_workers."
     )
     test_days: int = Field(default=7, description="Last days held out for evaluation.")
+    cold_item_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Experiment: share of test-period items kept out of training entirely, "
+        "to measure recommendations of new items from content alone (0: off).",
+    )
     seed: int = 0
+
+
+class RankingSettings(BaseModel):
+    """The served pipeline: candidate sources, the LightGBM ranker and business rules."""
+
+    enabled: bool = Field(default=True, description="Fit sources + ranker in `recsys train`.")
+    item_item: Literal["auto", "ease", "cosine"] = Field(
+        default="auto", description="auto: EASE when its dense matrix fits ease_memory_gb."
+    )
+    ease_lambda: float = 400.0
+    ease_memory_gb: float = 8.0
+    neighbours: int = Field(default=200, description="Neighbours kept per item for serving.")
+    rules_min_pair_baskets: int = 2
+    rules_per_item: int = 20
+    popular_window: Literal["7d", "30d", "all"] = "7d"
+    candidates_item_item: int = 100
+    candidates_two_tower: int = 100
+    candidates_bought_together: int = 30
+    candidates_popular: int = 50
+    label_users: int = Field(
+        default=20_000, description="Users whose held-out purchase labels the ranker's rows."
+    )
+    label_share: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="At most this share of the training purchases is held out as labels "
+        "(the two-tower trains without them).",
+    )
+    rounds: int = 300
+    max_category_share: float = Field(
+        default=0.5, description="Diversity: at most this share of a response in one category."
+    )
 
 
 class VectorStoreSettings(BaseModel):
@@ -94,8 +134,16 @@ class VectorStoreSettings(BaseModel):
     type: Literal["edge", "qdrant"] = "edge"
     url: str | None = Field(default=None, description="Qdrant server URL for type=qdrant.")
     api_key: str | None = None
-    collection: str = "items"
+    collection: str = Field(
+        default="items",
+        description="Alias that serving reads; `recsys index` points it at a new collection.",
+    )
     hnsw_ef: int = 64
+    keep_collections: int = Field(
+        default=3,
+        ge=1,
+        description="Collections kept per alias (the live one included) for `recsys rollback`.",
+    )
 
 
 class RaySettings(BaseModel):
@@ -112,6 +160,22 @@ class ServeSettings(BaseModel):
     port: int = 8000
     default_k: int = 10
     max_k: int = 100
+    features_timeout_ms: float = Field(
+        default=50.0,
+        description="Budget of the online feature read (<= 0: none); past it "
+        "the answer is degraded to what is known without the user's features.",
+    )
+    alias_poll_s: float = Field(
+        default=1.0,
+        description="How often the API checks whether `recsys index` or "
+        "`recsys rollback` moved the collection alias (<= 0: never).",
+    )
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes.")
+    search_timeout_ms: float = Field(
+        default=50.0,
+        description="Budget of the vector search (<= 0: none); past it the other "
+        "candidate sources answer, degraded.",
+    )
 
 
 class Settings(BaseSettings):
@@ -127,6 +191,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     features: FeatureSettings = FeatureSettings()
     train: TrainSettings = TrainSettings()
+    ranking: RankingSettings = RankingSettings()
     vector_store: VectorStoreSettings = VectorStoreSettings()
     ray: RaySettings = RaySettings()
     serve: ServeSettings = ServeSettings()

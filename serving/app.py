@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from models.candidates import ItemFilters
 from recsys.config import Settings, get_settings
 from serving.events import Event
 from serving.metrics import ApiMetrics, MetricsMiddleware
@@ -29,9 +31,49 @@ class RecommendedItem(BaseModel):
     category: str | None = None
     colour: str | None = None
     price: float | None = None
-    score: float = Field(description="Cosine similarity (model) or popularity share (fallback).")
+    score: float = Field(
+        description="Ranker score (higher is better); popularity share or "
+        "rule confidence on the item and popular endpoints."
+    )
     rank: int = Field(description="1 = best.")
     reasons: list[str] = Field(description="Why the item was proposed.")
+    sources: list[str] = Field(
+        default_factory=list,
+        description="Candidate sources that proposed it: item_item, two_tower, "
+        "bought_together, popular.",
+    )
+
+
+class BoughtTogetherItem(RecommendedItem):
+    confidence: float = Field(description="Share of the item's baskets that also hold this one.")
+    lift: float = Field(description="Confidence over this item's overall basket share.")
+    support: float = Field(description="Share of all baskets holding both.")
+
+
+class SessionRequest(BaseModel):
+    """A visitor without a user id: what they browsed, newest first, and optional context."""
+
+    session_items: list[str] = Field(default_factory=list, max_length=200,
+                                     examples=[["0108775015", "0110065001"]])  # fmt: skip
+    age_bucket: str | None = Field(default=None, examples=["25-34"])
+    k: int = Field(default=10, ge=1, le=100)
+    category: str | None = None
+    department: str | None = None
+    max_price: float | None = Field(default=None, gt=0)
+    in_stock: bool | None = None
+
+
+class ItemListResponse(BaseModel):
+    item_id: str | None = None
+    items: list[RecommendedItem]
+    model_version: str
+    method: str | None = None
+
+
+class BoughtTogetherResponse(BaseModel):
+    item_id: str
+    items: list[BoughtTogetherItem]
+    model_version: str
 
 
 class EventBatch(BaseModel):
@@ -45,9 +87,12 @@ class EventsAccepted(BaseModel):
 class RecommendationResponse(BaseModel):
     user_id: str
     items: list[RecommendedItem]
-    fallback: bool = Field(description="True when the user is unknown and popular items are shown.")
+    fallback: bool = Field(
+        description="True when nothing is known of the visitor: the anonymous answer is shown."
+    )
     degraded: bool = Field(
-        default=False, description="True when a dependency failed and popular items are shown."
+        default=False,
+        description="True when a dependency failed: the remaining sources answered.",
     )
     model_version: str
 
@@ -72,26 +117,87 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
+    max_k = settings.serve.max_k
+
     @app.get("/users/{user_id}/recommendations", response_model=RecommendationResponse)
     async def recommendations(
         request: Request,
         user_id: str = Path(..., min_length=1, max_length=256),
-        k: int = Query(settings.serve.default_k, ge=1, le=settings.serve.max_k),
+        k: int = Query(settings.serve.default_k, ge=1, le=max_k),
+        category: str | None = Query(None, max_length=256, examples=["Dresses"]),
+        department: str | None = Query(None, max_length=256),
+        max_price: float | None = Query(None, gt=0),
+        in_stock: bool | None = Query(None),
     ) -> RecommendationResponse:
-        """Top-k items for a user, excluding what they already bought.
+        """Top-k items for a user: every candidate source, the ranker, then business rules.
 
-        An unknown user gets popular items with ``fallback: true``. ``async`` on purpose: the
-        work is about a millisecond of CPU, cheaper in the event loop than a thread hop.
+        Already-bought items are excluded; the filters are pushed into the vector search.
+        An unknown user gets the anonymous visitor's answer with ``fallback: true``. ``async``
+        on purpose: the work is a few milliseconds of CPU, cheaper in the event loop than a
+        thread hop.
         """
-        rec = request.app.state.recommender.recommend(user_id, k)
+        filters = ItemFilters(category, department, max_price, in_stock)
+        rec = request.app.state.recommender.recommend(user_id, k, filters)
         metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
-        return RecommendationResponse(
-            user_id=rec.user_id,
-            items=[RecommendedItem(**item) for item in rec.items],
-            fallback=rec.fallback,
-            degraded=rec.degraded,
-            model_version=rec.model_version,
+        return _response(rec)
+
+    @app.post("/recommendations", response_model=RecommendationResponse)
+    async def session_recommendations(
+        body: SessionRequest, request: Request
+    ) -> RecommendationResponse:
+        """For a visitor without a user id: session-based recommendations from the items they
+        browsed; with nothing browsed, popular items for the context (``fallback: true``).
+        Unknown item ids in the session are ignored."""
+        filters = ItemFilters(body.category, body.department, body.max_price, body.in_stock)
+        rec = request.app.state.recommender.recommend_session(
+            body.session_items, body.k, filters, body.age_bucket
         )
+        metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
+        return _response(rec)
+
+    @app.get("/items/{item_id}/similar", response_model=ItemListResponse)
+    async def similar(
+        request: Request,
+        item_id: str = Path(..., min_length=1, max_length=256),
+        method: Literal["behaviour", "content", "hybrid"] = Query("hybrid"),
+        k: int = Query(settings.serve.default_k, ge=1, le=max_k),
+    ) -> ItemListResponse:
+        """Items like this one: bought by the same shoppers (behaviour), close in the item
+        tower's space of attributes and demand (content), or both fused by reciprocal rank.
+        An item nobody has bought yet answers from content (``method`` says what was used)."""
+        recommender = request.app.state.recommender
+        _require_item(recommender, item_id)
+        used, items = recommender.similar(item_id, k, method)
+        return ItemListResponse(item_id=item_id, items=[RecommendedItem(**i) for i in items],
+                                model_version=recommender.model_version, method=used)  # fmt: skip
+
+    @app.get("/items/{item_id}/bought-together", response_model=BoughtTogetherResponse)
+    async def bought_together(
+        request: Request,
+        item_id: str = Path(..., min_length=1, max_length=256),
+        k: int = Query(settings.serve.default_k, ge=1, le=max_k),
+    ) -> BoughtTogetherResponse:
+        """Association rules mined from baskets: support, confidence and lift per item."""
+        recommender = request.app.state.recommender
+        _require_item(recommender, item_id)
+        items = recommender.bought_together(item_id, k)
+        return BoughtTogetherResponse(
+            item_id=item_id, items=[BoughtTogetherItem(**i) for i in items],
+            model_version=recommender.model_version,
+        )  # fmt: skip
+
+    @app.get("/popular", response_model=ItemListResponse)
+    async def popular(
+        request: Request,
+        window: Literal["7d", "30d", "all"] = Query("7d"),
+        category: str | None = Query(None, max_length=256),
+        k: int = Query(settings.serve.default_k, ge=1, le=max_k),
+    ) -> ItemListResponse:
+        """The most bought items over the window, overall or in one category."""
+        recommender = request.app.state.recommender
+        items = recommender.popular(k, window, category)
+        return ItemListResponse(items=[RecommendedItem(**i) for i in items],
+                                model_version=recommender.model_version)  # fmt: skip
 
     @app.post("/events", response_model=EventsAccepted)
     def events(batch: EventBatch, request: Request) -> EventsAccepted:
@@ -118,3 +224,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(checks, status_code=200 if checks["ok"] else 503)
 
     return app
+
+
+def _response(rec) -> RecommendationResponse:
+    return RecommendationResponse(
+        user_id=rec.user_id,
+        items=[RecommendedItem(**item) for item in rec.items],
+        fallback=rec.fallback,
+        degraded=rec.degraded,
+        model_version=rec.model_version,
+    )
+
+
+def _require_item(recommender, item_id: str) -> None:
+    if not recommender.known_item(item_id):
+        raise HTTPException(status_code=404, detail=f"unknown item_id: {item_id}")

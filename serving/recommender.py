@@ -1,26 +1,34 @@
-"""The request path: Feast online features -> user tower -> Qdrant search -> business rules.
+"""The request path: Feast online features -> the served pipeline -> items with reasons.
 
-Everything slow (Feast registry, model weights, vector store, popular list) is loaded once when
-the service starts; a request only does one online read, one small forward pass and one vector
-search.
+Everything slow (Feast registry, model weights, candidate sources, ranker, vector store) is
+loaded once when the service starts; a request does one online read, one small forward pass,
+one vector search, a sparse gather over co-purchase neighbours, a few rule lookups and one
+ranker call over a few hundred candidates.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-import torch
 
 from models.artifacts import current_run, load_run
+from models.candidates import NO_FILTERS, ItemFilters
 from pipelines.index import item_payloads
+from pipelines.ranking import load_item_vectors
 from recsys.config import Settings
 from recsys.feast_store import open_store
-from recsys.vectorstore import SearchFilter, VectorStore, open_vector_store
+from recsys.vectorstore import VectorStore, open_vector_store
 from serving.events import Event, EventLog, activity_rows, stamp
+from serving.pipeline import ServedPipeline, store_search
+from serving.stages import StageGuard
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +48,31 @@ class Recommendation:
     degraded: bool = False  # a dependency failed: the answer comes from popularity
 
 
+@dataclass
+class ServedRun:
+    """One model run and the vector collection built from it: they only make sense together."""
+
+    run_dir: Path
+    model: Any
+    users: Any
+    items: Any
+    manifest: dict[str, Any]
+    vectors: VectorStore
+    pipeline: ServedPipeline
+    item_vectors: np.ndarray
+    item_fields: dict[str, dict[str, Any]]
+
+
 class Recommender:
-    """Holds the loaded model, feature store and vector store for the API process."""
+    """Holds the loaded models, feature store and vector store for the API process.
+
+    The vector store alias (``recsys index`` moves it, ``recsys rollback`` moves it back) says
+    which run is served: a watcher thread notices when it moves, loads that run and its
+    collection in the background, and the next request switches to them, without a restart.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.run_dir = current_run(settings.artifacts_dir)
-        self.model, self.users, self.items, self.manifest = load_run(self.run_dir)
-        self.model_version = self.run_dir.name
         self.feature_store = open_store(settings)
         # Warm the registry cache now so the first request does not pay for it.
         # The `user_serving` feature service is the API's contract with the feature repo.
@@ -56,13 +81,102 @@ class Recommender:
             features=self.serving_features, entity_rows=[{"user_id": "__warmup__"}]
         )
         self.event_log = EventLog(settings.home / "events" / "events.jsonl")
-        self.vectors: VectorStore = open_vector_store(settings.vector_store, settings.home)
-        popular = pd.read_parquet(self.run_dir / "popular.parquet")
-        payloads = item_payloads(settings, popular["item_id"].tolist()).to_dict("records")
-        self.popular = [
-            {**_item_fields(payload), "score": float(score)}
-            for payload, score in zip(payloads, popular["score"], strict=True)
-        ]
+        self.guard = StageGuard({"features": settings.serve.features_timeout_ms,
+                                 "search": settings.serve.search_timeout_ms})  # fmt: skip
+        self.served = self._load(self._open_vectors())
+        self._pending: ServedRun | None = None
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="alias-watcher", daemon=True)
+        if settings.serve.alias_poll_s > 0:
+            self._watcher.start()
+
+    # ------------------------------------------------------------------ the served run
+    def _open_vectors(self) -> VectorStore:
+        # a private read-only copy per process (edge): several uvicorn workers can serve at
+        # once, and `recsys index` can publish a new collection while this one serves
+        return open_vector_store(self.settings.vector_store, self.settings.home, read_only=True)
+
+    def _load(self, vectors: VectorStore) -> ServedRun:
+        """The run the alias names (its collection's run id), else ``artifacts/current``."""
+        run_dir = None
+        try:
+            run_id = vectors.current_run_id
+        except Exception:  # a missing collection: serve the current run, degraded searches
+            log.exception("vector store alias unreadable: serving artifacts/current")
+            run_id = None
+        if run_id and (self.settings.artifacts_dir / run_id).is_dir():
+            run_dir = self.settings.artifacts_dir / run_id
+        run_dir = run_dir or current_run(self.settings.artifacts_dir)
+        model, users, items, manifest = load_run(run_dir)
+        served = ServedRun(
+            run_dir, model, users, items, manifest, vectors, None, load_item_vectors(run_dir), {}
+        )  # type: ignore[arg-type]
+        # the search reads served.vectors on each call: a store swapped in is used at once
+        served.pipeline = ServedPipeline.load(
+            run_dir, self.settings, model, users, items,
+            self.guard.wrap("search", store_search(lambda: served.vectors)),
+        )  # fmt: skip
+        # response fields of every item, ready to copy: a pandas lookup per item costs ~0.1 ms
+        payloads = item_payloads(self.settings, items.item_ids)
+        served.item_fields = {
+            row["item_id"]: {n: _clean(row.get(n)) for n in ITEM_FIELDS}
+            for row in payloads.to_dict("records")
+        }
+        log.info("serving model run %s with collection %s", run_dir.name, _current(vectors))
+        return served
+
+    def _watch(self) -> None:
+        """Poll the alias; when it moves, load the new run beside the old one."""
+        alias = self.settings.vector_store.collection
+        while not self._stop.wait(self.settings.serve.alias_poll_s):
+            try:
+                store = self.served.vectors
+                target = store.alias_target(alias)
+                if self._pending is not None or target in (None, _current(store)):
+                    continue
+                log.info("alias %s moved to %s: loading it", alias, target)
+                self._pending = self._load(self._open_vectors())
+            except Exception:
+                log.exception("following the vector store alias failed; will retry")
+
+    def _follow(self) -> None:
+        """Switch to a run the watcher has loaded (attribute swaps only: microseconds)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        old, self.served = self.served, pending
+        log.info("now serving run %s (was %s)", pending.run_dir.name, old.run_dir.name)
+        # requests already holding the old store finish first; then let its copy go
+        threading.Timer(5.0, old.vectors.close).start()
+
+    # names the rest of the code and the benchmarks use
+    @property
+    def vectors(self) -> VectorStore:
+        return self.served.vectors
+
+    @vectors.setter
+    def vectors(self, store: VectorStore) -> None:
+        self.served.vectors = store
+
+    @property
+    def pipeline(self) -> ServedPipeline:
+        return self.served.pipeline
+
+    @property
+    def model(self) -> Any:
+        return self.served.model
+
+    @property
+    def users(self) -> Any:
+        return self.served.users
+
+    @property
+    def items(self) -> Any:
+        return self.served.items
+
+    @property
+    def model_version(self) -> str:
+        return self.served.run_dir.name
 
     def user_features(self, user_id: str) -> dict[str, Any] | None:
         """The user's online row (batch features + pushed activity), None if never seen.
@@ -103,61 +217,119 @@ class Recommender:
     def known_item(self, item_id: str) -> bool:
         return self.items.index(item_id) > 0
 
-    def recommend(self, user_id: str, k: int) -> Recommendation:
-        """Top-k for a user; never raises for a failing dependency.
+    # ------------------------------------------------------------------ recommendations
+    def recommend(self, user_id: str, k: int, filters: ItemFilters = NO_FILTERS) -> Recommendation:
+        """Top-k for a user through the served pipeline; never raises for a failing dependency.
 
-        Unknown user: popular items, ``fallback``. Feature store or vector store failing:
-        popular items minus what is known to be bought, ``degraded`` (and the error logged).
+        Unknown user: the anonymous visitor's answer, ``fallback``. Feature store failing: the
+        anonymous answer minus nothing known, ``degraded``. Vector store failing: the other
+        sources still run, ``degraded``.
         """
+        self._follow()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
-            features = self.user_features(user_id)
+            features = self.guard.call("features", self.user_features, user_id)
         except Exception:
-            log.exception("online features failed for %s: answering with popular items", user_id)
-            return self._popular(user_id, k, timings, degraded=True)
+            log.exception("online features failed for %s: answering without them", user_id)
+            return self._run(user_id, None, (), k, filters, timings, fallback=False,
+                             degraded=True)  # fmt: skip
         finally:
             timings["features"] = (time.perf_counter() - t0) * 1e3
-        if features is None:
-            return self._popular(user_id, k, timings)
+        return self._run(user_id, features, (), k, filters, timings, fallback=features is None)
+
+    def recommend_session(
+        self,
+        session: list[str],
+        k: int,
+        filters: ItemFilters = NO_FILTERS,
+        age_bucket: str | None = None,
+    ) -> Recommendation:
+        """A visitor without an id: what they browsed (newest first) and optional context."""
+        self._follow()
+        features = {"age_bucket": age_bucket} if age_bucket else None
+        known = [i for i in session if self.known_item(i)]
+        return self._run(None, features, known, k, filters, {}, fallback=not known)
+
+    def _run(
+        self,
+        user_id: str | None,
+        features: dict[str, Any] | None,
+        session: Sequence[str],
+        k: int,
+        filters: ItemFilters,
+        timings: dict[str, float],
+        fallback: bool,
+        degraded: bool = False,
+    ) -> Recommendation:
         t1 = time.perf_counter()
-        bought = features["purchased_items"]
-        with torch.no_grad():
-            inputs = self.users.encode({k: [v] for k, v in features.items()}, self.items)
-            vector = self.model.user_vectors({k: torch.as_tensor(v) for k, v in inputs.items()})
-        exclude = frozenset(int(i) for i in self.items.indices(bought) if i > 0)
+        ctx = self.pipeline.context(user_id, features, session)
         timings["user_tower"] = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
-        try:
-            hits = self.vectors.search(vector[0].numpy(), k, SearchFilter(exclude_ids=exclude))
-        except Exception:
-            log.exception("vector search failed for %s: answering with popular items", user_id)
-            return self._popular(user_id, k, timings, degraded=True, bought=set(bought))
-        finally:
-            timings["search"] = (time.perf_counter() - t2) * 1e3
+        ranking = self.pipeline.recommend(ctx, k, filters)
+        timings.update(ranking.timings_ms)
+        timings["pipeline"] = (time.perf_counter() - t2) * 1e3
+        degraded = degraded or bool(ranking.failed)
+        ranked = ranking.items
         items = [
-            {**_item_fields(h.payload), "score": round(h.score, 6), "rank": rank,
-             "reasons": ["two-tower: matches your purchase history and profile"]}
-            for rank, h in enumerate(hits, start=1)
+            {**self._fields(r.item_id), "score": round(r.score, 6), "rank": rank,
+             "reasons": r.reasons, "sources": r.sources}
+            for rank, r in enumerate(ranked, start=1)
         ]  # fmt: skip
-        return Recommendation(user_id, items, False, self.model_version, timings)
+        return Recommendation(user_id or "", items, fallback, self.model_version, timings,
+                              degraded=degraded)  # fmt: skip
 
-    def _popular(
-        self,
-        user_id: str,
-        k: int,
-        timings: dict[str, float],
-        degraded: bool = False,
-        bought: set[str] | frozenset[str] = frozenset(),
-    ) -> Recommendation:
-        chosen = [p for p in self.popular[: k + len(bought)] if p["item_id"] not in bought][:k]
-        items = [
-            {**p, "rank": rank, "reasons": ["popular in the last 14 days"]}
-            for rank, p in enumerate(chosen, start=1)
-        ]
-        return Recommendation(
-            user_id, items, not degraded, self.model_version, timings, degraded=degraded
-        )
+    def _fields(self, item_id: str) -> dict[str, Any]:
+        fields = self.served.item_fields.get(item_id)
+        return dict(fields) if fields is not None else {"item_id": item_id}
+
+    def similar(self, item_id: str, k: int, method: str = "hybrid") -> tuple[str, list[dict]]:
+        """Neighbours of an item: behaviour (co-purchase weights), content (item vectors) or
+        both (reciprocal-rank fusion). An item nobody bought yet falls back to content."""
+        index = self.items.index(item_id)
+        behaviour_ids, behaviour_scores = self.pipeline.generator.neighbors.neighbours(index, k * 2)
+        used = method
+        if method in ("behaviour", "hybrid") and len(behaviour_ids) == 0:
+            used = "content"
+        lists: list[tuple[str, np.ndarray, np.ndarray]] = []
+        if used in ("behaviour", "hybrid"):
+            lists.append(("bought by the same shoppers", behaviour_ids, behaviour_scores))
+        if used in ("content", "hybrid"):
+            vectors = self.served.item_vectors
+            scores = vectors @ vectors[index]
+            scores[[0, index]] = -np.inf
+            top = np.argpartition(-scores, k * 2)[: k * 2]
+            top = top[np.argsort(-scores[top], kind="stable")]
+            lists.append(("similar style and attributes", top, scores[top]))
+        fused: dict[int, tuple[float, list[str]]] = {}
+        for reason, ids, scores in lists:
+            for rank, (i, s) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True)):
+                value = 1.0 / (60 + rank) if len(lists) > 1 else float(s)
+                prev = fused.get(i, (0.0, []))
+                fused[i] = (prev[0] + value, [*prev[1], reason])
+        ranked = sorted(fused.items(), key=lambda t: -t[1][0])[:k]
+        return used, [
+            {**self._fields(self.items.item_ids[i - 1]), "score": round(v, 6), "rank": r,
+             "reasons": reasons}
+            for r, (i, (v, reasons)) in enumerate(ranked, start=1)
+        ]  # fmt: skip
+
+    def bought_together(self, item_id: str, k: int) -> list[dict[str, Any]]:
+        return [
+            {**self._fields(rule.consequent), "score": round(rule.confidence, 6), "rank": r,
+             "confidence": rule.confidence, "lift": rule.lift, "support": rule.support,
+             "reasons": [f"bought together with {item_id} in {rule.pair_baskets} baskets"]}
+            for r, rule in enumerate(self.pipeline.generator.rules.for_item(item_id, k), start=1)
+        ]  # fmt: skip
+
+    def popular(self, k: int, window: str, category: str | None) -> list[dict[str, Any]]:
+        top = self.pipeline.generator.popularity.top(k, window=window, category=category)
+        where = f" in {category}" if category else ""
+        return [
+            {**self._fields(i), "score": round(s, 6), "rank": r,
+             "reasons": [f"among the most bought{where} ({window})"]}
+            for r, (i, s) in enumerate(top, start=1)
+        ]  # fmt: skip
 
     def health(self) -> dict[str, Any]:
         checks: dict[str, Any] = {"model": {"ok": True, "version": self.model_version}}
@@ -176,10 +348,29 @@ class Recommender:
         return checks
 
     def close(self) -> None:
-        self.vectors.close()
+        self._stop.set()
+        self.guard.close()
+        self.served.vectors.close()
+        if self._pending is not None:
+            self._pending.vectors.close()
 
 
-def _item_fields(source: Any) -> dict[str, Any]:
-    out = {name: source.get(name) for name in ITEM_FIELDS}
-    out["price"] = None if out["price"] is None else float(out["price"])
-    return out
+def _current(store: VectorStore) -> str | None:
+    """The collection a store reads, None when it cannot tell (e.g. nothing indexed)."""
+    try:
+        return store.current_collection
+    except Exception:
+        return None
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe payload value: NaN and pandas NA become None."""
+    if value is None:
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    value = value.item() if hasattr(value, "item") else value
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value

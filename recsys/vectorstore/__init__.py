@@ -1,64 +1,83 @@
 """Item vector search behind one interface, with a backend chosen by configuration.
 
-``edge`` (default) runs Qdrant's engine in-process on a folder under ``RECSYS_HOME/qdrant``;
-``qdrant`` talks to a Qdrant server. Both return the same hits for the same data, so code above
-this package never needs to know which one it got::
+``edge`` (default) runs Qdrant's engine in-process on folders under ``RECSYS_HOME/qdrant``;
+``qdrant`` talks to a Qdrant server. Both return the same hits for the same data and handle
+collections and aliases the same way, so code above this package never needs to know which one
+it got::
 
-    store = open_vector_store(settings.vector_store, settings.home)
+    store = open_vector_store(settings.vector_store, settings.home, read_only=True)
     hits = store.search(user_vector, k=10, flt=SearchFilter(exclude_ids=frozenset(bought)))
+    if store.refresh():                       # the alias moved (recsys index / rollback)
+        load_model(store.current_run_id)      # serve the model that matches the new vectors
+
+``recsys index`` builds a collection per model run and moves the alias
+(``settings.vector_store.collection``, default ``items``) to it; ``recsys rollback`` moves it
+back. Several serving processes on the edge backend need ``read_only=True`` (see ``edge.py``).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from recsys.config import VectorStoreSettings
 from recsys.vectorstore.base import (
+    AliasEntry,
+    AliasError,
     CollectionNotFoundError,
     Hit,
     ItemPoint,
+    ReadOnlyStoreError,
     SearchFilter,
     VectorStore,
     VectorStoreConfigError,
     VectorStoreError,
+    check_name,
+    collection_name,
 )
 from recsys.vectorstore.edge import EdgeVectorStore
 from recsys.vectorstore.qdrant_server import QdrantServerVectorStore
 
 __all__ = [
+    "AliasEntry",
+    "AliasError",
     "CollectionNotFoundError",
     "EdgeVectorStore",
     "Hit",
     "ItemPoint",
     "QdrantServerVectorStore",
+    "ReadOnlyStoreError",
     "SearchFilter",
     "VectorStore",
     "VectorStoreConfigError",
     "VectorStoreError",
+    "collection_name",
     "open_vector_store",
 ]
 
-_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
 
 def open_vector_store(
-    cfg: VectorStoreSettings, home: Path, collection: str | None = None
+    cfg: VectorStoreSettings,
+    home: Path,
+    collection: str | None = None,
+    *,
+    read_only: bool = False,
 ) -> VectorStore:
-    """Build the configured store for ``collection`` (default ``cfg.collection``).
+    """Build the configured store on ``collection`` (default ``cfg.collection``, the alias).
+
+    The store searches whatever the alias points at when first used (or the plain collection
+    of that name, for a data root indexed before aliases) and follows it on ``refresh()``.
+    ``read_only=True`` refuses writes and, on the edge backend, searches a private copy so that
+    several processes (uvicorn workers) can serve at once.
 
     Nothing is opened or contacted here: stores connect on first use, so a missing collection
     surfaces as :class:`CollectionNotFoundError` from ``search``/``count`` (or ``ok=False`` from
     ``health``) with a hint to run ``recsys index``.
     """
-    name = collection or cfg.collection
-    # The name becomes a folder (edge) or a URL segment (server): keep it plain.
-    if not _COLLECTION_NAME.match(name) or ".." in name:
-        raise VectorStoreConfigError(
-            f"Invalid collection name {name!r}: use letters, digits, '_', '-' and '.'."
-        )
+    name = check_name(collection or cfg.collection)
     if cfg.type == "edge":
-        return EdgeVectorStore(Path(home) / "qdrant" / name, hnsw_ef=cfg.hnsw_ef)
+        return EdgeVectorStore(
+            Path(home) / "qdrant" / name, hnsw_ef=cfg.hnsw_ef, read_only=read_only
+        )
     if cfg.type == "qdrant":
         if not cfg.url:
             raise VectorStoreConfigError(
@@ -66,5 +85,7 @@ def open_vector_store(
                 "RECSYS_VECTOR_STORE__URL (e.g. http://localhost:6333), or use "
                 "RECSYS_VECTOR_STORE__TYPE=edge for the in-process store."
             )
-        return QdrantServerVectorStore(name, url=cfg.url, api_key=cfg.api_key, hnsw_ef=cfg.hnsw_ef)
+        return QdrantServerVectorStore(
+            name, url=cfg.url, api_key=cfg.api_key, hnsw_ef=cfg.hnsw_ef, read_only=read_only
+        )
     raise VectorStoreConfigError(f"Unknown vector store type {cfg.type!r}: use edge or qdrant.")

@@ -5,14 +5,26 @@ in-process engine (``edge``) used on a laptop and a Qdrant server used in produc
 interchangeable by configuration, the way Feast picks its online store per module. Each backend
 must give the same answers for the same data: cosine similarity as the score (higher is better),
 the same filter semantics and the payload of every hit.
+
+Serving must switch to a new index without a restart, and back when a new model is bad. Like
+Qdrant's collection aliases, a store tells *collections* (one per model run, never rewritten once
+published: ``items__20261122T203000``) from *aliases* (``items``, the configured name) that point
+at one of them. ``recsys index`` builds a new collection and then moves the alias in one atomic
+step; a reader pins the collection the alias pointed at when it first used it, so that a request
+never mixes one run's user tower with another run's item vectors, and switches only when it
+calls :meth:`VectorStore.refresh`. The alias remembers its targets and their model runs, so that
+``recsys rollback`` can move it back and say which model to serve with it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -127,39 +139,196 @@ class Hit:
     payload: dict[str, Any]
 
 
-class VectorStore(ABC):
-    """A collection of item vectors with payload filters, searched by cosine similarity.
+#: Between an alias and a run id in a physical collection's name: ``items__20261122T203000``.
+RUN_SEPARATOR = "__"
 
-    The life cycle is the same for every backend: ``recreate`` then ``upsert`` batches then
-    ``finalize`` in the indexing job; ``search``/``count``/``health`` in serving, possibly in
-    another process; ``close`` at the end. Stores may also be used as context managers.
+#: Collection and alias names become folders (edge) or URL segments (server): keep them plain.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+#: Folder names the edge backend keeps for itself under its root.
+RESERVED_NAMES = frozenset({"aliases"})
+
+#: How many moves an alias remembers; older entries (rollback targets) are forgotten.
+MAX_HISTORY = 50
+
+#: ``prune`` leaves alone a collection that no alias ever pointed at for this long after its
+#: creation: it may be another ``recsys index`` job still filling it.
+PRUNE_MIN_AGE_S = 600.0
+
+
+class AliasError(VectorStoreError):
+    """An alias cannot be moved as asked (nothing to roll back to, a live collection...)."""
+
+
+class ReadOnlyStoreError(VectorStoreError):
+    """A store opened with ``read_only=True`` (serving) was asked to write."""
+
+
+def check_name(name: str, what: str = "collection") -> str:
+    """Validate a collection or alias name, so it is safe as a folder and as a URL segment."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name or len(name) > 200:
+        raise VectorStoreConfigError(
+            f"Invalid {what} name {name!r}: use letters, digits, '_', '-' and '.' (starting "
+            "with a letter or digit, at most 200 characters)."
+        )
+    if name in RESERVED_NAMES:
+        raise VectorStoreConfigError(
+            f"{name!r} is reserved for the store's own files: choose another {what} name."
+        )
+    return name
+
+
+def safe_run_id(run_id: str) -> str:
+    """A model run id as it may appear in a collection name (other characters become '-')."""
+    safe = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]", "-", str(run_id))).strip("._-")
+    if not safe:
+        raise ValueError(f"run id {run_id!r} has no letter or digit to name a collection with")
+    return safe
+
+
+def collection_name(alias: str, run_id: str) -> str:
+    """The physical collection that ``recsys index`` builds for a model run behind ``alias``."""
+    return check_name(f"{alias}{RUN_SEPARATOR}{safe_run_id(run_id)}")
+
+
+def now_iso() -> str:
+    """Current UTC time, to the second, as recorded in alias histories and collection metadata."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class AliasEntry:
+    """One move of an alias: the collection it pointed at, that collection's model run, when.
+
+    ``at`` is ``None`` for a plain pre-alias collection adopted as the first entry.
+    """
+
+    collection: str
+    run_id: str | None = None
+    at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"collection": self.collection, "run_id": self.run_id, "at": self.at}
+
+    @classmethod
+    def from_json(cls, data: Any) -> AliasEntry:
+        if not isinstance(data, Mapping) or not isinstance(data.get("collection"), str):
+            raise ValueError(f"not an alias history entry: {data!r}")
+        run_id, at = data.get("run_id"), data.get("at")
+        return cls(
+            data["collection"],
+            None if run_id is None else str(run_id),
+            None if at is None else str(at),
+        )
+
+
+class VectorStore(ABC):
+    """Item vectors in named collections, searched by cosine similarity, behind aliases.
+
+    A store is opened on one ``name``: an alias (``items``, the configured name) or a plain
+    collection. Readers (``search``, ``count``, ``health``) pin the collection that the name
+    resolved to on first use, so the vectors they search always match the model that was loaded
+    with them, and move only when :meth:`refresh` sees that the alias moved. Writers build a new
+    collection and publish it::
+
+        store.create_collection(name, dim, keyword_fields=..., run_id=run_id)
+        store.upsert(points, collection=name)
+        store.finalize(collection=name)
+        previous = store.set_alias("items", name)   # atomic; readers follow on refresh()
+        store.prune("items", keep=3)                 # drop collections nobody can roll back to
+
+    ``recreate`` then ``upsert``/``finalize`` without ``collection=`` is the older life cycle
+    of one plain collection named ``name``; it is kept for tools and tests.
+
+    Stores opened with ``read_only=True`` refuse every write; on the edge backend they also
+    search a private copy, so that several processes can serve from one folder.
     """
 
     backend: str = "abstract"
 
+    def __init__(self, name: str, *, read_only: bool = False) -> None:
+        self.name = name
+        self.read_only = bool(read_only)
+
+    # -- backend primitives ----------------------------------------------------------------
+
     @abstractmethod
-    def recreate(
+    def list_collections(self) -> list[str]:
+        """Names of the physical collections, sorted (aliases are not listed)."""
+
+    @abstractmethod
+    def list_aliases(self) -> dict[str, str]:
+        """Every alias and the collection it points at."""
+
+    def collection_exists(self, name: str) -> bool:
+        """Whether a physical collection (not an alias) of that name exists."""
+        return name in self.list_collections()
+
+    @abstractmethod
+    def _create(
         self,
+        name: str,
         dim: int,
-        keyword_fields: Sequence[str] = (),
-        float_fields: Sequence[str] = (),
-        bool_fields: Sequence[str] = (),
+        keyword_fields: Sequence[str],
+        float_fields: Sequence[str],
+        bool_fields: Sequence[str],
+        metadata: dict[str, Any],
     ) -> None:
-        """Drop the collection if it exists and create an empty one (cosine distance).
-
-        Payload indexes are created for the listed fields before any point arrives, so that
-        filters stay fast and the HNSW graph can be built with filter-aware links.
-        """
+        """Create an empty collection (the name is free) and store ``metadata`` with it."""
 
     @abstractmethod
-    def upsert(self, points: Iterable[ItemPoint], batch_size: int = 1024) -> None:
-        """Insert or replace points, sending them in batches of ``batch_size``."""
+    def _drop(self, name: str) -> None:
+        """Delete a collection that no alias points at, closing it first if this store has it."""
 
     @abstractmethod
-    def finalize(self) -> None:
-        """Build the HNSW index and persist everything, so that a later open sees it all.
+    def _metadata(self, name: str) -> dict[str, Any]:
+        """What :meth:`create_collection` stored with the collection (empty if unknown)."""
 
-        Indexing after the bulk load is much cheaper than maintaining the graph point by point.
+    @abstractmethod
+    def _read_alias(self, alias: str) -> list[AliasEntry] | None:
+        """The alias history, oldest first, its last entry the current target; ``None`` if the
+        alias does not exist."""
+
+    @abstractmethod
+    def _write_alias(self, alias: str, history: list[AliasEntry]) -> None:
+        """Point the alias at ``history[-1].collection`` atomically and store the history."""
+
+    @abstractmethod
+    def _pin(self, name: str) -> None:
+        """Make ``name`` the collection this store reads and writes by default."""
+
+    def _alias_lock(self, alias: str) -> AbstractContextManager[Any]:
+        """Serialise read-modify-write of an alias between processes, where the backend can."""
+        return nullcontext()
+
+    def _before_alias_change(self, alias: str) -> None:
+        """Hook run before an alias is created or moved (the server adopts a plain collection
+        that has the alias's name, since Qdrant names are shared by collections and aliases)."""
+        return None
+
+    # -- reading (follows the alias on refresh) ----------------------------------------------
+
+    @property
+    @abstractmethod
+    def current_collection(self) -> str | None:
+        """The physical collection this store searches, resolving (and pinning) the alias on
+        first use; ``None`` when neither an alias nor a collection of that name exists."""
+
+    @property
+    def current_run_id(self) -> str | None:
+        """Model run of :attr:`current_collection`: the API loads the model of this run."""
+        current = self.current_collection
+        return None if current is None else self.run_id_of(current)
+
+    @abstractmethod
+    def refresh(self, *, force: bool = False) -> bool:
+        """Follow the alias if it moved since the store pinned its collection.
+
+        Returns ``True`` when the store switched to another collection: the caller must then
+        serve with the model of :attr:`current_run_id`. Cheap when nothing changed, so that an
+        API may call it on every request; a store that has not pinned anything yet returns
+        ``False`` (its first use resolves the alias anyway). When the new target cannot be
+        opened, the store keeps the old one and raises :class:`VectorStoreError`.
         """
 
     @abstractmethod
@@ -167,16 +336,17 @@ class VectorStore(ABC):
         """Return up to ``k`` hits that pass ``flt``, best (highest cosine similarity) first."""
 
     @abstractmethod
-    def count(self) -> int:
-        """Number of points in the collection."""
+    def count(self, collection: str | None = None) -> int:
+        """Number of points in ``collection`` (default: the current one)."""
 
     @abstractmethod
-    def health(self) -> dict[str, Any]:
-        """Describe the store for health checks; never raises.
+    def health(self, collection: str | None = None) -> dict[str, Any]:
+        """Describe ``collection`` (default: the current one) for health checks; never raises.
 
-        Always has ``ok`` (the collection can be opened and queried), ``backend`` and ``points``
-        (``None`` when unknown); an ``error`` string explains ``ok=False``. An empty collection
-        is reachable, hence ``ok``: callers that need items check ``points``.
+        Always has ``ok`` (the collection can be opened and queried), ``backend``, ``points``
+        (``None`` when unknown) and ``collection``; an ``error`` string explains ``ok=False``.
+        An empty collection is reachable, hence ``ok``: callers that need items check
+        ``points``.
         """
 
     @abstractmethod
@@ -188,6 +358,280 @@ class VectorStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- building collections ----------------------------------------------------------------
+
+    def create_collection(
+        self,
+        name: str,
+        dim: int,
+        keyword_fields: Sequence[str] = (),
+        float_fields: Sequence[str] = (),
+        bool_fields: Sequence[str] = (),
+        *,
+        run_id: str | None = None,
+        replace: bool = False,
+    ) -> None:
+        """Create an empty collection (cosine distance) with payload indexes for the fields.
+
+        Payload indexes are created before any point arrives, so that filters stay fast and the
+        HNSW graph can be built with filter-aware links. ``run_id`` is stored with the
+        collection (see :meth:`run_id_of`). An existing collection is only replaced with
+        ``replace=True`` and never while an alias points at it: readers may be serving it.
+        """
+        self._check_writable("create a collection")
+        check_name(name)
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if self.collection_exists(name):
+            if not replace:
+                raise VectorStoreError(
+                    f"Collection {name!r} already exists: pick a free name "
+                    "(new_collection_name) or pass replace=True."
+                )
+            self.drop_collection(name)
+        metadata = {"created_at": now_iso()}
+        if run_id is not None:
+            metadata["run_id"] = str(run_id)
+        self._create(
+            name, dim, tuple(keyword_fields), tuple(float_fields), tuple(bool_fields), metadata
+        )
+
+    def recreate(
+        self,
+        dim: int,
+        keyword_fields: Sequence[str] = (),
+        float_fields: Sequence[str] = (),
+        bool_fields: Sequence[str] = (),
+    ) -> None:
+        """Drop and create the plain collection called :attr:`name`, and use it from now on.
+
+        The single-collection life cycle from before aliases. It refuses when :attr:`name` is
+        an alias, since that would rebuild the collection that serves traffic in place.
+        """
+        self._check_writable("recreate a collection")
+        history = self._read_alias(self.name)
+        if history is not None:
+            raise AliasError(
+                f"{self.name!r} is an alias (-> {history[-1].collection!r}): build a new "
+                "collection with create_collection() and move the alias with set_alias(), as "
+                "`recsys index` does."
+            )
+        self.create_collection(
+            self.name, dim, keyword_fields, float_fields, bool_fields, replace=True
+        )
+        self._pin(self.name)
+
+    @abstractmethod
+    def upsert(
+        self,
+        points: Iterable[ItemPoint],
+        batch_size: int = 1024,
+        *,
+        collection: str | None = None,
+    ) -> None:
+        """Insert or replace points in ``collection`` (default: the current one), in batches."""
+
+    @abstractmethod
+    def finalize(self, *, collection: str | None = None) -> None:
+        """Build the HNSW index and persist everything, so that a later open sees it all.
+
+        Indexing after the bulk load is much cheaper than maintaining the graph point by point.
+        """
+
+    def drop_collection(self, name: str) -> bool:
+        """Delete a collection; ``False`` if there was none. Refuses one that an alias uses."""
+        self._check_writable("drop a collection")
+        check_name(name)
+        users = sorted(a for a, target in self.list_aliases().items() if target == name)
+        if users:
+            raise AliasError(
+                f"Collection {name!r} is what alias {', '.join(map(repr, users))} points at: "
+                "move the alias first (`recsys rollback --to COLLECTION`)."
+            )
+        if not self.collection_exists(name):
+            return False
+        self._drop(name)
+        return True
+
+    def new_collection_name(self, alias: str, run_id: str) -> str:
+        """A free name for a new collection of ``run_id`` behind ``alias``.
+
+        ``items__<run>``, or ``items__<run>-2`` and so on when that run was indexed before:
+        published collections are never rewritten, since readers may have them open.
+        """
+        check_name(alias, "alias")
+        base = collection_name(alias, run_id)
+        existing = set(self.list_collections())
+        name, n = base, 1
+        while name in existing:
+            n += 1
+            name = check_name(f"{base}-{n}")
+        return name
+
+    def run_id_of(self, collection: str) -> str | None:
+        """The model run whose item vectors ``collection`` holds (``None`` if unknown).
+
+        Read from what :meth:`create_collection` stored, else from the name (``items__<run>``);
+        a plain pre-alias collection has none: serve it with the model in ``artifacts/current``.
+        """
+        metadata = self._metadata(collection)
+        if "created_at" in metadata:  # made by create_collection: trust it, even without a run
+            run_id = metadata.get("run_id")
+            return None if run_id is None else str(run_id)
+        _, sep, rest = collection.partition(RUN_SEPARATOR)
+        return rest if sep and rest else None
+
+    # -- aliases -------------------------------------------------------------------------------
+
+    def alias_target(self, alias: str) -> str | None:
+        """The collection ``alias`` points at.
+
+        A missing alias falls back to a plain collection of that name (a data root indexed
+        before aliases existed keeps working); ``None`` if there is neither.
+        """
+        history = self._read_alias(alias)
+        if history:
+            return history[-1].collection
+        return alias if self.collection_exists(alias) else None
+
+    def alias_entries(self, alias: str) -> list[AliasEntry]:
+        """The alias's moves, oldest first, the last one being the current target."""
+        history = self._read_alias(alias)
+        if history:
+            return history
+        if self.collection_exists(alias):
+            return [AliasEntry(alias, self.run_id_of(alias), None)]
+        return []
+
+    def alias_history(self, alias: str) -> list[str]:
+        """Collections the alias pointed at, oldest first, ending with the current target."""
+        return [entry.collection for entry in self.alias_entries(alias)]
+
+    def set_alias(self, alias: str, collection: str, *, run_id: str | None = None) -> str | None:
+        """Point ``alias`` at ``collection`` in one atomic step; return the previous target.
+
+        Readers keep the collection they pinned until they call :meth:`refresh`. The move is
+        recorded with the collection's model run (``run_id``, else :meth:`run_id_of`), so that
+        :meth:`rollback` can undo it and the API can load the matching model.
+        """
+        self._check_writable("move an alias")
+        check_name(alias, "alias")
+        check_name(collection)
+        with self._alias_lock(alias):
+            self._before_alias_change(alias)
+            if not self.collection_exists(collection):
+                raise CollectionNotFoundError(
+                    f"Cannot point alias {alias!r} at {collection!r}: there is no such "
+                    f"collection (existing: {self.list_collections()})."
+                )
+            history = self.alias_entries(alias)
+            previous = history[-1].collection if history else None
+            if previous == collection:
+                return previous
+            entry = AliasEntry(collection, run_id or self.run_id_of(collection), now_iso())
+            self._write_alias(alias, [*history, entry][-MAX_HISTORY:])
+            return previous
+
+    def rollback(self, alias: str, to: str | None = None) -> tuple[str, str]:
+        """Move ``alias`` back; return ``(from, to)`` collection names.
+
+        Without ``to`` the alias goes back to the latest earlier target that still exists, and
+        the moves after it are forgotten, so that repeated rollbacks walk further back rather
+        than flip between two collections. With ``to``, a collection from the history is
+        rolled back to the same way; any other existing collection is moved to (and recorded).
+        """
+        self._check_writable("roll an alias back")
+        check_name(alias, "alias")
+        with self._alias_lock(alias):
+            history = self.alias_entries(alias)
+            if not history:
+                raise AliasError(
+                    f"Nothing to roll back: there is no alias or collection {alias!r} "
+                    f"(collections: {self.list_collections()}); {INDEX_HINT}."
+                )
+            current = history[-1].collection
+            names = [entry.collection for entry in history]
+            if to is None:
+                earlier = [
+                    i
+                    for i in range(len(history) - 2, -1, -1)
+                    if names[i] != current and self.collection_exists(names[i])
+                ]
+                if not earlier:
+                    raise AliasError(
+                        f"Nothing to roll back to: alias {alias!r} points at {current!r} and no "
+                        f"earlier target of it still exists (history: {names}; collections: "
+                        f"{self.list_collections()}). Index another model run, or name an "
+                        "existing collection with --to."
+                    )
+                new_history = history[: earlier[0] + 1]
+            else:
+                check_name(to)
+                if to == current:
+                    raise AliasError(f"Alias {alias!r} already points at {to!r}.")
+                if not self.collection_exists(to):
+                    raise CollectionNotFoundError(
+                        f"Cannot roll {alias!r} back to {to!r}: there is no such collection "
+                        f"(collections: {self.list_collections()}; history: {names})."
+                    )
+                if to in names:
+                    new_history = history[: len(names) - names[::-1].index(to)]
+                else:
+                    new_history = [*history, AliasEntry(to, self.run_id_of(to), now_iso())]
+            self._write_alias(alias, new_history[-MAX_HISTORY:])
+            return current, new_history[-1].collection
+
+    def prune(self, alias: str, keep: int) -> list[str]:
+        """Drop the alias's old collections, keeping its ``keep`` latest targets; return them.
+
+        Candidates are collections named ``<alias>__*`` (built by ``recsys index``) and a plain
+        collection named ``alias`` that the history adopted. Never dropped: the current target
+        of any alias, and collections that no alias ever used that are younger than
+        :data:`PRUNE_MIN_AGE_S` (another index job may still be filling them).
+        """
+        self._check_writable("drop collections")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 (the current collection), got {keep}")
+        with self._alias_lock(alias):
+            history = self._read_alias(alias) or []
+            if not history:
+                return []
+            kept: list[str] = []
+            for entry in reversed(history):
+                if len(kept) >= keep:
+                    break
+                if entry.collection not in kept:
+                    kept.append(entry.collection)
+            protected = set(kept) | set(self.list_aliases().values())
+            used = {entry.collection for entry in history}
+            dropped = []
+            for name in self.list_collections():
+                ours = name.startswith(alias + RUN_SEPARATOR) or (name == alias and name in used)
+                if not ours or name in protected:
+                    continue
+                if name not in used and self._age_s(name) < PRUNE_MIN_AGE_S:
+                    continue
+                self._drop(name)
+                dropped.append(name)
+            return dropped
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyStoreError(
+                f"Cannot {what}: this store was opened read-only (for serving). Open it with "
+                "read_only=False, as `recsys index` and `recsys rollback` do."
+            )
+
+    def _age_s(self, name: str) -> float:
+        """Seconds since the collection was created (infinite when unknown: old)."""
+        created = self._metadata(name).get("created_at")
+        try:
+            return (datetime.now(UTC) - datetime.fromisoformat(str(created))).total_seconds()
+        except (TypeError, ValueError):
+            return math.inf
 
 
 # -- helpers shared by the backends ----------------------------------------------------------

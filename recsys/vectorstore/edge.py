@@ -3,22 +3,75 @@
 It needs no server, reloads from disk in tens of milliseconds and searches its HNSW graph in
 well under a millisecond, which makes it the default for local runs and single-node serving.
 
+Layout under the store root (``RECSYS_HOME/qdrant``)::
+
+    items/                      a plain collection from before aliases (still served, see below)
+    items__20261122T203000/     one collection per indexed model run (recsys_collection.json
+                                beside the engine's files records the run id)
+    aliases/items.json          the alias: {"target": ..., "run_id": ..., "history": [...]},
+                                replaced atomically (temporary file + os.replace)
+    .readers/<host>-<pid>/      private copies that read-only stores search (see below)
+
+qdrant-edge has no aliases; the pointer file is ours. A reader notices a move by comparing the
+file's ``stat`` (inode, mtime_ns, size) with what it saw, so ``refresh()`` costs one ``stat`` when
+nothing changed. A missing pointer means "the plain collection of that name", so a data root
+indexed before aliases keeps working and its collection becomes the first rollback target.
+
+Several processes, one folder (measured with qdrant-edge-py 0.9.0, 30,000 x 64 collection):
+
+* Tried: process A ``EdgeShard.load(folder)`` and keeps it open; process B loads the same
+  folder. B fails at once with ``Exception: Service runtime error: failed to open WAL
+  <folder>/wal: Can't init WAL: Kind(WouldBlock)``; a second load in the same process fails the
+  same way. ``/proc/locks`` shows an exclusive ``FLOCK`` on the ``wal`` directory, held until
+  ``close()``. qdrant-edge has no read-only open, so uvicorn workers cannot share a folder.
+* A full copy per process (``shutil.copytree``) works but is slow and big: the engine's files
+  are sparse (32 MiB WAL segments, 1 MiB flag files holding a few KB), and Python's copy writes
+  them out densely: 455 ms and 170 MB per copy with the WAL, 42 ms and 106 MB without.
+* Chosen: ``read_only=True`` stores search a private *hard-linked* copy in
+  ``.readers/<host>-<pid>/``: every segment file is a hard link (no data written; a copy only
+  where links are impossible), the top-level config is copied (the engine rewrites it on load by
+  rename), and the WAL is left out so the engine starts an empty one whose lock belongs to the
+  copy. A published collection was flushed and closed by ``recsys index`` before the alias moved,
+  so its WAL holds nothing that the segments lack, and with an empty WAL nothing is replayed into
+  the shared segment files. Making the copy takes ~2.5 ms, loading it ~30-50 ms (as loading the
+  original). Four processes searching four linked copies of one collection at once left every
+  original file byte-identical (the engine only rewrites a few flag files in place with the same
+  bytes on flush) and the original still loaded afterwards. Copies are deleted on ``close()``;
+  each process holds an ``flock`` on ``.readers/<host>-<pid>/lock``, and a reader that can take
+  the lock of another process's folder knows that process is gone and deletes its copies.
+* A Qdrant server (``vector_store.type=qdrant``) is the other answer: the server owns the files
+  and any number of workers or machines query it. Pick it when the index outgrows one machine.
+
+So: ``recsys index`` and ``recsys rollback`` open the store for writing (one process at a time);
+an API with several workers opens it with ``read_only=True``, in each worker after the fork
+(an open shard must not be inherited). A single process may also open it writable and read it
+directly, without a copy, as before; it then cannot open a collection that the indexer still
+has open, which is why ``recsys index`` closes the new collection before moving the alias.
+
 Quirks of qdrant-edge-py 0.9.0 handled here:
 
 * ``qe.MatchValue(True)`` is stored as the *integer* 1 and then matches no bool payload;
   ``qe.MatchValue(np.bool_(True))`` is kept as a bool, so bools are passed as ``np.bool_``.
 * Search results carry no payload unless ``SearchRequest(with_payload=True)``.
-* An open shard locks its write-ahead log: a second ``EdgeShard.load`` of the same folder, in
-  this or another process, fails with ``WouldBlock`` until the first one is closed.
+* An open shard locks its write-ahead log (above).
 * Its errors are plain ``Exception`` instances; they are wrapped into :class:`VectorStoreError`.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
+import itertools
 import json
+import logging
+import os
+import re
 import shutil
+import socket
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +82,8 @@ from recsys.vectorstore.base import (
     DEFAULT_EXACT_BELOW,
     INDEX_HINT,
     INDEXING_THRESHOLD_KB,
+    RESERVED_NAMES,
+    AliasEntry,
     CollectionNotFoundError,
     Hit,
     ItemPoint,
@@ -43,12 +98,37 @@ from recsys.vectorstore.base import (
     full_scan_threshold_kb,
 )
 
+log = logging.getLogger(__name__)
+
 #: File that qdrant-edge writes when a shard is created; its presence marks a collection folder.
 CONFIG_FILE = "edge_config.json"
+
+#: Our own metadata beside the engine's files (run id, creation time); the engine ignores it.
+META_FILE = "recsys_collection.json"
+
+#: The engine's write-ahead log folder, locked by whoever has the shard open.
+WAL_DIR = "wal"
+
+#: Alias pointer files live in ``<root>/aliases/<alias>.json`` (a name no collection may take).
+ALIASES_DIR = "aliases"
+
+#: Private copies for read-only stores live in ``<root>/.readers/<host>-<pid>/``.
+READERS_DIR = ".readers"
+READER_LOCK = "lock"
+
+#: A collection a reader switched away from stays open this long for searches in flight.
+RETIRE_GRACE_S = 10.0
+
+#: After a failed switch (e.g. the indexer still had the new collection open), ``refresh``
+#: tries again after this long rather than on every call.
+REFRESH_RETRY_S = 1.0
 
 #: HNSW graph parameters (Qdrant's defaults).
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
+
+#: Identifies the current state of an alias pointer file: (inode, mtime_ns, size), or None.
+Signature = tuple[int, int, int] | None
 
 
 def edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
@@ -68,41 +148,155 @@ def edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
     return qe.Filter(must=must or None, must_not=must_not)
 
 
-class EdgeVectorStore(VectorStore):
-    """A collection stored in ``path`` and searched in-process with qdrant-edge.
+# -- private copies for read-only stores --------------------------------------------------------
+
+
+def link_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a readable copy of the collection in ``src`` without copying its data.
+
+    Segment files become hard links (copies where the filesystem refuses links), top-level files
+    are copied, and the write-ahead log is left out: see the module docstring for why this is
+    safe for a published collection and what was measured.
+    """
+    partial = dst.with_name(dst.name + ".partial")
+    for stale in (partial, dst):
+        shutil.rmtree(stale, ignore_errors=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        top = rel == Path(".")
+        if top:
+            dirnames[:] = [d for d in dirnames if d != WAL_DIR]
+        (partial / rel).mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            source, target = Path(dirpath) / name, partial / rel / name
+            if top:
+                shutil.copy2(source, target)
+                continue
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+    (partial / WAL_DIR).mkdir(exist_ok=True)
+    partial.rename(dst)
+
+
+_READER_DIRS: dict[tuple[str, int], tuple[Path, int]] = {}
+_READER_DIRS_LOCK = threading.Lock()
+_COPY_IDS = itertools.count(1)
+
+
+def _reader_dir_name() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def reader_dir(root: Path) -> Path:
+    """This process's folder for private copies under ``root``, locked while the process lives.
+
+    The first call in a process also deletes the folders of processes that are gone.
+    """
+    key = (str(Path(root).resolve()), os.getpid())
+    with _READER_DIRS_LOCK:
+        known = _READER_DIRS.get(key)
+        if known is not None:
+            return known[0]
+        base = Path(root) / READERS_DIR
+        base.mkdir(parents=True, exist_ok=True)
+        name = _reader_dir_name()
+        remove_stale_readers(base, keep=name)
+        mine = base / name
+        shutil.rmtree(mine, ignore_errors=True)  # a dead process that had our pid
+        # Lock before the folder gets its final name, so no cleaner ever sees it unlocked.
+        building = base / f".{name}.{threading.get_ident()}.partial"
+        building.mkdir()
+        fd = os.open(building / READER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        building.rename(mine)
+        _READER_DIRS[key] = (mine, fd)
+        return mine
+
+
+def remove_stale_readers(base: Path, keep: str | None = None) -> list[Path]:
+    """Delete the copy folders under ``base`` whose process is gone (their lock is free)."""
+    removed: list[Path] = []
+    try:
+        entries = list(base.iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if entry.name == keep or not entry.is_dir():
+            continue
+        if entry.name.startswith("."):  # being set up by another process, or left half-done
+            try:
+                if time.time() - entry.stat().st_mtime > 60:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+            except FileNotFoundError:
+                pass
+            continue
+        try:
+            fd = os.open(entry / READER_LOCK, os.O_RDWR)
+        except OSError:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its process is alive
+        finally:
+            os.close(fd)  # also releases the lock if we took it
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+@atexit.register
+def _remove_own_reader_dirs() -> None:
+    pid = os.getpid()
+    for (_, owner), (path, fd) in list(_READER_DIRS.items()):
+        if owner == pid:
+            shutil.rmtree(path, ignore_errors=True)
+            os.close(fd)
+
+
+# -- one collection folder ----------------------------------------------------------------------
+
+
+class EdgeCollection:
+    """One qdrant-edge shard folder, loaded lazily, optionally through a private copy.
 
     Args:
-        path: The collection's folder (created by :meth:`recreate`).
+        path: The collection's folder.
         hnsw_ef: Size of the HNSW candidate list at search time: higher is slower and more exact.
         exact_below: Candidate sets (the collection, or the points passing a filter) smaller
             than this many points are scanned exactly instead of walking the graph.
-
-    The shard is opened lazily on first use and reopened after :meth:`close`, so one object
-    can serve for the life of a process. Only one open shard per folder is allowed at a time.
+        copy_to: Load a hard-linked copy made here instead of ``path`` (read-only stores); the
+            copy is made on every open and deleted on :meth:`close`.
     """
 
-    backend = "edge"
-
     def __init__(
-        self, path: Path, hnsw_ef: int = 64, *, exact_below: int = DEFAULT_EXACT_BELOW
+        self,
+        path: Path,
+        hnsw_ef: int = 64,
+        *,
+        exact_below: int = DEFAULT_EXACT_BELOW,
+        copy_to: Path | None = None,
     ) -> None:
-        if hnsw_ef < 1:
-            raise ValueError(f"hnsw_ef must be >= 1, got {hnsw_ef}")
         self.path = Path(path)
         self.hnsw_ef = int(hnsw_ef)
         self.exact_below = int(exact_below)
+        self.copy_to = copy_to
+        self.dim: int | None = None
         self._shard: qe.EdgeShard | None = None
-        self._dim: int | None = None
         self._lock = threading.Lock()
 
-    # -- opening and closing ---------------------------------------------------------------
-
     def exists(self) -> bool:
-        """Whether the folder holds a collection built by :meth:`recreate`."""
+        """Whether the folder holds a collection built by :meth:`create`."""
         return (self.path / CONFIG_FILE).is_file()
 
-    def _open(self) -> qe.EdgeShard:
-        """The open shard, loading it from disk on first use."""
+    def open(self) -> qe.EdgeShard:
+        """The open shard, loading it from disk (or from a fresh private copy) on first use."""
         shard = self._shard
         if shard is not None:
             return shard
@@ -112,59 +306,75 @@ class EdgeVectorStore(VectorStore):
                     raise CollectionNotFoundError(
                         f"No vector collection at {self.path}: {INDEX_HINT}."
                     )
+                load_from = self.path
+                if self.copy_to is not None:
+                    try:
+                        link_copy(self.path, self.copy_to)
+                    except OSError as exc:
+                        raise VectorStoreError(
+                            f"Cannot make a private copy of {self.path} in {self.copy_to} "
+                            f"({exc}): check free space and permissions there."
+                        ) from exc
+                    load_from = self.copy_to
                 try:
-                    self._shard = qe.EdgeShard.load(str(self.path))
+                    self._shard = qe.EdgeShard.load(str(load_from))
                 except Exception as exc:  # qdrant-edge raises bare Exception
+                    self._remove_copy()
                     if "WouldBlock" in str(exc):
                         raise VectorStoreError(
                             f"The vector collection at {self.path} is open elsewhere (its "
-                            "write-ahead log is locked): close the other process or store first."
+                            "write-ahead log is locked): close the other process or store "
+                            "first, or open the store with read_only=True (a private copy per "
+                            "process)."
                         ) from exc
                     raise VectorStoreError(
                         f"Cannot open the vector collection at {self.path} ({exc}); "
                         f"{INDEX_HINT} again."
                     ) from exc
-                self._dim = self._read_dim()
+                self.dim = self._read_dim(load_from)
             return self._shard
 
-    def _read_dim(self) -> int | None:
+    @staticmethod
+    def _read_dim(folder: Path) -> int | None:
         """Vector size from the shard's config file, used to reject mismatched queries early."""
         try:
-            config = json.loads((self.path / CONFIG_FILE).read_text())
+            config = json.loads((folder / CONFIG_FILE).read_text())
             return int(config["vectors"][""]["size"])
         except (OSError, ValueError, KeyError, TypeError):
             return None  # the engine still checks dimensions itself
 
     def close(self) -> None:
-        """Flush and close the shard, releasing its lock so another process may open it."""
+        """Flush and close the shard, releasing its lock; delete the private copy if any."""
         with self._lock:
             shard, self._shard = self._shard, None
-            if shard is not None:
-                try:
-                    shard.flush()
-                finally:
-                    shard.close()
+            try:
+                if shard is not None:
+                    try:
+                        shard.flush()
+                    finally:
+                        shard.close()
+            finally:
+                self._remove_copy()
 
-    # -- building ----------------------------------------------------------------------------
+    def _remove_copy(self) -> None:
+        if self.copy_to is not None:
+            shutil.rmtree(self.copy_to, ignore_errors=True)
 
-    def recreate(
+    def create(
         self,
         dim: int,
-        keyword_fields: Sequence[str] = (),
-        float_fields: Sequence[str] = (),
-        bool_fields: Sequence[str] = (),
+        keyword_fields: Sequence[str],
+        float_fields: Sequence[str],
+        bool_fields: Sequence[str],
     ) -> None:
-        """Delete the folder and create an empty collection with payload indexes.
+        """Create the shard with payload indexes in a folder that is missing or empty.
 
-        Refuses to delete a non-empty folder that is not a qdrant-edge collection, so that a
-        mistyped path cannot wipe unrelated data.
+        Refuses a non-empty folder, so that a mistyped path cannot clobber unrelated data.
         """
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
         self.close()
         if self.path.exists():
-            if self.path.is_dir() and (self.exists() or not any(self.path.iterdir())):
-                shutil.rmtree(self.path)
+            if self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
             else:
                 raise VectorStoreError(
                     f"Refusing to delete {self.path}: it is not a qdrant-edge collection folder."
@@ -193,16 +403,16 @@ class EdgeVectorStore(VectorStore):
                 raise VectorStoreError(
                     f"Cannot create the vector collection at {self.path}: {exc}"
                 ) from exc
-            self._shard, self._dim = shard, dim
+            self._shard, self.dim = shard, dim
 
-    def upsert(self, points: Iterable[ItemPoint], batch_size: int = 1024) -> None:
+    def upsert(self, points: Iterable[ItemPoint], batch_size: int) -> None:
         """Insert or replace points in batches; they are searchable at once (un-indexed)."""
-        shard = self._open()
+        shard = self.open()
         for batch in batched(points, batch_size):
             edge_points = [
                 qe.Point(
                     _point_id(p.id),
-                    as_vector(p.vector, self._dim, f"vector of point {p.id}").tolist(),
+                    as_vector(p.vector, self.dim, f"vector of point {p.id}").tolist(),
                     clean_payload(p.payload),
                 )
                 for p in batch
@@ -214,20 +424,18 @@ class EdgeVectorStore(VectorStore):
 
     def finalize(self) -> None:
         """Build the HNSW graph and payload indexes (``optimize``), then flush to disk."""
-        shard = self._open()
+        shard = self.open()
         try:
             shard.optimize()
             shard.flush()
         except Exception as exc:
             raise VectorStoreError(f"Optimising {self.path} failed: {exc}") from exc
 
-    # -- reading -----------------------------------------------------------------------------
-
-    def search(self, vector: Any, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+    def search(self, vector: Any, k: int, flt: SearchFilter | None) -> list[Hit]:
         """Top-``k`` points by cosine similarity that pass ``flt``, best first."""
         k = check_k(k)
-        shard = self._open()
-        query = as_vector(vector, self._dim)
+        shard = self.open()
+        query = as_vector(vector, self.dim)
         request = qe.SearchRequest(
             query=qe.Query.Nearest(query.tolist()),
             limit=k,
@@ -245,21 +453,356 @@ class EdgeVectorStore(VectorStore):
 
     def count(self) -> int:
         """Exact number of points."""
-        shard = self._open()
+        shard = self.open()
         try:
             return int(shard.count(qe.CountRequest(exact=True)))
         except Exception as exc:
             raise VectorStoreError(f"Counting points in {self.path} failed: {exc}") from exc
 
-    def health(self) -> dict[str, Any]:
-        """Open the shard if needed and report its size and index state; never raises."""
-        out: dict[str, Any] = {"ok": False, "backend": self.backend, "path": str(self.path)}
+    def info(self) -> Any:
+        """The engine's shard info (indexed vectors, segments)."""
+        shard = self.open()
         try:
-            out["points"] = self.count()
-            info = self._open().info()
+            return shard.info()
+        except Exception as exc:
+            raise VectorStoreError(f"Reading {self.path} failed: {exc}") from exc
+
+
+# -- the store: collections and aliases under one root ------------------------------------------
+
+
+class EdgeVectorStore(VectorStore):
+    """Collections and aliases under ``path.parent``, opened on the name ``path.name``.
+
+    Args:
+        path: ``<root>/<name>``: the folder of a plain collection, or where one named like the
+            alias would be (``RECSYS_HOME/qdrant/items``); collections and the ``aliases``
+            folder live beside it.
+        hnsw_ef: Size of the HNSW candidate list at search time: higher is slower and more exact.
+        exact_below: Candidate sets (the collection, or the points passing a filter) smaller
+            than this many points are scanned exactly instead of walking the graph.
+        read_only: Refuse writes and search a private hard-linked copy, so that any number of
+            processes can serve the same collections (see the module docstring).
+
+    Shards are opened lazily and reopened after :meth:`close`, so one object can serve for the
+    life of a process. Without ``read_only`` only one process may have a collection open.
+    """
+
+    backend = "edge"
+
+    def __init__(
+        self,
+        path: Path,
+        hnsw_ef: int = 64,
+        *,
+        exact_below: int = DEFAULT_EXACT_BELOW,
+        read_only: bool = False,
+    ) -> None:
+        if hnsw_ef < 1:
+            raise ValueError(f"hnsw_ef must be >= 1, got {hnsw_ef}")
+        self.path = Path(path)
+        super().__init__(self.path.name, read_only=read_only)
+        self.root = self.path.parent
+        self.hnsw_ef = int(hnsw_ef)
+        self.exact_below = int(exact_below)
+        self._handles: dict[str, EdgeCollection] = {}
+        self._pinned: str | None = None
+        self._sig: Signature = None
+        self._retire_at: dict[str, float] = {}
+        self._retry_at = 0.0
+        self._lock = threading.RLock()
+        self._pointer = self.root / ALIASES_DIR / f"{self.name}.json"
+
+    # -- collections ---------------------------------------------------------------------------
+
+    def list_collections(self) -> list[str]:
+        """Folders under the root that hold a qdrant-edge collection."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if not p.name.startswith(".")
+            and p.name not in RESERVED_NAMES
+            and (p / CONFIG_FILE).is_file()
+        )
+
+    def collection_exists(self, name: str) -> bool:
+        return (self.root / name / CONFIG_FILE).is_file()
+
+    def _create(
+        self,
+        name: str,
+        dim: int,
+        keyword_fields: Sequence[str],
+        float_fields: Sequence[str],
+        bool_fields: Sequence[str],
+        metadata: dict[str, Any],
+    ) -> None:
+        with self._lock:
+            handle = self._handle(name)
+            handle.create(dim, keyword_fields, float_fields, bool_fields)
+            _write_json(self.root / name / META_FILE, metadata)
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            handle = self._handles.pop(name, None)
+            self._retire_at.pop(name, None)
+            if self._pinned == name:
+                self._pinned = None
+            if handle is not None:
+                handle.close()
+        path = self.root / name
+        if not (path / CONFIG_FILE).is_file():
+            raise VectorStoreError(
+                f"Refusing to delete {path}: it is not a qdrant-edge collection folder."
+            )
+        # Rename first: nobody sees a half-deleted folder as a collection.
+        trash = self.root / f".deleting-{name}-{os.getpid()}-{threading.get_ident()}"
+        path.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _metadata(self, name: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self.root / name / META_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    # -- aliases -------------------------------------------------------------------------------
+
+    def _alias_file(self, alias: str) -> Path:
+        return self.root / ALIASES_DIR / f"{alias}.json"
+
+    def list_aliases(self) -> dict[str, str]:
+        folder = self.root / ALIASES_DIR
+        if not folder.is_dir():
+            return {}
+        out = {}
+        for path in sorted(folder.glob("*.json")):
+            history = self._read_alias(path.stem)
+            if history:
+                out[path.stem] = history[-1].collection
+        return out
+
+    def _read_alias(self, alias: str) -> list[AliasEntry] | None:
+        path = self._alias_file(alias)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise VectorStoreError(
+                f"Cannot read the alias file {path} ({exc}): fix it, or delete it to fall back "
+                f"to the plain collection {alias!r}."
+            ) from exc
+        try:
+            history = [AliasEntry.from_json(e) for e in data.get("history") or []]
+            target = data["target"]
+            if not isinstance(target, str):
+                raise ValueError(f"target must be a collection name, got {target!r}")
+        except (AttributeError, KeyError, ValueError) as exc:
+            raise VectorStoreError(
+                f'The alias file {path} is malformed ({exc}): it needs a "target" collection '
+                'name and a "history" list; fix it or delete it.'
+            ) from exc
+        # The pointer is authoritative: someone may have edited "target" by hand.
+        if not history or history[-1].collection != target:
+            history.append(AliasEntry(target, self.run_id_of(target), None))
+        return history
+
+    def _write_alias(self, alias: str, history: list[AliasEntry]) -> None:
+        target = history[-1]
+        _write_json(
+            self._alias_file(alias),
+            {
+                "alias": alias,
+                "target": target.collection,
+                "run_id": target.run_id,
+                "history": [entry.to_json() for entry in history],
+            },
+        )
+
+    @contextmanager
+    def _alias_lock(self, alias: str) -> Iterator[None]:
+        """An ``flock`` on ``aliases/.<alias>.lock``: concurrent index or rollback jobs queue."""
+        folder = self.root / ALIASES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / f".{alias}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- which collection this store reads -------------------------------------------------
+
+    def _signature(self) -> Signature:
+        """What the alias pointer file looks like now; a move replaces it (new inode)."""
+        try:
+            st = os.stat(self._pointer)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _resolve(self) -> tuple[str | None, Signature]:
+        sig = self._signature()  # before reading: a move in between is seen next time
+        history = self._read_alias(self.name) if sig is not None else None
+        if history:
+            return history[-1].collection, sig
+        return (self.name if self.collection_exists(self.name) else None), sig
+
+    def _pin(self, name: str) -> None:
+        with self._lock:
+            self._pinned, self._sig = name, self._signature()
+
+    @property
+    def current_collection(self) -> str | None:
+        if self._pinned is None:
+            with self._lock:
+                if self._pinned is None:
+                    target, sig = self._resolve()
+                    if target is not None:
+                        self._pinned, self._sig = target, sig
+        return self._pinned
+
+    @property
+    def current_path(self) -> Path | None:
+        """Folder of :attr:`current_collection` (the original, not a reader's copy)."""
+        current = self.current_collection
+        return None if current is None else self.root / current
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Follow the alias if its pointer file changed: one ``stat`` when nothing did.
+
+        On a move the new collection is opened before the switch (for a read-only store, a new
+        private copy), and the old one stays open for :data:`RETIRE_GRACE_S` so that searches
+        in flight in other threads finish on it. If the new one cannot be opened, the store
+        stays where it was, raises, and tries again :data:`REFRESH_RETRY_S` later.
+        """
+        if self._retire_at:
+            self._close_retired()
+        if self._pinned is None:
+            return False
+        if not force and self._signature() == self._sig:
+            return False
+        if not force and self._retry_at and time.monotonic() < self._retry_at:
+            return False
+        with self._lock:
+            target, sig = self._resolve()
+            old = self._pinned
+            if target is None or target == old:
+                self._sig = sig
+                return False
+            try:
+                self._handle(target).open()
+            except VectorStoreError:
+                self._retry_at = time.monotonic() + REFRESH_RETRY_S
+                raise
+            self._pinned, self._sig, self._retry_at = target, sig, 0.0
+            self._retire_at.pop(target, None)
+            if old is not None:
+                self._retire_at[old] = time.monotonic() + RETIRE_GRACE_S
+            return True
+
+    def _close_retired(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            expired = [
+                name
+                for name, deadline in self._retire_at.items()
+                if deadline <= now and name != self._pinned
+            ]
+            for name in expired:
+                del self._retire_at[name]
+                handle = self._handles.pop(name, None)
+                if handle is not None:
+                    _close_quietly(handle)
+
+    def _handle(self, name: str) -> EdgeCollection:
+        """The (lazily opened) collection ``name``, shared by reads and writes in this store."""
+        handle = self._handles.get(name)
+        if handle is None:
+            with self._lock:
+                handle = self._handles.get(name)
+                if handle is None:
+                    copy_to = None
+                    if self.read_only:
+                        copy_to = reader_dir(self.root) / f"{name}.{next(_COPY_IDS)}"
+                    handle = EdgeCollection(
+                        self.root / name,
+                        self.hnsw_ef,
+                        exact_below=self.exact_below,
+                        copy_to=copy_to,
+                    )
+                    self._handles[name] = handle
+        return handle
+
+    def _reader(self) -> EdgeCollection:
+        name = self._pinned or self.current_collection
+        if name is None:
+            raise CollectionNotFoundError(f"No vector collection at {self.path}: {INDEX_HINT}.")
+        return self._handle(name)
+
+    def _target(self, collection: str | None) -> EdgeCollection:
+        return self._reader() if collection is None else self._handle(collection)
+
+    def close(self) -> None:
+        """Close every open shard (deleting private copies); the pinned collection is kept."""
+        with self._lock:
+            handles, self._handles = list(self._handles.values()), {}
+            self._retire_at.clear()
+        for handle in handles:
+            _close_quietly(handle)
+
+    # -- building ----------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        points: Iterable[ItemPoint],
+        batch_size: int = 1024,
+        *,
+        collection: str | None = None,
+    ) -> None:
+        """Insert or replace points in batches; they are searchable at once (un-indexed)."""
+        self._check_writable("write points")
+        self._target(collection).upsert(points, batch_size)
+
+    def finalize(self, *, collection: str | None = None) -> None:
+        """Build the HNSW graph and payload indexes (``optimize``), then flush to disk."""
+        self._check_writable("index a collection")
+        self._target(collection).finalize()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def search(self, vector: Any, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        """Top-``k`` points by cosine similarity that pass ``flt``, best first."""
+        return self._reader().search(vector, k, flt)
+
+    def count(self, collection: str | None = None) -> int:
+        """Exact number of points."""
+        return self._target(collection).count()
+
+    def health(self, collection: str | None = None) -> dict[str, Any]:
+        """Open the collection if needed and report its size and index state."""
+        out: dict[str, Any] = {
+            "ok": False,
+            "backend": self.backend,
+            "path": str(self.path),
+            "alias": self.name,
+            "collection": collection,
+            "read_only": self.read_only,
+        }
+        try:
+            handle = self._target(collection)
+            name = collection or self._pinned
+            out.update(collection=name, path=str(handle.path))
+            out["points"] = handle.count()
+            info = handle.info()
             out.update(
                 ok=True,
-                dim=self._dim,
+                run_id=self.run_id_of(name) if name else None,
+                dim=handle.dim,
                 indexed_vectors=int(info.indexed_vectors_count),
                 segments=int(info.segments_count),
                 hnsw_ef=self.hnsw_ef,
@@ -270,4 +813,31 @@ class EdgeVectorStore(VectorStore):
         return out
 
     def __repr__(self) -> str:
-        return f"EdgeVectorStore(path={str(self.path)!r}, hnsw_ef={self.hnsw_ef})"
+        return (
+            f"EdgeVectorStore(path={str(self.path)!r}, hnsw_ef={self.hnsw_ef}, "
+            f"read_only={self.read_only})"
+        )
+
+
+def _close_quietly(handle: EdgeCollection) -> None:
+    """Close a shard we are done with; a failure (its folder was pruned) is only logged."""
+    try:
+        handle.close()
+    except Exception:
+        log.warning("closing the vector collection at %s failed", handle.path, exc_info=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically: readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,13 +1,27 @@
 """Vector store backend on a Qdrant server through qdrant-client.
 
 Use it when several serving processes or machines share one index, or when the catalogue
-outgrows one node. ``location=":memory:"`` runs the same client calls against qdrant-client's
-local mode, so tests exercise this module without a server; local mode is a brute-force scan in
-Python, so it is exact but slow and meant for tests only.
+outgrows one node. ``location=":memory:"`` (or a ``client=`` in local mode) runs the same client
+calls against qdrant-client's local mode, so tests exercise this module without a server; local
+mode is a brute-force scan in Python, so it is exact but slow and meant for tests only.
+
+Aliases are Qdrant's own collection aliases: one ``update_collection_aliases`` call that deletes
+and re-creates the alias is atomic on the server (and in local mode, which applies a batch to a
+copy). The alias history lives in the metadata of the collection the alias points at (key
+``alias_history:<alias>``), written before the alias moves: the history is therefore always
+read from the same place the alias leads to, and a failed move leaves nothing inconsistent. The
+run id of each collection is in its own metadata. Collection metadata needs a Qdrant server
+recent enough to accept the ``metadata`` field of create/update collection.
+
+Qdrant names are shared by collections and aliases, so a plain collection ``items`` from before
+aliases cannot coexist with an alias ``items``: the first ``set_alias("items", ...)`` copies it
+to ``items__legacy``, deletes it, and creates the alias (which keeps the copy as the rollback
+target). Between the delete and the alias creation (milliseconds) searches by name fail.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -16,11 +30,13 @@ from typing import Any, TypeVar
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client.local.qdrant_local import QdrantLocal
 
 from recsys.vectorstore.base import (
     DEFAULT_EXACT_BELOW,
     INDEX_HINT,
     INDEXING_THRESHOLD_KB,
+    AliasEntry,
     CollectionNotFoundError,
     Hit,
     ItemPoint,
@@ -34,11 +50,24 @@ from recsys.vectorstore.base import (
     check_k,
     clean_payload,
     full_scan_threshold_kb,
+    now_iso,
 )
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MEMORY = ":memory:"
+
+#: Metadata key, on the collection an alias points at, that holds the alias's history.
+HISTORY_KEY = "alias_history:"
+
+#: How often a store on a real server asks where its alias points (``refresh``): a round trip
+#: costs about a millisecond, too much for every request.
+DEFAULT_ALIAS_TTL_S = 1.0
+
+#: Suffix of the copy made of a plain pre-alias collection (see the module docstring).
+LEGACY_SUFFIX = "legacy"
 
 
 def server_filter(flt: SearchFilter | None) -> qm.Filter | None:
@@ -57,18 +86,25 @@ def server_filter(flt: SearchFilter | None) -> qm.Filter | None:
 
 
 class QdrantServerVectorStore(VectorStore):
-    """A collection on a Qdrant server (``url``) or in qdrant-client's memory (``location``).
+    """Collections and aliases on a Qdrant server (``url``) or in qdrant-client's local mode.
 
     Args:
-        collection: Collection name on the server.
+        collection: The alias (or plain collection) this store reads, e.g. ``items``.
         url: Server URL, e.g. ``http://localhost:6333``.
         api_key: Server API key, if the server requires one.
         location: ``":memory:"`` for qdrant-client's in-process local mode (tests).
         hnsw_ef: Size of the HNSW candidate list at search time.
         exact_below: Same meaning as for the edge backend: smaller candidate sets are scanned.
         finalize_timeout_s: How long :meth:`finalize` waits for the server to finish indexing.
+        client: An existing client to share (e.g. one local-mode client between a writer and a
+            reader in tests); it is not closed by :meth:`close`.
+        alias_ttl_s: :meth:`refresh` asks the server at most this often (default 1 s on a
+            server, 0 in local mode where asking is an in-process call).
+        read_only: Refuse every write (serving).
 
     The client is created on first use, so constructing a store never touches the network.
+    Searches go to the pinned collection, not to the alias, so that a request never meets item
+    vectors of another model run than the one the API loaded.
     """
 
     backend = "qdrant"
@@ -83,14 +119,18 @@ class QdrantServerVectorStore(VectorStore):
         *,
         exact_below: int = DEFAULT_EXACT_BELOW,
         finalize_timeout_s: float = 600.0,
+        client: QdrantClient | None = None,
+        alias_ttl_s: float | None = None,
+        read_only: bool = False,
     ) -> None:
-        if not url and not location:
+        if not url and not location and client is None:
             raise VectorStoreConfigError(
                 "A Qdrant server URL is required: set RECSYS_VECTOR_STORE__URL "
                 "(e.g. http://localhost:6333), or use RECSYS_VECTOR_STORE__TYPE=edge."
             )
         if hnsw_ef < 1:
             raise ValueError(f"hnsw_ef must be >= 1, got {hnsw_ef}")
+        super().__init__(collection, read_only=read_only)
         self.collection = collection
         self.url = url or None
         self.api_key = api_key
@@ -98,14 +138,26 @@ class QdrantServerVectorStore(VectorStore):
         self.hnsw_ef = int(hnsw_ef)
         self.exact_below = int(exact_below)
         self.finalize_timeout_s = finalize_timeout_s
-        self._local = self.url is None and self.location == MEMORY
-        self._client: QdrantClient | None = None
-        self._dim: int | None = None
+        self._owns_client = client is None
+        if client is not None:
+            self._local = isinstance(getattr(client, "_client", None), QdrantLocal)
+        else:
+            self._local = self.url is None and self.location == MEMORY
+        self.alias_ttl_s = float(
+            alias_ttl_s
+            if alias_ttl_s is not None
+            else (0.0 if self._local else DEFAULT_ALIAS_TTL_S)
+        )
+        self._client: QdrantClient | None = client
+        self._dims: dict[str, int] = {}
+        self._pinned: str | None = None
+        self._checked_at = 0.0
 
-    @property
-    def where(self) -> str:
-        """Human-readable address of the collection, used in messages."""
-        return f"collection {self.collection!r} at {self.url or self.location}"
+    def where(self, name: str | None = None) -> str:
+        """Human-readable address of a collection (default: this store's name), for messages."""
+        name = name or self._pinned or self.collection
+        via = f" (alias {self.collection!r})" if name != self.collection else ""
+        return f"collection {name!r}{via} at {self.url or self.location or 'a shared client'}"
 
     @property
     def client(self) -> QdrantClient:
@@ -119,13 +171,13 @@ class QdrantServerVectorStore(VectorStore):
 
     def close(self) -> None:
         """Close the connection. An in-memory collection lives in its client and survives."""
-        if self._client is not None and not self._local:
+        if self._client is not None and self._owns_client and not self._local:
             self._client.close()
             self._client = None
 
     # -- error handling ----------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def _call(self, what: str, fn: Callable[[], T], name: str | None = None) -> T:
         """Run a client call, turning "collection not found" into a message that says why."""
         try:
             return fn()
@@ -136,69 +188,232 @@ class QdrantServerVectorStore(VectorStore):
                 isinstance(exc, ValueError) and "not found" in str(exc)
             )
             if not_found:
-                self._dim = None
-                raise CollectionNotFoundError(f"No vector {self.where}: {INDEX_HINT}.") from exc
-            raise VectorStoreError(f"{what} on {self.where} failed: {exc}") from exc
+                self._dims.pop(name or "", None)
+                if name is not None and name == self._pinned and name != self.collection:
+                    raise CollectionNotFoundError(
+                        f"The {self.where(name)} is gone (pruned after the alias moved on): "
+                        f"call refresh() to follow alias {self.collection!r}."
+                    ) from exc
+                raise CollectionNotFoundError(
+                    f"No vector {self.where(name)}: {INDEX_HINT}."
+                ) from exc
+            raise VectorStoreError(f"{what} on {self.where(name)} failed: {exc}") from exc
 
-    def _collection_dim(self) -> int:
-        """Vector size of the collection, fetched once; also proves that it exists."""
-        if self._dim is None:
-            info = self._call("Reading", lambda: self.client.get_collection(self.collection))
+    def _collection_dim(self, name: str) -> int:
+        """Vector size of a collection, fetched once; also proves that it exists."""
+        dim = self._dims.get(name)
+        if dim is None:
+            info = self._call("Reading", lambda: self.client.get_collection(name), name)
             vectors = info.config.params.vectors
             if not isinstance(vectors, qm.VectorParams):
-                raise VectorStoreError(f"The {self.where} does not have one unnamed vector.")
-            self._dim = int(vectors.size)
-        return self._dim
+                raise VectorStoreError(f"The {self.where(name)} does not have one unnamed vector.")
+            dim = self._dims[name] = int(vectors.size)
+        return dim
 
-    # -- building ----------------------------------------------------------------------------
+    # -- collections -------------------------------------------------------------------------
 
-    def recreate(
+    def list_collections(self) -> list[str]:
+        response = self._call("Listing collections", self.client.get_collections)
+        return sorted(c.name for c in response.collections)
+
+    def list_aliases(self) -> dict[str, str]:
+        response = self._call("Listing aliases", self.client.get_aliases)
+        return {a.alias_name: a.collection_name for a in response.aliases}
+
+    def _create(
         self,
+        name: str,
         dim: int,
-        keyword_fields: Sequence[str] = (),
-        float_fields: Sequence[str] = (),
-        bool_fields: Sequence[str] = (),
+        keyword_fields: Sequence[str],
+        float_fields: Sequence[str],
+        bool_fields: Sequence[str],
+        metadata: dict[str, Any],
     ) -> None:
-        """Drop and create the collection with indexing paused until :meth:`finalize`.
+        """Create the collection with indexing paused until :meth:`finalize`.
 
         ``indexing_threshold=0`` during the bulk load is Qdrant's advice for fast uploads: the
         graph is built once at the end rather than re-built as segments fill up.
         """
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
         client = self.client
 
         def create() -> None:
-            if client.collection_exists(self.collection):
-                client.delete_collection(self.collection)
             client.create_collection(
-                self.collection,
+                name,
                 vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
                 hnsw_config=qm.HnswConfigDiff(
                     full_scan_threshold=full_scan_threshold_kb(self.exact_below, dim)
                 ),
                 optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=0),
+                metadata=metadata,
             )
             for fields, schema in (
                 (keyword_fields, qm.PayloadSchemaType.KEYWORD),
                 (float_fields, qm.PayloadSchemaType.FLOAT),
                 (bool_fields, qm.PayloadSchemaType.BOOL),
             ):
-                for name in fields:
+                for field_name in fields:
                     with warnings.catch_warnings():
                         # Local mode warns that payload indexes have no effect there.
                         if self._local:
                             warnings.simplefilter("ignore", UserWarning)
                         client.create_payload_index(
-                            self.collection, name, field_schema=schema, wait=True
+                            name, field_name, field_schema=schema, wait=True
                         )
 
-        self._call("Creating", create)
-        self._dim = dim
+        self._call("Creating", create, name)
+        self._dims[name] = dim
 
-    def upsert(self, points: Iterable[ItemPoint], batch_size: int = 1024) -> None:
+    def _drop(self, name: str) -> None:
+        self._call("Deleting", lambda: self.client.delete_collection(name), name)
+        self._dims.pop(name, None)
+        if self._pinned == name:
+            self._pinned = None
+
+    def _metadata(self, name: str) -> dict[str, Any]:
+        try:
+            info = self._call("Reading", lambda: self.client.get_collection(name), name)
+        except CollectionNotFoundError:
+            return {}
+        metadata = getattr(info.config, "metadata", None)
+        return dict(metadata) if isinstance(metadata, dict) else {}
+
+    # -- aliases -------------------------------------------------------------------------------
+
+    def _read_alias(self, alias: str) -> list[AliasEntry] | None:
+        target = self.list_aliases().get(alias)
+        if target is None:
+            return None
+        raw = self._metadata(target).get(HISTORY_KEY + alias)
+        try:
+            history = [AliasEntry.from_json(e) for e in raw] if isinstance(raw, list) else []
+        except ValueError:
+            log.warning("ignoring a malformed history of alias %r on %r", alias, target)
+            history = []
+        # The alias is authoritative: someone may have moved it with another tool.
+        if not history or history[-1].collection != target:
+            history.append(AliasEntry(target, self.run_id_of(target), None))
+        return history
+
+    def _write_alias(self, alias: str, history: list[AliasEntry]) -> None:
+        target = history[-1].collection
+        entries = [entry.to_json() for entry in history]
+        self._call(
+            "Recording the alias history",
+            lambda: self.client.update_collection(target, metadata={HISTORY_KEY + alias: entries}),
+            target,
+        )
+        operations: list[qm.CreateAliasOperation | qm.DeleteAliasOperation] = [
+            qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)),
+            qm.CreateAliasOperation(
+                create_alias=qm.CreateAlias(collection_name=target, alias_name=alias)
+            ),
+        ]
+        self._call(
+            "Moving the alias",
+            lambda: self.client.update_collection_aliases(change_aliases_operations=operations),
+            target,
+        )
+
+    def _before_alias_change(self, alias: str) -> None:
+        """Adopt a plain collection named ``alias``: copy it, delete it, alias the copy."""
+        if alias in self.list_aliases() or not self.collection_exists(alias):
+            return
+        legacy = self.new_collection_name(alias, LEGACY_SUFFIX)
+        log.warning(
+            "copying the plain collection %r to %r to make %r an alias", alias, legacy, alias
+        )
+        self._copy_collection(alias, legacy)
+        self._drop(alias)
+        self._write_alias(alias, [AliasEntry(legacy, None, now_iso())])
+
+    def _copy_collection(self, source: str, target: str) -> None:
+        """Copy points, vectors, payloads and payload indexes into a new collection."""
+        info = self._call("Reading", lambda: self.client.get_collection(source), source)
+        vectors = info.config.params.vectors
+        if not isinstance(vectors, qm.VectorParams):
+            raise VectorStoreError(f"The {self.where(source)} does not have one unnamed vector.")
+        fields: dict[Any, list[str]] = {}
+        for field_name, index in (info.payload_schema or {}).items():
+            fields.setdefault(index.data_type, []).append(field_name)
+        self._create(
+            target,
+            int(vectors.size),
+            fields.get(qm.PayloadSchemaType.KEYWORD, []),
+            fields.get(qm.PayloadSchemaType.FLOAT, []),
+            fields.get(qm.PayloadSchemaType.BOOL, []),
+            {"created_at": now_iso(), "copied_from": source},
+        )
+        offset = None
+        while True:
+            records, offset = self._call(
+                "Reading points",
+                lambda offset=offset: self.client.scroll(
+                    source, limit=1024, offset=offset, with_payload=True, with_vectors=True
+                ),
+                source,
+            )
+            if records:
+                self.upsert(
+                    (ItemPoint(int(r.id), r.vector, dict(r.payload or {})) for r in records),
+                    collection=target,
+                )
+            if offset is None:
+                break
+        self.finalize(collection=target)
+
+    # -- which collection this store reads -------------------------------------------------
+
+    def _resolve(self) -> str | None:
+        target = self.list_aliases().get(self.collection)
+        if target is not None:
+            return target
+        return self.collection if self.collection_exists(self.collection) else None
+
+    def _pin(self, name: str) -> None:
+        self._pinned, self._checked_at = name, time.monotonic()
+
+    @property
+    def current_collection(self) -> str | None:
+        if self._pinned is None:
+            target = self._resolve()
+            if target is not None:
+                self._pin(target)
+        return self._pinned
+
+    def _current(self) -> str:
+        name = self._pinned or self.current_collection
+        if name is None:
+            raise CollectionNotFoundError(f"No vector {self.where()}: {INDEX_HINT}.")
+        return name
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Ask where the alias points, at most every ``alias_ttl_s`` seconds unless ``force``."""
+        if self._pinned is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._checked_at < self.alias_ttl_s:
+            return False
+        self._checked_at = now
+        target = self._resolve()
+        if target is None or target == self._pinned:
+            return False
+        self._collection_dim(target)  # proves the new target is readable before switching
+        self._pinned = target
+        return True
+
+    # -- building ----------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        points: Iterable[ItemPoint],
+        batch_size: int = 1024,
+        *,
+        collection: str | None = None,
+    ) -> None:
         """Insert or replace points in batches, waiting for each batch to be applied."""
-        dim = self._collection_dim()
+        self._check_writable("write points")
+        name = collection or self._current()
+        dim = self._collection_dim(name)
         for batch in batched(points, batch_size):
             structs = [
                 qm.PointStruct(
@@ -210,19 +425,21 @@ class QdrantServerVectorStore(VectorStore):
             ]
             self._call(
                 "Upsert",
-                lambda structs=structs: self.client.upsert(
-                    self.collection, points=structs, wait=True
-                ),
+                lambda structs=structs: self.client.upsert(name, points=structs, wait=True),
+                name,
             )
 
-    def finalize(self) -> None:
+    def finalize(self, *, collection: str | None = None) -> None:
         """Turn indexing on and wait until the server reports the collection green."""
+        self._check_writable("index a collection")
+        name = collection or self._current()
         self._call(
             "Enabling indexing",
             lambda: self.client.update_collection(
-                self.collection,
+                name,
                 optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=INDEXING_THRESHOLD_KB),
             ),
+            name,
         )
         if self._local:
             return  # local mode has no optimizer: everything is searchable at once
@@ -231,12 +448,12 @@ class QdrantServerVectorStore(VectorStore):
         # The optimizer starts asynchronously: ask for green twice in a row to avoid reading
         # the status before it has switched to yellow.
         while greens < 2:
-            info = self._call("Reading", lambda: self.client.get_collection(self.collection))
+            info = self._call("Reading", lambda: self.client.get_collection(name), name)
             greens = greens + 1 if info.status == qm.CollectionStatus.GREEN else 0
             if greens < 2:
                 if time.monotonic() > deadline:
                     raise VectorStoreError(
-                        f"The {self.where} is still {info.status} after "
+                        f"The {self.where(name)} is still {info.status} after "
                         f"{self.finalize_timeout_s:.0f} s of indexing."
                     )
                 time.sleep(0.5)
@@ -246,40 +463,48 @@ class QdrantServerVectorStore(VectorStore):
     def search(self, vector: Any, k: int, flt: SearchFilter | None = None) -> list[Hit]:
         """Top-``k`` points by cosine similarity that pass ``flt``, best first."""
         k = check_k(k)
-        query = as_vector(vector, self._collection_dim())
+        name = self._current()
+        query = as_vector(vector, self._collection_dim(name))
         # Local mode is brute force and warns that search params are ignored: leave them out.
         params = None if self._local else qm.SearchParams(hnsw_ef=max(self.hnsw_ef, k))
         response = self._call(
             "Search",
             lambda: self.client.query_points(
-                self.collection,
+                name,
                 query=query.tolist(),
                 limit=k,
                 query_filter=server_filter(flt),
                 search_params=params,
                 with_payload=True,
             ),
+            name,
         )
         return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
-    def count(self) -> int:
+    def count(self, collection: str | None = None) -> int:
         """Exact number of points."""
-        result = self._call("Counting", lambda: self.client.count(self.collection, exact=True))
+        name = collection or self._current()
+        result = self._call("Counting", lambda: self.client.count(name, exact=True), name)
         return int(result.count)
 
-    def health(self) -> dict[str, Any]:
-        """Reach the server and describe the collection; never raises."""
+    def health(self, collection: str | None = None) -> dict[str, Any]:
+        """Reach the server and describe the collection (default: the current one)."""
         out: dict[str, Any] = {
             "ok": False,
             "backend": self.backend,
             "url": self.url or self.location,
-            "collection": self.collection,
+            "alias": self.collection,
+            "collection": collection or self._pinned,
+            "read_only": self.read_only,
         }
         try:
-            out["points"] = self.count()
-            info = self._call("Reading", lambda: self.client.get_collection(self.collection))
+            name = collection or self._current()
+            out["collection"] = name
+            out["points"] = self.count(name)
+            info = self._call("Reading", lambda: self.client.get_collection(name), name)
             out.update(
                 ok=True,
+                run_id=self.run_id_of(name),
                 status=str(getattr(info.status, "value", info.status)),
                 indexed_vectors=info.indexed_vectors_count,
                 hnsw_ef=self.hnsw_ef,
@@ -292,5 +517,6 @@ class QdrantServerVectorStore(VectorStore):
     def __repr__(self) -> str:
         return (
             f"QdrantServerVectorStore(collection={self.collection!r}, "
-            f"url={self.url or self.location!r}, hnsw_ef={self.hnsw_ef})"
+            f"url={self.url or self.location!r}, hnsw_ef={self.hnsw_ef}, "
+            f"read_only={self.read_only})"
         )

@@ -1,0 +1,160 @@
+"""Item-to-item neighbours: the behavioural candidate source of the served pipeline.
+
+EASE (Steck 2019) is the strongest single model on sparse fashion purchases in our evaluation
+(ASOS Recall@10 0.038 against 0.031 for tuned ALS), but its weight matrix is dense (items x
+items: 3.5 GB at 30k items). Serving keeps only each item's ``top_n`` largest weights in a CSR
+matrix, so scoring a user is a sparse gather over the rows of their history: microseconds per
+request, a few MB on disk. Catalogues too large for a dense inverse fall back to cosine
+similarity over co-purchases (item-kNN), which needs only the sparse Gram matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from models.baselines import EASE, ItemKNN
+
+log = logging.getLogger(__name__)
+
+Method = Literal["auto", "ease", "cosine"]
+
+
+@dataclass
+class ItemNeighbors:
+    """A sparse item x item weight matrix over a fixed vocabulary (row/column = item index).
+
+    Index 0 is reserved for unknown items (an empty row), matching the two-tower encoder's
+    vocabulary, so that every candidate source of the pipeline speaks the same item indices.
+    """
+
+    matrix: sp.csr_matrix
+    method: str
+    params: dict[str, float | int]
+
+    @property
+    def n_items(self) -> int:
+        return self.matrix.shape[0]
+
+    @classmethod
+    def fit(
+        cls,
+        interactions: sp.csr_matrix,
+        method: Method = "auto",
+        top_n: int = 200,
+        ease_lambda: float = 400.0,
+        ease_memory_gb: float = 8.0,
+    ) -> ItemNeighbors:
+        """Fit on a users x items matrix whose columns are the vocabulary (column 0 unused).
+
+        ``auto`` picks EASE when its dense matrix fits ``ease_memory_gb``, else cosine.
+        """
+        n = interactions.shape[1]
+        if method == "auto":
+            method = "ease" if EASE.required_gb(n) <= ease_memory_gb else "cosine"
+        if method == "ease":
+            model = EASE(ease_lambda, memory_gb=ease_memory_gb).fit(interactions)
+            weights = _dense_top_n(model.weights, top_n)
+            del model
+            params: dict[str, float | int] = {"lambda": ease_lambda, "top_n": top_n}
+        elif method == "cosine":
+            weights = ItemKNN(top_n).fit(interactions).similarity
+            params = {"top_n": top_n}
+        else:
+            raise ValueError(f"item-item method must be auto, ease or cosine, got {method!r}")
+        weights.eliminate_zeros()
+        log.info("item-item %s: %d items, %d weights", method, n, weights.nnz)
+        return cls(weights.tocsr(), method, params)
+
+    def gather(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Entries of the history rows: (columns, weights, source row) concatenated.
+
+        The sum of these weights per column is the EASE/cosine score of a user with that
+        history; the source row tells which history item proposed a candidate (its reason).
+        """
+        m = self.matrix
+        history = history[(history > 0) & (history < m.shape[0])]
+        if len(history) == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, np.empty(0, dtype=np.float32), empty
+        starts, ends = m.indptr[history], m.indptr[history + 1]
+        lengths = ends - starts
+        total = int(lengths.sum())
+        if total == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, np.empty(0, dtype=np.float32), empty
+        # positions of every entry of every history row, without a Python loop
+        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+        return (
+            m.indices[offsets].astype(np.int64),
+            m.data[offsets],
+            np.repeat(history, lengths),
+        )
+
+    def scores(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(items, summed weight) for a history of item indices, unsorted, items unique."""
+        cols, weights, _ = self.gather(history)
+        if len(cols) == 0:
+            return cols, weights
+        items, inverse = np.unique(cols, return_inverse=True)
+        return items, np.bincount(inverse, weights=weights).astype(np.float32)
+
+    def neighbours(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` heaviest neighbours of one item index, best first."""
+        if not 0 < item < self.n_items:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        lo, hi = self.matrix.indptr[item], self.matrix.indptr[item + 1]
+        cols, data = self.matrix.indices[lo:hi], self.matrix.data[lo:hi]
+        order = np.argsort(-data, kind="stable")[:k]
+        return cols[order].astype(np.int64), data[order]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Path) -> None:
+        """Parquet triplets (item, neighbour, weight); method and params in the metadata."""
+        coo = self.matrix.tocoo()
+        frame = pd.DataFrame(
+            {"item": coo.row.astype(np.int32), "neighbour": coo.col.astype(np.int32),
+             "weight": coo.data.astype(np.float32)}
+        )  # fmt: skip
+        frame.attrs = {"method": self.method, "n_items": self.n_items, **self.params}
+        frame.to_parquet(path, index=False)
+
+    @classmethod
+    def load(cls, path: Path) -> ItemNeighbors:
+        frame = pd.read_parquet(path)
+        meta = dict(frame.attrs)
+        n = int(meta.pop("n_items"))
+        method = str(meta.pop("method"))
+        matrix = sp.csr_matrix(
+            (frame["weight"].to_numpy(np.float32),
+             (frame["item"].to_numpy(np.int64), frame["neighbour"].to_numpy(np.int64))),
+            shape=(n, n), dtype=np.float32,
+        )  # fmt: skip
+        matrix.sort_indices()
+        return cls(matrix, method, meta)
+
+
+def _dense_top_n(weights: np.ndarray, top_n: int, chunk: int = 2048) -> sp.csr_matrix:
+    """The ``top_n`` largest positive entries of each row of a dense matrix, as CSR."""
+    n, m = weights.shape
+    k = min(top_n, m - 1)
+    rows, cols, vals = [], [], []
+    for lo in range(0, n, chunk):
+        block = weights[lo : lo + chunk]
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        top_vals = np.take_along_axis(block, top, axis=1)
+        keep = top_vals > 0
+        rows.append(np.repeat(np.arange(lo, lo + len(block)), keep.sum(axis=1)))
+        cols.append(top[keep])
+        vals.append(top_vals[keep])
+    return sp.csr_matrix(
+        (np.concatenate(vals).astype(np.float32),
+         (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n, m), dtype=np.float32,
+    )  # fmt: skip

@@ -1,0 +1,125 @@
+"""Score the served pipeline in ``recsys evaluate``: the API's code, called for every test user.
+
+The current run (``artifacts/current``) is loaded exactly as the API loads it: its two-tower
+model, its candidate sources, its ranker, and the vector store collection that ``recsys index``
+built (searched through HNSW with the same filters). Each test user's context comes from
+Feast's ``get_historical_features`` as of the run's cutoff, i.e. the row the online store held
+when the test period began; users without one get the anonymous-visitor answer, as in the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.artifacts import current_run, load_run
+from pipelines.ranking import has_ranking
+from recsys.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def served_run(settings: Settings) -> tuple[Path, dict[str, Any]] | None:
+    """(run folder, manifest) of the run the API would serve, None if there is none."""
+    import json
+
+    try:
+        run_dir = current_run(settings.artifacts_dir)
+    except FileNotFoundError:
+        return None
+    if not has_ranking(run_dir):
+        return None
+    return run_dir, json.loads((run_dir / "manifest.json").read_text())
+
+
+def evaluate_served(
+    settings: Settings,
+    eval_users: list[str],
+    k: int,
+    as_of: pd.Timestamp,
+    progress: Any = log.info,
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Rankings of the served pipeline for ``eval_users`` and a description of the run."""
+    from tqdm import tqdm
+
+    from pipelines.train import RANKING_USER_REFS, _historical, user_vectors
+    from recsys.feast_store import open_store
+    from recsys.vectorstore import open_vector_store
+    from serving.pipeline import ServedPipeline, store_search
+
+    found = served_run(settings)
+    if found is None:
+        raise FileNotFoundError("no run with a ranker: run `recsys train` and `recsys index`")
+    run_dir, manifest = found
+    model, users, items, _ = load_run(run_dir)
+    store = open_vector_store(settings.vector_store, settings.home)
+    try:
+        search = store_search(lambda: store)
+        pipeline = ServedPipeline.load(run_dir, settings, model, users, items, search)
+        started = time.perf_counter()
+        feast = open_store(settings)
+        frame = _historical(
+            feast,
+            pd.DataFrame({"user_id": eval_users, "event_timestamp": as_of}),
+            RANKING_USER_REFS,
+        )
+        frame = frame.drop_duplicates("user_id").set_index("user_id").reindex(eval_users)
+        frame = frame.rename_axis("user_id").reset_index()
+        known = (
+            frame.drop(columns=["user_id", "event_timestamp"], errors="ignore")
+            .notna()
+            .any(axis=1)
+            .to_numpy()
+        )
+        frame["purchased_items"] = [
+            list(v) if isinstance(v, list | np.ndarray) else [] for v in frame["purchased_items"]
+        ]
+        vectors = user_vectors(model, users, items, frame)
+        records = frame.drop(columns=["event_timestamp"], errors="ignore").to_dict("records")
+        features_seconds = time.perf_counter() - started
+        rankings: dict[str, list[str]] = {}
+        sources: dict[str, int] = {}
+        t0 = time.perf_counter()
+        for i, user in enumerate(tqdm(eval_users, desc="served pipeline", unit="user",
+                                      mininterval=5, leave=False)):  # fmt: skip
+            if known[i]:
+                row = {key: value for key, value in records[i].items() if _present(value)}
+                ctx = pipeline.context(user, row, vector=vectors[i])
+            else:
+                ctx = pipeline.context(user, None)
+            ranked = pipeline.recommend(ctx, k).items
+            rankings[user] = [r.item_id for r in ranked]
+            for r in ranked[:10]:
+                for s in r.sources:
+                    sources[s] = sources.get(s, 0) + 1
+        seconds = time.perf_counter() - t0
+    finally:
+        store.close()
+    per_user_ms = 1e3 * seconds / max(len(eval_users), 1)
+    progress(f"    served: {len(eval_users):,} users in {seconds:.1f}s ({per_user_ms:.2f} ms/user)")
+    info = {
+        "run": run_dir.name,
+        "as_of": str(as_of),
+        "trained_on": manifest.get("data", {}).get("evaluation"),
+        "ranking": {key: manifest.get("ranking", {}).get(key)
+                    for key in ("label_users", "rows", "item_item", "rules")},
+        "features_seconds": round(features_seconds, 2),
+        "recommend_seconds": round(seconds, 2),
+        "ms_per_user": round(per_user_ms, 3),
+        "top10_source_share": {s: round(n / max(sum(sources.values()), 1), 4)
+                               for s, n in sorted(sources.items())},
+    }  # fmt: skip
+    return rankings, info
+
+
+def _present(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, float) and np.isnan(value):
+        return False
+    return True

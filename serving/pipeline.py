@@ -1,0 +1,233 @@
+"""The served pipeline: candidates -> LightGBM ranker -> business rules -> top k with reasons.
+
+This module holds no HTTP and no Feast: it is called by the API for one visitor at a time and
+by ``recsys evaluate`` for every test user, through the same :meth:`ServedPipeline.recommend`,
+so the offline numbers are the numbers of what is served.
+
+Business rules after ranking:
+
+* already bought or browsed in this visit: excluded before any source runs;
+* the request's filters (category, department, max price, in stock): pushed into the vector
+  search as payload filters and applied to every other source by the catalogue's masks;
+* diversity: at most ``max_category_share`` of the list from one category, and near-duplicates
+  (the same title as an item already chosen, e.g. a product listed once per size or colour)
+  removed; both are relaxed, in rank order, when too few items remain to fill ``k``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.candidates import (
+    NO_FILTERS,
+    UNKNOWN,
+    CandidateGenerator,
+    CandidateSet,
+    ItemFilters,
+    UserContext,
+    VectorSearch,
+)
+from models.encoding import ItemEncoder, UserEncoder
+from models.ranker import Ranker
+from models.two_tower import TwoTower
+from pipelines.ranking import RANKER_FILE, Sources
+from recsys.config import Settings
+from recsys.vectorstore import SearchFilter, VectorStore
+
+
+@dataclass
+class RankedItem:
+    item_id: str
+    index: int
+    score: float
+    sources: list[str]
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Ranking:
+    """A ranked answer and the sources that failed while producing it (degraded if any)."""
+
+    items: list[RankedItem]
+    failed: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
+
+    def item_ids(self) -> list[str]:
+        return [r.item_id for r in self.items]
+
+
+class ServedPipeline:
+    """Everything one recommendation needs, loaded once per process."""
+
+    def __init__(
+        self,
+        generator: CandidateGenerator,
+        ranker: Ranker,
+        model: TwoTower | None = None,
+        users: UserEncoder | None = None,
+        items: ItemEncoder | None = None,
+        max_category_share: float = 0.5,
+    ) -> None:
+        self.generator = generator
+        self.catalog = generator.catalog
+        self.ranker = ranker
+        self.model = model
+        self.users = users
+        self.items = items
+        self.max_category_share = max_category_share
+
+    @classmethod
+    def load(
+        cls,
+        run_dir: Path,
+        settings: Settings,
+        model: TwoTower,
+        users: UserEncoder,
+        items: ItemEncoder,
+        vector_search: VectorSearch | None,
+    ) -> ServedPipeline:
+        if not (run_dir / RANKER_FILE).exists():
+            raise FileNotFoundError(
+                f"{run_dir} has no {RANKER_FILE}: it was trained without the ranking stage; "
+                "run `recsys train` (with RECSYS_RANKING__ENABLED=true)"
+            )
+        sources = Sources.load(run_dir)
+        generator = sources.generator(items.item_ids, settings, vector_search)
+        ranker = Ranker.load(run_dir / RANKER_FILE)
+        return cls(generator, ranker, model, users, items, settings.ranking.max_category_share)
+
+    # ------------------------------------------------------------------ context
+    @torch.no_grad()
+    def user_vector(self, features: Mapping[str, Sequence[Any]]) -> np.ndarray | None:
+        """The two-tower user vector from one Feast row in ``to_dict()`` shape."""
+        if self.model is None or self.users is None or self.items is None:
+            return None
+        inputs = self.users.encode(features, self.items)
+        tensors = {k: torch.as_tensor(v) for k, v in inputs.items()}
+        return self.model.user_vectors(tensors)[0].numpy()
+
+    def context(
+        self,
+        user_id: str | None,
+        features: Mapping[str, Any] | None,
+        session: Sequence[str] = (),
+        vector: np.ndarray | None = None,
+    ) -> UserContext:
+        """A visitor from their Feast row (None: nothing known) and this visit's items."""
+        features = dict(features or {})
+        history = [h for h in (features.get("purchased_items") or []) if h]
+        if vector is None and (features or session):
+            row = {k: [v] for k, v in features.items()}
+            row["user_id"] = [user_id or ""]
+            row["purchased_items"] = [list(dict.fromkeys([*session, *history]))]
+            vector = self.user_vector(row)
+        return UserContext(user_id, history, list(session), features, vector)
+
+    # ------------------------------------------------------------------ ranking
+    def recommend(self, ctx: UserContext, k: int, filters: ItemFilters = NO_FILTERS) -> Ranking:
+        """The top ``k`` after ranking and business rules, each with sources and reasons."""
+        cand = self.generator.generate(ctx, filters)
+        timings = dict(cand.timings_ms)
+        if len(cand) == 0:
+            return Ranking([], cand.failed, timings)
+        t0 = time.perf_counter()
+        scores = self.ranker.predict(cand.features)
+        t1 = time.perf_counter()
+        order = np.argsort(-scores, kind="stable")
+        chosen = self._diversify(cand, order, k)
+        items = [self._explain(cand, pos, float(scores[pos]), ctx) for pos in chosen]
+        timings["ranker"] = (t1 - t0) * 1e3
+        timings["rules"] = (time.perf_counter() - t1) * 1e3
+        return Ranking(items, cand.failed, timings)
+
+    def _diversify(self, cand: CandidateSet, order: np.ndarray, k: int) -> list[int]:
+        cap = max(1, math.ceil(self.max_category_share * k))
+        per_category: dict[int, int] = {}
+        titles: set[str] = set()
+        chosen: list[int] = []
+        skipped: list[int] = []
+        unknown = 0  # category code of "unknown": not capped (no information)
+        for pos in order.tolist():
+            if len(chosen) == k:
+                break
+            item = int(cand.items[pos])
+            category = int(self.catalog.category[item])
+            title = self.catalog.titles[item].strip().lower()
+            if title and title in titles:
+                skipped.append(pos)
+                continue
+            if category != unknown and per_category.get(category, 0) >= cap:
+                skipped.append(pos)
+                continue
+            chosen.append(pos)
+            per_category[category] = per_category.get(category, 0) + 1
+            if title and title != self.catalog.item_id(item).lower():
+                titles.add(title)
+        if len(chosen) < k:  # relax the rules rather than return a short list
+            chosen += skipped[: k - len(chosen)]
+        return chosen
+
+    def _explain(self, cand: CandidateSet, pos: int, score: float, ctx: UserContext) -> RankedItem:
+        item = int(cand.items[pos])
+        sources = [s for s, mask in cand.sources.items() if mask[pos]]
+        reasons = []
+        session = set(ctx.session)
+        for source in sources:
+            if source == "item_item" and cand.ii_seed[pos]:
+                seed = self.catalog.item_id(int(cand.ii_seed[pos]))
+                verb = "viewed" if seed in session else "bought"
+                reasons.append(f"similar to {self._name(seed)} you {verb}")
+            elif source == "bought_together" and cand.bt_seed[pos]:
+                seed = self.catalog.item_id(int(cand.bt_seed[pos]))
+                reasons.append(f"often bought together with {self._name(seed)}")
+            elif source == "two_tower":
+                reasons.append("matches your profile and purchase history")
+            elif source == "popular":
+                who = f" with shoppers aged {ctx.age_bucket}" if ctx.age_bucket else ""
+                reasons.append(f"popular right now{who}")
+        return RankedItem(self.catalog.item_id(item), item, score, sources, reasons)
+
+    def _name(self, item_id: str) -> str:
+        title = self.catalog.titles[self.catalog.index(item_id)]
+        return f"'{title}'" if title and title != item_id else item_id
+
+
+def store_search(store: Callable[[], VectorStore]) -> VectorSearch:
+    """Two-tower candidates from the vector store, the filters pushed into its payload index.
+
+    ``store`` returns the store to ask, read at each call so that a store swapped by the API
+    (a new collection behind the alias) is used at once.
+    """
+
+    def search(
+        vector: np.ndarray, k: int, filters: ItemFilters, exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        equals: dict[str, str | bool] = {}
+        if filters.category is not None:
+            equals["category"] = filters.category
+        if filters.department is not None:
+            equals["department"] = filters.department
+        if filters.in_stock is not None:
+            equals["in_stock"] = filters.in_stock
+        ranges = {"price": (None, filters.max_price)} if filters.max_price is not None else {}
+        hits = store().search(
+            vector, k, SearchFilter(equals=equals, ranges=ranges,
+                                    exclude_ids=frozenset(int(i) for i in exclude if i > 0)),
+        )  # fmt: skip
+        return (
+            np.fromiter((h.id for h in hits), dtype=np.int64, count=len(hits)),
+            np.fromiter((h.score for h in hits), dtype=np.float64, count=len(hits)),
+        )
+
+    return search
+
+
+__all__ = ["ServedPipeline", "RankedItem", "Ranking", "store_search", "UNKNOWN"]

@@ -1,0 +1,197 @@
+"""Every endpoint of the API against the real pipeline output (``pipeline_home``), no mocks."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from models.artifacts import MANIFEST, current_run
+from pipelines.schema import table_path
+from serving.app import create_app
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def client(pipeline_settings) -> TestClient:
+    with TestClient(create_app(pipeline_settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def shop(pipeline_settings) -> dict:
+    """Catalogue, purchases and one customer with a few purchases."""
+    s = pipeline_settings
+    items = pd.read_parquet(table_path(s.validated_dir, "items"))
+    inter = pd.read_parquet(table_path(s.validated_dir, "interactions"))
+    buys = inter[inter["event_type"] == "purchase"]
+    counts = buys.groupby("user_id").size()
+    user = str(counts[counts >= 3].index[0])
+    return {"items": items, "buys": buys, "user": user,
+            "bought": set(buys[buys["user_id"] == user]["item_id"])}  # fmt: skip
+
+
+def test_recommendations_respect_every_filter(client, shop) -> None:
+    items = shop["items"].set_index("item_id")
+    category = str(items["category"].value_counts().index[0])
+    max_price = float(items["price"].median())
+    body = client.get(
+        f"/users/{shop['user']}/recommendations",
+        params={"k": 10, "category": category, "max_price": max_price, "in_stock": True},
+    ).json()
+    assert body["items"], body
+    for item in body["items"]:
+        row = items.loc[item["item_id"]]
+        assert row["category"] == category and row["price"] <= max_price
+        assert bool(row.get("in_stock", True)) is True
+        assert item["item_id"] not in shop["bought"]
+    nothing = client.get(f"/users/{shop['user']}/recommendations",
+                         params={"category": "no-such-category"}).json()  # fmt: skip
+    assert nothing["items"] == []
+    bad = client.get(f"/users/{shop['user']}/recommendations", params={"max_price": -1})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "max_price"]
+
+
+def test_recommendations_merge_sources_and_stay_diverse(client, shop, pipeline_settings) -> None:
+    body = client.get(f"/users/{shop['user']}/recommendations", params={"k": 10}).json()
+    sources = {s for item in body["items"] for s in item["sources"]}
+    assert len(sources) >= 2, body  # the ranker mixes candidate sources
+    categories = pd.Series([i["category"] for i in body["items"]]).value_counts()
+    assert categories.max() <= 5  # max_category_share 0.5 of k=10
+    reasons = [r for item in body["items"] for r in item["reasons"]]
+    assert any(r.startswith(("similar to", "often bought together", "matches")) for r in reasons)
+    metrics = client.get("/metrics").text
+    for stage in ("features", "item_item", "search", "ranker", "rules"):
+        assert f'recsys_stage_seconds_count{{stage="{stage}"}}' in metrics
+
+
+def test_session_recommendations_for_a_visitor_without_an_id(client, shop) -> None:
+    browsed = list(shop["buys"]["item_id"].value_counts().index[:3])
+    body = client.post("/recommendations", json={"session_items": browsed, "k": 5}).json()
+    assert body["fallback"] is False and len(body["items"]) == 5
+    assert not set(browsed) & {i["item_id"] for i in body["items"]}
+    assert any("you viewed" in r for i in body["items"] for r in i["reasons"])
+    empty = client.post("/recommendations", json={"session_items": [], "age_bucket": "25-34"})
+    assert empty.status_code == 200 and empty.json()["fallback"] is True
+    assert len(empty.json()["items"]) == 10
+    bad = client.post("/recommendations", json={"session_items": [], "k": 0})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "k"]
+
+
+@pytest.mark.parametrize("method", ["behaviour", "content", "hybrid"])
+def test_similar_items_by_each_method(client, shop, method) -> None:
+    item = str(shop["buys"]["item_id"].value_counts().index[0])
+    body = client.get(f"/items/{item}/similar", params={"method": method, "k": 5}).json()
+    assert body["item_id"] == item and body["method"] == method
+    ids = [i["item_id"] for i in body["items"]]
+    assert len(ids) == 5 and item not in ids and len(set(ids)) == 5
+    assert [i["rank"] for i in body["items"]] == [1, 2, 3, 4, 5]
+
+
+def test_an_item_nobody_bought_gets_content_neighbours(client, shop) -> None:
+    never = sorted(set(shop["items"]["item_id"]) - set(shop["buys"]["item_id"]))
+    if not never:
+        pytest.skip("every generated item was bought")
+    body = client.get(f"/items/{never[0]}/similar", params={"method": "behaviour"}).json()
+    assert body["method"] == "content" and len(body["items"]) == 10
+
+
+def test_unknown_item_is_a_404_naming_the_id(client) -> None:
+    for path in ("/items/no-such-item/similar", "/items/no-such-item/bought-together"):
+        response = client.get(path)
+        assert response.status_code == 404 and "no-such-item" in response.json()["detail"]
+
+
+def test_bought_together_reports_support_confidence_and_lift(client, pipeline_settings) -> None:
+    from models.association_rules import load_rules
+    from pipelines.ranking import RULES_FILE
+
+    rules = load_rules(current_run(pipeline_settings.artifacts_dir) / RULES_FILE)
+    assert len(rules), "the generated baskets should give some rules"
+    item = str(rules["antecedent"].iloc[0])
+    body = client.get(f"/items/{item}/bought-together", params={"k": 3}).json()
+    expected = rules[rules["antecedent"] == item].sort_values("rank").head(3)
+    assert [i["item_id"] for i in body["items"]] == expected["consequent"].tolist()
+    first = body["items"][0]
+    assert first["confidence"] == pytest.approx(expected["confidence"].iloc[0])
+    assert first["lift"] == pytest.approx(expected["lift"].iloc[0]) and 0 < first["support"] <= 1
+
+
+def test_popular_by_window_and_category(client, shop) -> None:
+    body = client.get("/popular", params={"window": "30d", "k": 5}).json()
+    assert len(body["items"]) == 5
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    category = str(shop["items"]["category"].value_counts().index[0])
+    in_cat = client.get("/popular", params={"category": category, "k": 3}).json()["items"]
+    cats = shop["items"].set_index("item_id")["category"]
+    assert in_cat and all(cats[i["item_id"]] == category for i in in_cat)
+    bad = client.get("/popular", params={"window": "1y"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "window"]
+
+
+def test_served_pipeline_is_scored_by_recsys_evaluate(
+    pipeline_home, pipeline_settings, tmp_path
+) -> None:
+    """``recsys evaluate`` runs the API's pipeline for every test user, beside the peers."""
+    home, _ = pipeline_home
+    out = tmp_path / "evaluation.json"
+    run_cli(home, "evaluate", "--no-tune", "--json", str(out))
+    result = json.loads(out.read_text())
+    served = result["served"]
+    assert "overall" in served, served
+    manifest = json.loads((current_run(pipeline_settings.artifacts_dir) / MANIFEST).read_text())
+    assert result["protocol"]["cutoff"] == manifest["data"]["cutoff"]  # the run's own split
+    best_pop = max(result["models"][m]["overall"]["recall@10"]
+                   for m in ("popularity", "popularity_recent"))  # fmt: skip
+    assert served["overall"]["recall@10"] > 1.5 * best_pop, served["overall"]
+    assert served["overall"]["users"] == result["dataset"]["eval_users"]
+    report = pipeline_settings.reports_dir / "evaluation"
+    assert (report / "recall_at_k.png").exists()
+    assert "| served pipeline |" in (report / "report.md").read_text()
+
+
+class _Slow:
+    """The real store behind a delay: a dependency that answers, but too late."""
+
+    def __init__(self, inner, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def search(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return self.inner.search(*args, **kwargs)
+
+
+def test_a_slow_dependency_costs_its_budget_not_the_answer(client, shop) -> None:
+    recommender = client.app.state.recommender
+    healthy, features = recommender.vectors, recommender.user_features
+    budget_s = recommender.settings.serve.search_timeout_ms / 1e3
+    recommender.vectors = _Slow(healthy, 1.0)
+    try:
+        started = time.perf_counter()
+        body = client.get(f"/users/{shop['user']}/recommendations").json()
+        elapsed = time.perf_counter() - started
+        assert body["degraded"] is True and len(body["items"]) == 10
+        assert "two_tower" not in {s for i in body["items"] for s in i["sources"]}
+        assert not shop["bought"] & {i["item_id"] for i in body["items"]}
+        assert elapsed < budget_s + 0.5  # the budget, not the dependency's 1 s
+    finally:
+        recommender.vectors = healthy
+
+    def slow_features(user_id):
+        time.sleep(1.0)
+        return features(user_id)
+
+    recommender.user_features = slow_features
+    try:
+        body = client.get(f"/users/{shop['user']}/recommendations").json()
+        assert body["degraded"] is True and body["fallback"] is False and body["items"]
+    finally:
+        recommender.user_features = features
+    assert client.get(f"/users/{shop['user']}/recommendations").json()["degraded"] is False

@@ -1,0 +1,218 @@
+"""The served pipeline's parts on hand-built data: neighbours, labels, candidates, ranker, rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from models.association_rules import BoughtTogether, mine_rules
+from models.candidates import (
+    FEATURES,
+    MISSING_RANK,
+    CandidateGenerator,
+    ItemCatalog,
+    ItemFilters,
+    UserContext,
+)
+from models.item_item import ItemNeighbors
+from models.popularity import PopularityTable, segment_popularity
+from models.ranker import Ranker
+from pipelines.ranking import carve_labels, exact_search, histories
+from serving.pipeline import ServedPipeline
+
+END = pd.Timestamp("2026-11-01", tz="UTC")
+
+
+def test_neighbour_gather_equals_the_dense_row_sum_and_survives_a_round_trip(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.random((8, 8)).astype(np.float32) * (rng.random((8, 8)) < 0.4)
+    dense[0] = 0  # row 0 is the unknown item
+    neighbours = ItemNeighbors(sp.csr_matrix(dense), "test", {"top_n": 8})
+    history = np.array([3, 1, 5])
+    items, scores = neighbours.scores(history)
+    expected = dense[history].sum(axis=0)
+    assert set(items.tolist()) == set(np.flatnonzero(expected).tolist())
+    np.testing.assert_allclose(scores, expected[items], rtol=1e-6)
+    cols, weights, rows = neighbours.gather(np.array([0, 3, 99]))  # unknown ids are ignored
+    assert set(rows.tolist()) <= {3} and len(cols) == np.count_nonzero(dense[3])
+
+    neighbours.save(tmp_path / "n.parquet")
+    loaded = ItemNeighbors.load(tmp_path / "n.parquet")
+    assert loaded.method == "test" and loaded.params == {"top_n": 8}
+    np.testing.assert_array_equal(loaded.matrix.toarray(), dense)
+    ids, w = loaded.neighbours(3, 2)
+    assert list(ids) == list(np.argsort(-dense[3], kind="stable")[:2])
+
+
+def test_ease_neighbours_keep_only_the_top_n_positive_weights() -> None:
+    rng = np.random.default_rng(1)
+    x = sp.csr_matrix((rng.random((200, 12)) < 0.3).astype(np.float32))
+    n = ItemNeighbors.fit(x, "ease", top_n=3, ease_lambda=10.0)
+    row_sizes = np.diff(n.matrix.indptr)
+    assert n.method == "ease" and row_sizes.max() <= 3
+    assert (n.matrix.data > 0).all() and n.matrix.diagonal().sum() == 0
+    cosine = ItemNeighbors.fit(x, "cosine", top_n=3)
+    assert cosine.method == "cosine" and np.diff(cosine.matrix.indptr).max() <= 3
+
+
+def _purchases(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    return frame
+
+
+def test_labels_are_each_users_latest_purchase_and_leave_history() -> None:
+    purchases = _purchases([
+        ("u1", "a", "2026-10-01"), ("u1", "b", "2026-10-03"), ("u1", "c", "2026-10-02"),
+        ("u2", "a", "2026-10-01"),  # one item: not eligible
+        ("u3", "c", "2026-10-05"), ("u3", "d", "2026-10-04"), ("u3", "c", "2026-10-06"),
+    ])  # fmt: skip
+    fit, labels = carve_labels(purchases, max_users=10, seed=0)
+    assert labels.to_dict("records") == [
+        {"user_id": "u1", "item_id": "b"}, {"user_id": "u3", "item_id": "c"}
+    ]  # fmt: skip
+    # every row of a label pair leaves the fit data (u3 bought c twice)
+    assert set(map(tuple, fit[["user_id", "item_id"]].values)) == {
+        ("u1", "a"), ("u1", "c"), ("u2", "a"), ("u3", "d")
+    }  # fmt: skip
+    assert histories(fit)["u1"] == ["c", "a"]  # newest first
+    undated = purchases.assign(timestamp=END)
+    _, labels_undated = carve_labels(undated, max_users=1, seed=0)
+    assert len(labels_undated) == 1  # capped, and a random item of an eligible user
+
+
+# --------------------------------------------------------------------------- candidates
+ITEMS = [f"i{n}" for n in range(1, 13)]
+
+
+def _catalog() -> ItemCatalog:
+    frame = pd.DataFrame({
+        "item_id": ITEMS,
+        "category": ["dress"] * 6 + ["shoes"] * 6,
+        "department": ["women"] * 12,
+        "price": [10.0, 20, 30, 40, 50, 60, 15, 25, 35, 45, 55, 65],
+        "in_stock": [True] * 11 + [False],
+        "title": [f"t{n}" for n in range(1, 12)] + ["t1"],  # i12 duplicates i1's title
+        "count": np.arange(12, 0, -1), "recent_count": np.arange(12),
+    })  # fmt: skip
+    return ItemCatalog.from_frame(ITEMS, frame)
+
+
+def _generator(search=None) -> CandidateGenerator:
+    catalog = _catalog()
+    n = catalog.n_items
+    dense = np.zeros((n, n), dtype=np.float32)
+    dense[1, [2, 3, 7, 8]] = [0.9, 0.5, 0.4, 0.2]  # i1 -> i2, i3, i7, i8
+    dense[2, [3, 9]] = [0.6, 0.3]
+    neighbours = ItemNeighbors(sp.csr_matrix(dense), "test", {})
+    rules = BoughtTogether.from_frame(
+        mine_rules(_purchases([("u1", "i1", "2026-10-01"), ("u1", "i10", "2026-10-01"),
+                               ("u2", "i1", "2026-10-02"), ("u2", "i10", "2026-10-02")]),
+                   min_pair_baskets=2)
+    )  # fmt: skip
+    sales = _purchases([(f"u{j}", ITEMS[j % 12], "2026-10-30") for j in range(40)])
+    popular = PopularityTable.from_frame(segment_popularity(sales, catalog_items(), None, end=END))
+    return CandidateGenerator(catalog, neighbours, rules, popular, search)
+
+
+def catalog_items() -> pd.DataFrame:
+    return pd.DataFrame({"item_id": ITEMS, "category": ["dress"] * 6 + ["shoes"] * 6})
+
+
+def test_candidates_merge_every_source_and_never_propose_what_was_bought() -> None:
+    gen = _generator()
+    ctx = UserContext("u", history=["i2", "i1"], features={"age": 30})
+    cand = gen.generate(ctx)
+    items = {gen.catalog.item_id(int(i)) for i in cand.items}
+    assert not items & {"i1", "i2"}
+    assert {"i3", "i7", "i8", "i9", "i10"} <= items
+    assert cand.features.shape == (len(cand), len(FEATURES))
+    col = {name: j for j, name in enumerate(FEATURES)}
+    row = {gen.catalog.item_id(int(i)): r for r, i in enumerate(cand.items)}
+    i3 = cand.features[row["i3"]]
+    assert i3[col["ii_score"]] == pytest.approx(0.5 + 0.6) and i3[col["ii_hits"]] == 2
+    assert i3[col["ii_rank"]] == 1  # 1.1 beats i7's 0.4
+    # i3's strongest single weight comes from i2 (0.6 > 0.5): that is its reason's seed
+    assert gen.catalog.item_id(int(cand.ii_seed[row["i3"]])) == "i2"
+    i10 = cand.features[row["i10"]]
+    assert i10[col["bt_confidence"]] == 1.0 and i10[col["ii_rank"]] == MISSING_RANK
+    assert gen.catalog.item_id(int(cand.bt_seed[row["i10"]])) == "i1"
+    assert cand.sources["bought_together"][row["i10"]] and cand.sources["popular"].any()
+    # affinity: half of the two history items are dresses (both are): share 1.0 for dresses
+    assert i3[col["aff_category"]] == 1.0 and i10[col["aff_category"]] == 0.0
+
+
+def test_filters_apply_to_every_source() -> None:
+    gen = _generator()
+    ctx = UserContext("u", history=["i1"])
+    cand = gen.generate(ctx, ItemFilters(category="shoes", max_price=40, in_stock=True))
+    chosen = [gen.catalog.item_id(int(i)) for i in cand.items]
+    assert chosen and set(chosen) <= {"i7", "i8", "i9"}
+    assert len(gen.generate(ctx, ItemFilters(category="no-such-category"))) == 0
+
+
+def test_a_failing_vector_search_degrades_instead_of_failing() -> None:
+    def broken(*_args):
+        raise RuntimeError("vector store down")
+
+    gen = _generator(search=broken)
+    cand = gen.generate(UserContext("u", history=["i1"], vector=np.ones(4, np.float32)))
+    assert cand.failed == ["two_tower"] and len(cand) > 0
+
+
+def test_exact_search_respects_exclusions_and_filters() -> None:
+    catalog = _catalog()
+    vectors = np.zeros((catalog.n_items, 2), dtype=np.float32)
+    vectors[1:, 0] = np.arange(1, catalog.n_items)  # later items score higher
+    search = exact_search(vectors, catalog)
+    idx, scores = search(np.array([1.0, 0.0]), 3, ItemFilters(), np.array([12]))
+    assert idx.tolist() == [11, 10, 9] and list(scores) == sorted(scores, reverse=True)
+    idx, _ = search(np.array([1.0, 0.0]), 3, ItemFilters(category="dress"), np.array([], int))
+    assert idx.tolist() == [6, 5, 4]
+
+
+# --------------------------------------------------------------------------- ranker
+def test_ranker_learns_a_planted_signal_and_round_trips(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    groups, xs, ys = [], [], []
+    for _ in range(300):
+        x = rng.random((20, 3)).astype(np.float32)
+        y = np.zeros(20, dtype=np.float32)
+        y[np.argmax(x[:, 1] + 0.05 * rng.random(20))] = 1  # feature 1 decides
+        xs.append(x)
+        ys.append(y)
+        groups.append(20)
+    x, y, g = np.concatenate(xs), np.concatenate(ys), np.array(groups)
+    ranker = Ranker.fit(x[:4000], y[:4000], g[:200], ["a", "b", "c"],
+                        valid=(x[4000:], y[4000:], g[200:]), rounds=50)  # fmt: skip
+    assert max(ranker.info["importance_gain"], key=ranker.info["importance_gain"].get) == "b"
+    assert ranker.info["valid_ndcg@10"] > 0.8
+    ranker.save(tmp_path / "ranker.txt")
+    loaded = Ranker.load(tmp_path / "ranker.txt")
+    assert loaded.feature_names == ["a", "b", "c"]
+    np.testing.assert_allclose(loaded.predict(x[4000:]), ranker.predict(x[4000:]), rtol=1e-6)
+
+
+class _ByFeature:
+    """A stand-in ranker scoring by one feature column (the real one is tested above)."""
+
+    def __init__(self, column: str) -> None:
+        self.column = FEATURES.index(column)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.nan_to_num(features[:, self.column].astype(np.float64), nan=0.0)
+
+
+def test_business_rules_cap_a_category_and_drop_near_duplicates() -> None:
+    gen = _generator()
+    pipeline = ServedPipeline(gen, _ByFeature("item_log_count"), max_category_share=0.5)
+    ranking = pipeline.recommend(UserContext(None), k=4)
+    ids = ranking.item_ids()
+    cats = [gen.catalog.category_names[gen.catalog.category[gen.catalog.index(i)]] for i in ids]
+    assert len(ids) == 4 and cats.count("dress") <= 2 and cats.count("shoes") <= 2
+    assert not ({"i1", "i12"} <= set(ids))  # same title: one of them only
+    assert all(r.reasons for r in ranking.items) and ranking.items[0].sources == ["popular"]
+    # a short catalogue relaxes the rules rather than returning fewer than k
+    assert len(pipeline.recommend(UserContext(None), k=12).items) == 12
