@@ -72,10 +72,23 @@ def floor(users: list[str]) -> dict[str, Any]:
                 rec.vectors.search(vec, 10, SearchFilter(exclude_ids=exclude))
                 search_ms.append((time.perf_counter() - t) * 1e3)
         both = np.percentile(feature_ms, 50) + np.percentile(search_ms, 50)
+        # the full path in-process, per stage: where the API's time goes besides HTTP
+        stages: dict[str, list[float]] = {}
+        total_ms = []
+        for u in users:
+            t = time.perf_counter()
+            answer = rec.recommend(u, 10)
+            total_ms.append((time.perf_counter() - t) * 1e3)
+            for stage, ms in answer.timings_ms.items():
+                stages.setdefault(stage, []).append(ms)
         return {
             "feast_online_read": _percentiles(feature_ms),
             "vector_search": _percentiles(search_ms),
             "floor_p50_ms": round(float(both), 3),
+            "in_process_full_path": _percentiles(total_ms),
+            "in_process_stage_p50_ms": {
+                stage: round(float(np.percentile(ms, 50)), 3) for stage, ms in stages.items()
+            },
         }
     finally:
         rec.close()
@@ -133,6 +146,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
 
     import duckdb
@@ -145,14 +160,26 @@ def main() -> None:
         ids = [r[0] for r in con.execute(f"SELECT DISTINCT user_id FROM read_parquet('{path}')")
                .fetchall()]  # fmt: skip
     users = random.Random(0).sample(ids, min(args.users, len(ids)))
-    report: dict[str, Any] = {"benchmark": "serving_latency", "users": len(users)}
+    report: dict[str, Any] = {
+        "benchmark": "serving_latency", "users": len(users), "workers": args.workers,
+        "home": str(settings.home), "load_average_start": os.getloadavg(),
+    }  # fmt: skip
     report["floor"] = floor(users)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [str(RECSYS), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            str(RECSYS),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+        ],  # fmt: skip
         env={**os.environ, "RECSYS_HOME": str(settings.home)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -177,7 +204,12 @@ def main() -> None:
     report["api_p50_over_floor"] = round(
         report["api_at_rate"]["p50_ms"] / report["floor"]["floor_p50_ms"], 2
     )
-    print(json.dumps(report, indent=2))
+    report["load_average_end"] = os.getloadavg()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

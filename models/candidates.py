@@ -44,7 +44,7 @@ FEATURES: tuple[str, ...] = (
     "bt_confidence", "bt_lift",
     "pop_rank",
     "n_sources",
-    "item_log_count", "item_log_recent", "item_trend", "item_log_price",
+    "item_log_count", "item_log_recent", "item_recent_share", "item_log_price",
     "user_log_history", "user_age", "user_days_since_purchase", "user_log_purchases_30d",
     "aff_category", "aff_colour", "aff_department", "price_ratio",
 )  # fmt: skip
@@ -85,7 +85,6 @@ class ItemCatalog:
     department_names: list[str]
     price: np.ndarray
     in_stock: np.ndarray
-    trend: np.ndarray
     counts: np.ndarray
     recent_counts: np.ndarray
     titles: list[str]
@@ -98,7 +97,7 @@ class ItemCatalog:
     @classmethod
     def from_frame(cls, item_ids: Sequence[str], frame: pd.DataFrame) -> ItemCatalog:
         """``frame``: item_id plus any of category, colour, department, price, in_stock,
-        item_trend, title, count, recent_count (missing columns get neutral values)."""
+        title, count, recent_count (missing columns get neutral values)."""
         rows = frame.drop_duplicates("item_id", keep="last").set_index("item_id")
         rows = rows.reindex(list(item_ids))
         n = len(item_ids) + 1
@@ -129,7 +128,7 @@ class ItemCatalog:
                         if "title" in rows else list(item_ids))]  # fmt: skip
         return cls(
             list(item_ids), category, colour, department, category_names, colour_names,
-            department_names, price, in_stock, numeric("item_trend", 0.0),
+            department_names, price, in_stock,
             numeric("count", 0.0), numeric("recent_count", 0.0), titles,
         )  # fmt: skip
 
@@ -379,7 +378,11 @@ class CandidateGenerator:
         cat = self.catalog
         features[:, col["item_log_count"]] = np.log1p(cat.counts[items])
         features[:, col["item_log_recent"]] = np.log1p(cat.recent_counts[items])
-        features[:, col["item_trend"]] = cat.trend[items]
+        # momentum from the same purchases the sources were fitted on: Feast's item_trend
+        # would count the ranker's held-out labels too and leak them into training rows
+        features[:, col["item_recent_share"]] = cat.recent_counts[items] / np.maximum(
+            cat.counts[items], 1.0
+        )
         features[:, col["item_log_price"]] = np.log1p(np.clip(cat.price[items], 0, None))
         f = ctx.features
         features[:, col["user_log_history"]] = math.log1p(len(ctx.history))

@@ -18,8 +18,13 @@ import pandas as pd
 
 from models.artifacts import current_run, load_run
 from pipelines.features import EXTRA_PREFIX
-from pipelines.schema import table_path
-from pipelines.train import catalog_frame, item_frame, item_vectors, load_item_attributes
+from pipelines.train import (
+    catalog_frame,
+    item_frame,
+    item_titles,
+    item_vectors,
+    load_item_attributes,
+)
 from recsys.config import Settings
 from recsys.feast_store import open_store
 from recsys.vectorstore import ItemPoint, open_vector_store
@@ -46,14 +51,9 @@ class IndexSummary:
 def item_payloads(settings: Settings, item_ids: list[str]) -> pd.DataFrame:
     """Catalogue attributes, title and extra catalogue columns, one row per item id in order."""
     attributes = item_frame(load_item_attributes(settings), item_ids)
-    frame = attributes.merge(_titles(settings), on="item_id", how="left")
+    frame = attributes.merge(item_titles(settings), on="item_id", how="left")
     frame["title"] = frame["title"].fillna(frame["item_id"])
     return frame
-
-
-def _titles(settings: Settings) -> pd.DataFrame:
-    path = table_path(settings.validated_dir, "items")
-    return pd.read_parquet(path, columns=["item_id", "title"]).drop_duplicates("item_id")
 
 
 def _payload(record: dict) -> dict:

@@ -56,8 +56,7 @@ RANKER_FILE = "ranker.txt"
 ITEM_VECTORS_FILE = "item_vectors.safetensors"
 PAD = "\x00pad"  # column 0 of the source matrices: the vocabulary's "unknown item"
 RECENT_DAYS = 7
-CATALOG_COLUMNS = ("item_id", "title", "category", "colour", "department", "price", "in_stock",
-                   "item_trend")  # fmt: skip
+CATALOG_COLUMNS = ("item_id", "title", "category", "colour", "department", "price", "in_stock")
 
 
 @dataclass

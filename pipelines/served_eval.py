@@ -83,6 +83,7 @@ def evaluate_served(
         records = frame.drop(columns=["event_timestamp"], errors="ignore").to_dict("records")
         features_seconds = time.perf_counter() - started
         rankings: dict[str, list[str]] = {}
+        per_source: dict[str, dict[str, list[str]]] = {}
         sources: dict[str, int] = {}
         t0 = time.perf_counter()
         for i, user in enumerate(tqdm(eval_users, desc="served pipeline", unit="user",
@@ -92,8 +93,11 @@ def evaluate_served(
                 ctx = pipeline.context(user, row, vector=vectors[i])
             else:
                 ctx = pipeline.context(user, None)
-            ranked = pipeline.recommend(ctx, k).items
+            ranking = pipeline.recommend(ctx, k, keep_candidates=True)
+            ranked = ranking.items
             rankings[user] = [r.item_id for r in ranked]
+            for source, ids in source_rankings(ranking.candidates, pipeline, k).items():
+                per_source.setdefault(source, {})[user] = ids
             for r in ranked[:10]:
                 for s in r.sources:
                     sources[s] = sources.get(s, 0) + 1
@@ -114,7 +118,35 @@ def evaluate_served(
         "top10_source_share": {s: round(n / max(sum(sources.values()), 1), 4)
                                for s, n in sorted(sources.items())},
     }  # fmt: skip
+    info["source_rankings"] = per_source
     return rankings, info
+
+
+#: How each source orders its own candidates: (feature column, higher is better).
+SOURCE_ORDER = {
+    "item_item": ("ii_score", True),
+    "two_tower": ("tt_score", True),
+    "bought_together": ("bt_confidence", True),
+    "popular": ("pop_rank", False),
+}
+
+
+def source_rankings(cand, pipeline, k: int) -> dict[str, list[str]]:
+    """Each source's own top-k among the candidates, before the ranker and the rules."""
+    from models.candidates import FEATURES
+
+    if cand is None or len(cand) == 0:
+        return {}
+    out = {}
+    for source, (column, descending) in SOURCE_ORDER.items():
+        mask = cand.sources[source]
+        if not mask.any():
+            out[source] = []
+            continue
+        values = cand.features[mask, FEATURES.index(column)]
+        order = np.argsort(-values if descending else values, kind="stable")[:k]
+        out[source] = [pipeline.catalog.item_id(int(i)) for i in cand.items[mask][order]]
+    return out
 
 
 def _present(value: Any) -> bool:

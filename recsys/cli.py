@@ -256,6 +256,15 @@ def run_evaluate(
                 f"{m['fit_seconds']:.1f}" if "fit_seconds" in m else "-",
             )
         console.print(table)
+        alone = (result.get("served") or {}).get("sources_alone")
+        if alone:
+            best = max(alone, key=lambda n: alone[n].get("ndcg@10", 0.0))
+            served = result["served"]["overall"]
+            console.print(
+                f"  served ranker NDCG@10 {served['ndcg@10']:.4f} vs the best single source "
+                f"({best}) {alone[best]['ndcg@10']:.4f}: "
+                f"{served['ndcg@10'] / max(alone[best]['ndcg@10'], 1e-12):.2f}x"
+            )
         for line in chosen:
             console.print(f"  {line}")
         if json_path is not None:

@@ -59,6 +59,7 @@ class Ranking:
     items: list[RankedItem]
     failed: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
+    candidates: CandidateSet | None = None
 
     def item_ids(self) -> list[str]:
         return [r.item_id for r in self.items]
@@ -132,12 +133,22 @@ class ServedPipeline:
         return UserContext(user_id, history, list(session), features, vector)
 
     # ------------------------------------------------------------------ ranking
-    def recommend(self, ctx: UserContext, k: int, filters: ItemFilters = NO_FILTERS) -> Ranking:
-        """The top ``k`` after ranking and business rules, each with sources and reasons."""
+    def recommend(
+        self,
+        ctx: UserContext,
+        k: int,
+        filters: ItemFilters = NO_FILTERS,
+        keep_candidates: bool = False,
+    ) -> Ranking:
+        """The top ``k`` after ranking and business rules, each with sources and reasons.
+
+        ``keep_candidates``: attach the candidate set (offline analysis of the sources).
+        """
         cand = self.generator.generate(ctx, filters)
         timings = dict(cand.timings_ms)
+        kept = cand if keep_candidates else None
         if len(cand) == 0:
-            return Ranking([], cand.failed, timings)
+            return Ranking([], cand.failed, timings, kept)
         t0 = time.perf_counter()
         scores = self.ranker.predict(cand.features)
         t1 = time.perf_counter()
@@ -146,7 +157,7 @@ class ServedPipeline:
         items = [self._explain(cand, pos, float(scores[pos]), ctx) for pos in chosen]
         timings["ranker"] = (t1 - t0) * 1e3
         timings["rules"] = (time.perf_counter() - t1) * 1e3
-        return Ranking(items, cand.failed, timings)
+        return Ranking(items, cand.failed, timings, kept)
 
     def _diversify(self, cand: CandidateSet, order: np.ndarray, k: int) -> list[int]:
         cap = max(1, math.ceil(self.max_category_share * k))

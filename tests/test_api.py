@@ -195,3 +195,32 @@ def test_a_slow_dependency_costs_its_budget_not_the_answer(client, shop) -> None
     finally:
         recommender.user_features = features
     assert client.get(f"/users/{shop['user']}/recommendations").json()["degraded"] is False
+
+
+def test_a_new_index_goes_live_without_a_restart_and_rolls_back(
+    client, pipeline_home, shop
+) -> None:
+    """`recsys index` publishes a new collection behind the alias; the API follows it."""
+    home, _ = pipeline_home
+
+    def serving_collection() -> str:
+        client.get(f"/users/{shop['user']}/recommendations")  # a request applies a switch
+        return client.get("/health").json()["vector_store"]["collection"]
+
+    def wait_for(name: str) -> None:
+        deadline = time.monotonic() + 20
+        while serving_collection() != name and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert serving_collection() == name
+
+    before = serving_collection()
+    run_cli(home, "index")
+    recommender = client.app.state.recommender
+    after = recommender.vectors.alias_target(recommender.settings.vector_store.collection)
+    assert after != before
+    wait_for(after)
+    body = client.get(f"/users/{shop['user']}/recommendations").json()
+    assert body["degraded"] is False and len(body["items"]) == 10
+    rolled = run_cli(home, "rollback")
+    assert before in rolled.stdout and after in rolled.stdout
+    wait_for(before)

@@ -49,3 +49,40 @@ def test_too_little_data_says_what_to_do(tmp_path) -> None:
     events = _events(["2026-03-01 12:00"] * 3)
     with pytest.raises(ValueError, match="TEST_DAYS"):
         split_for_training(Settings(home=tmp_path), events, events.drop(columns="event_type"))
+
+
+def test_items_never_trained_on_get_a_zero_id_embedding() -> None:
+    import numpy as np
+    import torch
+
+    from models.two_tower import TwoTower, TwoTowerConfig
+    from pipelines.train import zero_untrained_ids
+
+    model = TwoTower(TwoTowerConfig(3, 5, {"category": 3}, 2, 2, 4))
+    zero_untrained_ids(model, np.array([0, 4, 0, 1, 2]))  # row 0 = padding, item 2 unseen
+    assert torch.all(model.item_id.weight[[0, 2]] == 0)
+    assert torch.all(model.history_item.weight[[0, 2]] == 0)
+    assert torch.all(model.item_id.weight[[1, 3, 4]].abs().sum(1) > 0)
+
+
+def test_cold_item_metrics_against_random(tmp_path) -> None:
+    import numpy as np
+
+    from models.encoding import ItemEncoder
+    from pipelines.train import _cold_item_metrics, _pick_cold_items
+
+    items = ItemEncoder([f"i{n}" for n in range(20)], {}, [])
+    item_vecs = np.eye(20, dtype=np.float32)
+    user_vecs = np.zeros((2, 20), dtype=np.float32)
+    user_vecs[0, 5] = 1.0  # user a points at i5 exactly
+    user_vecs[1, 0] = 1.0  # user b points at i0, but bought i7
+    truth = {"a": {"i5"}, "b": {"i7"}}
+    m = _cold_item_metrics(user_vecs, item_vecs, items, ["a", "b"], {}, truth,
+                           frozenset({"i5", "i6", "i7"}), k=1)  # fmt: skip
+    assert m["users"] == 2 and m["pairs"] == 2 and m["items"] == 3
+    assert m["recall@1_among_cold"] == 0.5 and m["random@1_among_cold"] == round(1 / 3, 4)
+    assert m["recall@1_catalogue"] == 0.5 and m["random@1_catalogue"] == 0.05
+    test = pd.DataFrame({"item_id": [f"i{n}" for n in range(10)]})
+    picked = _pick_cold_items(test, 0.2, seed=0)
+    assert len(picked) == 2 and picked == _pick_cold_items(test, 0.2, seed=0)
+    assert _pick_cold_items(test, 0.0, seed=0) == frozenset()
