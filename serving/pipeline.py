@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from models.candidates import (
+    FEATURES,
     NO_FILTERS,
     UNKNOWN,
     CandidateGenerator,
@@ -100,9 +101,14 @@ class ServedPipeline:
                 f"{run_dir} has no {RANKER_FILE}: it was trained without the ranking stage; "
                 "run `recsys train` (with RECSYS_RANKING__ENABLED=true)"
             )
+        ranker = Ranker.load(run_dir / RANKER_FILE)
+        if ranker.feature_names != list(FEATURES):
+            raise ValueError(
+                f"{run_dir / RANKER_FILE} was trained on features {ranker.feature_names}, but this "
+                f"code builds {list(FEATURES)}: retrain with `recsys train`, then `recsys index`"
+            )
         sources = Sources.load(run_dir)
         generator = sources.generator(items.item_ids, settings, vector_search)
-        ranker = Ranker.load(run_dir / RANKER_FILE)
         return cls(generator, ranker, model, users, items, settings.ranking.max_category_share)
 
     # ------------------------------------------------------------------ context

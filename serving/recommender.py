@@ -9,6 +9,7 @@ ranker call over a few hundred candidates.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -332,7 +333,10 @@ class Recommender:
         ]  # fmt: skip
 
     def health(self) -> dict[str, Any]:
-        checks: dict[str, Any] = {"model": {"ok": True, "version": self.model_version}}
+        checks: dict[str, Any] = {
+            "model": {"ok": True, "version": self.model_version},
+            "worker_pid": os.getpid(),  # which uvicorn worker answered
+        }
         try:
             t0 = time.perf_counter()
             self.user_features("__health__")

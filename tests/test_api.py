@@ -224,3 +224,57 @@ def test_a_new_index_goes_live_without_a_restart_and_rolls_back(
     rolled = run_cli(home, "rollback")
     assert before in rolled.stdout and after in rolled.stdout
     wait_for(before)
+
+
+def test_a_live_server_with_two_workers_answers_every_endpoint(pipeline_home, shop) -> None:
+    """`recsys serve --workers 2` as a user starts it: each worker has its own index copy."""
+    import socket
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.conftest import RECSYS, REPO, cli_env
+
+    home, _ = pipeline_home
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(RECSYS), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env=cli_env(home), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the server did not become healthy"
+            time.sleep(0.5)
+        item = str(shop["buys"]["item_id"].value_counts().index[0])
+        with httpx.Client(base_url=base, timeout=10) as http:
+            body = http.get(f"/users/{shop['user']}/recommendations").json()
+            assert len(body["items"]) == 10 and body["degraded"] is False
+            pids: set[int] = set()
+            with ThreadPoolExecutor(8) as pool:  # parallel fresh connections reach both
+                for _ in range(10):
+                    pids |= set(pool.map(lambda _: httpx.get(f"{base}/health").json()
+                                         ["worker_pid"], range(16)))  # fmt: skip
+                    if len(pids) == 2:
+                        break
+            assert len(pids) == 2, pids  # each worker serves from its own index copy
+            session = {"session_items": [item], "k": 3}
+            assert len(http.post("/recommendations", json=session).json()["items"]) == 3
+            assert http.get(f"/items/{item}/similar").status_code == 200
+            assert http.get(f"/items/{item}/bought-together").status_code == 200
+            assert http.get("/popular", params={"window": "30d"}).status_code == 200
+            assert http.get("/items/nope/similar").status_code == 404
+            assert http.get("/metrics").status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -216,3 +216,13 @@ def test_business_rules_cap_a_category_and_drop_near_duplicates() -> None:
     assert all(r.reasons for r in ranking.items) and ranking.items[0].sources == ["popular"]
     # a short catalogue relaxes the rules rather than returning fewer than k
     assert len(pipeline.recommend(UserContext(None), k=12).items) == 12
+
+
+def test_a_ranker_trained_on_other_features_is_refused(tmp_path) -> None:
+    from pipelines.ranking import RANKER_FILE
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((200, 2)).astype(np.float32), (rng.random(200) < 0.2).astype(np.float32)
+    Ranker.fit(x, y, np.full(10, 20), ["a", "b"], rounds=3).save(tmp_path / RANKER_FILE)
+    with pytest.raises(ValueError, match="retrain"):
+        ServedPipeline.load(tmp_path, None, None, None, None, None)  # type: ignore[arg-type]
