@@ -53,7 +53,7 @@ class TrainResult:
 # --------------------------------------------------------------------------- per-worker loop
 Report = Callable[[dict[str, Any], dict[str, torch.Tensor] | None, bool], None]
 # Sparse gradients for the id tables unless the config says ``"sparse": False``. Measured by
-# benchmarks/training_speed.py: on ASOS (43.6k users, 29.7k items) the loop runs 1.3-1.7x
+# benchmarks/training_speed.py: on ASOS (43.6k users, 29.7k items) the loop runs 1.2-1.7x
 # faster at the same recall@10; on the demo shop (5k x 2k) it is as fast, recall within seed
 # noise.
 SPARSE_ID_TABLES = True

@@ -1,0 +1,435 @@
+"""Training-speed benchmark: two-tower and item2vec through Ray Train against plain PyTorch.
+
+Both sides run the same per-worker epoch loop (``pipelines.train.fit_two_tower``,
+``pipelines.item2vec.run_epochs``) on the same arrays, built from a data root where `recsys
+validate`, `features` and `materialize` have run, for the configured (full-run) number of
+epochs. In one process and one Ray instance, ``--repeats`` rounds of: the plain loop,
+``TorchTrainer`` with one worker using all cores (what `recsys train` does) and, with
+``--two-workers``, two one-core workers; for the two-tower model also the other side of the
+sparse choice (SparseAdam on the id tables, Adam on the rest: the default since this
+benchmark; ``plain_dense`` is the old all-dense Adam), both scored by recall@10. Ray's cost is
+split into its start-up (``ray.init``, once per process), an empty ``TorchTrainer`` (worker
+start and teardown: fixed, not ours), our per-worker setup (arrays, model), the loop, and the
+rest (checkpoint in and out).
+
+    .venv/bin/python benchmarks/training_speed.py --home /tmp/asos_run --two-workers
+
+Prints one JSON object and writes it to ``benchmarks/results/training_speed.json``. The machine
+may be shared, so: OpenMP threads wait passively and the plain fits run at the niceness of
+Ray's workers (both recorded, with why, in :func:`_passive_openmp` and
+:func:`match_ray_niceness`), the fastest of the repeats counts, and the load average at start,
+end and after each run is in the JSON: read the seconds with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.encoding import ItemEncoder, UserEncoder
+from models.item2vec import (
+    Item2VecConfig,
+    build_sessions,
+    skipgram_pairs,
+    subsample_keep_prob,
+)
+from models.two_tower import TwoTower, TwoTowerConfig
+from pipelines import item2vec as i2v
+from pipelines import train as tt
+from pipelines.features import ITEM_NUMERIC, USER_NUMERIC
+from pipelines.schema import table_path
+from recsys.config import Settings
+from recsys.feast_store import open_store
+from recsys.ray_runtime import ensure_ray, local_cpus
+
+log = logging.getLogger("training_speed")
+RESULTS = Path(__file__).resolve().parent / "results" / "training_speed.json"
+TARGET_RATIO = 1.25  # the issue's bound on Ray wall / plain wall for one worker, all cores
+
+
+# --------------------------------------------------------------------------- data
+def two_tower_data(settings: Settings, work: Path) -> dict[str, Any]:
+    """The arrays `recsys train` trains on, written to ``work/train_arrays.npz``, the plain
+    loop's config, and what :func:`pipelines.train.evaluate` needs to score a fit.
+
+    The same calls as :func:`pipelines.train.train` up to ``np.savez`` (that function does not
+    expose its arrays). All training positives are used: the ranker's label carve-out and the
+    cold-item experiment, which take up to a tenth of them out, are left aside, so the loop
+    here is, if anything, a little longer than `recsys train`'s.
+    """
+    cfg = settings.train
+    events = tt.load_events(settings, tuple({"purchase", *cfg.train_events}))
+    purchases = events[events["event_type"] == "purchase"].drop(columns="event_type")
+    split = tt.split_for_training(settings, events, purchases)
+    store = open_store(settings)
+    entity_df = split.positives[["user_id", "item_id", "timestamp"]].rename(
+        columns={"timestamp": "event_timestamp"}
+    )
+    if split.undated:
+        entity_df["event_timestamp"] = split.end
+    examples = tt._historical(store, entity_df, store.get_feature_service("two_tower_training"))
+    examples = examples.sort_values(
+        ["event_timestamp", "user_id", "item_id"], kind="stable", ignore_index=True
+    )
+    if split.undated:
+        examples["purchased_items"] = [
+            [h for h in (history if history is not None else []) if h != item]
+            for history, item in zip(examples["purchased_items"], examples["item_id"], strict=True)
+        ]
+    attributes = tt.load_item_attributes(settings)
+    items = ItemEncoder.fit(attributes, examples)
+    users = UserEncoder.fit(examples, history=settings.features.recent_items)
+    arrays = users.encode(examples, items) | items.encode(examples)
+    counts = np.bincount(arrays["item_idx"], minlength=items.n_items).astype(np.float64)
+    log_q = np.log((counts + 1.0) / (counts + 1.0).sum()).astype(np.float32)
+    item_table = items.attribute_table(tt.item_frame(attributes, items.item_ids))
+    np.savez(work / tt.ARRAYS, log_q=log_q, item_table=item_table, **arrays)
+    model_cfg = TwoTowerConfig(
+        n_users=users.n_users,
+        n_items=items.n_items,
+        attr_sizes=items.attr_sizes(),
+        n_user_numeric=len(USER_NUMERIC),
+        n_item_numeric=len(ITEM_NUMERIC),
+        dim=cfg.dim,
+        temperature=cfg.temperature,
+        id_dropout=cfg.id_dropout,
+    )
+    config = {  # what pipelines.train._fit_with_ray hands to train_func
+        "arrays": str(work / tt.ARRAYS),
+        "model": model_cfg.to_dict(),
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "temperature": cfg.temperature,
+        "threads": cfg.cpus_per_worker or max(1, local_cpus(settings) // cfg.num_workers),
+        "seed": cfg.seed,
+    }
+    return {
+        "examples": len(examples),
+        "config": config,
+        "model_cfg": model_cfg,
+        "evaluate": (store, users, items, attributes, split.train, split.test, split.cutoff),
+    }
+
+
+def item2vec_data(settings: Settings, work: Path, cfg: Item2VecConfig) -> dict[str, Any]:
+    """The skip-gram pairs :func:`pipelines.item2vec.fit_item2vec` trains on, in its npz.
+
+    Its cutoff is ``test_days`` before the end of the data; a data root that came with its own
+    holdout (ASOS: every event shares one timestamp, so that cutoff would hold out everything)
+    trains on all events instead, as the two-tower model does.
+    """
+    events = i2v.read_interactions(table_path(settings.validated_dir, "interactions"))
+    if table_path(settings.validated_dir, "holdout").exists():
+        ts = pd.to_datetime(events["timestamp"], utc=True)
+        cutoff = ts.max().floor("D") + pd.Timedelta(days=1)
+    else:
+        cutoff = i2v.default_cutoff(events, settings.train.test_days)
+    train_events, _ = i2v.split_sessions(events, cutoff)
+    sessions, vocab = build_sessions(train_events, min_count=cfg.min_count)
+    rng = np.random.default_rng(cfg.seed)
+    keep = subsample_keep_prob(vocab.counts, cfg.subsample)
+    center, context = skipgram_pairs(sessions, cfg.window, rng, keep)
+    shuffle = rng.permutation(len(center))
+    center, context = center[shuffle], context[shuffle]
+    np.savez(
+        work / i2v.PAIRS,
+        center=center.astype(np.int32),
+        context=context.astype(np.int32),
+        counts=vocab.counts,
+    )
+    workers = settings.train.num_workers
+    config = {
+        "arrays": str(work / i2v.PAIRS),
+        "n_items": vocab.size,
+        "threads": settings.train.cpus_per_worker or max(1, local_cpus(settings) // workers),
+        "model": cfg.model_dump(),
+    }
+    return {"examples": len(center), "items": vocab.size - 1, "config": config}
+
+
+# --------------------------------------------------------------------------- timing
+def _run(seconds: float, examples: int, epochs: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Wall seconds, samples/s and where the seconds went for one fit."""
+    loop = float(metrics.get("loop_seconds", 0.0))
+    setup = float(metrics.get("setup_seconds", 0.0))
+    return {
+        "seconds": round(seconds, 2),
+        "samples_per_s": round(examples * epochs / seconds),
+        "loop_seconds": round(loop, 2),
+        "loop_samples_per_s": round(examples * epochs / loop) if loop else None,
+        "setup_seconds": round(setup, 2),
+        "loss": round(float(metrics.get("loss", float("nan"))), 5),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of repeated runs (the least disturbed by other work), with every time."""
+    best = dict(min(runs, key=lambda r: r["seconds"]))
+    if len(runs) > 1:
+        best["all_seconds"] = [r["seconds"] for r in runs]
+    return best
+
+
+def _with_workers(settings: Settings, work: Path, workers: int, threads: int) -> Settings:
+    """Settings for a Ray fit: ``workers`` x ``threads``, Ray results under ``work``."""
+    train = settings.train.model_copy(update={"num_workers": workers, "cpus_per_worker": threads})
+    return settings.model_copy(update={"home": work, "train": train})
+
+
+def _compare(plain: dict[str, Any], ray: dict[str, Any]) -> None:
+    """Ray's cost over the plain fit, and the part of its wall outside our code."""
+    ray["overhead_seconds"] = round(ray["seconds"] - plain["seconds"], 2)
+    ray["ratio_to_plain"] = round(ray["seconds"] / plain["seconds"], 3)
+    # wall minus our setup (arrays, model, DDP) and loop: worker start-up, checkpoint, teardown
+    ray["outside_loop_seconds"] = round(
+        ray["seconds"] - ray["loop_seconds"] - ray["setup_seconds"], 2
+    )
+
+
+def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def match_ray_niceness() -> dict[str, int]:
+    """Give this process (the plain fits) the niceness of Ray's workers, and say what it was.
+
+    Ray starts its workers at niceness 15 (``worker_niceness``). On an idle machine that
+    changes nothing; next to other jobs it decides who gets the cores, and a two-thread torch
+    loop that loses a core mid-step waits for it, so plain at 0 against Ray at 15 would time
+    the scheduler, not the trainer.
+    """
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    before, workers = os.nice(0), ray.get(niceness.remote())
+    if workers > before:
+        os.nice(workers - before)
+    return {"ray_workers": workers, "plain_before": before, "plain": os.nice(0)}
+
+
+def _noop_train_func(config: dict[str, Any]) -> None:
+    """An empty worker: what a ``TorchTrainer`` costs before any of our code runs."""
+    import ray.train
+
+    ray.train.report({"ok": 1})
+
+
+def noop_trainer_seconds(settings: Settings, work: Path, workers: int, threads: int) -> float:
+    """Wall seconds of ``TorchTrainer.fit`` with an empty loop: Ray Train's fixed cost."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        _noop_train_func,
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=False, resources_per_worker={"CPU": threads}
+        ),
+        run_config=RunConfig(name=f"noop_{workers}x{threads}", storage_path=str(work / "ray")),
+    )
+    started = time.perf_counter()
+    trainer.fit()
+    return round(time.perf_counter() - started, 2)
+
+
+def recall_at_10(data: dict[str, Any], state: dict[str, torch.Tensor]) -> float:
+    """Recall@10 of a fit on the data root's evaluation split (as `recsys train` scores it)."""
+    model = TwoTower(data["model_cfg"])
+    model.load_state_dict(state)
+    model.eval()
+    store, users, items, attributes, train_rows, test_rows, cutoff = data["evaluate"]
+    metrics = tt.evaluate(store, model, users, items, attributes, train_rows, test_rows, cutoff)
+    return round(metrics["two_tower"]["recall@10"], 5)
+
+
+def bench_two_tower(settings: Settings, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Plain, Ray 1 x all cores (and 2 x 1), plain with dense id tables; ``args.repeats``
+    rounds in that order, so that a burst of other work on the machine hits every kind."""
+    started = time.perf_counter()
+    data = two_tower_data(settings, work)
+    config, n = data["config"], data["examples"]
+    epochs, threads = config["epochs"], config["threads"]
+    log.info("two-tower: %d examples, %d epochs (%.1fs to build the arrays)",
+             n, epochs, time.perf_counter() - started)  # fmt: skip
+    shapes = [(1, threads)] + ([(2, 1)] if args.two_workers else [])
+    other = "plain_dense" if tt.SPARSE_ID_TABLES else "plain_sparse"  # the road not taken
+    runs: dict[str, list[dict[str, Any]]] = {}
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for round_ in range(args.repeats):
+        log.info("two-tower round %d/%d: plain PyTorch, %d thread(s)", round_ + 1, args.repeats,
+                 threads)  # fmt: skip
+        t0 = time.perf_counter()
+        states["plain"], metrics = tt.train_plain(config)
+        runs.setdefault("plain", []).append(_run(time.perf_counter() - t0, n, epochs, metrics))
+        log.info("  plain: %.1fs", runs["plain"][-1]["seconds"])
+        for workers, per_worker in shapes:
+            name = f"ray_{workers}x{per_worker}"
+            ray_settings = _with_workers(settings, work, workers, per_worker)
+            states[name], metrics, seconds = tt._fit_with_ray(ray_settings, work, data["model_cfg"])
+            runs.setdefault(name, []).append(_run(seconds, n, epochs, metrics))  # rank 0's loop
+            log.info("  %s: %.1fs", name, seconds)
+        if not args.no_sparse:
+            t0 = time.perf_counter()
+            states[other], metrics = tt.train_plain(config | {"sparse": not tt.SPARSE_ID_TABLES})
+            seconds = time.perf_counter() - t0
+            runs.setdefault(other, []).append(_run(seconds, n, epochs, metrics))
+            log.info("  %s: %.1fs", other, seconds)
+    best = {name: _best(kind) for name, kind in runs.items()}
+    for name in best:
+        if name.startswith("ray_"):
+            _compare(best["plain"], best[name])
+    ray_one = f"ray_1x{threads}"
+    best[ray_one]["weights_max_abs_diff_to_plain"] = _max_abs_diff(states["plain"], states[ray_one])
+    out: dict[str, Any] = {"examples": n, "epochs": epochs, "batch_size": config["batch_size"]}
+    out |= {"threads": threads, "runs": best}
+    if not args.no_sparse:
+        log.info("two-tower: scoring the sparse and the dense fit (recall@10)")
+        sparse, dense = ("plain", other) if tt.SPARSE_ID_TABLES else (other, "plain")
+        out["sparse"] = {
+            "default": tt.SPARSE_ID_TABLES,
+            "loop_speedup": round(best[dense]["loop_seconds"] / best[sparse]["loop_seconds"], 3),
+            "recall@10_dense": recall_at_10(data, states[dense]),
+            "recall@10_sparse": recall_at_10(data, states[sparse]),
+        }
+    return out
+
+
+def bench_item2vec(settings: Settings, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Plain, Ray 1 x all cores (and 2 x 1); ``args.repeats`` rounds in that order."""
+    cfg = Item2VecConfig()
+    started = time.perf_counter()
+    data = item2vec_data(settings, work, cfg)
+    config, n = data["config"], data["examples"]
+    threads = config["threads"]
+    log.info("item2vec: %d pairs over %d items, %d epochs (%.1fs to build them)",
+             n, data["items"], cfg.epochs, time.perf_counter() - started)  # fmt: skip
+    shapes = [(1, threads)] + ([(2, 1)] if args.two_workers else [])
+    runs: dict[str, list[dict[str, Any]]] = {}
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for round_ in range(args.repeats):
+        log.info("item2vec round %d/%d: plain PyTorch", round_ + 1, args.repeats)
+        t0 = time.perf_counter()
+        states["plain"], metrics = i2v.train_plain(config)
+        runs.setdefault("plain", []).append(_run(time.perf_counter() - t0, n, cfg.epochs, metrics))
+        log.info("  plain: %.1fs", runs["plain"][-1]["seconds"])
+        for workers, per_worker in shapes:
+            name = f"ray_{workers}x{per_worker}"
+            ray_settings = _with_workers(settings, work, workers, per_worker)
+            t0 = time.perf_counter()
+            states[name], metrics = i2v._fit_with_ray(
+                ray_settings, config | {"threads": per_worker}, f"item2vec_bench_{name}"
+            )
+            seconds = time.perf_counter() - t0
+            runs.setdefault(name, []).append(_run(seconds, n, cfg.epochs, metrics))
+            log.info("  %s: %.1fs", name, seconds)
+    best = {name: _best(kind) for name, kind in runs.items()}
+    for name in best:
+        if name.startswith("ray_"):
+            _compare(best["plain"], best[name])
+    ray_one = f"ray_1x{threads}"
+    best[ray_one]["weights_max_abs_diff_to_plain"] = _max_abs_diff(states["plain"], states[ray_one])
+    out: dict[str, Any] = {"examples": n, "items": data["items"], "epochs": cfg.epochs}
+    out |= {"batch_size": cfg.batch_size, "threads": threads, "runs": best}
+    out["sparse"] = "always: Item2Vec's tables have sparse gradients and SparseAdam"
+    return out
+
+
+def _passive_openmp() -> None:
+    """Re-run this script with ``OMP_WAIT_POLICY=PASSIVE`` unless the caller chose a policy.
+
+    torch's OpenMP threads spin while they wait for each other. On 2 cores shared with other
+    jobs a spinning thread burns the slice its sibling needs, and an epoch measured here went
+    from 5-15 s to ~200 s, plain and Ray alike. Passive waiting keeps the comparison about
+    Ray. The policy is read when torch loads, hence a new process; Ray's workers inherit it.
+    Pass ``OMP_WAIT_POLICY=ACTIVE`` to time torch's default.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ:
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def main() -> None:
+    _passive_openmp()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=None, help="data root (default RECSYS_HOME)")
+    parser.add_argument("--models", nargs="+", default=["two_tower", "item2vec"])
+    parser.add_argument("--two-workers", action="store_true", help="also 2 workers x 1 core")
+    parser.add_argument("--no-sparse", action="store_true", help="skip the sparse comparison")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds; the fastest counts")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="also write the JSON here")
+    args = parser.parse_args()
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False)  # stdout: the JSON
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
+    logging.getLogger("feast").setLevel(logging.WARNING)  # "Registry cache expired", per call
+    settings = Settings(home=args.home) if args.home else Settings()
+    env = {k: v for k, v in os.environ.items() if k.startswith(("RAY_TRAIN_", "OMP_", "RECSYS_"))}
+    report: dict[str, Any] = {
+        "benchmark": "training_speed",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "home": str(settings.home),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "env": env,
+        "repeats": args.repeats,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "target_ratio": TARGET_RATIO,
+    }
+    with tempfile.TemporaryDirectory(prefix="training_speed_") as tmp:
+        work = Path(tmp)
+        import ray
+
+        report["machine"]["ray"] = ray.__version__
+        t0 = time.perf_counter()
+        ensure_ray(settings)  # once per process, as `recsys train` pays it once
+        report["ray_init_seconds"] = round(time.perf_counter() - t0, 2)
+        report["niceness"] = match_ray_niceness()
+        threads = max(1, local_cpus(settings))
+        noop = {f"1x{threads}": noop_trainer_seconds(settings, work, 1, threads)}
+        if args.two_workers:
+            noop["2x1"] = noop_trainer_seconds(settings, work, 2, 1)
+        report["ray_empty_trainer_seconds"] = noop
+        log.info("Ray: init %.1fs, empty TorchTrainer %s", report["ray_init_seconds"], noop)
+        if "two_tower" in args.models:
+            report["two_tower"] = bench_two_tower(settings, work, args)
+        if "item2vec" in args.models:
+            report["item2vec"] = bench_item2vec(settings, work, args)
+    report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    summary = {}
+    for model in ("two_tower", "item2vec"):
+        if model in report:
+            ratio = report[model]["runs"][f"ray_1x{report[model]['threads']}"]["ratio_to_plain"]
+            summary[model] = {"ratio_ray_1_worker": ratio, "meets_target": ratio <= TARGET_RATIO}
+    report["summary"] = summary
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
