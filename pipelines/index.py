@@ -65,11 +65,20 @@ def _payload(record: dict) -> dict:
     }
 
 
+def index_time(manifest: dict) -> pd.Timestamp:
+    """When to read the items' demand features: now, or the end of the training data when that
+    lies further back than the features' TTL would reach (a historical data set such as ASOS,
+    whose 2020 features read "now" would all be expired and the item vectors built on zeros)."""
+    now = pd.Timestamp.now(tz="UTC")
+    end = manifest.get("data", {}).get("end")
+    return min(now, pd.Timestamp(end)) if end else now
+
+
 def build_index(settings: Settings) -> IndexSummary:
     started = time.perf_counter()
     run_dir = current_run(settings.artifacts_dir)
-    model, _users, items, _manifest = load_run(run_dir)
-    as_of = pd.Timestamp.now(tz="UTC")
+    model, _users, items, manifest = load_run(run_dir)
+    as_of = index_time(manifest)
     catalog = catalog_frame(
         open_store(settings), load_item_attributes(settings), items.item_ids, as_of
     )
