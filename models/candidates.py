@@ -314,7 +314,9 @@ class CandidateGenerator:
             if window not in self.popularity.windows:  # nothing sold in it: all-time counts
                 window = self.popularity.windows[-1]
             top_items = self.popularity.top(
-                lim.popular + int(blocked.sum() if len(excluded) < 500 else 500),
+                # room for what the visitor has (the category filter is applied by the
+                # table itself; other filters may leave fewer than ``lim.popular``)
+                lim.popular + min(len(excluded), 500),
                 window=window, category=filters.category,
                 age_bucket=ctx.age_bucket,
             )  # fmt: skip
