@@ -39,17 +39,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.encoding import ItemEncoder, UserEncoder
 from models.item2vec import (
     Item2VecConfig,
     build_sessions,
     skipgram_pairs,
     subsample_keep_prob,
 )
-from models.two_tower import TwoTower, TwoTowerConfig
+from models.two_tower import TwoTower
 from pipelines import item2vec as i2v
 from pipelines import train as tt
-from pipelines.features import ITEM_NUMERIC, USER_NUMERIC
 from pipelines.schema import table_path
 from recsys.config import Settings
 from recsys.feast_store import open_store
@@ -65,10 +63,11 @@ def two_tower_data(settings: Settings, work: Path) -> dict[str, Any]:
     """The arrays `recsys train` trains on, written to ``work/train_arrays.npz``, the plain
     loop's config, and what :func:`pipelines.train.evaluate` needs to score a fit.
 
-    The same calls as :func:`pipelines.train.train` up to ``np.savez`` (that function does not
-    expose its arrays). All training positives are used: the ranker's label carve-out and the
-    cold-item experiment, which take up to a tenth of them out, are left aside, so the loop
-    here is, if anything, a little longer than `recsys train`'s.
+    The same calls as :func:`pipelines.train.train`, through its
+    :func:`~pipelines.train.encode_training_set`. All training positives are used: the
+    ranker's label carve-out and the cold-item experiment, which take up to a tenth of them
+    out, are left aside, so the loop here is, if anything, a little longer than `recsys
+    train`'s.
     """
     cfg = settings.train
     events = tt.load_events(settings, tuple({"purchase", *cfg.train_events}))
@@ -90,23 +89,7 @@ def two_tower_data(settings: Settings, work: Path) -> dict[str, Any]:
             for history, item in zip(examples["purchased_items"], examples["item_id"], strict=True)
         ]
     attributes = tt.load_item_attributes(settings)
-    items = ItemEncoder.fit(attributes, examples)
-    users = UserEncoder.fit(examples, history=settings.features.recent_items)
-    arrays = users.encode(examples, items) | items.encode(examples)
-    counts = np.bincount(arrays["item_idx"], minlength=items.n_items).astype(np.float64)
-    log_q = np.log((counts + 1.0) / (counts + 1.0).sum()).astype(np.float32)
-    item_table = items.attribute_table(tt.item_frame(attributes, items.item_ids))
-    np.savez(work / tt.ARRAYS, log_q=log_q, item_table=item_table, **arrays)
-    model_cfg = TwoTowerConfig(
-        n_users=users.n_users,
-        n_items=items.n_items,
-        attr_sizes=items.attr_sizes(),
-        n_user_numeric=len(USER_NUMERIC),
-        n_item_numeric=len(ITEM_NUMERIC),
-        dim=cfg.dim,
-        temperature=cfg.temperature,
-        id_dropout=cfg.id_dropout,
-    )
+    items, users, _counts, model_cfg = tt.encode_training_set(settings, examples, attributes, work)
     config = {  # what pipelines.train._fit_with_ray hands to train_func
         "arrays": str(work / tt.ARRAYS),
         "model": model_cfg.to_dict(),

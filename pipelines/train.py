@@ -390,27 +390,10 @@ def train(settings: Settings, progress=print) -> TrainResult:
              f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
 
     attributes = load_item_attributes(settings)
-    items = ItemEncoder.fit(attributes, examples)
-    users = UserEncoder.fit(examples, history=settings.features.recent_items)
-    arrays = users.encode(examples, items) | items.encode(examples)
-    counts = np.bincount(arrays["item_idx"], minlength=items.n_items).astype(np.float64)
-    log_q = np.log((counts + 1.0) / (counts + 1.0).sum()).astype(np.float32)
-
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     run_dir = settings.artifacts_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    item_table = items.attribute_table(item_frame(attributes, items.item_ids))
-    np.savez(run_dir / ARRAYS, log_q=log_q, item_table=item_table, **arrays)
-    model_cfg = TwoTowerConfig(
-        n_users=users.n_users,
-        n_items=items.n_items,
-        attr_sizes=items.attr_sizes(),
-        n_user_numeric=len(USER_NUMERIC),
-        n_item_numeric=len(ITEM_NUMERIC),
-        dim=cfg.dim,
-        temperature=cfg.temperature,
-        id_dropout=cfg.id_dropout,
-    )
+    items, users, counts, model_cfg = encode_training_set(settings, examples, attributes, run_dir)
     state, fit_metrics, fit_seconds = _fit_with_ray(settings, run_dir, model_cfg)
     model = TwoTower(model_cfg)
     model.load_state_dict(state)
@@ -462,6 +445,32 @@ def train(settings: Settings, progress=print) -> TrainResult:
     set_current(settings.artifacts_dir, run_dir)
     log.info("saved run %s: %s", run_dir, json.dumps(metrics))
     return TrainResult(run_dir, metrics)
+
+
+def encode_training_set(
+    settings: Settings, examples: pd.DataFrame, attributes: pd.DataFrame, out_dir: Path
+) -> tuple[ItemEncoder, UserEncoder, np.ndarray, TwoTowerConfig]:
+    """Fit the encoders, write the arrays ``train_func`` reads (``out_dir/ARRAYS``) and size
+    the model. Returns (items, users, examples per item index, model config)."""
+    cfg = settings.train
+    items = ItemEncoder.fit(attributes, examples)
+    users = UserEncoder.fit(examples, history=settings.features.recent_items)
+    arrays = users.encode(examples, items) | items.encode(examples)
+    counts = np.bincount(arrays["item_idx"], minlength=items.n_items).astype(np.float64)
+    log_q = np.log((counts + 1.0) / (counts + 1.0).sum()).astype(np.float32)
+    item_table = items.attribute_table(item_frame(attributes, items.item_ids))
+    np.savez(out_dir / ARRAYS, log_q=log_q, item_table=item_table, **arrays)
+    model_cfg = TwoTowerConfig(
+        n_users=users.n_users,
+        n_items=items.n_items,
+        attr_sizes=items.attr_sizes(),
+        n_user_numeric=len(USER_NUMERIC),
+        n_item_numeric=len(ITEM_NUMERIC),
+        dim=cfg.dim,
+        temperature=cfg.temperature,
+        id_dropout=cfg.id_dropout,
+    )
+    return items, users, counts, model_cfg
 
 
 def _fit_with_ray(
