@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         department: str | None = Query(None, max_length=256),
         max_price: float | None = Query(None, gt=0),
         in_stock: bool | None = Query(None),
-    ) -> RecommendationResponse:
+    ) -> Response:
         """Top-k items for a user: every candidate source, the ranker, then business rules.
 
         Already-bought items are excluded; the filters are pushed into the vector search.
@@ -139,12 +139,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         filters = ItemFilters(category, department, max_price, in_stock)
         rec = request.app.state.recommender.recommend(user_id, k, filters)
         metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
-        return _response(rec)
+        return _json(_response(rec))
 
     @app.post("/recommendations", response_model=RecommendationResponse)
-    async def session_recommendations(
-        body: SessionRequest, request: Request
-    ) -> RecommendationResponse:
+    async def session_recommendations(body: SessionRequest, request: Request) -> Response:
         """For a visitor without a user id: session-based recommendations from the items they
         browsed; with nothing browsed, popular items for the context (``fallback: true``).
         Unknown item ids in the session are ignored."""
@@ -153,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body.session_items, body.k, filters, body.age_bucket
         )
         metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
-        return _response(rec)
+        return _json(_response(rec))
 
     @app.get("/items/{item_id}/similar", response_model=ItemListResponse)
     async def similar(
@@ -161,30 +159,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         item_id: str = Path(..., min_length=1, max_length=256),
         method: Literal["behaviour", "content", "hybrid"] = Query("hybrid"),
         k: int = Query(settings.serve.default_k, ge=1, le=max_k),
-    ) -> ItemListResponse:
+    ) -> Response:
         """Items like this one: bought by the same shoppers (behaviour), close in the item
         tower's space of attributes and demand (content), or both fused by reciprocal rank.
         An item nobody has bought yet answers from content (``method`` says what was used)."""
         recommender = request.app.state.recommender
         _require_item(recommender, item_id)
         used, items = recommender.similar(item_id, k, method)
-        return ItemListResponse(item_id=item_id, items=[RecommendedItem(**i) for i in items],
+        body = ItemListResponse(item_id=item_id, items=[RecommendedItem(**i) for i in items],
                                 model_version=recommender.model_version, method=used)  # fmt: skip
+        return _json(body)
 
     @app.get("/items/{item_id}/bought-together", response_model=BoughtTogetherResponse)
     async def bought_together(
         request: Request,
         item_id: str = Path(..., min_length=1, max_length=256),
         k: int = Query(settings.serve.default_k, ge=1, le=max_k),
-    ) -> BoughtTogetherResponse:
+    ) -> Response:
         """Association rules mined from baskets: support, confidence and lift per item."""
         recommender = request.app.state.recommender
         _require_item(recommender, item_id)
         items = recommender.bought_together(item_id, k)
-        return BoughtTogetherResponse(
+        return _json(BoughtTogetherResponse(
             item_id=item_id, items=[BoughtTogetherItem(**i) for i in items],
             model_version=recommender.model_version,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     @app.get("/popular", response_model=ItemListResponse)
     async def popular(
@@ -192,12 +191,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         window: Literal["7d", "30d", "all"] = Query("7d"),
         category: str | None = Query(None, max_length=256),
         k: int = Query(settings.serve.default_k, ge=1, le=max_k),
-    ) -> ItemListResponse:
+    ) -> Response:
         """The most bought items over the window, overall or in one category."""
         recommender = request.app.state.recommender
         items = recommender.popular(k, window, category)
-        return ItemListResponse(items=[RecommendedItem(**i) for i in items],
-                                model_version=recommender.model_version)  # fmt: skip
+        return _json(ItemListResponse(items=[RecommendedItem(**i) for i in items],
+                                      model_version=recommender.model_version))  # fmt: skip
 
     @app.post("/events", response_model=EventsAccepted)
     def events(batch: EventBatch, request: Request) -> EventsAccepted:
@@ -234,6 +233,16 @@ def _response(rec) -> RecommendationResponse:
         degraded=rec.degraded,
         model_version=rec.model_version,
     )
+
+
+def _json(body: BaseModel) -> Response:
+    """The validated model serialised once, by pydantic-core.
+
+    Returning the model itself makes FastAPI dump it to a dict, validate that against
+    ``response_model`` again and encode it with ``jsonable_encoder`` + ``json.dumps``: three
+    passes, ~0.5 ms for ten items. ``response_model`` stays on each route for the OpenAPI docs.
+    """
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 def _require_item(recommender, item_id: str) -> None:

@@ -45,6 +45,9 @@ class ApiMetrics:
 class MetricsMiddleware:
     """Pure ASGI middleware: times every HTTP request by route template and status.
 
+    Each response carries the server's own time to its first byte in a ``Server-Timing``
+    header (``app;dur=<ms>``), so a client can tell server time from network and client time.
+
     (Starlette's ``BaseHTTPMiddleware`` costs about a millisecond a request here, the same
     order as the whole recommendation path.)
     """
@@ -64,6 +67,10 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                took_ms = (time.perf_counter() - started) * 1e3
+                headers = [*message.get("headers", ()),
+                           (b"server-timing", f"app;dur={took_ms:.3f}".encode())]  # fmt: skip
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
