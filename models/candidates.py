@@ -13,6 +13,12 @@ Sources (each optional, each capped at its own ``k``):
 * ``bought_together``: association rules of the most recent items.
 * ``popular``: popularity in the user's age bucket (or overall) over a recent window.
 
+Each source's evidence is filled in for *every* candidate, not only its own: the item-item
+sum, hit count and strongest single weight over the history (0 when no history item points
+at it), and the two-tower cosine when the item vectors are known. The ranker can then weigh
+a popular item against the history too; ranks (``ii_rank``, ``tt_rank``, ``pop_rank``) stay
+per source and mark its own candidates.
+
 Items are addressed by vocabulary index (0 = unknown), the two-tower encoder's vocabulary,
 which is also the vector store's point id.
 """
@@ -39,7 +45,7 @@ UNKNOWN = "unknown"
 MISSING_RANK = 1000.0  # rank feature of a source that did not propose the item
 
 FEATURES: tuple[str, ...] = (
-    "ii_score", "ii_rank", "ii_hits",
+    "ii_score", "ii_rank", "ii_hits", "ii_max",
     "tt_score", "tt_rank",
     "bt_confidence", "bt_lift",
     "pop_rank",
@@ -49,6 +55,17 @@ FEATURES: tuple[str, ...] = (
     "aff_category", "aff_colour", "aff_department", "price_ratio",
 )  # fmt: skip
 SOURCES = ("item_item", "two_tower", "bought_together", "popular")
+#: How each source orders its own candidates: (feature column, higher is better).
+SOURCE_ORDER: dict[str, tuple[str, bool]] = {
+    "item_item": ("ii_score", True),
+    "two_tower": ("tt_score", True),
+    "bought_together": ("bt_confidence", True),
+    "popular": ("pop_rank", False),
+}
+#: The column that marks a source's own candidates in a feature row (scores such as
+#: ``ii_score`` and ``tt_score`` are filled in for every candidate, ranks only for its own).
+_OWN_MARKER = {"item_item": "ii_rank", "two_tower": "tt_rank", "popular": "pop_rank",
+               "bought_together": "bt_confidence"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -243,13 +260,17 @@ class CandidateGenerator:
         popularity: PopularityTable | None = None,
         vector_search: VectorSearch | None = None,
         limits: SourceLimits | None = None,
+        item_vectors: np.ndarray | None = None,
     ) -> None:
+        """``item_vectors``: the two-tower item vectors by vocabulary index (row 0 = unknown),
+        so that every candidate, not only the vector search's own, gets its two-tower score."""
         self.catalog = catalog
         self.neighbors = neighbors
         self.rules = rules
         self.popularity = popularity
         self.vector_search = vector_search
         self.limits = limits or SourceLimits()
+        self.item_vectors = item_vectors
 
     def generate(self, ctx: UserContext, filters: ItemFilters = NO_FILTERS) -> CandidateSet:
         cat, lim = self.catalog, self.limits
@@ -267,6 +288,9 @@ class CandidateGenerator:
         ms: dict[str, float] = {}
         clock = time.perf_counter()
         ii_seed_of: dict[int, int] = {}
+        # every item reachable from the seeds with its summed, hit-count and best single
+        # weight: the item-item evidence of *any* candidate, whichever source proposed it
+        reach: tuple[np.ndarray, ...] | None = None
         if self.neighbors is not None and len(seeds):
             cols, weights, rows = self.neighbors.gather(seeds)
             keep = ~blocked[cols]
@@ -274,14 +298,15 @@ class CandidateGenerator:
             if len(cols):
                 items, inverse = np.unique(cols, return_inverse=True)
                 sums = np.bincount(inverse, weights=weights)
-                hits = np.bincount(inverse)
-                top = _top(sums, lim.item_item)
-                found["item_item"] = (items[top], sums[top])
-                found["ii_hits"] = (items[top], hits[top].astype(np.float64))
+                hits = np.bincount(inverse).astype(np.float64)
                 # the history item with the largest single weight explains the candidate
                 order = np.lexsort((-weights, inverse))
                 first = np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]
                 best_row = rows[order][first]
+                best_weight = weights[order][first]
+                reach = (items, sums, hits, best_weight)
+                top = _top(sums, lim.item_item)
+                found["item_item"] = (items[top], sums[top])
                 ii_seed_of = dict(zip(items[top].tolist(), best_row[top].tolist(), strict=True))
         clock = _lap(ms, "item_item", clock)
         failed: list[str] = []
@@ -357,8 +382,15 @@ class CandidateGenerator:
             elif rank_name:
                 features[:, col[rank_name]] = MISSING_RANK
             sources[source] = mask
-        if "ii_hits" in found:
-            put(*found["ii_hits"], "ii_hits")
+        if reach is not None:
+            reached, sums, hits, best_weight = reach
+            pos = np.minimum(np.searchsorted(reached, items), len(reached) - 1)
+            hit = reached[pos] == items
+            for name, values in (("ii_score", sums), ("ii_hits", hits), ("ii_max", best_weight)):
+                features[:, col[name]] = np.where(hit, values[pos], 0.0)
+        if self.item_vectors is not None and ctx.vector is not None:
+            # the same cosine the vector search ranks by, for every candidate
+            features[:, col["tt_score"]] = self.item_vectors[items] @ ctx.vector
         if bt_lift:
             put(np.array(list(bt_lift), dtype=np.int64), np.array(list(bt_lift.values())),
                 "bt_lift")  # fmt: skip
@@ -405,6 +437,18 @@ class CandidateGenerator:
             paid = paid[np.isfinite(paid)]
             if len(paid) and paid.mean() > 0:
                 features[:, col["price_ratio"]] = cat.price[items] / paid.mean()
+
+
+def source_order(features: np.ndarray, source: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """Row positions of ``source``'s own candidates, in the order that source ranks them: the
+    source alone, to compare the ranker with each of its inputs. ``rows``: the source's
+    candidates when known (``CandidateSet.sources``), else read from the rank columns."""
+    if rows is None:
+        marker = features[:, FEATURES.index(_OWN_MARKER[source])]
+        rows = np.flatnonzero(np.isfinite(marker) & (marker < MISSING_RANK))
+    column, descending = SOURCE_ORDER[source]
+    values = features[rows, FEATURES.index(column)].astype(np.float64)
+    return rows[np.argsort(-values if descending else values, kind="stable")]
 
 
 def _lap(timings: dict[str, float], stage: str, since: float) -> float:

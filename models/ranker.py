@@ -1,9 +1,11 @@
-"""The ranker: LightGBM LambdaRank over the merged candidates of every source.
+"""The ranker: LightGBM over the merged candidates of every source.
 
 Each source is good at something different (EASE at co-purchase structure, the two-tower at
 profile and content, rules at complements, popularity at what sells now); a learned ranker
 over their scores plus user, item and user x item features decides per user which to trust.
-LambdaRank optimises NDCG directly over each user's candidate list. The model is stored in
+The objective is configurable (``RECSYS_RANKING__OBJECTIVE``): LambdaRank optimises NDCG over
+each user's list directly, a binary (pointwise) loss was the least noisy on sparse data (see
+``OBJECTIVES``). The model is stored in
 LightGBM's own text format (no pickle), with the feature names it expects.
 """
 
@@ -19,12 +21,13 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEFAULT_PARAMS: dict[str, Any] = {
-    "objective": "lambdarank",
+    "objective": "binary",
     "metric": "ndcg",
     "eval_at": [10],
-    "learning_rate": 0.05,
-    "num_leaves": 31,
-    "min_data_in_leaf": 50,
+    "learning_rate": 0.1,
+    "num_leaves": 15,
+    "min_data_in_leaf": 200,
+    "lambda_l2": 10.0,
     "feature_fraction": 0.9,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
@@ -33,6 +36,13 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "deterministic": True,
     "force_row_wise": True,
 }
+#: Objectives compared in the ASOS study (5-fold over the label users, NDCG@10 of the reordered
+#: candidates): binary 0.0210, rank_xendcg 0.0208, lambdarank 0.0199, item-item alone 0.0198.
+#: With one positive among ~200 candidates per user and ~2k users whose label is reachable,
+#: the pointwise loss is the least noisy; the others stay available. 100 rounds at learning
+#: rate 0.1 scored the same as 300 at 0.03 (NDCG@10 0.0210 both) and predict 2.7x faster
+#: (0.29 against 0.79 ms for 200 candidates), which is serving latency.
+OBJECTIVES = ("binary", "lambdarank", "rank_xendcg")
 
 
 @dataclass
@@ -51,13 +61,18 @@ class Ranker:
         groups: np.ndarray,
         feature_names: list[str],
         valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-        rounds: int = 300,
-        early_stopping: int = 30,
+        rounds: int = 100,
+        early_stopping: int | None = None,
         seed: int = 0,
         threads: int = 0,
         params: dict[str, Any] | None = None,
     ) -> Ranker:
-        """Fit on candidate rows grouped per user (``groups``: rows per user, in order)."""
+        """Fit on candidate rows grouped per user (``groups``: rows per user, in order).
+
+        ``valid`` is scored every round (``valid_ndcg@10`` in ``info``); it only stops the
+        training early when ``early_stopping`` is set: with a few hundred validation users the
+        curve is too noisy to pick a round from (it stopped at 12 of 300 on ASOS).
+        """
         import lightgbm as lgb
 
         if len(feature_names) != features.shape[1]:
@@ -73,7 +88,8 @@ class Ranker:
                             reference=train)
             )  # fmt: skip
             names.append("valid")
-            callbacks.append(lgb.early_stopping(early_stopping, verbose=False))
+            if early_stopping:
+                callbacks.append(lgb.early_stopping(early_stopping, verbose=False))
         evals: dict[str, Any] = {}
         callbacks.append(lgb.record_evaluation(evals))
         booster = lgb.train(config, train, rounds, valid_sets=sets, valid_names=names,

@@ -122,31 +122,17 @@ def evaluate_served(
     return rankings, info
 
 
-#: How each source orders its own candidates: (feature column, higher is better).
-SOURCE_ORDER = {
-    "item_item": ("ii_score", True),
-    "two_tower": ("tt_score", True),
-    "bought_together": ("bt_confidence", True),
-    "popular": ("pop_rank", False),
-}
-
-
 def source_rankings(cand, pipeline, k: int) -> dict[str, list[str]]:
     """Each source's own top-k among the candidates, before the ranker and the rules."""
-    from models.candidates import FEATURES
+    from models.candidates import SOURCE_ORDER, source_order
 
     if cand is None or len(cand) == 0:
         return {}
-    out = {}
-    for source, (column, descending) in SOURCE_ORDER.items():
-        mask = cand.sources[source]
-        if not mask.any():
-            out[source] = []
-            continue
-        values = cand.features[mask, FEATURES.index(column)]
-        order = np.argsort(-values if descending else values, kind="stable")[:k]
-        out[source] = [pipeline.catalog.item_id(int(i)) for i in cand.items[mask][order]]
-    return out
+    return {
+        source: [pipeline.catalog.item_id(int(i)) for i in cand.items[
+            source_order(cand.features, source, np.flatnonzero(cand.sources[source]))[:k]]]
+        for source in SOURCE_ORDER
+    }  # fmt: skip
 
 
 def _present(value: Any) -> bool:

@@ -92,6 +92,11 @@ class TrainSettings(BaseModel):
         description="Experiment: share of test-period items kept out of training entirely, "
         "to measure recommendations of new items from content alone (0: off).",
     )
+    text_embeddings: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: feed the item text embeddings of `recsys embed` to both towers "
+        "when they exist (items without one get zeros); off: train without them.",
+    )
     seed: int = 0
 
 
@@ -113,16 +118,24 @@ class RankingSettings(BaseModel):
     candidates_bought_together: int = 30
     candidates_popular: int = 50
     label_users: int = Field(
-        default=20_000, description="Users whose held-out purchase labels the ranker's rows."
+        default=50_000,
+        description="Users whose held-out purchase labels the ranker's rows (ASOS: 29.5k "
+        "users have two or more purchases; all of them gave the ranker 18% more Recall@10 "
+        "over item-item alone, 16.5k gave 5%).",
     )
     label_share: float = Field(
-        default=0.1,
+        default=0.2,
         gt=0,
         lt=1,
         description="At most this share of the training purchases is held out as labels "
         "(the two-tower trains without them).",
     )
-    rounds: int = 300
+    objective: Literal["binary", "lambdarank", "rank_xendcg"] = Field(
+        default="binary", description="LightGBM objective of the ranker (see models/ranker.py)."
+    )
+    rounds: int = Field(
+        default=100, description="Boosting rounds (no early stopping; each costs predict time)."
+    )
     max_category_share: float = Field(
         default=0.5, description="Diversity: at most this share of a response in one category."
     )
@@ -236,6 +249,19 @@ class Settings(BaseSettings):
     @property
     def ray_dir(self) -> Path:
         return self.home / "ray"
+
+    def item_embeddings_path(self, kind: Literal["text", "image"] = "text") -> Path:
+        """Item content vectors of ``recsys embed`` (written there, read by ``recsys train``).
+
+        Beside the features: a new data set clears them together, so a model never trains on
+        the vectors of another catalogue.
+        """
+        return self.features_dir / f"item_{kind}_embeddings.parquet"
+
+    @property
+    def embeddings_cache_dir(self) -> Path:
+        """Vectors by content hash: kept across data sets, so re-embedding costs only edits."""
+        return self.home / "cache" / "embeddings"
 
 
 @lru_cache(maxsize=1)

@@ -39,7 +39,7 @@ from models.candidates import (
 from models.encoding import ItemEncoder, UserEncoder
 from models.ranker import Ranker
 from models.two_tower import TwoTower
-from pipelines.ranking import RANKER_FILE, Sources
+from pipelines.ranking import RANKER_FILE, Sources, load_item_vectors
 from recsys.config import Settings
 from recsys.vectorstore import SearchFilter, VectorStore
 
@@ -108,7 +108,9 @@ class ServedPipeline:
                 f"code builds {list(FEATURES)}: retrain with `recsys train`, then `recsys index`"
             )
         sources = Sources.load(run_dir)
-        generator = sources.generator(items.item_ids, settings, vector_search)
+        generator = sources.generator(
+            items.item_ids, settings, vector_search, load_item_vectors(run_dir)
+        )
         return cls(generator, ranker, model, users, items, settings.ranking.max_category_share)
 
     # ------------------------------------------------------------------ context

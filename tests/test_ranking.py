@@ -19,7 +19,7 @@ from models.candidates import (
 from models.item_item import ItemNeighbors
 from models.popularity import PopularityTable, segment_popularity
 from models.ranker import Ranker
-from pipelines.ranking import carve_labels, exact_search, histories
+from pipelines.ranking import carve_labels, compare_on_validation, exact_search, histories
 from serving.pipeline import ServedPipeline
 
 END = pd.Timestamp("2026-11-01", tz="UTC")
@@ -136,12 +136,28 @@ def test_candidates_merge_every_source_and_never_propose_what_was_bought() -> No
     assert i3[col["ii_rank"]] == 1  # 1.1 beats i7's 0.4
     # i3's strongest single weight comes from i2 (0.6 > 0.5): that is its reason's seed
     assert gen.catalog.item_id(int(cand.ii_seed[row["i3"]])) == "i2"
+    assert i3[col["ii_max"]] == pytest.approx(0.6)
     i10 = cand.features[row["i10"]]
     assert i10[col["bt_confidence"]] == 1.0 and i10[col["ii_rank"]] == MISSING_RANK
+    # a candidate of another source still carries its item-item evidence: none here
+    assert i10[col["ii_score"]] == 0 and i10[col["ii_hits"]] == 0 and i10[col["ii_max"]] == 0
     assert gen.catalog.item_id(int(cand.bt_seed[row["i10"]])) == "i1"
     assert cand.sources["bought_together"][row["i10"]] and cand.sources["popular"].any()
     # affinity: half of the two history items are dresses (both are): share 1.0 for dresses
     assert i3[col["aff_category"]] == 1.0 and i10[col["aff_category"]] == 0.0
+
+
+def test_every_candidate_gets_its_two_tower_score_when_item_vectors_are_known() -> None:
+    gen = _generator()
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(gen.catalog.n_items, 4)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    gen.item_vectors = vectors
+    user = vectors[5].copy()  # nobody's neighbour: the search is off, the score still comes
+    cand = gen.generate(UserContext("u", history=["i1"], vector=user))
+    col = FEATURES.index("tt_score")
+    np.testing.assert_allclose(cand.features[:, col], vectors[cand.items] @ user, rtol=1e-6)
+    assert not cand.sources["two_tower"].any()
 
 
 def test_filters_apply_to_every_source() -> None:
@@ -193,6 +209,24 @@ def test_ranker_learns_a_planted_signal_and_round_trips(tmp_path) -> None:
     loaded = Ranker.load(tmp_path / "ranker.txt")
     assert loaded.feature_names == ["a", "b", "c"]
     np.testing.assert_allclose(loaded.predict(x[4000:]), ranker.predict(x[4000:]), rtol=1e-6)
+
+
+def test_validation_compares_the_ranker_with_each_source_alone() -> None:
+    col = {name: j for j, name in enumerate(FEATURES)}
+    x = np.full((3, len(FEATURES)), np.nan, dtype=np.float32)
+    x[:, col["ii_rank"]] = [1, 2, MISSING_RANK]  # item-item proposed rows 0 and 1
+    x[:, col["ii_score"]] = [0.9, 0.5, 0.0]
+    x[:, col["tt_rank"]] = [MISSING_RANK, MISSING_RANK, 1]  # the two-tower only row 2
+    x[:, col["tt_score"]] = [0.1, 0.2, 0.3]
+    x[:, col["pop_rank"]] = [2, 1, MISSING_RANK]
+    y = np.array([0, 1, 0], dtype=np.float32)  # the label is row 1
+    out = compare_on_validation(_ByFeature("tt_score"), x, y, np.array([3]))
+    ideal_second = 1 / np.log2(3)
+    assert out["item_item"] == pytest.approx(ideal_second, abs=1e-5)  # ranks it second
+    assert out["popular"] == pytest.approx(1.0)  # ranks it first
+    assert out["two_tower"] == 0.0  # never proposed it
+    assert out["bought_together"] == 0.0
+    assert out["ranker"] == pytest.approx(ideal_second, abs=1e-5)  # 0.3 > 0.2 > 0.1
 
 
 class _ByFeature:
