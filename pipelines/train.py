@@ -9,6 +9,7 @@ checkpoint. The run is then evaluated on the held-out window against popularity 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -23,6 +24,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from models.artifacts import WEIGHTS, save_run, set_current, to_tensors
@@ -30,6 +32,7 @@ from models.encoding import ItemEncoder, UserEncoder
 from models.metrics import evaluate_rankings
 from models.popularity import recommend_popular, top_items
 from models.two_tower import ITEM_INPUTS, TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from pipelines.embed import read_vectors
 from pipelines.features import ITEM_ATTRIBUTES, ITEM_NUMERIC, USER_NUMERIC
 from pipelines.ranking import carve_labels, fit_ranking, padded_item_vectors
 from pipelines.schema import table_path
@@ -103,11 +106,19 @@ def fit_two_tower(
     torch.manual_seed(config["seed"])
     setup_started = time.perf_counter()
     with np.load(config["arrays"], allow_pickle=False) as data:
-        shared = {"log_q", "item_table"}
+        shared = {"log_q", "item_table", "item_text"}
         arrays = {k: data[k] if k in shared else data[k][rank::world] for k in data.files}
     log_q = torch.as_tensor(arrays.pop("log_q"), dtype=torch.float32)
     base = TwoTower(TwoTowerConfig(**config["model"]))
     base.set_item_table(torch.as_tensor(arrays.pop("item_table")))
+    text = arrays.pop("item_text", None)
+    if base.text_proj is not None:
+        if text is None:
+            raise ValueError(
+                f"{config['arrays']} has no item_text table but the model config has "
+                f"text_dim={base.cfg.text_dim}: write the arrays with encode_training_set"
+            )
+        base.set_item_text(torch.as_tensor(text))
     optimizers = _optimizers(base, config)  # before DDP: it must see the sparse tables
     model = prepare(base) if prepare is not None else base
     n = len(arrays["item_idx"])
@@ -183,13 +194,13 @@ def train_func(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 
-    fit_two_tower(
-        config,
-        ctx.get_world_rank(),
-        ctx.get_world_size(),
-        report,
-        ray.train.torch.prepare_model,
+    # The item attribute and text tables are buffers that every rank loads from the same
+    # arrays and never changes: DDP's default re-broadcast of all buffers before each step
+    # would send the text table (items x 384 floats, ~45 MB on ASOS) for nothing.
+    prepare = functools.partial(
+        ray.train.torch.prepare_model, parallel_strategy_kwargs={"broadcast_buffers": False}
     )
+    fit_two_tower(config, ctx.get_world_rank(), ctx.get_world_size(), report, prepare)
 
 
 def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -394,6 +405,8 @@ def train(settings: Settings, progress=print) -> TrainResult:
     run_dir = settings.artifacts_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     items, users, counts, model_cfg = encode_training_set(settings, examples, attributes, run_dir)
+    if model_cfg.text_dim:
+        progress(f"  item text embeddings: {model_cfg.text_dim}-d, in both towers")
     state, fit_metrics, fit_seconds = _fit_with_ray(settings, run_dir, model_cfg)
     model = TwoTower(model_cfg)
     model.load_state_dict(state)
@@ -459,7 +472,9 @@ def encode_training_set(
     counts = np.bincount(arrays["item_idx"], minlength=items.n_items).astype(np.float64)
     log_q = np.log((counts + 1.0) / (counts + 1.0).sum()).astype(np.float32)
     item_table = items.attribute_table(item_frame(attributes, items.item_ids))
-    np.savez(out_dir / ARRAYS, log_q=log_q, item_table=item_table, **arrays)
+    text = item_text_table(settings, items.item_ids)
+    extra = {} if text is None else {"item_text": text}
+    np.savez(out_dir / ARRAYS, log_q=log_q, item_table=item_table, **extra, **arrays)
     model_cfg = TwoTowerConfig(
         n_users=users.n_users,
         n_items=items.n_items,
@@ -469,8 +484,58 @@ def encode_training_set(
         dim=cfg.dim,
         temperature=cfg.temperature,
         id_dropout=cfg.id_dropout,
+        text_dim=0 if text is None else int(text.shape[1]),
     )
     return items, users, counts, model_cfg
+
+
+def item_text_table(settings: Settings, item_ids: list[str]) -> np.ndarray | None:
+    """Text embeddings in vocabulary order (row ``i + 1`` = ``item_ids[i]``, row 0 = padding),
+    or None when ``train.text_embeddings`` is ``off`` or ``recsys embed`` has not run.
+
+    Items missing from the file (added to the catalogue since the last ``recsys embed``) get a
+    zero row: the towers then place them from their id and attributes alone, as without text.
+    """
+    if settings.train.text_embeddings == "off":
+        log.info("item text embeddings off (RECSYS_TRAIN__TEXT_EMBEDDINGS=off)")
+        return None
+    path = settings.item_embeddings_path("text")
+    if not path.exists():
+        log.warning(
+            "no item text embeddings at %s: training without them; run `recsys embed` "
+            "before `recsys train` to give both towers the item descriptions",
+            path,
+        )
+        return None
+    table = pq.read_table(path)
+    kind = (table.schema.metadata or {}).get(b"recsys.embed.kind", b"text")
+    if not {"item_id", "vector"} <= set(table.column_names) or kind != b"text":
+        raise ValueError(
+            f"{path} is not text embeddings written by `recsys embed` (it needs item_id and "
+            "vector columns, kind text): delete it and run `recsys embed --kind text`."
+        )
+    vectors = read_vectors(table, path)
+    position = {item: row for row, item in enumerate(table.column("item_id").to_pylist())}
+    rows = np.fromiter((position.get(i, -1) for i in item_ids), np.int64, len(item_ids))
+    found = rows >= 0
+    if not vectors.size or not found.any():
+        raise ValueError(
+            f"{path} has no vector for any of the {len(item_ids):,} catalogue items: it was "
+            "embedded from another catalogue; run `recsys embed` again (or set "
+            "RECSYS_TRAIN__TEXT_EMBEDDINGS=off)."
+        )
+    if not found.all():
+        log.warning(
+            "%d of %d catalogue items have no text embedding in %s (zeros for them): run "
+            "`recsys embed` after catalogue changes",
+            int((~found).sum()),
+            len(item_ids),
+            path,
+        )
+    out = np.zeros((len(item_ids) + 1, vectors.shape[1]), dtype=np.float32)
+    out[1:][found] = vectors[rows[found]]
+    log.info("item text embeddings: %d-d for %d items from %s", out.shape[1], found.sum(), path)
+    return out
 
 
 def _fit_with_ray(

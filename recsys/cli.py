@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from rich.console import Console
@@ -163,6 +163,44 @@ def run_materialize(settings: Settings) -> None:
         console.print(
             f"  {rows:,} rows from {len(s.feature_views)} feature views into the online store "
             f"({rows / max(s.seconds, 1e-9):,.0f} rows/s), up to {s.end:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+def run_embed(
+    settings: Settings,
+    kind: Literal["text", "image"] = "text",
+    model_path: Path | None = None,
+    use_ray: bool = True,
+    batch_size: int = 64,
+) -> None:
+    """Embed the validated catalogue where ``recsys train`` looks for it; only edits re-encode."""
+    from models.text_encoder import ModelFolderError
+    from pipelines.embed import embed_items
+    from pipelines.schema import table_path
+
+    items_path = table_path(settings.validated_dir, "items")
+    with stage(f"embed {kind} ({'Ray Data' if use_ray else 'in-process'})"):
+        if not items_path.exists():
+            raise _fail(FileNotFoundError(f"{items_path} is missing: run `recsys validate` first."))
+        try:
+            s = embed_items(
+                items_path,
+                settings.item_embeddings_path(kind),
+                settings.embeddings_cache_dir,
+                kind=kind,
+                model_path=model_path,
+                use_ray=use_ray,
+                batch_size=batch_size,
+                settings=settings,
+                # Ray Data logs (hidden) progress lines when stdout is not a terminal and warns
+                # when progress is off; in-process tqdm bars would only clutter a log file
+                progress=use_ray or console.is_terminal,
+            )
+        except (ModelFolderError, FileNotFoundError, ValueError, ImportError) as exc:
+            raise _fail(exc) from exc
+        console.print(
+            f"  {s.items:,} items: {s.hits:,} cached, {s.encoded:,} encoded ({s.backend}, "
+            f"{s.encode_seconds:.1f}s), dim {s.dim} -> {s.out_path}"
         )
 
 
@@ -430,6 +468,28 @@ def materialize() -> None:
 
 
 @app.command()
+def embed(
+    kind: Annotated[str, typer.Option(help="text or image.")] = "text",
+    model_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local Hugging Face model folder (default: RECSYS_EMBED__TEXT_MODEL_PATH, "
+            "else the bundled all-MiniLM-L6-v2; image needs a CLIP folder)."
+        ),
+    ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option("--ray/--no-ray", help="Encode with Ray Data, or in this process."),
+    ] = True,
+    batch_size: Annotated[int, typer.Option(min=1, help="Inputs per forward pass.")] = 64,
+) -> None:
+    """Embed item text (title, description, attributes) or images; cached by content hash."""
+    if kind not in ("text", "image"):
+        raise typer.BadParameter(f"{kind!r} is not text or image", param_hint="--kind")
+    run_embed(get_settings(), cast(Literal["text", "image"], kind), model_path, ray, batch_size)
+
+
+@app.command()
 def train(
     epochs: Annotated[int | None, typer.Option(help="Override RECSYS_TRAIN__EPOCHS.")] = None,
     num_workers: Annotated[int | None, typer.Option(help="Ray Train workers.")] = None,
@@ -515,6 +575,7 @@ def demo(
     run_validate(settings, settings.validation.max_bad_fraction)
     run_features(settings)
     run_materialize(settings)
+    run_embed(settings, "text")
     run_train(settings)
     run_index(settings)
     console.rule("[bold]ready")

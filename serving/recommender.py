@@ -35,6 +35,8 @@ from serving.stages import StageGuard
 log = logging.getLogger(__name__)
 
 ITEM_FIELDS = ("item_id", "title", "category", "colour", "price")
+BY_TEXT = "similar description"
+BY_TOWER = "similar style and attributes"
 ACTIVITY_REFS = [
     f"user_activity:{c}" for c in ("recent_views", "recent_purchases", "session_events")
 ]
@@ -63,6 +65,9 @@ class ServedRun:
     pipeline: ServedPipeline
     item_vectors: np.ndarray
     item_fields: dict[str, dict[str, Any]]
+    # what `similar?method=content` ranks by: text embeddings when the model has them
+    content_vectors: np.ndarray | None = None
+    content_reason: str = BY_TOWER
 
 
 class Recommender:
@@ -114,6 +119,7 @@ class Recommender:
         served = ServedRun(
             run_dir, model, users, items, manifest, vectors, None, load_item_vectors(run_dir), {}
         )  # type: ignore[arg-type]
+        served.content_vectors, served.content_reason = _content_space(model, served.item_vectors)
         # the search reads served.vectors on each call: a store swapped in is used at once
         served.pipeline = ServedPipeline.load(
             run_dir, self.settings, model, users, items,
@@ -300,8 +306,14 @@ class Recommender:
         return dict(fields) if fields is not None else {"item_id": item_id}
 
     def similar(self, item_id: str, k: int, method: str = "hybrid") -> tuple[str, list[dict]]:
-        """Neighbours of an item: behaviour (co-purchase weights), content (item vectors) or
-        both (reciprocal-rank fusion). An item nobody bought yet falls back to content."""
+        """Neighbours of an item: behaviour (co-purchase weights), content or both
+        (reciprocal-rank fusion). An item nobody bought yet falls back to content.
+
+        Content is the cosine of the items' text embeddings when the served model has them
+        ("similar description"), else of the item-tower vectors ("similar style and
+        attributes"); an item without text falls back to its item-tower vector.
+        """
+        served = self.served
         index = self.items.index(item_id)
         behaviour_ids, behaviour_scores = self.pipeline.generator.neighbors.neighbours(index, k * 2)
         used = method
@@ -311,12 +323,14 @@ class Recommender:
         if used in ("behaviour", "hybrid"):
             lists.append(("bought by the same shoppers", behaviour_ids, behaviour_scores))
         if used in ("content", "hybrid"):
-            vectors = self.served.item_vectors
+            vectors, reason = served.content_vectors, served.content_reason
+            if vectors is None or not vectors[index].any():
+                vectors, reason = served.item_vectors, BY_TOWER
             scores = vectors @ vectors[index]
             scores[[0, index]] = -np.inf
             top = np.argpartition(-scores, k * 2)[: k * 2]
             top = top[np.argsort(-scores[top], kind="stable")]
-            lists.append(("similar style and attributes", top, scores[top]))
+            lists.append((reason, top, scores[top]))
         fused: dict[int, tuple[float, list[str]]] = {}
         for reason, ids, scores in lists:
             for rank, (i, s) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True)):
@@ -372,6 +386,23 @@ class Recommender:
         self.served.vectors.close()
         if self._pending is not None:
             self._pending.vectors.close()
+
+
+def _content_space(model: Any, item_vectors: np.ndarray) -> tuple[np.ndarray, str]:
+    """Vectors (row = item index) whose cosine ``similar?method=content`` ranks by, and why.
+
+    The model's frozen text embeddings when it has them: they say what an item *is* (its
+    description), where item-tower vectors also carry who bought it. `recsys embed` writes
+    unit rows (zeros for items without text), so a dot product is the cosine; rows are
+    re-normalised here only if a table from elsewhere is not.
+    """
+    if getattr(model.cfg, "text_dim", 0) <= 0:
+        return item_vectors, BY_TOWER
+    text = model.item_text.detach().cpu().numpy()
+    norms = np.linalg.norm(text, axis=1, keepdims=True)
+    if not np.allclose(norms[norms > 0], 1.0, atol=1e-3):
+        text = np.divide(text, norms, out=np.zeros_like(text), where=norms > 0)
+    return text, BY_TEXT
 
 
 def _freeze_loaded(collect: bool) -> None:

@@ -281,3 +281,25 @@ def test_a_live_server_with_two_workers_answers_every_endpoint(pipeline_home, sh
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_content_similarity_ranks_by_the_item_text(client, shop, pipeline_settings) -> None:
+    """The demo's model has text embeddings: method=content is their cosine, and says so."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipelines.embed import read_vectors
+
+    path = pipeline_settings.item_embeddings_path("text")
+    table = pq.read_table(path)
+    ids, vectors = table.column("item_id").to_pylist(), read_vectors(table, path)
+    item = str(shop["buys"]["item_id"].value_counts().index[0])
+    body = client.get(f"/items/{item}/similar", params={"method": "content", "k": 5}).json()
+    assert body["method"] == "content"
+    assert all(i["reasons"] == ["similar description"] for i in body["items"]), body
+    scores = dict(zip(ids, (vectors @ vectors[ids.index(item)]).tolist(), strict=True))
+    del scores[item]
+    best = sorted(scores.values(), reverse=True)[:5]
+    np.testing.assert_allclose([i["score"] for i in body["items"]], best, atol=1e-5)
+    for got in body["items"]:  # ties may come in any order; each score is the item's own
+        assert abs(scores[got["item_id"]] - got["score"]) < 1e-5
