@@ -114,12 +114,19 @@ class LoadClient:
 
     async def get(self, path: str) -> tuple[int, float]:
         """(status, server milliseconds; NaN when the header is missing)."""
-        if self._idle:
+        request = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
+        while self._idle:  # the server closes connections idle past its keep-alive timeout
             reader, writer = self._idle.pop()
+            writer.write(request)
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                break
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
         status, length, server_ms = int(head[9:12]), 0, float("nan")
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
