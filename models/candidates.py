@@ -388,6 +388,9 @@ class CandidateGenerator:
             hit = reached[pos] == items
             for name, values in (("ii_score", sums), ("ii_hits", hits), ("ii_max", best_weight)):
                 features[:, col[name]] = np.where(hit, values[pos], 0.0)
+        elif self.neighbors is not None and len(seeds):  # a history, but no link from it
+            for name in ("ii_score", "ii_hits", "ii_max"):
+                features[:, col[name]] = 0.0
         if self.item_vectors is not None and ctx.vector is not None:
             # the same cosine the vector search ranks by, for every candidate
             features[:, col["tt_score"]] = self.item_vectors[items] @ ctx.vector
