@@ -10,7 +10,6 @@ runs and prints one JSON object: seconds and peak memory per stage, and material
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from recsys.reporting import emit_report
 
 RECSYS = Path(sys.executable).with_name("recsys")
 # Interactions per generated user over 90 days with the default generator (measured: ~63).
@@ -133,10 +134,7 @@ def main() -> None:
             "machine": {"cpus": os.cpu_count(), "memory_gb": memory_gb},
             "runs": [bench_size(n, Path(tmp)) for n in args.sizes],
         }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import socket
@@ -214,6 +213,7 @@ def main() -> None:
     import duckdb
 
     from recsys.config import get_settings
+    from recsys.reporting import emit_report
 
     settings = get_settings()
     path = settings.features_dir / "user_features.parquet"
@@ -269,11 +269,7 @@ def main() -> None:
         report["api_at_rate"]["p50_ms"] / report["floor"]["floor_p50_ms"], 2
     )
     report["load_average_end"] = os.getloadavg()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_report(report, args.out)
 
 
 if __name__ == "__main__":

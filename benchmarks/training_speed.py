@@ -24,7 +24,6 @@ end and after each run is in the JSON: read the seconds with it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -52,6 +51,7 @@ from pipelines.schema import table_path
 from recsys.config import Settings
 from recsys.feast_store import open_store
 from recsys.ray_runtime import ensure_ray, local_cpus
+from recsys.reporting import emit_report
 
 log = logging.getLogger("training_speed")
 RESULTS = Path(__file__).resolve().parent / "results" / "training_speed.json"
@@ -74,20 +74,7 @@ def two_tower_data(settings: Settings, work: Path) -> dict[str, Any]:
     purchases = events[events["event_type"] == "purchase"].drop(columns="event_type")
     split = tt.split_for_training(settings, events, purchases)
     store = open_store(settings)
-    entity_df = split.positives[["user_id", "item_id", "timestamp"]].rename(
-        columns={"timestamp": "event_timestamp"}
-    )
-    if split.undated:
-        entity_df["event_timestamp"] = split.end
-    examples = tt._historical(store, entity_df, store.get_feature_service("two_tower_training"))
-    examples = examples.sort_values(
-        ["event_timestamp", "user_id", "item_id"], kind="stable", ignore_index=True
-    )
-    if split.undated:
-        examples["purchased_items"] = [
-            [h for h in (history if history is not None else []) if h != item]
-            for history, item in zip(examples["purchased_items"], examples["item_id"], strict=True)
-        ]
+    examples = tt.training_examples(store, split.positives, split)
     attributes = tt.load_item_attributes(settings)
     items, users, _counts, model_cfg = tt.encode_training_set(settings, examples, attributes, work)
     config = {  # what pipelines.train._fit_with_ray hands to train_func
@@ -275,12 +262,7 @@ def bench_two_tower(settings: Settings, work: Path, args: argparse.Namespace) ->
             seconds = time.perf_counter() - t0
             runs.setdefault(other, []).append(_run(seconds, n, epochs, metrics))
             log.info("  %s: %.1fs", other, seconds)
-    best = {name: _best(kind) for name, kind in runs.items()}
-    for name in best:
-        if name.startswith("ray_"):
-            _compare(best["plain"], best[name])
-    ray_one = f"ray_1x{threads}"
-    best[ray_one]["weights_max_abs_diff_to_plain"] = _max_abs_diff(states["plain"], states[ray_one])
+    best = _best_runs(runs, states, threads)
     out: dict[str, Any] = {"examples": n, "epochs": epochs, "batch_size": config["batch_size"]}
     out |= {"threads": threads, "runs": best}
     if not args.no_sparse:
@@ -293,6 +275,20 @@ def bench_two_tower(settings: Settings, work: Path, args: argparse.Namespace) ->
             "recall@10_sparse": recall_at_10(data, states[sparse]),
         }
     return out
+
+
+def _best_runs(
+    runs: dict[str, list[dict[str, Any]]], states: dict[str, dict[str, torch.Tensor]], threads: int
+) -> dict[str, dict[str, Any]]:
+    """The fastest round of each kind, each Ray kind compared with plain, and how far the
+    one-worker Ray fit's weights are from the plain fit's (the same loop: they should agree)."""
+    best = {name: _best(kind) for name, kind in runs.items()}
+    for name in best:
+        if name.startswith("ray_"):
+            _compare(best["plain"], best[name])
+    ray_one = f"ray_1x{threads}"
+    best[ray_one]["weights_max_abs_diff_to_plain"] = _max_abs_diff(states["plain"], states[ray_one])
+    return best
 
 
 def bench_item2vec(settings: Settings, work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -323,12 +319,7 @@ def bench_item2vec(settings: Settings, work: Path, args: argparse.Namespace) -> 
             seconds = time.perf_counter() - t0
             runs.setdefault(name, []).append(_run(seconds, n, cfg.epochs, metrics))
             log.info("  %s: %.1fs", name, seconds)
-    best = {name: _best(kind) for name, kind in runs.items()}
-    for name in best:
-        if name.startswith("ray_"):
-            _compare(best["plain"], best[name])
-    ray_one = f"ray_1x{threads}"
-    best[ray_one]["weights_max_abs_diff_to_plain"] = _max_abs_diff(states["plain"], states[ray_one])
+    best = _best_runs(runs, states, threads)
     out: dict[str, Any] = {"examples": n, "items": data["items"], "epochs": cfg.epochs}
     out |= {"batch_size": cfg.batch_size, "threads": threads, "runs": best}
     out["sparse"] = "always: Item2Vec's tables have sparse gradients and SparseAdam"
@@ -407,11 +398,7 @@ def main() -> None:
             ratio = report[model]["runs"][f"ray_1x{report[model]['threads']}"]["ratio_to_plain"]
             summary[model] = {"ratio_ray_1_worker": ratio, "meets_target": ratio <= TARGET_RATIO}
     report["summary"] = summary
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_report(report, args.out)
 
 
 if __name__ == "__main__":

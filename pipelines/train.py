@@ -288,6 +288,32 @@ def split_for_training(
     return TrainingSplit("temporal", train, test, positives, cutoff, end, False)
 
 
+def training_examples(store, positives: pd.DataFrame, split: TrainingSplit) -> pd.DataFrame:
+    """The two-tower's training rows: each positive with its point-in-time Feast features
+    (the ``two_tower_training`` service), in a fixed order.
+
+    Undated data (``split.undated``) has no order to respect: every example reads the user as
+    of the data's end and its history is everything bought except the example's own item.
+    """
+    entity_df = positives[["user_id", "item_id", "timestamp"]].rename(
+        columns={"timestamp": "event_timestamp"}
+    )
+    if split.undated:
+        entity_df["event_timestamp"] = split.end
+    examples = _historical(store, entity_df, store.get_feature_service("two_tower_training"))
+    # Feast/DuckDB return rows in no fixed order; training shuffles with a seeded permutation,
+    # so fix the order first or the same seed trains a different model on every run.
+    examples = examples.sort_values(
+        ["event_timestamp", "user_id", "item_id"], kind="stable", ignore_index=True
+    )
+    if split.undated:
+        examples["purchased_items"] = [
+            [h for h in (history if history is not None else []) if h != item]
+            for history, item in zip(examples["purchased_items"], examples["item_id"], strict=True)
+        ]
+    return examples
+
+
 def _historical(store, entity_df: pd.DataFrame, features) -> pd.DataFrame:
     with warnings.catch_warnings():  # ibis deprecation chatter inside Feast's DuckDB store
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -380,22 +406,7 @@ def train(settings: Settings, progress=print) -> TrainResult:
         progress(f"  cold-start check: {len(cold_items):,} items held out of training")
 
     store = open_store(settings)
-    entity_df = positives[["user_id", "item_id", "timestamp"]].rename(
-        columns={"timestamp": "event_timestamp"}
-    )
-    if split.undated:  # no order known: every example sees all history but its own item
-        entity_df["event_timestamp"] = end
-    examples = _historical(store, entity_df, store.get_feature_service("two_tower_training"))
-    # Feast/DuckDB return rows in no fixed order; training shuffles with a seeded permutation,
-    # so fix the order first or the same seed trains a different model on every run.
-    examples = examples.sort_values(
-        ["event_timestamp", "user_id", "item_id"], kind="stable", ignore_index=True
-    )
-    if split.undated:
-        examples["purchased_items"] = [
-            [h for h in (history if history is not None else []) if h != item]
-            for history, item in zip(examples["purchased_items"], examples["item_id"], strict=True)
-        ]
+    examples = training_examples(store, positives, split)
     kinds = ", ".join(f"{n:,} {t}s" for t, n in positives["event_type"].value_counts().items())
     progress(f"  training set: {kinds} with point-in-time features from Feast "
              f"({time.perf_counter() - started:.1f}s)")  # fmt: skip

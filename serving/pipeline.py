@@ -95,7 +95,10 @@ class ServedPipeline:
         users: UserEncoder,
         items: ItemEncoder,
         vector_search: VectorSearch | None,
+        item_vectors: np.ndarray | None = None,
     ) -> ServedPipeline:
+        """``item_vectors``: the run's item vectors when the caller has read them already
+        (else they are read from ``run_dir``)."""
         if not (run_dir / RANKER_FILE).exists():
             raise FileNotFoundError(
                 f"{run_dir} has no {RANKER_FILE}: it was trained without the ranking stage; "
@@ -109,7 +112,10 @@ class ServedPipeline:
             )
         sources = Sources.load(run_dir)
         generator = sources.generator(
-            items.item_ids, settings, vector_search, load_item_vectors(run_dir)
+            items.item_ids,
+            settings,
+            vector_search,
+            load_item_vectors(run_dir) if item_vectors is None else item_vectors,
         )
         return cls(generator, ranker, model, users, items, settings.ranking.max_category_share)
 

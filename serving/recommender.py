@@ -124,6 +124,7 @@ class Recommender:
         served.pipeline = ServedPipeline.load(
             run_dir, self.settings, model, users, items,
             self.guard.wrap("search", store_search(lambda: served.vectors)),
+            served.item_vectors,
         )  # fmt: skip
         # response fields of every item, ready to copy: a pandas lookup per item costs ~0.1 ms
         payloads = item_payloads(self.settings, items.item_ids)
