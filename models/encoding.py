@@ -23,6 +23,7 @@ from pipelines.features import ITEM_CATEGORICAL, ITEM_NUMERIC, USER_NUMERIC
 PRICE_BUCKETS = 16
 LOG_SCALED = {"views_total", "purchases_total", "sessions_total", "spend_total",
               "mean_price_paid", "max_price_paid", "purchases_30d", "views_7d"}  # fmt: skip
+_LOG_COLUMNS = [j for j, c in enumerate(USER_NUMERIC) if c in LOG_SCALED]
 
 
 def _vocab(values: Iterable[str]) -> dict[str, int]:
@@ -117,16 +118,18 @@ class UserEncoder:
 
     def __post_init__(self) -> None:
         self._index = {u: i + 1 for i, u in enumerate(self.user_ids)}
+        self._means = np.array([self.means[c] for c in USER_NUMERIC])
+        self._stds = np.array([self.stds[c] for c in USER_NUMERIC])
 
     @classmethod
     def fit(cls, features: pd.DataFrame, history: int) -> UserEncoder:
         raw = _user_raw(features, len(features))
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> defaults
-            means = {c: float(np.nan_to_num(np.nanmean(raw[c]))) for c in USER_NUMERIC}
-            stds = {
-                c: float(np.nan_to_num(np.nanstd(raw[c]), nan=1.0) or 1.0) for c in USER_NUMERIC
-            }
+            mean = np.nan_to_num(np.nanmean(raw, axis=0))
+            std = np.nan_to_num(np.nanstd(raw, axis=0), nan=1.0)
+        means = {c: float(m) for c, m in zip(USER_NUMERIC, mean, strict=True)}
+        stds = {c: float(sd or 1.0) for c, sd in zip(USER_NUMERIC, std, strict=True)}
         return cls(sorted(features["user_id"].astype(str).unique()), history, means, stds)
 
     @property
@@ -144,10 +147,9 @@ class UserEncoder:
         get = self._index.get
         ids = [str(u) for u in features["user_id"]]
         raw = _user_raw(features, len(ids))
-        numeric = np.stack(
-            [(np.where(np.isnan(raw[c]), self.means[c], raw[c]) - self.means[c]) / self.stds[c]
-             for c in USER_NUMERIC], axis=1,
-        ).astype(np.float32)  # fmt: skip
+        numeric = ((np.where(np.isnan(raw), self._means, raw) - self._means) / self._stds).astype(
+            np.float32
+        )
         hist = np.zeros((len(ids), self.history), dtype=np.int64)
         column = features["purchased_items"] if "purchased_items" in features else [None] * len(ids)
         for row, bought in enumerate(column):
@@ -165,22 +167,24 @@ class UserEncoder:
         return {"history": self.history, "means": self.means, "stds": self.stds}
 
 
-def _user_raw(
-    features: pd.DataFrame | Mapping[str, Sequence[Any]], n: int
-) -> dict[str, np.ndarray]:
-    """Numeric user features as float arrays (NaN = missing), counts on a log scale."""
-    out = {}
+def _user_raw(features: pd.DataFrame | Mapping[str, Sequence[Any]], n: int) -> np.ndarray:
+    """Numeric user features ``(n, len(USER_NUMERIC))`` as floats (NaN = missing), counts on a
+    log scale. One array op per step, not per column: the API encodes one row per request."""
+    columns = []
     for c in USER_NUMERIC:
         if c not in features:
-            out[c] = np.full(n, np.nan)
+            columns.append(np.full(n, np.nan))
             continue
         col = features[c]
         if isinstance(col, pd.Series):
-            values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            columns.append(
+                pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            )
         else:
-            values = np.array([np.nan if v is None else v for v in col], dtype=float)
-        out[c] = np.log1p(np.clip(values, 0, None)) if c in LOG_SCALED else values
-    return out
+            columns.append([np.nan if v is None else v for v in col])
+    raw = np.array(columns, dtype=float).T.reshape(n, len(USER_NUMERIC))
+    raw[:, _LOG_COLUMNS] = np.log1p(np.clip(raw[:, _LOG_COLUMNS], 0, None))
+    return raw
 
 
 def _log_counts(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

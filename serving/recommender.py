@@ -27,6 +27,7 @@ from pipelines.index import item_payloads
 from pipelines.ranking import load_item_vectors
 from recsys.config import Settings
 from recsys.feast_store import open_store
+from recsys.online_features import OnlineRowReader
 from recsys.vectorstore import VectorStore, open_vector_store
 from serving.events import Event, EventLog, activity_rows, stamp
 from serving.pipeline import ServedPipeline, store_search
@@ -81,12 +82,10 @@ class Recommender:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.feature_store = open_store(settings)
-        # Warm the registry cache now so the first request does not pay for it.
-        # The `user_serving` feature service is the API's contract with the feature repo.
-        self.serving_features = self.feature_store.get_feature_service("user_serving")
-        self.feature_store.get_online_features(
-            features=self.serving_features, entity_rows=[{"user_id": "__warmup__"}]
-        )
+        # The `user_serving` feature service is the API's contract with the feature repo; its
+        # views are resolved once here and each request reads one row through the online store.
+        self.online_rows = OnlineRowReader(self.feature_store, "user_serving", "user_id")
+        self.online_rows.read("__warmup__")
         self.event_log = EventLog(settings.home / "events" / "events.jsonl")
         self.guard = StageGuard({"features": settings.serve.features_timeout_ms,
                                  "search": settings.serve.search_timeout_ms})  # fmt: skip
@@ -207,10 +206,7 @@ class Recommender:
         Items bought since the last batch run (pushed by ``POST /events``) are put in front of
         ``purchased_items``: the already-bought filter and the user tower both see them.
         """
-        row = self.feature_store.get_online_features(
-            features=self.serving_features, entity_rows=[{"user_id": user_id}]
-        ).to_dict()
-        values = {k: v[0] for k, v in row.items()}
+        values = self.online_rows.read(user_id)
         if all(v is None for k, v in values.items() if k != "user_id"):
             return None
         fresh = [b for b in (values.get("recent_purchases") or []) if b]

@@ -253,6 +253,25 @@ def test_a_new_visitor_who_buys_gets_personal_recommendations(client) -> None:
     assert item not in {i["item_id"] for i in body["items"]}
 
 
+def test_the_online_row_reader_reads_what_the_feast_sdk_reads(client, pipeline_home) -> None:
+    """The API's per-request read (straight through the online store) against
+    ``get_online_features``: batch rows, pushed activity, a visitor known only by pushes and
+    an id never seen."""
+    recommender = client.app.state.recommender
+    store, reader = recommender.feature_store, recommender.online_rows
+    user = _example_user(pipeline_home[1])
+    item = client.get(f"/users/{user}/recommendations", params={"k": 1}).json()["items"][0]
+    pushed = [{"user_id": u, "item_id": item["item_id"], "event_type": "view"}
+              for u in (user, "reader-check-visitor")]  # fmt: skip
+    assert client.post("/events", json={"events": pushed}).status_code == 200
+    service = store.get_feature_service("user_serving")
+    for key in (user, "reader-check-visitor", "never-seen"):
+        sdk = store.get_online_features(features=service, entity_rows=[{"user_id": key}])
+        assert reader.read(key) == {k: v[0] for k, v in sdk.to_dict().items()}, key
+    assert item["item_id"] in reader.read("reader-check-visitor")["recent_views"]
+    assert set(reader.read("never-seen")) == {"user_id", *reader.feature_names}
+
+
 def test_events_naming_unknown_items_or_types_are_refused(client) -> None:
     unknown = {"user_id": "u1", "item_id": "no-such-item", "event_type": "view"}
     response = client.post("/events", json={"events": [unknown]})

@@ -22,7 +22,7 @@ import torch
 
 from models.artifacts import MANIFEST, current_run, load_run, save_run, to_tensors
 from models.encoding import ItemEncoder, UserEncoder
-from models.two_tower import ITEM_INPUTS, TwoTower, TwoTowerConfig
+from models.two_tower import ITEM_INPUTS, NumpyUserTower, TwoTower, TwoTowerConfig
 from pipelines.embed import read_vectors
 from pipelines.features import ITEM_NUMERIC, USER_NUMERIC
 from pipelines.schema import table_path
@@ -121,6 +121,23 @@ def test_the_towers_train_on_the_text_table_and_read_it(shop: dict) -> None:
     # text (a zero row) reads nothing, not minus the mean
     assert torch.allclose(model.text_mean, torch.as_tensor(shop["text"][1:].mean(0)), atol=1e-6)
     assert torch.equal(model._project(torch.zeros(1, TEXT_DIM))[0], model.text_proj.bias)
+
+
+@torch.no_grad()
+def test_the_numpy_user_tower_gives_the_torch_vectors(shop: dict) -> None:
+    """What the API computes per visitor (numpy) is what training and evaluation compute
+    (torch), text pooling and unknown users included."""
+    model = shop["model"]
+    inputs = shop["users"].encode(shop["frame"], shop["items"])
+    inputs["user_idx"][:5] = 0  # unknown visitors: no id row, history and features only
+    inputs["history"][5:8] = 0  # nothing bought yet
+    expected = model.user_vectors(to_tensors(inputs)).numpy()
+    tower = NumpyUserTower.from_model(model)
+    got = tower(inputs["user_idx"], inputs["user_numeric"], inputs["history"])
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    one = tower(inputs["user_idx"][9:10], inputs["user_numeric"][9:10], inputs["history"][9:10])
+    np.testing.assert_allclose(one[0], expected[9], atol=1e-5)
 
 
 @torch.no_grad()

@@ -188,6 +188,15 @@ def test_top_k_matches_exact_cosine(store: VectorStore, data: Data) -> None:
     assert r >= (0.9 if store.backend == "edge" else 1.0)
 
 
+def test_search_without_payloads_finds_the_same_hits(store: VectorStore, data: Data) -> None:
+    flt = SearchFilter(exclude_ids=frozenset({1, 2, 3}))
+    for q in data.queries[:5]:
+        full, bare = store.search(q, 20, flt), store.search(q, 20, flt, with_payload=False)
+        assert [h.id for h in bare] == [h.id for h in full]
+        assert np.allclose([h.score for h in bare], [h.score for h in full], atol=1e-6)
+        assert all(h.payload == {} for h in bare) and all(h.payload for h in full)
+
+
 def test_edge_indexes_small_collections_with_hnsw(both: tuple[VectorStore, VectorStore]) -> None:
     edge, _ = both
     assert N > DEFAULT_EXACT_BELOW  # otherwise searches would not touch the graph

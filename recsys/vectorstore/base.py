@@ -332,8 +332,14 @@ class VectorStore(ABC):
         """
 
     @abstractmethod
-    def search(self, vector: Any, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        """Return up to ``k`` hits that pass ``flt``, best (highest cosine similarity) first."""
+    def search(
+        self, vector: Any, k: int, flt: SearchFilter | None = None, with_payload: bool = True
+    ) -> list[Hit]:
+        """Return up to ``k`` hits that pass ``flt``, best (highest cosine similarity) first.
+
+        ``with_payload=False``: hits with empty payloads, for callers that need only ids and
+        scores (the API's candidates: converting 100 payloads took ~0.3 ms of a 1 ms search).
+        """
 
     @abstractmethod
     def count(self, collection: str | None = None) -> int:

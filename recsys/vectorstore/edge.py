@@ -431,7 +431,9 @@ class EdgeCollection:
         except Exception as exc:
             raise VectorStoreError(f"Optimising {self.path} failed: {exc}") from exc
 
-    def search(self, vector: Any, k: int, flt: SearchFilter | None) -> list[Hit]:
+    def search(
+        self, vector: Any, k: int, flt: SearchFilter | None, with_payload: bool
+    ) -> list[Hit]:
         """Top-``k`` points by cosine similarity that pass ``flt``, best first."""
         k = check_k(k)
         shard = self.open()
@@ -441,7 +443,7 @@ class EdgeCollection:
             limit=k,
             filter=edge_filter(flt),
             params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, k)),
-            with_payload=True,
+            with_payload=with_payload,
         )
         try:
             points = shard.search(request)
@@ -449,6 +451,8 @@ class EdgeCollection:
             if "dimension" in str(exc).lower():
                 raise ValueError(f"Search in {self.path}: {exc}") from exc
             raise VectorStoreError(f"Search in {self.path} failed: {exc}") from exc
+        if not with_payload:
+            return [Hit(int(p.id), float(p.score), {}) for p in points]
         return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def count(self) -> int:
@@ -775,9 +779,11 @@ class EdgeVectorStore(VectorStore):
 
     # -- reading -----------------------------------------------------------------------------
 
-    def search(self, vector: Any, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+    def search(
+        self, vector: Any, k: int, flt: SearchFilter | None = None, with_payload: bool = True
+    ) -> list[Hit]:
         """Top-``k`` points by cosine similarity that pass ``flt``, best first."""
-        return self._reader().search(vector, k, flt)
+        return self._reader().search(vector, k, flt, with_payload)
 
     def count(self, collection: str | None = None) -> int:
         """Exact number of points."""

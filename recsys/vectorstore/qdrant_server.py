@@ -460,7 +460,9 @@ class QdrantServerVectorStore(VectorStore):
 
     # -- reading -----------------------------------------------------------------------------
 
-    def search(self, vector: Any, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+    def search(
+        self, vector: Any, k: int, flt: SearchFilter | None = None, with_payload: bool = True
+    ) -> list[Hit]:
         """Top-``k`` points by cosine similarity that pass ``flt``, best first."""
         k = check_k(k)
         name = self._current()
@@ -475,7 +477,7 @@ class QdrantServerVectorStore(VectorStore):
                 limit=k,
                 query_filter=server_filter(flt),
                 search_params=params,
-                with_payload=True,
+                with_payload=with_payload,
             ),
             name,
         )
