@@ -1,6 +1,6 @@
 """Training-speed benchmark: two-tower and item2vec through Ray Train against plain PyTorch.
 
-Both sides run the same per-worker epoch loop (``pipelines.train.fit_two_tower``,
+Both sides run the same per-worker epoch loop (``pipelines.two_tower_fit.fit_two_tower``,
 ``pipelines.item2vec.run_epochs``) on the same arrays, built from a data root where `recsys
 validate`, `features` and `materialize` have run, for the configured (full-run) number of
 epochs. In one process and one Ray instance, ``--repeats`` rounds of: the plain loop,
@@ -47,10 +47,11 @@ from models.item2vec import (
 from models.two_tower import TwoTower
 from pipelines import item2vec as i2v
 from pipelines import train as tt
+from pipelines import two_tower_fit as fit
 from pipelines.schema import table_path
 from recsys.config import Settings
 from recsys.feast_store import open_store
-from recsys.ray_runtime import ensure_ray, local_cpus
+from recsys.ray_runtime import ensure_ray, local_cpus, train_run_config, worker_env
 from recsys.reporting import emit_report
 
 log = logging.getLogger("training_speed")
@@ -205,7 +206,7 @@ def _noop_train_func(config: dict[str, Any]) -> None:
 
 def noop_trainer_seconds(settings: Settings, work: Path, workers: int, threads: int) -> float:
     """Wall seconds of ``TorchTrainer.fit`` with an empty loop: Ray Train's fixed cost."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
@@ -213,7 +214,7 @@ def noop_trainer_seconds(settings: Settings, work: Path, workers: int, threads: 
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=False, resources_per_worker={"CPU": threads}
         ),
-        run_config=RunConfig(name=f"noop_{workers}x{threads}", storage_path=str(work / "ray")),
+        run_config=train_run_config(settings, f"noop_{workers}x{threads}", work / "ray"),
     )
     started = time.perf_counter()
     trainer.fit()
@@ -240,14 +241,14 @@ def bench_two_tower(settings: Settings, work: Path, args: argparse.Namespace) ->
     log.info("two-tower: %d examples, %d epochs (%.1fs to build the arrays)",
              n, epochs, time.perf_counter() - started)  # fmt: skip
     shapes = [(1, threads)] + ([(2, 1)] if args.two_workers else [])
-    other = "plain_dense" if tt.SPARSE_ID_TABLES else "plain_sparse"  # the road not taken
+    other = "plain_dense" if fit.SPARSE_ID_TABLES else "plain_sparse"  # the road not taken
     runs: dict[str, list[dict[str, Any]]] = {}
     states: dict[str, dict[str, torch.Tensor]] = {}
     for round_ in range(args.repeats):
         log.info("two-tower round %d/%d: plain PyTorch, %d thread(s)", round_ + 1, args.repeats,
                  threads)  # fmt: skip
         t0 = time.perf_counter()
-        states["plain"], metrics = tt.train_plain(config)
+        states["plain"], metrics = fit.train_plain(config)
         runs.setdefault("plain", []).append(_run(time.perf_counter() - t0, n, epochs, metrics))
         log.info("  plain: %.1fs", runs["plain"][-1]["seconds"])
         for workers, per_worker in shapes:
@@ -258,7 +259,7 @@ def bench_two_tower(settings: Settings, work: Path, args: argparse.Namespace) ->
             log.info("  %s: %.1fs", name, seconds)
         if not args.no_sparse:
             t0 = time.perf_counter()
-            states[other], metrics = tt.train_plain(config | {"sparse": not tt.SPARSE_ID_TABLES})
+            states[other], metrics = fit.train_plain(config | {"sparse": not fit.SPARSE_ID_TABLES})
             seconds = time.perf_counter() - t0
             runs.setdefault(other, []).append(_run(seconds, n, epochs, metrics))
             log.info("  %s: %.1fs", other, seconds)
@@ -267,9 +268,9 @@ def bench_two_tower(settings: Settings, work: Path, args: argparse.Namespace) ->
     out |= {"threads": threads, "runs": best}
     if not args.no_sparse:
         log.info("two-tower: scoring the sparse and the dense fit (recall@10)")
-        sparse, dense = ("plain", other) if tt.SPARSE_ID_TABLES else (other, "plain")
+        sparse, dense = ("plain", other) if fit.SPARSE_ID_TABLES else (other, "plain")
         out["sparse"] = {
-            "default": tt.SPARSE_ID_TABLES,
+            "default": fit.SPARSE_ID_TABLES,
             "loop_speedup": round(best[dense]["loop_seconds"] / best[sparse]["loop_seconds"], 3),
             "recall@10_dense": recall_at_10(data, states[dense]),
             "recall@10_sparse": recall_at_10(data, states[sparse]),
@@ -368,6 +369,7 @@ def main() -> None:
             "torch": torch.__version__,
         },
         "env": env,
+        "ray_worker_env": worker_env(settings),
         "repeats": args.repeats,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "target_ratio": TARGET_RATIO,

@@ -14,9 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.encoding import ItemEncoder, UserEncoder, load_encoders, save_encoders
-from models.two_tower import TwoTower, TwoTowerConfig
+from models.two_tower import WEIGHTS, TwoTower, TwoTowerConfig
 
-WEIGHTS = "two_tower.safetensors"
 MANIFEST = "manifest.json"
 CURRENT = "current"
 

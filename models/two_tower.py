@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: File name of the weights, in a run folder and in the checkpoint a Ray Train worker reports.
+WEIGHTS = "two_tower.safetensors"
 # Mean norm of the centred text rows the projection reads (see ``TwoTower.set_item_text``).
 TEXT_NORM = 4.0
 ITEM_INPUTS = ("item_idx", "category", "colour", "department", "style", "product_type",

@@ -50,7 +50,7 @@ from models.item2vec import (
 )
 from pipelines.schema import EVENT_TYPES, table_path
 from recsys.config import Settings
-from recsys.ray_runtime import ensure_ray, local_cpus
+from recsys.ray_runtime import ensure_ray, local_cpus, train_run_config
 
 log = logging.getLogger(__name__)
 PAIRS = "item2vec_pairs.npz"
@@ -197,7 +197,7 @@ def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[s
 def _fit_with_ray(
     settings: Settings, config: dict[str, Any], name: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
     from safetensors.torch import load_file
 
@@ -208,7 +208,7 @@ def _fit_with_ray(
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=False, resources_per_worker={"CPU": config["threads"]}
         ),
-        run_config=RunConfig(name=name, storage_path=str(settings.home / "ray_results")),
+        run_config=train_run_config(settings, name),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -239,6 +239,36 @@ def run_train(settings: Settings) -> dict[str, Any]:
         return m
 
 
+def run_item2vec(settings: Settings, use_ray: bool = True, cutoff: str | None = None) -> dict:
+    """Train item2vec on the validated sessions and score next-item prediction on the
+    sessions after the cutoff, against co-occurrence and popularity."""
+    from pipelines.item2vec import fit_item2vec
+
+    backend = "Ray Train" if use_ray else "plain PyTorch"
+    with stage(f"item2vec (skip-gram over sessions, {backend})"):
+        try:
+            result = fit_item2vec(settings, cutoff=cutoff, use_ray=use_ray)
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(exc) from exc
+        m = result.metrics
+        k = m["k"]
+        table = Table(title=f"next item in {m['heldout_sessions']:,} held-out sessions "
+                            f"({m['steps']:,} steps, after {m['cutoff'][:10]})")  # fmt: skip
+        table.add_column("model")
+        table.add_column(f"HR@{k}", justify="right")
+        table.add_column(f"MRR@{k}", justify="right")
+        for name in ("item2vec", "cooccurrence", "popularity"):
+            table.add_row(name, f"{m[name][f'hr@{k}']:.4f}", f"{m[name][f'mrr@{k}']:.4f}")
+        console.print(table)
+        fit = m["fit"]
+        console.print(
+            f"  {m['pairs']:,} pairs over {m['items']:,} items, {result.run.config.epochs} epochs "
+            f"({fit['backend']}, {fit['seconds']:.1f}s); random HR@{k} {m['random_hr']:.4f}"
+        )
+        console.print(f"  saved to {result.out_dir}")
+        return m
+
+
 def run_evaluate(
     settings: Settings,
     holdout: Path | None,
@@ -496,6 +526,23 @@ def train(
 ) -> None:
     """Train the two-tower model through Ray Train and compare it with popularity."""
     run_train(_with_train(get_settings(), epochs, num_workers))
+
+
+@app.command()
+def item2vec(
+    ray: Annotated[
+        bool, typer.Option("--ray/--no-ray", help="Train through Ray Train, or in this process.")
+    ] = True,
+    cutoff: Annotated[
+        str | None,
+        typer.Option(
+            help="Sessions from this time on are held out (default: the last "
+            "RECSYS_TRAIN__TEST_DAYS days)."
+        ),
+    ] = None,
+) -> None:
+    """Train item2vec over shopping sessions and evaluate next-item prediction (HR/MRR@20)."""
+    run_item2vec(get_settings(), ray, cutoff)
 
 
 @app.command()

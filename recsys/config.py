@@ -160,12 +160,19 @@ class VectorStoreSettings(BaseModel):
 
 
 class RaySettings(BaseModel):
-    """Local Ray runtime limits (ignored when RAY_ADDRESS points at a cluster)."""
+    """Local Ray runtime limits (ignored when RAY_ADDRESS points at a cluster), and the OpenMP
+    wait policy of Ray Train workers (applied on a cluster too)."""
 
     num_cpus: int | None = None
     object_store_memory: int = 512 * 1024 * 1024
     # Short on purpose: Ray's Unix socket paths must stay under ~107 characters.
     temp_dir: Path = Path("/tmp/recsys-ray")
+    worker_omp_wait_policy: Literal["PASSIVE", "ACTIVE"] = Field(
+        default="PASSIVE",
+        description="OMP_WAIT_POLICY of Ray Train workers: PASSIVE (sleep while waiting) "
+        "because spinning OpenMP threads starve Ray's own threads (see "
+        "recsys.ray_runtime.worker_env).",
+    )
 
 
 class ServeSettings(BaseModel):

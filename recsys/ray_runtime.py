@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
+from typing import Any
 
 from recsys.config import Settings
 
@@ -40,6 +42,31 @@ def ensure_ray(settings: Settings) -> None:
         logging_level=logging.WARNING,
     )
     log.info("started local Ray with %d CPUs", num_cpus)
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Environment variables for every Ray Train worker: OpenMP threads that sleep while they
+    wait (``settings.ray.worker_omp_wait_policy``, PASSIVE by default).
+
+    torch's OpenMP threads spin between parallel regions by default. Alone on the cores that
+    is fastest (the plain loop), but a Ray worker shares them with Ray's own threads and
+    processes (controller, raylet, the worker's core threads), and spinning threads starve
+    them: on ASOS the two-tower loop took 54.8 s inside Ray against 19.2 s plain, and 28.1 s
+    inside Ray once its threads waited passively (``benchmarks/training_speed.py``).
+    """
+    return {"OMP_WAIT_POLICY": settings.ray.worker_omp_wait_policy}
+
+
+def train_run_config(settings: Settings, name: str, storage: Path | None = None) -> Any:
+    """The ``RunConfig`` of every ``TorchTrainer`` here: results under the data root (or
+    ``storage``) and :func:`worker_env` in each worker."""
+    from ray.train import RunConfig
+
+    return RunConfig(
+        name=name,
+        storage_path=str(storage or settings.home / "ray_results"),
+        worker_runtime_env={"env_vars": worker_env(settings)},
+    )
 
 
 def local_cpus(settings: Settings) -> int:

@@ -47,6 +47,20 @@ def test_demo_runs_every_stage_and_leaves_its_outputs(pipeline_home, pipeline_se
     assert "curl -s 'http://127.0.0.1:8000/users/" in output
 
 
+def test_recsys_item2vec_trains_scores_and_saves_a_run(pipeline_home, pipeline_settings) -> None:
+    home = pipeline_home[0]
+    out = run_cli(home, "item2vec", "--no-ray").stdout
+    for name in ("item2vec", "cooccurrence", "popularity"):
+        assert name in out, out
+    runs = sorted(pipeline_settings.artifacts_dir.glob("item2vec_*"))
+    assert runs and (runs[-1] / "item2vec.safetensors").exists(), out
+    manifest = json.loads((runs[-1] / "item2vec_manifest.json").read_text())
+    m = manifest["metrics"]
+    assert m["fit"]["backend"] == "plain"
+    assert m["item2vec"]["hr@20"] > 3 * m["random_hr"]  # far above random on held-out sessions
+    assert (pipeline_settings.artifacts_dir / "current").read_text().strip() != runs[-1].name
+
+
 def test_two_tower_learns_the_planted_taste(pipeline_settings) -> None:
     metrics = json.loads((current_run(pipeline_settings.artifacts_dir) / MANIFEST).read_text())[
         "metrics"

@@ -26,7 +26,8 @@ from models.two_tower import ITEM_INPUTS, NumpyUserTower, TwoTower, TwoTowerConf
 from pipelines.embed import read_vectors
 from pipelines.features import ITEM_NUMERIC, USER_NUMERIC
 from pipelines.schema import table_path
-from pipelines.train import item_text_table, train_plain, zero_untrained_ids
+from pipelines.train import item_text_table, zero_untrained_ids
+from pipelines.two_tower_fit import train_plain
 from recsys.config import Settings, TrainSettings
 from tests.conftest import run_cli
 from tests.test_model import _catalog

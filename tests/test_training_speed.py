@@ -9,7 +9,7 @@ import torch
 from models.encoding import ItemEncoder, UserEncoder
 from models.two_tower import TwoTowerConfig
 from pipelines.features import ITEM_NUMERIC, USER_NUMERIC
-from pipelines.train import fit_two_tower, train_plain
+from pipelines.two_tower_fit import fit_two_tower, train_plain
 from tests.test_model import _catalog, _users
 
 
