@@ -212,9 +212,6 @@ def train(settings: Settings, progress=print) -> TrainResult:
     """Build the Feast training set, fit through Ray Train, evaluate, save a run."""
     cfg = settings.train
     started = time.perf_counter()
-    # Ray first: its runtime pre-starts worker processes in the background while the
-    # training set is built, so that the trainer's actors start on warm workers.
-    ensure_ray(settings)
     events = load_events(settings, tuple({"purchase", *cfg.train_events}))
     purchases = events[events["event_type"] == "purchase"].drop(columns="event_type")
     if purchases.empty:
