@@ -624,6 +624,7 @@ def demo(
     run_materialize(settings)
     run_embed(settings, "text")
     run_train(settings)
+    run_item2vec(settings)
     run_index(settings)
     console.rule("[bold]ready")
     console.print(

@@ -51,7 +51,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     torch's OpenMP threads spin between parallel regions by default. Alone on the cores that
     is fastest (the plain loop), but a Ray worker shares them with Ray's own threads and
     processes (controller, raylet, the worker's core threads), and spinning threads starve
-    them: on ASOS the two-tower loop took 54.8 s inside Ray against 19.2 s plain, and 28.1 s
+    them: on ASOS the two-tower loop took 54.8 s inside Ray against 19.2 s plain, and 29.6 s
     inside Ray once its threads waited passively (``benchmarks/training_speed.py``).
     """
     return {"OMP_WAIT_POLICY": settings.ray.worker_omp_wait_policy}

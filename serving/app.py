@@ -157,12 +157,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def similar(
         request: Request,
         item_id: str = Path(..., min_length=1, max_length=256),
-        method: Literal["behaviour", "content", "hybrid"] = Query("hybrid"),
+        method: Literal["behaviour", "sessions", "content", "hybrid"] = Query("hybrid"),
         k: int = Query(settings.serve.default_k, ge=1, le=max_k),
     ) -> Response:
-        """Items like this one: bought by the same shoppers (behaviour), close in the item
-        tower's space of attributes and demand (content), or both fused by reciprocal rank.
-        An item nobody has bought yet answers from content (``method`` says what was used)."""
+        """Items like this one: bought by the same shoppers (behaviour), viewed in the same
+        browsing sessions (sessions: the newest `recsys item2vec` run), close in description
+        or attributes (content), or all of these fused by reciprocal rank (hybrid). An item
+        nobody has bought yet answers from sessions, then content (``method`` says what was
+        used)."""
         recommender = request.app.state.recommender
         _require_item(recommender, item_id)
         used, items = recommender.similar(item_id, k, method)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from models.artifacts import current_run, load_run
 from models.candidates import NO_FILTERS, ItemFilters
+from models.item2vec import load_item2vec
 from pipelines.index import item_payloads
 from pipelines.ranking import load_item_vectors
 from recsys.config import Settings
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 ITEM_FIELDS = ("item_id", "title", "category", "colour", "price")
 BY_TEXT = "similar description"
 BY_TOWER = "similar style and attributes"
+BY_SESSIONS = "viewed in the same sessions"
+BY_PURCHASES = "bought by the same shoppers"
 ACTIVITY_REFS = [
     f"user_activity:{c}" for c in ("recent_views", "recent_purchases", "session_events")
 ]
@@ -69,6 +72,10 @@ class ServedRun:
     # what `similar?method=content` ranks by: text embeddings when the model has them
     content_vectors: np.ndarray | None = None
     content_reason: str = BY_TOWER
+    # what `similar?method=sessions` ranks by: the newest `recsys item2vec` run's vectors in
+    # this run's item order (zero rows: items it never saw), None without such a run
+    session_vectors: np.ndarray | None = None
+    session_run: str | None = None
 
 
 class Recommender:
@@ -119,6 +126,9 @@ class Recommender:
             run_dir, model, users, items, manifest, vectors, None, load_item_vectors(run_dir), {}
         )  # type: ignore[arg-type]
         served.content_vectors, served.content_reason = _content_space(model, served.item_vectors)
+        served.session_vectors, served.session_run = _session_space(
+            self.settings.artifacts_dir, items.item_ids
+        )
         # the search reads served.vectors on each call: a store swapped in is used at once
         served.pipeline = ServedPipeline.load(
             run_dir, self.settings, model, users, items,
@@ -303,9 +313,12 @@ class Recommender:
         return dict(fields) if fields is not None else {"item_id": item_id}
 
     def similar(self, item_id: str, k: int, method: str = "hybrid") -> tuple[str, list[dict]]:
-        """Neighbours of an item: behaviour (co-purchase weights), content or both
-        (reciprocal-rank fusion). An item nobody bought yet falls back to content.
+        """Neighbours of an item: behaviour (co-purchase weights), sessions (item2vec: viewed
+        in the same browsing sessions), content, or hybrid (all that the item has, fused by
+        reciprocal rank). Returns (the method used, items).
 
+        Behaviour falls back to sessions, then content, for an item nobody bought yet (it may
+        still be browsed); sessions falls back to content for an item item2vec never saw.
         Content is the cosine of the items' text embeddings when the served model has them
         ("similar description"), else of the item-tower vectors ("similar style and
         attributes"); an item without text falls back to its item-tower vector.
@@ -313,21 +326,26 @@ class Recommender:
         served = self.served
         index = self.items.index(item_id)
         behaviour_ids, behaviour_scores = self.pipeline.generator.neighbors.neighbours(index, k * 2)
+        sessions = served.session_vectors
+        has_sessions = sessions is not None and bool(sessions[index].any())
         used = method
-        if method in ("behaviour", "hybrid") and len(behaviour_ids) == 0:
+        if method == "behaviour" and len(behaviour_ids) == 0:
+            used = "sessions" if has_sessions else "content"
+        elif method == "sessions" and not has_sessions:
+            used = "content"
+        elif method == "hybrid" and len(behaviour_ids) == 0 and not has_sessions:
             used = "content"
         lists: list[tuple[str, np.ndarray, np.ndarray]] = []
-        if used in ("behaviour", "hybrid"):
-            lists.append(("bought by the same shoppers", behaviour_ids, behaviour_scores))
+        if used in ("behaviour", "hybrid") and len(behaviour_ids):
+            lists.append((BY_PURCHASES, behaviour_ids, behaviour_scores))
+        if used in ("sessions", "hybrid") and has_sessions:
+            assert sessions is not None
+            lists.append((BY_SESSIONS, *_nearest(sessions, index, k * 2)))
         if used in ("content", "hybrid"):
             vectors, reason = served.content_vectors, served.content_reason
             if vectors is None or not vectors[index].any():
                 vectors, reason = served.item_vectors, BY_TOWER
-            scores = vectors @ vectors[index]
-            scores[[0, index]] = -np.inf
-            top = np.argpartition(-scores, k * 2)[: k * 2]
-            top = top[np.argsort(-scores[top], kind="stable")]
-            lists.append((reason, top, scores[top]))
+            lists.append((reason, *_nearest(vectors, index, k * 2)))
         fused: dict[int, tuple[float, list[str]]] = {}
         for reason, ids, scores in lists:
             for rank, (i, s) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True)):
@@ -400,6 +418,44 @@ def _content_space(model: Any, item_vectors: np.ndarray) -> tuple[np.ndarray, st
     if not np.allclose(norms[norms > 0], 1.0, atol=1e-3):
         text = np.divide(text, norms, out=np.zeros_like(text), where=norms > 0)
     return text, BY_TEXT
+
+
+def _nearest(vectors: np.ndarray, index: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` rows most similar to row ``index`` by dot product (unit rows: cosine), best
+    first; the row itself, padding row 0 and zero rows (nothing known) are left out."""
+    scores = vectors @ vectors[index]
+    scores[~vectors.any(axis=1)] = -np.inf
+    scores[[0, index]] = -np.inf
+    n = min(n, int(np.isfinite(scores).sum()))
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0)
+    top = np.argpartition(-scores, n - 1)[:n]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return top, scores[top]
+
+
+def _session_space(
+    artifacts: Path, item_ids: Sequence[str]
+) -> tuple[np.ndarray | None, str | None]:
+    """The newest item2vec run under ``artifacts`` (``recsys item2vec``) as unit vectors in
+    the served vocabulary's order (row = item index, row 0 and unseen items zero), and its
+    name; (None, None) without one. Runs are named by time, so the newest sorts last."""
+    for run_dir in sorted(artifacts.glob("item2vec_*"), reverse=True):
+        try:
+            run = load_item2vec(run_dir)
+        except FileNotFoundError:  # a run still being written, or a failed one
+            continue
+        rows = run.vocab.encode(list(item_ids))
+        vectors = run.vectors.astype(np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+        out = np.zeros((len(item_ids) + 1, vectors.shape[1]), dtype=np.float32)
+        out[1:] = vectors[rows]
+        out[1:][rows == 0] = 0.0
+        log.info("session neighbours from %s: %d of %d items", run_dir.name,
+                 int((rows > 0).sum()), len(item_ids))  # fmt: skip
+        return out, run_dir.name
+    return None, None
 
 
 def _freeze_loaded(collect: bool) -> None:

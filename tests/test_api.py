@@ -81,7 +81,7 @@ def test_session_recommendations_for_a_visitor_without_an_id(client, shop) -> No
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "k"]
 
 
-@pytest.mark.parametrize("method", ["behaviour", "content", "hybrid"])
+@pytest.mark.parametrize("method", ["behaviour", "sessions", "content", "hybrid"])
 def test_similar_items_by_each_method(client, shop, method) -> None:
     item = str(shop["buys"]["item_id"].value_counts().index[0])
     body = client.get(f"/items/{item}/similar", params={"method": method, "k": 5}).json()
@@ -89,14 +89,39 @@ def test_similar_items_by_each_method(client, shop, method) -> None:
     ids = [i["item_id"] for i in body["items"]]
     assert len(ids) == 5 and item not in ids and len(set(ids)) == 5
     assert [i["rank"] for i in body["items"]] == [1, 2, 3, 4, 5]
+    reasons = {r for i in body["items"] for r in i["reasons"]}
+    expected = {"behaviour": {"bought by the same shoppers"},
+                "sessions": {"viewed in the same sessions"}}.get(method)  # fmt: skip
+    if expected:
+        assert reasons == expected, body
+    if method == "hybrid":  # the item has all three kinds of neighbours
+        assert {"bought by the same shoppers", "viewed in the same sessions"} < reasons, body
 
 
-def test_an_item_nobody_bought_gets_content_neighbours(client, shop) -> None:
+def test_session_neighbours_come_from_the_demos_item2vec_run(client, shop) -> None:
+    """`recsys demo` trained item2vec; the API found that run and ranks by its cosine."""
+    served = client.app.state.recommender.served
+    assert served.session_run and served.session_run.startswith("item2vec_")
+    vectors, items = served.session_vectors, client.app.state.recommender.items
+    item = str(shop["buys"]["item_id"].value_counts().index[0])
+    index = items.index(item)
+    body = client.get(f"/items/{item}/similar", params={"method": "sessions", "k": 5}).json()
+    cosines = [float(vectors[items.index(i["item_id"])] @ vectors[index]) for i in body["items"]]
+    assert cosines == sorted(cosines, reverse=True) and cosines[0] > 0.3, cosines
+    assert [i["score"] for i in body["items"]] == pytest.approx(cosines, abs=1e-5)
+
+
+def test_an_item_nobody_bought_gets_session_or_content_neighbours(client, shop) -> None:
     never = sorted(set(shop["items"]["item_id"]) - set(shop["buys"]["item_id"]))
     if not never:
         pytest.skip("every generated item was bought")
-    body = client.get(f"/items/{never[0]}/similar", params={"method": "behaviour"}).json()
-    assert body["method"] == "content" and len(body["items"]) == 10
+    recommender = client.app.state.recommender
+    vectors = recommender.served.session_vectors
+    for item in never[:5]:
+        body = client.get(f"/items/{item}/similar", params={"method": "behaviour"}).json()
+        browsed = bool(vectors[recommender.items.index(item)].any())
+        assert body["method"] == ("sessions" if browsed else "content"), (item, body)
+        assert len(body["items"]) == 10
 
 
 def test_unknown_item_is_a_404_naming_the_id(client) -> None:
