@@ -443,7 +443,8 @@ def _session_space(
     for run_dir in sorted(artifacts.glob("item2vec_*"), reverse=True):
         try:
             run = load_item2vec(run_dir)
-        except FileNotFoundError:  # a run still being written, or a failed one
+        except Exception:  # a run still being written, or a broken one: the one before
+            log.warning("skipping item2vec run %s: it does not load", run_dir, exc_info=True)
             continue
         rows = run.vocab.encode(list(item_ids))
         vectors = run.vectors.astype(np.float32)
