@@ -48,6 +48,7 @@ from models.item2vec import (
     skipgram_pairs,
     subsample_keep_prob,
 )
+from pipelines.epoch_metrics import epoch_metrics, final_metrics
 from pipelines.schema import EVENT_TYPES, table_path
 from recsys.config import Settings
 from recsys.ray_runtime import ensure_ray, local_cpus, train_run_config
@@ -102,12 +103,7 @@ def run_epochs(
             optimizer.step()
             total += float(loss.detach())
             steps += 1
-        metrics = {
-            "epoch": epoch + 1,
-            "loss": total / max(steps, 1),
-            "pairs": n,
-            "epoch_seconds": round(time.perf_counter() - started, 3),
-        }
+        metrics = epoch_metrics(epoch + 1, total, steps, started, ("pairs", n))
         history.append(metrics)
         log.info(
             "item2vec epoch %d: loss %.4f (%.1fs)",
@@ -129,13 +125,6 @@ def _load_shard(
         context = torch.as_tensor(data["context"][rank::world].astype(np.int64))
         cdf = negative_cdf(data["counts"])
     return center, context, cdf
-
-
-def _final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
-    return history[-1] | {
-        "loss_history": [round(h["loss"], 6) for h in history],
-        "loop_seconds": round(sum(h["epoch_seconds"] for h in history), 3),
-    }
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -171,7 +160,7 @@ def train_func(config: dict[str, Any]) -> None:
             state = {k: v.contiguous() for k, v in base.state_dict().items()}
             save_file(state, Path(tmp) / WEIGHTS)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(_final_metrics(history), checkpoint=checkpoint)
+        ray.train.report(final_metrics(history), checkpoint=checkpoint)
 
 
 def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -191,7 +180,7 @@ def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[s
     finally:
         torch.set_num_threads(previous)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return state, _final_metrics(history)
+    return state, final_metrics(history)
 
 
 def _fit_with_ray(

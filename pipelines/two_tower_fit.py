@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from models.two_tower import WEIGHTS, TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from pipelines.epoch_metrics import epoch_metrics, final_metrics
 
 Report = Callable[[dict[str, Any], dict[str, torch.Tensor] | None, bool], None]
 # Sparse gradients for the id tables unless the config says ``"sparse": False``. Measured by
@@ -114,20 +115,11 @@ def fit_two_tower(
                 optimizer.step()
             total += float(loss.detach())
             steps += 1
-        metrics = {
-            "epoch": epoch + 1,
-            "loss": total / max(steps, 1),
-            "examples": n,
-            "epoch_seconds": round(time.perf_counter() - started, 3),
-        }
+        metrics = epoch_metrics(epoch + 1, total, steps, started, ("examples", n))
         history.append(metrics)
         last = epoch + 1 == config["epochs"]
         if last:
-            metrics = metrics | {
-                "loss_history": [round(h["loss"], 6) for h in history],
-                "loop_seconds": round(sum(h["epoch_seconds"] for h in history), 3),
-                "setup_seconds": round(setup_seconds, 3),
-            }
+            metrics = final_metrics(history) | {"setup_seconds": round(setup_seconds, 3)}
             if rank == 0:
                 state = {k: v.contiguous() for k, v in base.state_dict().items()}
         if report is not None:

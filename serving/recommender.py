@@ -414,10 +414,16 @@ def _content_space(model: Any, item_vectors: np.ndarray) -> tuple[np.ndarray, st
     if getattr(model.cfg, "text_dim", 0) <= 0:
         return item_vectors, BY_TOWER
     text = model.item_text.detach().cpu().numpy()
-    norms = np.linalg.norm(text, axis=1, keepdims=True)
+    norms = np.linalg.norm(text, axis=1)
     if not np.allclose(norms[norms > 0], 1.0, atol=1e-3):
-        text = np.divide(text, norms, out=np.zeros_like(text), where=norms > 0)
+        text = _unit_rows(text)
     return text, BY_TEXT
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a dot product is then the cosine); zero rows stay zero."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 def _nearest(vectors: np.ndarray, index: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -447,9 +453,7 @@ def _session_space(
             log.warning("skipping item2vec run %s: it does not load", run_dir, exc_info=True)
             continue
         rows = run.vocab.encode(list(item_ids))
-        vectors = run.vectors.astype(np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+        vectors = _unit_rows(run.vectors.astype(np.float32))
         out = np.zeros((len(item_ids) + 1, vectors.shape[1]), dtype=np.float32)
         out[1:] = vectors[rows]
         out[1:][rows == 0] = 0.0
