@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from recsys.reporting import emit_report
+from recsys.core.reporting import emit_report
 
 RECSYS = Path(sys.executable).with_name("recsys")
 # Interactions per generated user over 90 days with the default generator (measured: ~63).

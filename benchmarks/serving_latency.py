@@ -47,8 +47,8 @@ def floor(users: list[str]) -> dict[str, Any]:
     """Bare Feast online read + bare vector search (same exclusion) per user, in-process."""
     import torch
 
-    from recsys.config import get_settings
-    from recsys.vectorstore import SearchFilter
+    from recsys.core.settings import get_settings
+    from recsys.core.vectorstore import SearchFilter
     from serving.recommender import Recommender
 
     torch.set_num_threads(1)
@@ -212,8 +212,8 @@ def main() -> None:
 
     import duckdb
 
-    from recsys.config import get_settings
-    from recsys.reporting import emit_report
+    from recsys.core.reporting import emit_report
+    from recsys.core.settings import get_settings
 
     settings = get_settings()
     path = settings.features_dir / "user_features.parquet"

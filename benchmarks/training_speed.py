@@ -38,21 +38,23 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.item2vec import WEIGHTS as I2V_WEIGHTS
 from models.item2vec import (
     Item2VecConfig,
     build_sessions,
     skipgram_pairs,
     subsample_keep_prob,
 )
-from models.two_tower import TwoTower
+from models.two_tower import WEIGHTS, TwoTower
 from pipelines import item2vec as i2v
 from pipelines import train as tt
 from pipelines import two_tower_fit as fit
-from pipelines.schema import table_path
-from recsys.config import Settings
-from recsys.feast_store import open_store
-from recsys.ray_runtime import ensure_ray, local_cpus, train_run_config, worker_env
-from recsys.reporting import emit_report
+from recsys.core.catalog import load_item_attributes
+from recsys.core.feast_store import open_store
+from recsys.core.ray_runtime import ensure_ray, fit_torch, local_cpus, worker_env, worker_threads
+from recsys.core.reporting import emit_report
+from recsys.core.schema import table_path
+from recsys.core.settings import Settings
 
 log = logging.getLogger("training_speed")
 RESULTS = Path(__file__).resolve().parent / "results" / "training_speed.json"
@@ -76,22 +78,15 @@ def two_tower_data(settings: Settings, work: Path) -> dict[str, Any]:
     split = tt.split_for_training(settings, events, purchases)
     store = open_store(settings)
     examples = tt.training_examples(store, split.positives, split)
-    attributes = tt.load_item_attributes(settings)
-    items, users, _counts, model_cfg = tt.encode_training_set(settings, examples, attributes, work)
-    config = {  # what pipelines.train._fit_with_ray hands to train_func
-        "arrays": str(work / tt.ARRAYS),
-        "model": model_cfg.to_dict(),
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "weight_decay": cfg.weight_decay,
-        "temperature": cfg.temperature,
-        "threads": cfg.cpus_per_worker or max(1, local_cpus(settings) // cfg.num_workers),
-        "seed": cfg.seed,
-    }
+    attributes = load_item_attributes(settings)
+    arrays = work / tt.ARRAYS
+    items, users, _counts, model_cfg = tt.encode_training_set(
+        settings, examples, attributes, arrays
+    )
     return {
         "examples": len(examples),
-        "config": config,
+        "config": tt.fit_config(settings, arrays, model_cfg),
+        "arrays": arrays,
         "model_cfg": model_cfg,
         "evaluate": (store, users, items, attributes, split.train, split.test, split.cutoff),
     }
@@ -123,11 +118,10 @@ def item2vec_data(settings: Settings, work: Path, cfg: Item2VecConfig) -> dict[s
         context=context.astype(np.int32),
         counts=vocab.counts,
     )
-    workers = settings.train.num_workers
     config = {
         "arrays": str(work / i2v.PAIRS),
         "n_items": vocab.size,
-        "threads": settings.train.cpus_per_worker or max(1, local_cpus(settings) // workers),
+        "threads": worker_threads(settings),
         "model": cfg.model_dump(),
     }
     return {"examples": len(center), "items": vocab.size - 1, "config": config}
@@ -206,19 +200,11 @@ def _noop_train_func(config: dict[str, Any]) -> None:
 
 def noop_trainer_seconds(settings: Settings, work: Path, workers: int, threads: int) -> float:
     """Wall seconds of ``TorchTrainer.fit`` with an empty loop: Ray Train's fixed cost."""
-    from ray.train import ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    trainer = TorchTrainer(
-        _noop_train_func,
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=False, resources_per_worker={"CPU": threads}
-        ),
-        run_config=train_run_config(settings, f"noop_{workers}x{threads}", work / "ray"),
-    )
-    started = time.perf_counter()
-    trainer.fit()
-    return round(time.perf_counter() - started, 2)
+    _, _, seconds = fit_torch(
+        _with_workers(settings, work, workers, threads), _noop_train_func, {"threads": threads},
+        f"noop_{workers}x{threads}", None, storage=work / "ray",
+    )  # fmt: skip
+    return round(seconds, 2)
 
 
 def recall_at_10(data: dict[str, Any], state: dict[str, torch.Tensor]) -> float:
@@ -227,7 +213,10 @@ def recall_at_10(data: dict[str, Any], state: dict[str, torch.Tensor]) -> float:
     model.load_state_dict(state)
     model.eval()
     store, users, items, attributes, train_rows, test_rows, cutoff = data["evaluate"]
-    metrics = tt.evaluate(store, model, users, items, attributes, train_rows, test_rows, cutoff)
+    vectors = tt.item_vectors(
+        model, items, tt.catalog_frame(store, attributes, items.item_ids, cutoff)
+    )
+    metrics = tt.evaluate(store, model, users, items, vectors, train_rows, test_rows, cutoff)
     return round(metrics["two_tower"]["recall@10"], 5)
 
 
@@ -254,7 +243,11 @@ def bench_two_tower(settings: Settings, work: Path, args: argparse.Namespace) ->
         for workers, per_worker in shapes:
             name = f"ray_{workers}x{per_worker}"
             ray_settings = _with_workers(settings, work, workers, per_worker)
-            states[name], metrics, seconds = tt._fit_with_ray(ray_settings, work, data["model_cfg"])
+            states[name], metrics, seconds = fit_torch(
+                ray_settings, fit.train_func,
+                tt.fit_config(ray_settings, data["arrays"], data["model_cfg"]),
+                f"two_tower_bench_{name}", WEIGHTS,
+            )  # fmt: skip
             runs.setdefault(name, []).append(_run(seconds, n, epochs, metrics))  # rank 0's loop
             log.info("  %s: %.1fs", name, seconds)
         if not args.no_sparse:
@@ -313,11 +306,10 @@ def bench_item2vec(settings: Settings, work: Path, args: argparse.Namespace) -> 
         for workers, per_worker in shapes:
             name = f"ray_{workers}x{per_worker}"
             ray_settings = _with_workers(settings, work, workers, per_worker)
-            t0 = time.perf_counter()
-            states[name], metrics = i2v._fit_with_ray(
-                ray_settings, config | {"threads": per_worker}, f"item2vec_bench_{name}"
-            )
-            seconds = time.perf_counter() - t0
+            states[name], metrics, seconds = fit_torch(
+                ray_settings, i2v.train_func, config | {"threads": per_worker},
+                f"item2vec_bench_{name}", I2V_WEIGHTS,
+            )  # fmt: skip
             runs.setdefault(name, []).append(_run(seconds, n, cfg.epochs, metrics))
             log.info("  %s: %.1fs", name, seconds)
     best = _best_runs(runs, states, threads)

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recsys.vectorstore import (  # noqa: E402
+from recsys.core.vectorstore import (  # noqa: E402
     EdgeVectorStore,
     ItemPoint,
     QdrantServerVectorStore,

@@ -13,10 +13,11 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSo
 from feast.types import Array, Bool, Float64, Int64, String
 from feast.value_type import ValueType
 
-from pipelines.features import EXTRA_PREFIX
-from recsys.config import Settings
+from recsys.core.schema import EXTRA_PREFIX
+from recsys.core.settings import repo_settings
 
-SETTINGS = Settings()  # fresh, not cached: RECSYS_HOME may change between runs in one process
+# `recsys materialize` hands its settings over; the plain `feast` CLI reads the environment
+SETTINGS = repo_settings()
 FEATURES_DIR = SETTINGS.features_dir
 TTL = SETTINGS.features
 

@@ -36,14 +36,14 @@ import json
 import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from recsys.core.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ RULES_SCHEMA = pa.schema(
     ]
 )
 RULE_COLUMNS: tuple[str, ...] = tuple(RULES_SCHEMA.names)
+RULES = "bought_together"  # its part of a run folder
 _ATTRS_KEY = b"recsys.rules.attrs"  # Parquet schema metadata: the frame's attrs as JSON
 
 
@@ -360,29 +361,23 @@ class BoughtTogether:
 
 
 # --------------------------------------------------------------------------- storage
-def save_rules(rules: pd.DataFrame, path: Path | str) -> Path:
-    """Write rules as Parquet, ``attrs`` (basket count and kind) in the schema metadata.
-
-    Written to a temporary file and renamed, so a serving process never reads half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_rules(rules: pd.DataFrame, run: Run, name: str = RULES) -> None:
+    """Write rules into ``run`` as Parquet, ``attrs`` (basket count and kind) in the schema
+    metadata."""
     table = pa.Table.from_pandas(
         rules.loc[:, list(RULE_COLUMNS)], schema=RULES_SCHEMA, preserve_index=False
     )
     table = table.replace_schema_metadata({_ATTRS_KEY: json.dumps(dict(rules.attrs)).encode()})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path
+    run.write_table(name, table)
 
 
-def load_rules(path: Path | str) -> pd.DataFrame:
+def load_rules(run: Run, name: str = RULES) -> pd.DataFrame:
     """Read rules written by :func:`save_rules`, ``attrs`` included."""
-    table = pq.read_table(Path(path))
+    table = run.read_arrow(name)
     missing = set(RULE_COLUMNS) - set(table.column_names)
     if missing:
-        raise ValueError(f"{path} is not a rules file: lacks {', '.join(sorted(missing))}")
+        where = run.file(f"{name}.parquet")
+        raise ValueError(f"{where} is not a rules file: lacks {', '.join(sorted(missing))}")
     meta = table.schema.metadata or {}
     rules = table.select(list(RULE_COLUMNS)).cast(RULES_SCHEMA).to_pandas()
     rules.attrs = json.loads(meta[_ATTRS_KEY]) if _ATTRS_KEY in meta else {}

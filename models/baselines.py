@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys.core.arrays import top_k
+
 log = logging.getLogger(__name__)
 
 DEFAULT_EASE_MEMORY_GB = 12.0
@@ -106,72 +108,11 @@ class BaselineModel:
                 scores[
                     np.repeat(np.arange(len(batch)), np.diff(seen.indptr)), seen.indices
                 ] = -np.inf
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            top_scores = np.take_along_axis(scores, top, axis=1)
-            order = np.argsort(-top_scores, axis=1, kind="stable")
-            top = np.take_along_axis(top, order, axis=1)
-            ranked_scores = np.take_along_axis(top_scores, order, axis=1)
+            top = top_k(scores, k)
+            ranked_scores = np.take_along_axis(scores, top, axis=1)
             for items, s in zip(top, ranked_scores, strict=True):
                 out.append(items[np.isfinite(s)].tolist())
         return out
-
-
-class Popularity(BaselineModel):
-    """All-time interaction counts: the same list for everyone, minus what they have."""
-
-    name = "popularity"
-
-    def fit(self, matrix: sp.csr_matrix) -> Popularity:
-        self.train_matrix = matrix.tocsr()
-        return self.fit_counts(np.asarray(binarize(matrix).sum(axis=0)).ravel())
-
-    def fit_counts(self, counts: np.ndarray) -> Popularity:
-        # Scores are ranks, not counts: ties broken by item column, identically every batch.
-        order = np.argsort(-counts, kind="stable")
-        self._item_scores = np.empty(len(counts), dtype=np.float32)
-        self._item_scores[order] = -np.arange(len(counts), dtype=np.float32)
-        return self
-
-    def _scores(self, user_rows: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self._item_scores, (len(user_rows), len(self._item_scores)))
-
-
-class RecentPopularity(Popularity):
-    """Counts over the last ``days`` before the newest event; all-time when time does not vary.
-
-    Fashion demand moves with the season, so recent counts are the stronger baseline when the
-    data has real timestamps (H&M); ASOS's train pairs share one timestamp, where this equals
-    :class:`Popularity`.
-    """
-
-    name = "popularity_recent"
-
-    def __init__(self, days: int = 14) -> None:
-        super().__init__()
-        self.days = days
-
-    def params(self) -> dict[str, float | int]:
-        return {"days": self.days}
-
-    def fit(
-        self,
-        matrix: sp.csr_matrix,
-        item_cols: np.ndarray | None = None,
-        timestamps: np.ndarray | None = None,
-    ) -> RecentPopularity:
-        """``item_cols``/``timestamps``: one entry per training event (optional)."""
-        self.train_matrix = matrix.tocsr()
-        counts = np.asarray(binarize(matrix).sum(axis=0)).ravel()
-        if item_cols is not None and timestamps is not None and len(timestamps):
-            ts = pd.to_datetime(pd.Series(timestamps))
-            if ts.min() != ts.max():
-                recent = (ts >= ts.max() - pd.Timedelta(days=self.days)).to_numpy()
-                recent_counts = np.bincount(
-                    np.asarray(item_cols)[recent], minlength=matrix.shape[1]
-                ).astype(np.float64)
-                # all-time counts only break ties among items unseen in the window
-                counts = recent_counts + counts / (counts.max() + 1.0)
-        return self.fit_counts(counts)
 
 
 class ItemKNN(BaselineModel):
@@ -210,10 +151,7 @@ def _top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
     keep = np.zeros(len(data), dtype=bool)
     for row in range(matrix.shape[0]):
         lo, hi = indptr[row], indptr[row + 1]
-        if hi - lo <= k:
-            keep[lo:hi] = True
-        else:
-            keep[lo + np.argpartition(-data[lo:hi], k - 1)[:k]] = True
+        keep[lo + top_k(data[lo:hi], k)] = True
     rows = np.repeat(np.arange(matrix.shape[0]), np.diff(indptr))
     return sp.csr_matrix(
         (data[keep], (rows[keep], indices[keep])), shape=matrix.shape, dtype=np.float32

@@ -1,23 +1,15 @@
 """Candidate generation and ranking features, shared by ranker training and serving.
 
-One user (a :class:`UserContext`) goes in; the union of every source's candidates comes out as
-a :class:`CandidateSet`: item indices, one feature row per item for the ranker, and which source
-proposed each item with its evidence (for the response's ``reasons``). The same code builds the
-ranker's training rows, answers API requests and runs the served pipeline in ``recsys
-evaluate``, so the three cannot drift apart.
+One visitor (a :class:`~models.context.UserContext`) goes in; the union of every enabled
+source's candidates comes out as a :class:`CandidateSet`: item indices, one feature row per
+item for the ranker, and which source proposed each item and from which seed (for the
+response's reasons). The same code builds the ranker's training rows, answers API requests and
+runs the served pipeline in ``recsys evaluate``, so the three cannot drift apart.
 
-Sources (each optional, each capped at its own ``k``):
-
-* ``item_item``: EASE (or cosine) neighbours summed over the user's history.
-* ``two_tower``: nearest item vectors to the user vector (the vector store in serving).
-* ``bought_together``: association rules of the most recent items.
-* ``popular``: popularity in the user's age bucket (or overall) over a recent window.
-
-Each source's evidence is filled in for *every* candidate, not only its own: the item-item
-sum, hit count and strongest single weight over the history (0 when no history item points
-at it), and the two-tower cosine when the item vectors are known. The ranker can then weigh
-a popular item against the history too; ranks (``ii_rank``, ``tt_rank``, ``pop_rank``) stay
-per source and mark its own candidates.
+The sources are plug-ins (``models/sources/``): each proposes up to its own ``k`` items and
+fills its feature columns for *every* candidate, so the ranker can weigh a popular item against
+the history too. After the sources' columns come the context features of this module: how many
+sources proposed the item, its demand and price, and the visitor's history and affinities.
 
 Items are addressed by vocabulary index (0 = unknown), the two-tower encoder's vocabulary,
 which is also the vector store's point id.
@@ -28,381 +20,185 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from models.association_rules import BoughtTogether
-from models.item_item import ItemNeighbors
-from models.popularity import PopularityTable
+from models.context import NO_FILTERS, ItemCatalog, ItemFilters, UserContext, VectorSearch
+from models.popularity import top_items
+from models.sources import MISSING_RANK, CandidateSource, Request, SourceData, enabled_sources
+from recsys.core.run import Run
+from recsys.core.settings import Settings
+from recsys.core.values import finite_float
+from recsys.core.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = "unknown"
-MISSING_RANK = 1000.0  # rank feature of a source that did not propose the item
-
-FEATURES: tuple[str, ...] = (
-    "ii_score", "ii_rank", "ii_hits", "ii_max",
-    "tt_score", "tt_rank",
-    "bt_confidence", "bt_lift",
-    "pop_rank",
+#: Ranker columns after the sources' own: the item's demand and price, the visitor's history.
+CONTEXT_FEATURES: tuple[str, ...] = (
     "n_sources",
     "item_log_count", "item_log_recent", "item_recent_share", "item_log_price",
     "user_log_history", "user_age", "user_days_since_purchase", "user_log_purchases_30d",
     "aff_category", "aff_colour", "aff_department", "price_ratio",
 )  # fmt: skip
-SOURCES = ("item_item", "two_tower", "bought_together", "popular")
-#: How each source orders its own candidates: (feature column, higher is better).
-SOURCE_ORDER: dict[str, tuple[str, bool]] = {
-    "item_item": ("ii_score", True),
-    "two_tower": ("tt_score", True),
-    "bought_together": ("bt_confidence", True),
-    "popular": ("pop_rank", False),
-}
-#: The column that marks a source's own candidates in a feature row (scores such as
-#: ``ii_score`` and ``tt_score`` are filled in for every candidate, ranks only for its own).
-_OWN_MARKER = {"item_item": "ii_rank", "two_tower": "tt_rank", "popular": "pop_rank",
-               "bought_together": "bt_confidence"}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ItemFilters:
-    """Business filters of a request; pushed into the vector search and applied to the rest."""
-
-    category: str | None = None
-    department: str | None = None
-    max_price: float | None = None
-    in_stock: bool | None = None
-
-    def is_empty(self) -> bool:
-        return (self.category, self.department, self.max_price, self.in_stock) == (None,) * 4
-
-
-NO_FILTERS = ItemFilters()
-
-
-@dataclass
-class ItemCatalog:
-    """Per item index arrays (row 0 = unknown item) the pipeline reads at request time.
-
-    ``counts``/``recent_counts``: purchases in the data the sources were fitted on (all time
-    and the recent window), computed from the same interactions as the sources so that ranker
-    training rows and serving rows see demand the same way.
-    """
-
-    item_ids: list[str]
-    category: np.ndarray
-    colour: np.ndarray
-    department: np.ndarray
-    category_names: list[str]
-    colour_names: list[str]
-    department_names: list[str]
-    price: np.ndarray
-    in_stock: np.ndarray
-    counts: np.ndarray
-    recent_counts: np.ndarray
-    titles: list[str]
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
-    _masks: dict[ItemFilters, np.ndarray] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}
-
-    @classmethod
-    def from_frame(cls, item_ids: Sequence[str], frame: pd.DataFrame) -> ItemCatalog:
-        """``frame``: item_id plus any of category, colour, department, price, in_stock,
-        title, count, recent_count (missing columns get neutral values)."""
-        rows = frame.drop_duplicates("item_id", keep="last").set_index("item_id")
-        rows = rows.reindex(list(item_ids))
-        n = len(item_ids) + 1
-
-        def codes(column: str) -> tuple[np.ndarray, list[str]]:
-            values = rows[column] if column in rows else pd.Series(UNKNOWN, index=rows.index)
-            values = values.fillna(UNKNOWN).astype(str)
-            names = [UNKNOWN, *sorted(set(values) - {UNKNOWN})]
-            lookup = {name: i for i, name in enumerate(names)}
-            out = np.zeros(n, dtype=np.int32)
-            out[1:] = [lookup[v] for v in values]
-            return out, names
-
-        def numeric(column: str, default: float) -> np.ndarray:
-            out = np.full(n, default, dtype=np.float32)
-            if column in rows:
-                out[1:] = pd.to_numeric(rows[column], errors="coerce").fillna(default).to_numpy()
-            return out
-
-        category, category_names = codes("category")
-        colour, colour_names = codes("colour")
-        department, department_names = codes("department")
-        price = numeric("price", np.nan)
-        in_stock = np.ones(n, dtype=bool)
-        if "in_stock" in rows:
-            in_stock[1:] = rows["in_stock"].fillna(True).astype(bool).to_numpy()
-        titles = ["", *(rows["title"].fillna(pd.Series(rows.index, index=rows.index)).astype(str)
-                        if "title" in rows else list(item_ids))]  # fmt: skip
-        return cls(
-            list(item_ids), category, colour, department, category_names, colour_names,
-            department_names, price, in_stock,
-            numeric("count", 0.0), numeric("recent_count", 0.0), titles,
-        )  # fmt: skip
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids) + 1
-
-    def index(self, item_id: str) -> int:
-        return self._index.get(item_id, 0)
-
-    def indices(self, item_ids: Sequence[str]) -> np.ndarray:
-        get = self._index.get
-        return np.fromiter((get(i, 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
-
-    def item_id(self, index: int) -> str:
-        return self.item_ids[index - 1]
-
-    def allowed(self, filters: ItemFilters) -> np.ndarray | None:
-        """Boolean mask of items passing the filters (None: no filter); cached per filter."""
-        if filters.is_empty():
-            return None
-        mask = self._masks.get(filters)
-        if mask is None:
-            mask = np.ones(self.n_items, dtype=bool)
-            mask[0] = False
-            if filters.category is not None:
-                mask &= self.category == _code(self.category_names, filters.category)
-            if filters.department is not None:
-                mask &= self.department == _code(self.department_names, filters.department)
-            if filters.max_price is not None:
-                mask &= self.price <= filters.max_price  # unknown price (NaN) fails the filter
-            if filters.in_stock is not None:
-                mask &= self.in_stock == filters.in_stock
-            if len(self._masks) > 256:
-                self._masks.clear()
-            self._masks[filters] = mask
-        return mask
-
-
-def _code(names: list[str], value: str) -> int:
-    try:
-        return names.index(value)
-    except ValueError:
-        return -1  # matches nothing
-
-
-@dataclass
-class UserContext:
-    """What is known about the visitor when recommending.
-
-    ``history``: purchased item ids, newest first (already-bought exclusion and the sources'
-    seeds). ``session``: items browsed in this visit, newest first (seeds, excluded too).
-    ``features``: the Feast user row (may be empty for a new visitor). ``vector``: the
-    two-tower user vector when one was computed.
-    """
-
-    user_id: str | None
-    history: Sequence[str] = ()
-    session: Sequence[str] = ()
-    features: Mapping[str, Any] = field(default_factory=dict)
-    vector: np.ndarray | None = None
-
-    @property
-    def age_bucket(self) -> str | None:
-        bucket = self.features.get("age_bucket")
-        return None if bucket in (None, UNKNOWN) else str(bucket)
-
-    def seeds(self, limit: int) -> list[str]:
-        """Items the behavioural sources start from: this visit first, then purchases."""
-        return list(dict.fromkeys([*self.session, *self.history]))[:limit]
-
-
-#: ``search(vector, k, filters, exclude_indices) -> (indices, scores)``
-VectorSearch = Callable[[np.ndarray, int, ItemFilters, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass
-class SourceLimits:
-    item_item: int = 100
-    two_tower: int = 100
-    bought_together: int = 30
-    popular: int = 50
-    seeds: int = 50  # history items the behavioural sources start from
-    rule_seeds: int = 5  # most recent items whose rules are used
-    popular_window: str = "7d"
+CATALOG = "item_catalog"  # its part of a run folder
+CATALOG_COLUMNS = ("item_id", "title", "category", "colour", "department", "price", "in_stock")
 
 
 @dataclass
 class CandidateSet:
-    """Candidates of one user: indices, ranker features, and evidence for the reasons."""
+    """Candidates of one visitor: indices, ranker features, and evidence for the reasons."""
 
     items: np.ndarray
     features: np.ndarray
-    sources: dict[str, np.ndarray]  # source -> bool mask over items
-    ii_seed: np.ndarray  # strongest history item behind the item-item score (0: none)
-    bt_seed: np.ndarray  # antecedent of the best rule (0: none)
+    feature_names: tuple[str, ...]
+    sources: dict[str, np.ndarray]  # source -> bool mask over items: its own candidates
+    seeds: dict[str, np.ndarray]  # source -> item index behind each candidate (0: none)
     failed: list[str] = field(default_factory=list)  # sources that raised (degraded answer)
     timings_ms: dict[str, float] = field(default_factory=dict)  # per source, then features
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def column(self, name: str) -> np.ndarray:
+        return self.features[:, self.feature_names.index(name)]
+
 
 class CandidateGenerator:
-    """Runs every configured source for one user and builds the ranker's feature rows."""
+    """Runs every enabled source for one visitor and builds the ranker's feature rows."""
 
     def __init__(
         self,
         catalog: ItemCatalog,
-        neighbors: ItemNeighbors | None = None,
-        rules: BoughtTogether | None = None,
-        popularity: PopularityTable | None = None,
-        vector_search: VectorSearch | None = None,
-        limits: SourceLimits | None = None,
-        item_vectors: np.ndarray | None = None,
+        sources: list[CandidateSource],
+        history_seeds: int = 50,
+        catalog_rows: pd.DataFrame | None = None,
     ) -> None:
-        """``item_vectors``: the two-tower item vectors by vocabulary index (row 0 = unknown),
-        so that every candidate, not only the vector search's own, gets its two-tower score."""
+        """``catalog_rows``: the frame ``catalog`` was built from (what :meth:`save` writes)."""
         self.catalog = catalog
-        self.neighbors = neighbors
-        self.rules = rules
-        self.popularity = popularity
-        self.vector_search = vector_search
-        self.limits = limits or SourceLimits()
-        self.item_vectors = item_vectors
+        self.catalog_rows = catalog_rows
+        self.sources = sources
+        self.history_seeds = history_seeds
+        self.features: tuple[str, ...] = (
+            *(name for source in sources for name in source.features),
+            *CONTEXT_FEATURES,
+        )
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"two candidate sources fill the same ranker column: {self.features}")
+        self._col = {name: i for i, name in enumerate(self.features)}
 
+    def source(self, name: str) -> CandidateSource | None:
+        """The enabled source called ``name``, None when it is off."""
+        return next((s for s in self.sources if s.name == name), None)
+
+    # ------------------------------------------------------------------ fit / save / load
+    @classmethod
+    def fit(
+        cls,
+        settings: Settings,
+        vocab: Vocabulary,
+        purchases: pd.DataFrame,
+        items: pd.DataFrame,
+        user_segments: pd.DataFrame | None,
+        end: pd.Timestamp,
+        item_vectors: np.ndarray | None,
+    ) -> CandidateGenerator:
+        """Fit every enabled source on ``purchases`` (user_id, item_id, timestamp).
+
+        ``items``: catalogue rows (:data:`CATALOG_COLUMNS`, any order); ``end``: where the
+        recency windows end; ``item_vectors``: the run's two-tower item vectors.
+        """
+        enabled = enabled_sources(settings)
+        frame = catalog_frame(items, purchases, end, settings.ranking.recent_days)
+        catalog = ItemCatalog.from_frame(vocab, frame)
+        data = SourceData(settings, catalog, purchases, items, user_segments, end, item_vectors)
+        sources = [cls_.fit(data, cfg) for cls_, cfg in enabled]
+        return cls(catalog, sources, settings.ranking.history_seeds, frame)
+
+    def save(self, run: Run) -> None:
+        if self.catalog_rows is None:
+            raise ValueError("this generator was built without its catalogue rows: nothing to save")
+        run.write_table(CATALOG, self.catalog_rows)
+        for source in self.sources:
+            source.save(run)
+
+    @classmethod
+    def load(
+        cls,
+        run: Run,
+        settings: Settings,
+        vocab: Vocabulary,
+        vector_search: VectorSearch | None,
+        item_vectors: np.ndarray | None = None,
+    ) -> CandidateGenerator:
+        """The generator ``recsys train`` saved in ``run``, its two-tower source asking
+        ``vector_search``; ``item_vectors``: the run's, when the caller has read them."""
+        frame = run.read_table(CATALOG)
+        catalog = ItemCatalog.from_frame(vocab, frame)
+        data = SourceData(settings, catalog, item_vectors=item_vectors,
+                          vector_search=vector_search)  # fmt: skip
+        sources = [cls_.load(run, cfg, data) for cls_, cfg in enabled_sources(settings)]
+        return cls(catalog, sources, settings.ranking.history_seeds, frame)
+
+    def describe(self) -> str:
+        return ", ".join(f"{s.name} ({s.describe()})" if s.describe() else s.name
+                         for s in self.sources)  # fmt: skip
+
+    # ------------------------------------------------------------------ one visitor
     def generate(self, ctx: UserContext, filters: ItemFilters = NO_FILTERS) -> CandidateSet:
-        cat, lim = self.catalog, self.limits
+        cat = self.catalog
         allowed = cat.allowed(filters)
         excluded = cat.indices([*ctx.history, *ctx.session])
-        seeds = cat.indices(ctx.seeds(lim.seeds))
+        seeds = cat.indices(ctx.seeds(self.history_seeds))
         seeds = seeds[seeds > 0]
         blocked = np.zeros(cat.n_items, dtype=bool)
         blocked[0] = True
         blocked[excluded] = True
         if allowed is not None:
             blocked |= ~allowed
+        req = Request(ctx, filters, cat, seeds, excluded, blocked)
 
-        found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         ms: dict[str, float] = {}
-        clock = time.perf_counter()
-        ii_seed_of: dict[int, int] = {}
-        # every item reachable from the seeds with its summed, hit-count and best single
-        # weight: the item-item evidence of *any* candidate, whichever source proposed it
-        reach: tuple[np.ndarray, ...] | None = None
-        if self.neighbors is not None and len(seeds):
-            cols, weights, rows = self.neighbors.gather(seeds)
-            keep = ~blocked[cols]
-            cols, weights, rows = cols[keep], weights[keep], rows[keep]
-            if len(cols):
-                items, inverse = np.unique(cols, return_inverse=True)
-                sums = np.bincount(inverse, weights=weights)
-                hits = np.bincount(inverse).astype(np.float64)
-                # the history item with the largest single weight explains the candidate
-                order = np.lexsort((-weights, inverse))
-                first = np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]
-                best_row = rows[order][first]
-                best_weight = weights[order][first]
-                reach = (items, sums, hits, best_weight)
-                top = _top(sums, lim.item_item)
-                found["item_item"] = (items[top], sums[top])
-                ii_seed_of = dict(zip(items[top].tolist(), best_row[top].tolist(), strict=True))
-        clock = _lap(ms, "item_item", clock)
         failed: list[str] = []
-        if self.vector_search is not None and ctx.vector is not None:
+        proposals = {}
+        clock = time.perf_counter()
+        for source in self.sources:
             try:
-                idx, scores = self.vector_search(ctx.vector, lim.two_tower, filters, excluded)
-            except Exception:  # a failing vector store must not fail the request
-                log.exception("two-tower candidates failed: answering from the other sources")
-                failed.append("two_tower")
-            else:
-                keep = ~blocked[idx]
-                found["two_tower"] = (idx[keep], scores[keep])
-        clock = _lap(ms, "search", clock)
-        bt_seed_of: dict[int, int] = {}
-        bt_lift: dict[int, float] = {}
-        if self.rules is not None and len(seeds):
-            recent = [cat.item_id(int(s)) for s in seeds[: lim.rule_seeds]]
-            rules = self.rules.for_items_with_lift(recent, lim.bought_together * 3)
-            idx = cat.indices([r[0] for r in rules])
-            conf = np.array([r[1] for r in rules], dtype=np.float64)
-            keep = ~blocked[idx]
-            take = np.flatnonzero(keep)[: lim.bought_together]
-            found["bought_together"] = (idx[take], conf[take])
-            for j in take.tolist():
-                bt_seed_of[int(idx[j])] = int(cat.index(rules[j][2]))
-                bt_lift[int(idx[j])] = rules[j][3]
-        clock = _lap(ms, "bought_together", clock)
-        if self.popularity is not None:
-            window = lim.popular_window
-            if window not in self.popularity.windows:  # nothing sold in it: all-time counts
-                window = self.popularity.windows[-1]
-            top_items = self.popularity.top(
-                # room for what the visitor has (the category filter is applied by the
-                # table itself; other filters may leave fewer than ``lim.popular``)
-                lim.popular + min(len(excluded), 500),
-                window=window, category=filters.category,
-                age_bucket=ctx.age_bucket,
-            )  # fmt: skip
-            idx = cat.indices([t[0] for t in top_items])
-            keep = np.flatnonzero(~blocked[idx])[: lim.popular]
-            found["popular"] = (idx[keep], np.arange(1, len(keep) + 1, dtype=np.float64))
-
-        clock = _lap(ms, "popular", clock)
-        pools = [found[s][0] for s in SOURCES if s in found]
+                proposals[source.name] = source.propose(req, source.cfg.k)
+            except Exception:
+                if not source.degrades:
+                    raise
+                log.exception("%s candidates failed: answering from the other sources",
+                              source.name)  # fmt: skip
+                failed.append(source.name)
+                proposals[source.name] = None
+            clock = _lap(ms, source.name, clock)
+        pools = [p.items for p in proposals.values() if p is not None]
         if not pools:
-            return _empty_set(failed)
+            return self._empty_set(failed)
         items = np.unique(np.concatenate(pools))
-        features = np.full((len(items), len(FEATURES)), np.nan, dtype=np.float32)
-        col = {name: i for i, name in enumerate(FEATURES)}
-        sources: dict[str, np.ndarray] = {}
-
-        def put(source_items: np.ndarray, values: np.ndarray, name: str) -> np.ndarray:
-            pos = np.searchsorted(items, source_items)
-            features[pos, col[name]] = values
-            return pos
-
-        for source, score_name, rank_name in (
-            ("item_item", "ii_score", "ii_rank"),
-            ("two_tower", "tt_score", "tt_rank"),
-            ("bought_together", "bt_confidence", None),
-            ("popular", None, "pop_rank"),
-        ):
+        features = np.full((len(items), len(self.features)), np.nan, dtype=np.float32)
+        col = self._col
+        masks: dict[str, np.ndarray] = {}
+        seeds_of: dict[str, np.ndarray] = {}
+        for source in self.sources:
+            own = proposals[source.name]
+            for name, values in source.evidence(req, items, own).items():
+                features[:, col[name]] = values
             mask = np.zeros(len(items), dtype=bool)
-            if source in found:
-                ids, values = found[source]
-                if score_name and len(ids):
-                    put(ids, values, score_name)
-                if rank_name:
-                    features[:, col[rank_name]] = MISSING_RANK
-                    if len(ids):
-                        put(ids, np.arange(1, len(ids) + 1), rank_name)
-                mask[np.searchsorted(items, ids)] = True
-            elif rank_name:
-                features[:, col[rank_name]] = MISSING_RANK
-            sources[source] = mask
-        if reach is not None:
-            reached, sums, hits, best_weight = reach
-            pos = np.minimum(np.searchsorted(reached, items), len(reached) - 1)
-            hit = reached[pos] == items
-            for name, values in (("ii_score", sums), ("ii_hits", hits), ("ii_max", best_weight)):
-                features[:, col[name]] = np.where(hit, values[pos], 0.0)
-        elif self.neighbors is not None and len(seeds):  # a history, but no link from it
-            for name in ("ii_score", "ii_hits", "ii_max"):
-                features[:, col[name]] = 0.0
-        if self.item_vectors is not None and ctx.vector is not None:
-            # the same cosine the vector search ranks by, for every candidate
-            features[:, col["tt_score"]] = self.item_vectors[items] @ ctx.vector
-        if bt_lift:
-            put(np.array(list(bt_lift), dtype=np.int64), np.array(list(bt_lift.values())),
-                "bt_lift")  # fmt: skip
-        features[:, col["n_sources"]] = np.sum([m for m in sources.values()], axis=0)
+            seed = np.zeros(len(items), dtype=np.int64)
+            if own is not None:
+                pos = np.searchsorted(items, own.items)
+                mask[pos] = True
+                if own.seeds is not None:
+                    seed[pos] = own.seeds
+            masks[source.name] = mask
+            seeds_of[source.name] = seed
+        features[:, col["n_sources"]] = np.sum(list(masks.values()), axis=0)
         self._item_and_user_features(features, col, items, seeds, ctx)
-        ii_seed = np.array([ii_seed_of.get(int(i), 0) for i in items], dtype=np.int64)
-        bt_seed = np.array([bt_seed_of.get(int(i), 0) for i in items], dtype=np.int64)
         _lap(ms, "candidate_features", clock)
-        return CandidateSet(items, features, sources, ii_seed, bt_seed, failed, ms)
+        return CandidateSet(items, features, self.features, masks, seeds_of, failed, ms)
 
     def _item_and_user_features(
         self,
@@ -423,10 +219,12 @@ class CandidateGenerator:
         features[:, col["item_log_price"]] = np.log1p(np.clip(cat.price[items], 0, None))
         f = ctx.features
         features[:, col["user_log_history"]] = math.log1p(len(ctx.history))
-        features[:, col["user_age"]] = _number(f.get("age"))
-        features[:, col["user_days_since_purchase"]] = _number(f.get("days_since_last_purchase"))
+        features[:, col["user_age"]] = finite_float(f.get("age"))
+        features[:, col["user_days_since_purchase"]] = finite_float(
+            f.get("days_since_last_purchase")
+        )
         features[:, col["user_log_purchases_30d"]] = math.log1p(
-            max(_number(f.get("purchases_30d"), 0.0), 0.0)
+            max(finite_float(f.get("purchases_30d"), 0.0), 0.0)
         )
         if len(seeds):
             for name, codes in (
@@ -441,16 +239,47 @@ class CandidateGenerator:
             if len(paid) and paid.mean() > 0:
                 features[:, col["price_ratio"]] = cat.price[items] / paid.mean()
 
+    def _empty_set(self, failed: list[str]) -> CandidateSet:
+        empty = np.empty(0, dtype=np.int64)
+        return CandidateSet(
+            empty, np.empty((0, len(self.features)), dtype=np.float32), self.features,
+            {s.name: np.empty(0, dtype=bool) for s in self.sources},
+            {s.name: empty for s in self.sources}, failed,
+        )  # fmt: skip
 
-def source_order(features: np.ndarray, source: str, rows: np.ndarray | None = None) -> np.ndarray:
+
+def catalog_frame(
+    items: pd.DataFrame, purchases: pd.DataFrame, end: pd.Timestamp, recent_days: int
+) -> pd.DataFrame:
+    """Catalogue rows with their purchase counts, all-time and in the last ``recent_days``
+    before ``end``: demand computed from the same purchases as the sources, so ranker
+    training rows and serving rows see it the same way."""
+    since = end - pd.Timedelta(days=recent_days)
+    counts = top_items(purchases).set_index("item_id")["purchases"].rename("count")
+    recent_counts = top_items(purchases, since).set_index("item_id")["purchases"]
+    recent_counts = recent_counts.rename("recent_count")
+    frame = items[[c for c in CATALOG_COLUMNS if c in items]].drop_duplicates("item_id")
+    frame = frame.merge(counts, on="item_id", how="left").merge(
+        recent_counts, on="item_id", how="left"
+    )
+    frame[["count", "recent_count"]] = frame[["count", "recent_count"]].fillna(0)
+    return frame
+
+
+def own_order(
+    source: type[CandidateSource] | CandidateSource,
+    features: np.ndarray,
+    feature_names: tuple[str, ...],
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
     """Row positions of ``source``'s own candidates, in the order that source ranks them: the
     source alone, to compare the ranker with each of its inputs. ``rows``: the source's
-    candidates when known (``CandidateSet.sources``), else read from the rank columns."""
+    candidates when known (``CandidateSet.sources``), else read from its marker column."""
     if rows is None:
-        marker = features[:, FEATURES.index(_OWN_MARKER[source])]
+        marker = features[:, feature_names.index(source.marker)]
         rows = np.flatnonzero(np.isfinite(marker) & (marker < MISSING_RANK))
-    column, descending = SOURCE_ORDER[source]
-    values = features[rows, FEATURES.index(column)].astype(np.float64)
+    column, descending = source.order
+    values = features[rows, feature_names.index(column)].astype(np.float64)
     return rows[np.argsort(-values if descending else values, kind="stable")]
 
 
@@ -458,27 +287,3 @@ def _lap(timings: dict[str, float], stage: str, since: float) -> float:
     now = time.perf_counter()
     timings[stage] = (now - since) * 1e3
     return now
-
-
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` largest scores, best first (stable for ties)."""
-    if len(scores) > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        return part[np.argsort(-scores[part], kind="stable")]
-    return np.argsort(-scores, kind="stable")
-
-
-def _number(value: Any, default: float = np.nan) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return default
-    return out if math.isfinite(out) else default
-
-
-def _empty_set(failed: list[str]) -> CandidateSet:
-    empty = np.empty(0, dtype=np.int64)
-    return CandidateSet(
-        empty, np.empty((0, len(FEATURES)), dtype=np.float32),
-        {s: np.empty(0, dtype=bool) for s in SOURCES}, empty, empty, failed,
-    )  # fmt: skip

@@ -8,17 +8,20 @@ other inputs.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipelines.features import ITEM_CATEGORICAL, ITEM_NUMERIC, USER_NUMERIC
+from recsys.core.run import Run
+from recsys.core.schema import ITEM_CATEGORICAL, ITEM_NUMERIC, USER_NUMERIC
+from recsys.core.vocab import Vocabulary
+
+# parts of a run folder (recsys.core.run.Run)
+USER_VOCAB, ITEM_VOCAB, ENCODERS = "user_vocab", "item_vocab", "encoders"
 
 PRICE_BUCKETS = 16
 LOG_SCALED = {"views_total", "purchases_total", "sessions_total", "spend_total",
@@ -39,10 +42,11 @@ class ItemEncoder:
     price_edges: list[float]
     numeric_means: dict[str, float] = field(default_factory=dict)
     numeric_stds: dict[str, float] = field(default_factory=dict)
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
+    vocab: Vocabulary = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        # the run's one item vocabulary: the catalogue, sources and vector store index by it
+        self.vocab = Vocabulary(self.item_ids)
 
     @classmethod
     def fit(cls, attributes: pd.DataFrame, examples: pd.DataFrame) -> ItemEncoder:
@@ -65,11 +69,10 @@ class ItemEncoder:
         return len(self.item_ids) + 1
 
     def index(self, item_id: str) -> int:
-        return self._index.get(item_id, 0)
+        return self.vocab.index(item_id)
 
     def indices(self, item_ids: Sequence[str]) -> np.ndarray:
-        get = self._index.get
-        return np.fromiter((get(i, 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        return self.vocab.indices(item_ids)
 
     def attr_sizes(self) -> dict[str, int]:
         return {c: len(v) + 1 for c, v in self.attr_vocabs.items()} | {
@@ -196,20 +199,22 @@ def _log_counts(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return out
 
 
-def save_encoders(directory: Path, users: UserEncoder, items: ItemEncoder) -> None:
+def save_encoders(run: Run, users: UserEncoder, items: ItemEncoder) -> None:
     """Vocabularies as Parquet (row order = index - 1), scalers and attribute vocabs as JSON."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"user_id": users.user_ids}).to_parquet(directory / "user_vocab.parquet")
-    pd.DataFrame({"item_id": items.item_ids}).to_parquet(directory / "item_vocab.parquet")
-    (directory / "encoders.json").write_text(
-        json.dumps({"user": users.to_dict(), "item": items.to_dict()}, indent=1)
-    )
+    run.write_table(USER_VOCAB, pd.DataFrame({"user_id": users.user_ids}))
+    run.write_table(ITEM_VOCAB, pd.DataFrame({"item_id": items.item_ids}))
+    run.write_json(ENCODERS, {"user": users.to_dict(), "item": items.to_dict()})
 
 
-def load_encoders(directory: Path) -> tuple[UserEncoder, ItemEncoder]:
-    meta = json.loads((directory / "encoders.json").read_text())
-    user_ids = pd.read_parquet(directory / "user_vocab.parquet")["user_id"].tolist()
-    item_ids = pd.read_parquet(directory / "item_vocab.parquet")["item_id"].tolist()
+def load_item_ids(run: Run) -> list[str]:
+    """The run's item vocabulary in index order (``ids[i]`` has index ``i + 1``)."""
+    return run.read_table(ITEM_VOCAB)["item_id"].tolist()
+
+
+def load_encoders(run: Run) -> tuple[UserEncoder, ItemEncoder]:
+    meta = run.read_json(ENCODERS)
+    user_ids = run.read_table(USER_VOCAB)["user_id"].tolist()
+    item_ids = load_item_ids(run)
     users = UserEncoder(user_ids, meta["user"]["history"], meta["user"]["means"],
                         meta["user"]["stds"])  # fmt: skip
     m = meta["item"]

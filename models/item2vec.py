@@ -32,7 +32,8 @@ from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipelines.schema import EVENT_TYPES
+from recsys.core.arrays import top_k
+from recsys.core.schema import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ PAD = 0  # index 0 of every table: padding, and where unknown items map
 
 
 class Item2VecConfig(BaseModel):
-    """Hyper-parameters of one item2vec fit (kept out of ``recsys.config.Settings``)."""
+    """Hyper-parameters of one item2vec fit (kept out of ``recsys.core.settings.Settings``)."""
 
     dim: int = Field(default=64, ge=1)
     window: int = Field(default=3, ge=1, description="Context items on each side of a center.")
@@ -219,7 +220,7 @@ def build_sessions(
     if missing:
         raise ValueError(
             f"interactions lack column(s) {sorted(missing)}: sessions need user_id, item_id, "
-            "timestamp and event_type (see pipelines/schema.py)."
+            "timestamp and event_type (see recsys/core/schema.py)."
         )
     events = interactions[interactions["event_type"].isin(EVENT_TYPES)]
     key = session_keys(events)
@@ -377,11 +378,9 @@ def cosine_topk(
         scores = vectors[q] @ vectors.T
         scores[:, PAD] = -np.inf
         scores[np.arange(len(q)), q] = -np.inf
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        out_idx[lo : lo + len(q)] = np.take_along_axis(top, order, axis=1)
-        out_score[lo : lo + len(q)] = np.take_along_axis(top_scores, order, axis=1)
+        top = top_k(scores, k)
+        out_idx[lo : lo + len(q)] = top
+        out_score[lo : lo + len(q)] = np.take_along_axis(scores, top, axis=1)
     return out_idx, out_score
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -20,10 +19,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from models.baselines import EASE, ItemKNN
+from recsys.core.arrays import top_k
+from recsys.core.run import Run
 
 log = logging.getLogger(__name__)
 
 Method = Literal["auto", "ease", "cosine"]
+NEIGHBOURS = "item_neighbours"  # its part of a run folder
 
 
 @dataclass
@@ -115,7 +117,7 @@ class ItemNeighbors:
         return cols[order].astype(np.int64), data[order]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: Path) -> None:
+    def save(self, run: Run, name: str = NEIGHBOURS) -> None:
         """Parquet triplets (item, neighbour, weight); method and params in the metadata."""
         coo = self.matrix.tocoo()
         frame = pd.DataFrame(
@@ -123,11 +125,11 @@ class ItemNeighbors:
              "weight": coo.data.astype(np.float32)}
         )  # fmt: skip
         frame.attrs = {"method": self.method, "n_items": self.n_items, **self.params}
-        frame.to_parquet(path, index=False)
+        run.write_table(name, frame)
 
     @classmethod
-    def load(cls, path: Path) -> ItemNeighbors:
-        frame = pd.read_parquet(path)
+    def load(cls, run: Run, name: str = NEIGHBOURS) -> ItemNeighbors:
+        frame = run.read_table(name)
         meta = dict(frame.attrs)
         n = int(meta.pop("n_items"))
         method = str(meta.pop("method"))
@@ -147,7 +149,7 @@ def _dense_top_n(weights: np.ndarray, top_n: int, chunk: int = 2048) -> sp.csr_m
     rows, cols, vals = [], [], []
     for lo in range(0, n, chunk):
         block = weights[lo : lo + chunk]
-        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        top = top_k(block, k)
         top_vals = np.take_along_axis(block, top, axis=1)
         keep = top_vals > 0
         rows.append(np.repeat(np.arange(lo, lo + len(block)), keep.sum(axis=1)))

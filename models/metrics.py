@@ -30,14 +30,10 @@ def ndcg_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
 def evaluate_rankings(
     rankings: Mapping[str, Sequence[str]], truth: Mapping[str, set[str]], k: int = 10
 ) -> dict[str, float]:
-    """Mean Recall@K and NDCG@K over the users in ``truth`` (missing ranking = no hits)."""
-    users = [u for u, rel in truth.items() if rel]
-    if not users:
-        raise ValueError("no user has a relevant item in the evaluation window")
-    recalls = [recall_at_k(rankings.get(u, ()), truth[u], k) for u in users]
-    ndcgs = [ndcg_at_k(rankings.get(u, ()), truth[u], k) for u in users]
-    return {f"recall@{k}": float(np.mean(recalls)), f"ndcg@{k}": float(np.mean(ndcgs)),
-            "users": len(users)}  # fmt: skip
+    """Mean Recall@K and NDCG@K over the users in ``truth`` (missing ranking = no hits): the
+    two columns of :func:`evaluate_all` that `recsys train`'s table reports."""
+    every = evaluate_all(rankings, truth, ks=(k,), map_ks=())
+    return {key: every[key] for key in (f"recall@{k}", f"ndcg@{k}", "users")}
 
 
 def map_at_k(ranked: Sequence[Hashable], relevant: set[Hashable], k: int) -> float:
@@ -132,3 +128,16 @@ def evaluate_all(
             )
     out["users"] = len(users)
     return out
+
+
+def next_item_metrics(top: np.ndarray, target: np.ndarray, pad: int = 0) -> dict[str, float]:
+    """HR@K and MRR@K of one ranked list of item indices per step (row of ``top``) against one
+    target item per step; a target equal to ``pad`` (unknown item) never hits."""
+    k = top.shape[1]
+    hits = (top == target[:, None]) & (target[:, None] != pad)
+    found = hits.any(axis=1)
+    rank = hits.argmax(axis=1) + 1
+    return {
+        f"hr@{k}": float(found.mean()) if len(found) else 0.0,
+        f"mrr@{k}": float(np.where(found, 1.0 / rank, 0.0).mean()) if len(found) else 0.0,
+    }

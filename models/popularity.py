@@ -1,4 +1,11 @@
-"""Popularity: the fallback for unknown visitors and the baseline every model must beat."""
+"""Popularity: the fallback for unknown visitors and the baseline every model must beat.
+
+Every popularity in the platform is computed here: item counts over a window
+(:func:`top_items`, also the ranker's demand features), the segment lists of the popular
+candidate source (:func:`segment_popularity`, :class:`PopularityTable`), the baselines of
+``recsys evaluate`` (:class:`Popularity`, :class:`RecentPopularity`) and the order item2vec's
+evaluation falls back to (:func:`popularity_order`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,12 @@ from collections.abc import Collection, Mapping, Sequence
 from numbers import Integral
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import scipy.sparse as sp
+
+from models.baselines import BaselineModel, binarize
 
 
 def top_items(purchases: pd.DataFrame, since: pd.Timestamp | None = None) -> pd.DataFrame:
@@ -31,6 +42,72 @@ def recommend_popular(
         bought = seen.get(u, set())
         out[u] = [i for i in ranking[: k + len(bought)] if i not in bought][:k]
     return out
+
+
+def popularity_order(counts: np.ndarray) -> np.ndarray:
+    """Item indices with a count (``counts[i]``: index ``i``, 0 the padding), most frequent
+    first (ties by index)."""
+    order = np.lexsort((np.arange(len(counts)), -counts))
+    return order[(order != 0) & (counts[order] > 0)]
+
+
+# --------------------------------------------------------------------------- baselines
+class Popularity(BaselineModel):
+    """All-time interaction counts: the same list for everyone, minus what they have."""
+
+    name = "popularity"
+
+    def fit(self, matrix: sp.csr_matrix) -> Popularity:
+        self.train_matrix = matrix.tocsr()
+        return self.fit_counts(np.asarray(binarize(matrix).sum(axis=0)).ravel())
+
+    def fit_counts(self, counts: np.ndarray) -> Popularity:
+        # Scores are ranks, not counts: ties broken by item column, identically every batch.
+        order = np.argsort(-counts, kind="stable")
+        self._item_scores = np.empty(len(counts), dtype=np.float32)
+        self._item_scores[order] = -np.arange(len(counts), dtype=np.float32)
+        return self
+
+    def _scores(self, user_rows: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self._item_scores, (len(user_rows), len(self._item_scores)))
+
+
+class RecentPopularity(Popularity):
+    """Counts over the last ``days`` before the newest event; all-time when time does not vary.
+
+    Fashion demand moves with the season, so recent counts are the stronger baseline when the
+    data has real timestamps (H&M); ASOS's train pairs share one timestamp, where this equals
+    :class:`Popularity`.
+    """
+
+    name = "popularity_recent"
+
+    def __init__(self, days: int = 14) -> None:
+        super().__init__()
+        self.days = days
+
+    def params(self) -> dict[str, float | int]:
+        return {"days": self.days}
+
+    def fit(
+        self,
+        matrix: sp.csr_matrix,
+        item_cols: np.ndarray | None = None,
+        timestamps: np.ndarray | None = None,
+    ) -> RecentPopularity:
+        """``item_cols``/``timestamps``: one entry per training event (optional)."""
+        self.train_matrix = matrix.tocsr()
+        counts = np.asarray(binarize(matrix).sum(axis=0)).ravel()
+        if item_cols is not None and timestamps is not None and len(timestamps):
+            ts = pd.to_datetime(pd.Series(timestamps))
+            if ts.min() != ts.max():
+                recent = (ts >= ts.max() - pd.Timedelta(days=self.days)).to_numpy()
+                recent_counts = np.bincount(
+                    np.asarray(item_cols)[recent], minlength=matrix.shape[1]
+                ).astype(np.float64)
+                # all-time counts only break ties among items unseen in the window
+                counts = recent_counts + counts / (counts.max() + 1.0)
+        return self.fit_counts(counts)
 
 
 # --------------------------------------------------------------------------- segments

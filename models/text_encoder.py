@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from recsys.core.values import is_missing
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ def default_model_path() -> Path:
 
 def _clean(value: Any) -> str:
     """A string for ``value``, or "" when it is null, NaN or the canonical ``unknown``."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
+    if is_missing(value):
         return ""
     text = str(value).strip()
     return "" if text.lower() in _MISSING else text

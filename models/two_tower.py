@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.encoding import ItemEncoder, UserEncoder, load_encoders, save_encoders
+from recsys.core.run import Run
+
 #: File name of the weights, in a run folder and in the checkpoint a Ray Train worker reports.
 WEIGHTS = "two_tower.safetensors"
 # Mean norm of the centred text rows the projection reads (see ``TwoTower.set_item_text``).
@@ -252,3 +255,28 @@ def in_batch_softmax_loss(
     logits = logits.masked_fill(same & ~eye, float("-inf"))
     labels = torch.arange(len(item_idx), device=logits.device)
     return F.cross_entropy(logits, labels)
+
+
+# --------------------------------------------------------------------------- persistence
+def save_two_tower(run: Run, model: TwoTower, users: UserEncoder, items: ItemEncoder) -> None:
+    """Weights and encoders into ``run``; the config goes into the manifest
+    (:func:`manifest_entry`), which ``recsys train`` writes last."""
+    run.write_tensors(WEIGHTS.removesuffix(".safetensors"), model.state_dict())
+    save_encoders(run, users, items)
+
+
+def manifest_entry(model: TwoTower) -> dict[str, dict]:
+    return {"model_config": model.cfg.to_dict()}
+
+
+def load_two_tower(run: Run) -> tuple[TwoTower, UserEncoder, ItemEncoder]:
+    """The model (in eval mode) and its encoders, as ``recsys train`` saved them."""
+    model = TwoTower(TwoTowerConfig(**run.manifest["model_config"]))
+    model.load_state_dict(run.read_tensors(WEIGHTS.removesuffix(".safetensors"), "torch"))
+    model.eval()
+    users, items = load_encoders(run)
+    return model, users, items
+
+
+def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v) for k, v in arrays.items()}

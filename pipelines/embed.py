@@ -38,42 +38,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.text_encoder import check_model_dir, default_model_path, item_text
-from recsys.config import Settings, get_settings
-from recsys.ray_runtime import ensure_ray, local_cpus
+from recsys.core.ray_runtime import ensure_ray, local_cpus
+from recsys.core.settings import Settings, get_settings
+from recsys.core.values import is_missing
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["text", "image"]
 KINDS: tuple[str, ...] = ("text", "image")
-
-
-class EmbedSettings(BaseSettings):
-    """Knobs of the embedding stage, from ``RECSYS_EMBED__*`` environment variables.
-
-    Kept here rather than in :mod:`recsys.config` so the stage is self-contained; explicit
-    arguments to :func:`embed_items` win over these.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="RECSYS_EMBED__", extra="ignore")
-
-    text_model_path: Path | None = Field(
-        default=None, description="Text model folder; default: the bundled all-MiniLM-L6-v2."
-    )
-    image_model_path: Path | None = Field(
-        default=None, description="CLIP(-vision) folder with preprocessor_config.json."
-    )
-    num_cpus: int = Field(
-        default=0, description="CPUs (torch threads) of the encoding actor; 0 = all local CPUs."
-    )
-    max_length: int = Field(default=128, description="Token limit of the text encoder.")
-    image_column: str = Field(
-        default="image_path",
-        description="Items column with image files (relative paths: from the items file).",
-    )
 
 
 @dataclass
@@ -184,7 +158,7 @@ def _load_inputs(items_path: Path, kind: str, model_digest: str, image_column: s
             )
         payload, hashes = [], []
         for item_id, raw in zip(ids, items[image_column], strict=True):
-            if raw is None or (isinstance(raw, float) and np.isnan(raw)) or str(raw) == "":
+            if is_missing(raw) or str(raw) == "":
                 raise ValueError(
                     f"{items_path}: item {item_id!r} has no {image_column}; fill it or drop "
                     "the item before embedding images."
@@ -310,19 +284,20 @@ def embed_items(
     use_ray: bool = True,
     batch_size: int = 64,
     settings: Settings | None = None,
-    embed_settings: EmbedSettings | None = None,
     progress: bool = True,
 ) -> EmbedSummary:
     """Embed every item of ``items_path`` into ``out_path``, encoding only cache misses.
 
     ``model_path`` defaults to ``RECSYS_EMBED__TEXT_MODEL_PATH`` / ``..._IMAGE_MODEL_PATH``,
-    and for text to the bundled all-MiniLM-L6-v2. ``settings`` (Ray limits) defaults to the
-    process settings; ``use_ray=False`` skips Ray and encodes in this process.
+    and for text to the bundled all-MiniLM-L6-v2. ``settings`` (``embed`` knobs and Ray
+    limits) defaults to the process settings; ``use_ray=False`` skips Ray and encodes in this
+    process.
     """
     t0 = time.perf_counter()
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    opts = embed_settings or EmbedSettings()
+    settings = settings or get_settings()
+    opts = settings.embed
     items_path, out_path, cache_dir = Path(items_path), Path(out_path), Path(cache_dir)
     if model_path is None:
         model_path = opts.text_model_path if kind == "text" else opts.image_model_path
@@ -359,7 +334,7 @@ def embed_items(
     new_hashes = np.array([], dtype=object)
     new_vectors = np.zeros((0, 0), dtype=np.float32)
     if len(todo):
-        num_cpus = opts.num_cpus or local_cpus(settings or get_settings())
+        num_cpus = opts.num_cpus or local_cpus(settings)
         ctor = {
             "kind": kind,
             "model_path": str(model_dir),
@@ -371,7 +346,7 @@ def embed_items(
         if use_ray:
             backend = "ray"
             new_hashes, new_vectors = _encode_ray(
-                todo, ctor, batch_size, num_cpus, settings or get_settings(), progress
+                todo, ctor, batch_size, num_cpus, settings, progress
             )
         else:
             backend = "in-process"

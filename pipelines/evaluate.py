@@ -60,13 +60,12 @@ from models.baselines import (
     BaselineModel,
     InteractionMatrix,
     ItemKNN,
-    Popularity,
-    RecentPopularity,
 )
 from models.metrics import evaluate_all
-from pipelines.schema import table_path
+from models.popularity import Popularity, RecentPopularity
 from pipelines.served_eval import evaluate_served, served_run
-from recsys.config import Settings
+from recsys.core.schema import table_path
+from recsys.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,6 @@ Split = Literal["holdout", "temporal"]
 COLD_THRESHOLD = 2
 TUNE_METRIC = "recall@10"
 MAX_VALIDATION_USERS = 10_000
-RECENT_DAYS = 14
 DEFAULT_TEST_FRACTION = 0.1
 
 # RecBole-style search spaces. ALS fits in seconds, so its whole grid (27 points) is tried: a
@@ -186,7 +184,7 @@ def evaluate(
 
     factories: dict[str, Callable[[dict[str, Any]], BaselineModel]] = {
         "popularity": lambda p: Popularity(),
-        "popularity_recent": lambda p: RecentPopularity(RECENT_DAYS),
+        "popularity_recent": lambda p: RecentPopularity(settings.evaluation.recent_popularity_days),
         "item_knn": lambda p: ItemKNN(int(p["k"])),
         "als": lambda p: ALS(
             int(p["factors"]),
@@ -299,21 +297,20 @@ def _served(
     say,
 ) -> dict[str, Any]:
     """The served pipeline's block: metrics like a model's, or why it was not evaluated."""
-    found = served_run(settings)
-    if found is None:
+    run = served_run(settings)
+    if run is None:
         return {"error": "no trained run with a ranker: run `recsys train` and `recsys index`"}
-    run_dir, manifest = found
-    data = manifest.get("data", {})
+    data = run.manifest.get("data", {})
     run_cutoff = pd.Timestamp(data["cutoff"])
     if protocol["split"] == "temporal" and pd.Timestamp(protocol["cutoff"]) < run_cutoff:
         return {
-            "error": f"run {run_dir.name} trained on data up to {run_cutoff}, after this "
+            "error": f"run {run.id} trained on data up to {run_cutoff}, after this "
             f"split's cutoff {protocol['cutoff']}: it has seen test events. "
             "Evaluate with the run's split (no --test-fraction) or retrain."
         }
     if protocol["split"] == "holdout" and "(holdout" not in str(data.get("evaluation", "")):
         return {
-            "error": f"run {run_dir.name} was trained with a temporal split, not this "
+            "error": f"run {run.id} was trained with a temporal split, not this "
             "holdout: retrain after importing the holdout"
         }
     say("  served pipeline: the API's candidates, ranker and rules, per test user")
@@ -392,7 +389,7 @@ def _split(
     else:
         found = served_run(settings) if test_fraction is None else None
         if found is not None:
-            cutoff = pd.Timestamp(found[1]["data"]["cutoff"])
+            cutoff = pd.Timestamp(found.manifest["data"]["cutoff"])
         else:
             test_fraction = test_fraction or DEFAULT_TEST_FRACTION
             cutoff = events["timestamp"].quantile(1 - test_fraction)

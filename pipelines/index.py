@@ -9,25 +9,17 @@ half-built index and can follow the alias without a restart. Older collections b
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
-from models.artifacts import current_run, load_run
-from pipelines.features import EXTRA_PREFIX
-from pipelines.train import (
-    catalog_frame,
-    item_frame,
-    item_titles,
-    item_vectors,
-    load_item_attributes,
-)
-from recsys.config import Settings
-from recsys.feast_store import open_store
-from recsys.vectorstore import ItemPoint, open_vector_store
+from models.encoding import load_item_ids
+from recsys.core.catalog import item_payloads
+from recsys.core.run import Run
+from recsys.core.schema import EXTRA_PREFIX
+from recsys.core.settings import Settings
+from recsys.core.values import is_missing
+from recsys.core.vectorstore import ItemPoint, open_vector_store
 
 log = logging.getLogger(__name__)
 
@@ -48,48 +40,23 @@ class IndexSummary:
     dropped: tuple[str, ...] = ()  # old collections deleted (beyond keep_collections)
 
 
-def item_payloads(settings: Settings, item_ids: list[str]) -> pd.DataFrame:
-    """Catalogue attributes, title and extra catalogue columns, one row per item id in order."""
-    attributes = item_frame(load_item_attributes(settings), item_ids)
-    frame = attributes.merge(item_titles(settings), on="item_id", how="left")
-    frame["title"] = frame["title"].fillna(frame["item_id"])
-    return frame
-
-
 def _payload(record: dict) -> dict:
     """A payload without missing values (absent beats null for Qdrant filters)."""
-    return {
-        k: v
-        for k, v in record.items()
-        if v is not None and not (isinstance(v, float) and math.isnan(v))
-    }
-
-
-def index_time(manifest: dict) -> pd.Timestamp:
-    """When to read the items' demand features: now, or the end of the training data when that
-    lies further back than the features' TTL would reach (a historical data set such as ASOS,
-    whose 2020 features read "now" would all be expired and the item vectors built on zeros)."""
-    now = pd.Timestamp.now(tz="UTC")
-    end = manifest.get("data", {}).get("end")
-    return min(now, pd.Timestamp(end)) if end else now
+    return {k: v for k, v in record.items() if not is_missing(v)}
 
 
 def build_index(settings: Settings) -> IndexSummary:
     started = time.perf_counter()
-    run_dir = current_run(settings.artifacts_dir)
-    model, _users, items, manifest = load_run(run_dir)
-    as_of = index_time(manifest)
-    catalog = catalog_frame(
-        open_store(settings), load_item_attributes(settings), items.item_ids, as_of
-    )
-    vectors = item_vectors(model, items, catalog)
-    payloads = item_payloads(settings, items.item_ids)
+    run = Run.current(settings.artifacts_dir)
+    item_ids = load_item_ids(run)
+    vectors = run.item_vectors()[1:]  # row i + 1 = item_ids[i]; row 0 is the unknown item
+    payloads = item_payloads(settings, item_ids)
     extras = [c for c in payloads.columns if c.startswith(EXTRA_PREFIX)]  # passed through
     known = (*KEYWORD_FIELDS, "title", *FLOAT_FIELDS, *BOOL_FIELDS)
     fields = [c for c in known if c in payloads] + extras
     records = [_payload(r) for r in payloads[fields].to_dict("records")]
     alias = settings.vector_store.collection
-    run_id = run_dir.name
+    run_id = run.id
     store = open_vector_store(settings.vector_store, settings.home)
     try:
         name = store.new_collection_name(alias, run_id)
@@ -136,7 +103,7 @@ def build_index(settings: Settings) -> IndexSummary:
     return IndexSummary(
         len(records),
         int(vectors.shape[1]),
-        run_dir,
+        run.path,
         seconds,
         health,
         collection=name,

@@ -18,7 +18,6 @@ a step to an item never seen in training is a miss for all of them.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,10 +47,12 @@ from models.item2vec import (
     skipgram_pairs,
     subsample_keep_prob,
 )
+from models.metrics import next_item_metrics
+from models.popularity import popularity_order
 from pipelines.epoch_metrics import epoch_metrics, final_metrics
-from pipelines.schema import EVENT_TYPES, table_path
-from recsys.config import Settings
-from recsys.ray_runtime import ensure_ray, local_cpus, train_run_config
+from recsys.core.ray_runtime import ensure_ray, fit_torch, report_last, worker_threads
+from recsys.core.schema import EVENT_TYPES, table_path
+from recsys.core.settings import Settings
 
 log = logging.getLogger(__name__)
 PAIRS = "item2vec_pairs.npz"
@@ -152,15 +153,7 @@ def train_func(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
     history = run_epochs(model, center, context, cdf, cfg, cfg.seed + rank, report)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:
-            from safetensors.torch import save_file
-
-            state = {k: v.contiguous() for k, v in base.state_dict().items()}
-            save_file(state, Path(tmp) / WEIGHTS)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(final_metrics(history), checkpoint=checkpoint)
+    report_last(final_metrics(history), base.state_dict() if rank == 0 else None, WEIGHTS)
 
 
 def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -183,33 +176,6 @@ def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[s
     return state, final_metrics(history)
 
 
-def _fit_with_ray(
-    settings: Settings, config: dict[str, Any], name: str
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from ray.train import ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from safetensors.torch import load_file
-
-    workers = settings.train.num_workers
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=False, resources_per_worker={"CPU": config["threads"]}
-        ),
-        run_config=train_run_config(settings, name),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(
-            f"Ray Train returned no checkpoint for {name}: {result.error!r}. See the worker "
-            f"logs under {settings.ray.temp_dir}."
-        )
-    with result.checkpoint.as_directory() as ckpt:
-        state = load_file(Path(ckpt) / WEIGHTS)
-    return state, dict(result.metrics or {})
-
-
 # --------------------------------------------------------------------------- data
 def read_interactions(path: Path) -> pd.DataFrame:
     """Canonical interactions (views, carts, purchases) from Parquet, through DuckDB.
@@ -228,7 +194,7 @@ def read_interactions(path: Path) -> pd.DataFrame:
         if missing:
             raise ValueError(
                 f"{path} lacks column(s) {sorted(missing)}: item2vec needs the canonical "
-                "interactions table (pipelines/schema.py)."
+                "interactions table (recsys/core/schema.py)."
             )
         session = "session_id" if "session_id" in columns else "NULL::VARCHAR AS session_id"
         return con.execute(
@@ -257,12 +223,6 @@ def next_item_steps(sessions: Sessions) -> tuple[np.ndarray, np.ndarray]:
     sess = sessions.session_index()
     same = sess[1:] == sess[:-1]
     return sessions.items[:-1][same], sessions.items[1:][same]
-
-
-def popularity_order(counts: np.ndarray) -> np.ndarray:
-    """Item indices with a training count, most frequent first (ties by index)."""
-    order = np.lexsort((np.arange(len(counts)), -counts))
-    return order[(order != PAD) & (counts[order] > 0)]
 
 
 def _fill_popular(top: np.ndarray, queries: np.ndarray, popular: np.ndarray) -> np.ndarray:
@@ -296,18 +256,6 @@ def cooccurrence_topk(
     return _fill_popular(top, queries, popularity_order(counts))
 
 
-def hit_metrics(top: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """HR@K and MRR@K of one ranked list per step (targets of index 0 never hit)."""
-    k = top.shape[1]
-    hits = (top == target[:, None]) & (target[:, None] != PAD)
-    found = hits.any(axis=1)
-    rank = hits.argmax(axis=1) + 1
-    return {
-        f"hr@{k}": float(found.mean()) if len(found) else 0.0,
-        f"mrr@{k}": float(np.where(found, 1.0 / rank, 0.0).mean()) if len(found) else 0.0,
-    }
-
-
 def evaluate_next_item(
     vectors: np.ndarray,
     counts: np.ndarray,
@@ -339,9 +287,9 @@ def evaluate_next_item(
     pop = _fill_popular(np.full((len(queries), k), -1, dtype=np.int64), queries, popular)
     return {
         "k": k,
-        "item2vec": hit_metrics(i2v[inverse], target),
-        "cooccurrence": hit_metrics(cooc[inverse], target),
-        "popularity": hit_metrics(pop[inverse], target),
+        "item2vec": next_item_metrics(i2v[inverse], target),
+        "cooccurrence": next_item_metrics(cooc[inverse], target),
+        "popularity": next_item_metrics(pop[inverse], target),
         "random_hr": round(min(1.0, k / max(len(popular), 1)), 6),
         "steps": len(prev),
         "unknown_prev": int((prev == PAD).sum()),
@@ -409,7 +357,7 @@ def fit_item2vec(
         counts=vocab.counts,
     )
     workers = settings.train.num_workers if use_ray else 1
-    threads = settings.train.cpus_per_worker or max(1, local_cpus(settings) // workers)
+    threads = worker_threads(settings, workers)
     config = {
         "arrays": str(arrays),
         "n_items": vocab.size,
@@ -421,7 +369,9 @@ def fit_item2vec(
         if use_ray:
             ensure_ray(settings)
             ray_started = time.perf_counter()
-            state, fit_metrics = _fit_with_ray(settings, config, f"item2vec_{out_dir.name}")
+            state, fit_metrics, _ = fit_torch(
+                settings, train_func, config, f"item2vec_{out_dir.name}", WEIGHTS
+            )
             fit_metrics["ray_init_seconds"] = round(ray_started - started, 2)
         else:
             state, fit_metrics = train_plain(config)

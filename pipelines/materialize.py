@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from recsys.config import Settings
-from recsys.feast_store import apply, open_store
+from recsys.core.feast_store import apply, open_store
+from recsys.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -17,109 +17,28 @@ Protocol (the ranker must learn on rows that look like serving rows, without pee
 5. **Refit.** The sources are fitted again on all training purchases for serving; the ranker
    keeps its weights (the usual two-stage practice: the features mean the same thing).
 
-Artifacts in the run folder: ``item_neighbours.parquet``, ``bought_together.parquet``,
-``popular_segments.parquet``, ``item_catalog.parquet`` and ``ranker.txt``.
+What it saves in the run (through :class:`~recsys.core.run.Run`): each source's tables, the
+catalogue with its demand counts and the ranker.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from models.association_rules import BoughtTogether, load_rules, mine_rules, save_rules
-from models.baselines import InteractionMatrix
-from models.candidates import (
-    FEATURES,
-    SOURCE_ORDER,
-    CandidateGenerator,
-    ItemCatalog,
-    ItemFilters,
-    SourceLimits,
-    UserContext,
-    VectorSearch,
-    source_order,
-)
-from models.item_item import ItemNeighbors
+from models.candidates import CandidateGenerator, own_order
+from models.context import UserContext
 from models.metrics import ndcg_at_k
-from models.popularity import PopularityTable, segment_popularity
 from models.ranker import Ranker
-from recsys.config import Settings
+from recsys.core.run import Run
+from recsys.core.settings import Settings
+from recsys.core.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
-
-NEIGHBOURS_FILE = "item_neighbours.parquet"
-RULES_FILE = "bought_together.parquet"
-POPULAR_FILE = "popular_segments.parquet"
-CATALOG_FILE = "item_catalog.parquet"
-RANKER_FILE = "ranker.txt"
-ITEM_VECTORS_FILE = "item_vectors.safetensors"
-PAD = "\x00pad"  # column 0 of the source matrices: the vocabulary's "unknown item"
-RECENT_DAYS = 7
-CATALOG_COLUMNS = ("item_id", "title", "category", "colour", "department", "price", "in_stock")
-
-
-@dataclass
-class Sources:
-    """Everything the candidate generator needs besides the two-tower model."""
-
-    neighbours: ItemNeighbors
-    rules: pd.DataFrame
-    popular: pd.DataFrame
-    catalog: pd.DataFrame  # CATALOG_COLUMNS + count, recent_count
-
-    def generator(
-        self,
-        vocab: list[str],
-        settings: Settings,
-        vector_search: VectorSearch | None,
-        item_vectors: np.ndarray | None = None,
-    ) -> CandidateGenerator:
-        return CandidateGenerator(
-            ItemCatalog.from_frame(vocab, self.catalog),
-            self.neighbours,
-            BoughtTogether.from_frame(self.rules),
-            PopularityTable.from_frame(self.popular),
-            vector_search,
-            source_limits(settings),
-            item_vectors,
-        )
-
-    def save(self, run_dir: Path) -> None:
-        self.neighbours.save(run_dir / NEIGHBOURS_FILE)
-        save_rules(self.rules, run_dir / RULES_FILE)
-        self.popular.to_parquet(run_dir / POPULAR_FILE, index=False)
-        self.catalog.to_parquet(run_dir / CATALOG_FILE, index=False)
-
-    @classmethod
-    def load(cls, run_dir: Path) -> Sources:
-        return cls(
-            ItemNeighbors.load(run_dir / NEIGHBOURS_FILE),
-            load_rules(run_dir / RULES_FILE),
-            pd.read_parquet(run_dir / POPULAR_FILE),
-            pd.read_parquet(run_dir / CATALOG_FILE),
-        )
-
-
-def source_limits(settings: Settings) -> SourceLimits:
-    r = settings.ranking
-    return SourceLimits(
-        item_item=r.candidates_item_item,
-        two_tower=r.candidates_two_tower,
-        bought_together=r.candidates_bought_together,
-        popular=r.candidates_popular,
-        popular_window=r.popular_window,
-    )
-
-
-def has_ranking(run_dir: Path) -> bool:
-    return (run_dir / RANKER_FILE).exists()
 
 
 # --------------------------------------------------------------------------- label slice
@@ -148,62 +67,6 @@ def carve_labels(
     return fit, labels
 
 
-# --------------------------------------------------------------------------- sources
-def fit_sources(
-    settings: Settings,
-    purchases: pd.DataFrame,
-    vocab: list[str],
-    catalog: pd.DataFrame,
-    user_segments: pd.DataFrame | None,
-    end: pd.Timestamp,
-) -> Sources:
-    """Fit every candidate source on ``purchases`` (user_id, item_id, timestamp)."""
-    cfg = settings.ranking
-    matrix = InteractionMatrix.from_frame(purchases, item_ids=[PAD, *vocab]).matrix
-    neighbours = ItemNeighbors.fit(
-        matrix, cfg.item_item, cfg.neighbours, cfg.ease_lambda, cfg.ease_memory_gb
-    )
-    rules = mine_rules(
-        purchases, min_pair_baskets=cfg.rules_min_pair_baskets, top_n=cfg.rules_per_item
-    )
-    items = catalog[["item_id", "category"]]
-    popular = segment_popularity(purchases, items, user_segments, end=end)
-    counts = purchases.groupby("item_id").size().rename("count")
-    recent = purchases[purchases["timestamp"] >= end - pd.Timedelta(days=RECENT_DAYS)]
-    recent_counts = recent.groupby("item_id").size().rename("recent_count")
-    frame = catalog[[c for c in CATALOG_COLUMNS if c in catalog]].drop_duplicates("item_id")
-    frame = frame.merge(counts, on="item_id", how="left").merge(
-        recent_counts, on="item_id", how="left"
-    )
-    frame[["count", "recent_count"]] = frame[["count", "recent_count"]].fillna(0)
-    return Sources(neighbours, rules, popular, frame)
-
-
-def exact_search(item_vectors: np.ndarray, catalog: ItemCatalog) -> VectorSearch:
-    """Brute-force top-k over all item vectors (row = vocabulary index, row 0 zeros).
-
-    Used to build the ranker's training rows in batch; serving asks the vector store the same
-    question through HNSW.
-    """
-
-    def search(
-        vector: np.ndarray, k: int, filters: ItemFilters, exclude: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        scores = item_vectors @ vector
-        scores[0] = -np.inf
-        scores[exclude] = -np.inf
-        allowed = catalog.allowed(filters)
-        if allowed is not None:
-            scores[~allowed] = -np.inf
-        k = min(k, len(scores) - 1)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        top = top[np.isfinite(scores[top])]
-        return top.astype(np.int64), scores[top].astype(np.float64)
-
-    return search
-
-
 # --------------------------------------------------------------------------- ranker rows
 def training_rows(
     generator: CandidateGenerator, contexts: list[UserContext], labels: dict[str, set[str]]
@@ -228,13 +91,17 @@ def training_rows(
     stats = {"users": total, "label_in_candidates": reached / max(total, 1),
              "mean_candidates": candidates / max(total, 1)}  # fmt: skip
     if not blocks:
-        empty = np.empty((0, len(FEATURES)), dtype=np.float32)
+        empty = np.empty((0, len(generator.features)), dtype=np.float32)
         return empty, np.empty(0, np.float32), np.empty(0, np.int64), stats
     return np.concatenate(blocks), np.concatenate(ys), np.asarray(groups, np.int64), stats
 
 
 def compare_on_validation(
-    ranker: Ranker, x: np.ndarray, y: np.ndarray, groups: np.ndarray
+    ranker: Ranker,
+    generator: CandidateGenerator,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
 ) -> dict[str, float]:
     """NDCG@10 on the validation users of the ranker and of each source alone (its own
     candidates in its own order): the ranker earns its place only if it beats them all."""
@@ -244,8 +111,10 @@ def compare_on_validation(
     for size in groups.tolist():
         block = slice(start, start + size)
         orders["ranker"].append(np.argsort(-scores[block], kind="stable"))
-        for source in SOURCE_ORDER:
-            orders.setdefault(source, []).append(source_order(x[block], source))
+        for source in generator.sources:
+            orders.setdefault(source.name, []).append(
+                own_order(source, x[block], generator.features)
+            )
         start += size
     out = {}
     for name, per_user in orders.items():
@@ -271,13 +140,13 @@ def fit_ranking(
     fit_purchases: pd.DataFrame,
     all_purchases: pd.DataFrame,
     labels: pd.DataFrame,
-    vocab: list[str],
+    vocab: Vocabulary,
     catalog: pd.DataFrame,
     user_features: pd.DataFrame,
     user_vectors_of: Any,
     item_vectors: np.ndarray,
     as_of: pd.Timestamp,
-    run_dir: Path,
+    run: Run,
     progress: Any = print,
 ) -> dict[str, Any]:
     """Steps 2-5 of the module docstring; returns the ranking block of the run manifest.
@@ -285,18 +154,20 @@ def fit_ranking(
     ``as_of``: the cutoff; recency windows of popularity and demand end there.
     ``user_features``: Feast rows (user_id + user_features columns) as of the cutoff.
     ``user_vectors_of(frame)``: two-tower user vectors for rows shaped like ``user_features``.
+    ``item_vectors``: the run's item vectors (row = item index).
     """
     cfg = settings.ranking
     started = time.perf_counter()
     segments = user_features[["user_id", "age_bucket"]] if "age_bucket" in user_features else None
-    sources = fit_sources(settings, fit_purchases, vocab, catalog, segments, as_of)
-    progress(f"  ranker sources on {len(fit_purchases):,} purchases: item-item "
-             f"{sources.neighbours.method}, {len(sources.rules):,} rules "
+
+    def fit_generator(purchases: pd.DataFrame) -> CandidateGenerator:
+        return CandidateGenerator.fit(
+            settings, vocab, purchases, catalog, segments, as_of, item_vectors
+        )
+
+    generator = fit_generator(fit_purchases)
+    progress(f"  ranker sources on {len(fit_purchases):,} purchases: {generator.describe()} "
              f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
-    item_catalog = ItemCatalog.from_frame(vocab, sources.catalog)
-    generator = sources.generator(
-        vocab, settings, exact_search(item_vectors, item_catalog), item_vectors
-    )
 
     truth = labels.groupby("user_id")["item_id"].agg(set).to_dict()
     history = histories(fit_purchases)
@@ -325,50 +196,26 @@ def fit_ranking(
             f"too few label users reach the candidates ({len(groups)}): the ranker cannot be "
             "trained; generate more data or raise RECSYS_RANKING__LABEL_USERS"
         )
-    ranker = Ranker.fit(x, y, groups, list(FEATURES), valid=valid_rows[:3], rounds=cfg.rounds,
-                        seed=settings.train.seed, params={"objective": cfg.objective})  # fmt: skip
-    compared = compare_on_validation(ranker, *valid_rows[:3])
+    ranker = Ranker.fit(x, y, groups, list(generator.features), valid=valid_rows[:3],
+                        rounds=cfg.rounds, seed=settings.train.seed,
+                        params={"objective": cfg.objective})  # fmt: skip
+    compared = compare_on_validation(ranker, generator, *valid_rows[:3])
     ranker.info["valid_ndcg@10_vs_sources"] = compared
     progress("  ranker: " + f"{ranker.info['rounds']} rounds; validation NDCG@10 " + ", ".join(
         f"{name} {value:.4f}" for name, value in compared.items()))  # fmt: skip
 
     t0 = time.perf_counter()
-    segments_all = segments
-    final = fit_sources(settings, all_purchases, vocab, catalog, segments_all, as_of)
-    final.save(run_dir)
-    ranker.save(run_dir / RANKER_FILE)
-    save_item_vectors(run_dir, item_vectors)
+    final = fit_generator(all_purchases)
+    final.save(run)
+    ranker.save(run)
     progress(f"  sources refitted on all {len(all_purchases):,} training purchases "
              f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
     return {
-        "features": list(FEATURES),
+        "features": list(final.features),
         "label_users": len(contexts),
         "rows": stats | {"train_rows": int(len(y)), "train_groups": int(len(groups)),
                          "valid_groups": int(len(valid_rows[2]))},
         "ranker": ranker.info,
-        "item_item": {"method": final.neighbours.method, **final.neighbours.params},
-        "rules": len(final.rules),
+        "sources": {s.name: s.summary() for s in final.sources},
         "seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip
-
-
-def save_item_vectors(run_dir: Path, vectors: np.ndarray) -> None:
-    """Vocabulary-ordered item vectors (row 0 = unknown) for content similarity in serving."""
-    from safetensors.numpy import save_file
-
-    save_file({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)},
-              run_dir / ITEM_VECTORS_FILE)  # fmt: skip
-
-
-def load_item_vectors(run_dir: Path) -> np.ndarray:
-    from safetensors.numpy import load_file
-
-    return load_file(run_dir / ITEM_VECTORS_FILE)["vectors"]
-
-
-@torch.no_grad()
-def padded_item_vectors(vectors: np.ndarray) -> np.ndarray:
-    """Vocabulary-ordered item vectors with a zero row 0 (the unknown item)."""
-    out = np.zeros((len(vectors) + 1, vectors.shape[1]), dtype=np.float32)
-    out[1:] = vectors
-    return out

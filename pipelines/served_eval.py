@@ -11,30 +11,27 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from models.artifacts import current_run, load_run
-from pipelines.ranking import has_ranking
-from recsys.config import Settings
+from models.candidates import own_order
+from models.ranker import RANKER
+from recsys.core.run import Run
+from recsys.core.settings import Settings
+from recsys.core.values import is_missing
 
 log = logging.getLogger(__name__)
 
 
-def served_run(settings: Settings) -> tuple[Path, dict[str, Any]] | None:
-    """(run folder, manifest) of the run the API would serve, None if there is none."""
-    import json
-
+def served_run(settings: Settings) -> Run | None:
+    """The run the API would serve, None if there is none (or it has no ranker)."""
     try:
-        run_dir = current_run(settings.artifacts_dir)
+        run = Run.current(settings.artifacts_dir)
     except FileNotFoundError:
         return None
-    if not has_ranking(run_dir):
-        return None
-    return run_dir, json.loads((run_dir / "manifest.json").read_text())
+    return run if run.has(f"{RANKER}.txt") else None
 
 
 def evaluate_served(
@@ -47,23 +44,23 @@ def evaluate_served(
     """Rankings of the served pipeline for ``eval_users`` and a description of the run."""
     from tqdm import tqdm
 
-    from pipelines.train import RANKING_USER_REFS, _historical, user_vectors
-    from recsys.feast_store import open_store
-    from recsys.vectorstore import open_vector_store
-    from serving.pipeline import ServedPipeline, store_search
+    from models.served_pipeline import ServedPipeline
+    from models.sources.two_tower import store_search
+    from pipelines.train import RANKING_USER_REFS, user_vectors
+    from recsys.core.feast_store import historical_features, open_store
+    from recsys.core.vectorstore import open_vector_store
 
-    found = served_run(settings)
-    if found is None:
+    run = served_run(settings)
+    if run is None:
         raise FileNotFoundError("no run with a ranker: run `recsys train` and `recsys index`")
-    run_dir, manifest = found
-    model, users, items, _ = load_run(run_dir)
+    manifest = run.manifest
     store = open_vector_store(settings.vector_store, settings.home)
     try:
-        search = store_search(lambda: store)
-        pipeline = ServedPipeline.load(run_dir, settings, model, users, items, search)
+        pipeline = ServedPipeline.load(run, settings, store_search(lambda: store))
+        model, users, items = pipeline.model, pipeline.users, pipeline.items
         started = time.perf_counter()
         feast = open_store(settings)
-        frame = _historical(
+        frame = historical_features(
             feast,
             pd.DataFrame({"user_id": eval_users, "event_timestamp": as_of}),
             RANKING_USER_REFS,
@@ -89,7 +86,7 @@ def evaluate_served(
         for i, user in enumerate(tqdm(eval_users, desc="served pipeline", unit="user",
                                       mininterval=5, leave=False)):  # fmt: skip
             if known[i]:
-                row = {key: value for key, value in records[i].items() if _present(value)}
+                row = {key: value for key, value in records[i].items() if not is_missing(value)}
                 ctx = pipeline.context(user, row, vector=vectors[i])
             else:
                 ctx = pipeline.context(user, None)
@@ -107,11 +104,11 @@ def evaluate_served(
     per_user_ms = 1e3 * seconds / max(len(eval_users), 1)
     progress(f"    served: {len(eval_users):,} users in {seconds:.1f}s ({per_user_ms:.2f} ms/user)")
     info = {
-        "run": run_dir.name,
+        "run": run.id,
         "as_of": str(as_of),
         "trained_on": manifest.get("data", {}).get("evaluation"),
         "ranking": {key: manifest.get("ranking", {}).get(key)
-                    for key in ("label_users", "rows", "item_item", "rules")},
+                    for key in ("label_users", "rows", "sources")},
         "features_seconds": round(features_seconds, 2),
         "recommend_seconds": round(seconds, 2),
         "ms_per_user": round(per_user_ms, 3),
@@ -124,20 +121,11 @@ def evaluate_served(
 
 def source_rankings(cand, pipeline, k: int) -> dict[str, list[str]]:
     """Each source's own top-k among the candidates, before the ranker and the rules."""
-    from models.candidates import SOURCE_ORDER, source_order
-
     if cand is None or len(cand) == 0:
         return {}
     return {
-        source: [pipeline.catalog.item_id(int(i)) for i in cand.items[
-            source_order(cand.features, source, np.flatnonzero(cand.sources[source]))[:k]]]
-        for source in SOURCE_ORDER
+        source.name: [pipeline.catalog.item_id(int(i)) for i in cand.items[own_order(
+            source, cand.features, cand.feature_names, np.flatnonzero(cand.sources[source.name])
+        )[:k]]]
+        for source in pipeline.generator.sources
     }  # fmt: skip
-
-
-def _present(value: Any) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, float) and np.isnan(value):
-        return False
-    return True

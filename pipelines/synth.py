@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipelines.schema import INTERACTIONS, ITEMS, USERS, table_path
+from recsys.core.schema import INTERACTIONS, ITEMS, USERS, table_path
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,19 +24,28 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from models.artifacts import WEIGHTS, save_run, set_current, to_tensors
 from models.encoding import ItemEncoder, UserEncoder
 from models.metrics import evaluate_rankings
 from models.popularity import recommend_popular, top_items
-from models.two_tower import ITEM_INPUTS, TwoTower, TwoTowerConfig
+from models.two_tower import (
+    ITEM_INPUTS,
+    WEIGHTS,
+    TwoTower,
+    TwoTowerConfig,
+    manifest_entry,
+    save_two_tower,
+    to_tensors,
+)
 from pipelines.embed import read_vectors
-from pipelines.features import ITEM_ATTRIBUTES, ITEM_NUMERIC, USER_NUMERIC
-from pipelines.ranking import carve_labels, fit_ranking, padded_item_vectors
-from pipelines.schema import table_path
+from pipelines.ranking import carve_labels, fit_ranking
 from pipelines.two_tower_fit import train_func
-from recsys.config import Settings
-from recsys.feast_store import open_store
-from recsys.ray_runtime import ensure_ray, local_cpus, train_run_config
+from recsys.core.arrays import top_k
+from recsys.core.catalog import item_frame, item_titles, load_item_attributes
+from recsys.core.feast_store import historical_features, open_store
+from recsys.core.ray_runtime import fit_torch, worker_threads
+from recsys.core.run import Run
+from recsys.core.schema import ITEM_NUMERIC, USER_NUMERIC, table_path
+from recsys.core.settings import Settings
 
 log = logging.getLogger(__name__)
 ARRAYS = "train_arrays.npz"
@@ -132,7 +140,9 @@ def training_examples(store, positives: pd.DataFrame, split: TrainingSplit) -> p
     )
     if split.undated:
         entity_df["event_timestamp"] = split.end
-    examples = _historical(store, entity_df, store.get_feature_service("two_tower_training"))
+    examples = historical_features(
+        store, entity_df, store.get_feature_service("two_tower_training")
+    )
     # Feast/DuckDB return rows in no fixed order; training shuffles with a seeded permutation,
     # so fix the order first or the same seed trains a different model on every run.
     examples = examples.sort_values(
@@ -146,47 +156,25 @@ def training_examples(store, positives: pd.DataFrame, split: TrainingSplit) -> p
     return examples
 
 
-def _historical(store, entity_df: pd.DataFrame, features) -> pd.DataFrame:
-    with warnings.catch_warnings():  # ibis deprecation chatter inside Feast's DuckDB store
-        warnings.simplefilter("ignore", DeprecationWarning)
-        frame = store.get_historical_features(entity_df=entity_df, features=features).to_df()
-    return frame.reset_index(drop=True)
-
-
-def item_titles(settings: Settings) -> pd.DataFrame:
-    """(item_id, title) of the validated catalogue, one row per item."""
-    path = table_path(settings.validated_dir, "items")
-    return pd.read_parquet(path, columns=["item_id", "title"]).drop_duplicates("item_id")
-
-
-def load_item_attributes(settings: Settings) -> pd.DataFrame:
-    path = settings.features_dir / f"{ITEM_ATTRIBUTES}.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `recsys features` first.")
-    return pd.read_parquet(path)
-
-
-def item_frame(attributes: pd.DataFrame, item_ids: list[str]) -> pd.DataFrame:
-    """Catalogue rows in the given order (vocabulary order: row i = item index i + 1)."""
-    frame = attributes.drop_duplicates("item_id", keep="last").set_index("item_id")
-    return frame.reindex(item_ids).rename_axis("item_id").reset_index()
-
-
 def catalog_frame(
     store, attributes: pd.DataFrame, item_ids: list[str], as_of: pd.Timestamp
 ) -> pd.DataFrame:
     """Catalogue rows in ``item_ids`` order with their demand features as of ``as_of``."""
     frame = item_frame(attributes, item_ids)
     entity_df = pd.DataFrame({"item_id": item_ids, "event_timestamp": as_of})
-    demand = _historical(store, entity_df, ITEM_FEATURE_REFS)[["item_id", *ITEM_NUMERIC]]
+    demand = historical_features(store, entity_df, ITEM_FEATURE_REFS)[["item_id", *ITEM_NUMERIC]]
     return frame.merge(demand.drop_duplicates("item_id"), on="item_id", how="left")
 
 
 @torch.no_grad()
 def item_vectors(model: TwoTower, items: ItemEncoder, catalog: pd.DataFrame) -> np.ndarray:
-    """L2-normalised vectors of ``catalog`` rows (see :func:`catalog_frame`)."""
+    """L2-normalised vectors of ``catalog`` rows (vocabulary order, see :func:`catalog_frame`)
+    by item index: row 0, the unknown item, is zeros."""
     encoded = to_tensors(items.encode(catalog))
-    return model.item_vectors({k: encoded[k] for k in ITEM_INPUTS}).numpy()
+    vectors = model.item_vectors({k: encoded[k] for k in ITEM_INPUTS}).numpy()
+    out = np.zeros((len(vectors) + 1, vectors.shape[1]), dtype=np.float32)
+    out[1:] = vectors
+    return out
 
 
 @torch.no_grad()
@@ -199,13 +187,11 @@ def user_vectors(
 def _top_k(
     scores: np.ndarray, item_ids: list[str], seen: list[set[str]], k: int
 ) -> list[list[str]]:
-    out = []
-    for row, bought in zip(scores, seen, strict=True):
-        take = k + len(bought)
-        idx = np.argpartition(-row, min(take, len(row) - 1))[:take]
-        idx = idx[np.argsort(-row[idx])]
-        out.append([item_ids[i] for i in idx if item_ids[i] not in bought][:k])
-    return out
+    """Each row's best ``k`` item ids, minus what that user already bought."""
+    return [
+        [item_ids[i] for i in top_k(row, k + len(bought)) if item_ids[i] not in bought][:k]
+        for row, bought in zip(scores, seen, strict=True)
+    ]
 
 
 def train(settings: Settings, progress=print) -> TrainResult:
@@ -244,13 +230,17 @@ def train(settings: Settings, progress=print) -> TrainResult:
              f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
 
     attributes = load_item_attributes(settings)
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    run_dir = settings.artifacts_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    items, users, counts, model_cfg = encode_training_set(settings, examples, attributes, run_dir)
+    run = Run.create(settings.artifacts_dir)
+    items, users, counts, model_cfg = encode_training_set(
+        settings, examples, attributes, run.file(ARRAYS)
+    )
     if model_cfg.text_dim:
         progress(f"  item text embeddings: {model_cfg.text_dim}-d, in both towers")
-    state, fit_metrics, fit_seconds = _fit_with_ray(settings, run_dir, model_cfg)
+    state, fit_metrics, fit_seconds = fit_torch(
+        settings, train_func, fit_config(settings, run.file(ARRAYS), model_cfg),
+        f"two_tower_{run.id}", WEIGHTS,
+    )  # fmt: skip
+    run.remove(ARRAYS)  # derived from Feast; not needed to serve
     model = TwoTower(model_cfg)
     model.load_state_dict(state)
     model.eval()
@@ -258,29 +248,35 @@ def train(settings: Settings, progress=print) -> TrainResult:
     progress(f"  Ray Train: {cfg.epochs} epochs, {cfg.num_workers} worker(s), "
              f"loss {fit_metrics.get('loss', float('nan')):.3f} ({fit_seconds:.1f}s)")  # fmt: skip
 
-    metrics = evaluate(store, model, users, items, attributes, train_rows, test_rows, cutoff,
+    # The run's item vectors, computed once as of the cutoff (the end of what the model and the
+    # sources learn from): the evaluation below, the ranker's two-tower feature and `recsys
+    # index` all read this one copy.
+    catalog = catalog_frame(store, attributes, items.item_ids, cutoff).merge(
+        item_titles(settings), on="item_id", how="left"
+    )
+    vectors = item_vectors(model, items, catalog)
+    run.write_item_vectors(vectors)
+    metrics = evaluate(store, model, users, items, vectors, train_rows, test_rows, cutoff,
+                       recent_days=settings.evaluation.recent_popularity_days,
                        cold_items=cold_items)  # fmt: skip
     metrics["fit"] = fit_metrics | {"seconds": round(fit_seconds, 2)}
     ranking = None
     if labels is not None:
-        catalog = catalog_frame(store, attributes, items.item_ids, cutoff).merge(
-            item_titles(settings), on="item_id", how="left"
-        )
-        user_rows = _historical(
+        user_rows = historical_features(
             store,
             pd.DataFrame({"user_id": sorted(train_rows["user_id"].unique()),
                           "event_timestamp": cutoff}),
             RANKING_USER_REFS,
         )  # fmt: skip
         ranking = fit_ranking(
-            settings, fit_purchases, train_rows, labels, items.item_ids, catalog, user_rows,
-            lambda frame: user_vectors(model, users, items, frame),
-            padded_item_vectors(item_vectors(model, items, catalog)), cutoff, run_dir, progress,
+            settings, fit_purchases, train_rows, labels, items.vocab, catalog, user_rows,
+            lambda frame: user_vectors(model, users, items, frame), vectors, cutoff, run,
+            progress,
         )  # fmt: skip
-    popular = top_items(purchases, since=end - pd.Timedelta(days=14))
-    popular.to_parquet(run_dir / "popular.parquet")
-    manifest = {
-        "run_id": run_id,
+    save_two_tower(run, model, users, items)
+    run.write_manifest({
+        **manifest_entry(model),
+        "run_id": run.id,
         "created_at": datetime.now(UTC).isoformat(),
         "train_config": cfg.model_dump(),
         "data": {
@@ -295,18 +291,16 @@ def train(settings: Settings, progress=print) -> TrainResult:
         },
         "metrics": metrics,
         "ranking": ranking,
-    }
-    save_run(run_dir, model, users, items, manifest)
-    (run_dir / ARRAYS).unlink(missing_ok=True)  # derived from Feast; not needed to serve
-    set_current(settings.artifacts_dir, run_dir)
-    log.info("saved run %s: %s", run_dir, json.dumps(metrics))
-    return TrainResult(run_dir, metrics)
+    })  # fmt: skip
+    run.set_current()
+    log.info("saved run %s: %s", run.path, json.dumps(metrics))
+    return TrainResult(run.path, metrics)
 
 
 def encode_training_set(
-    settings: Settings, examples: pd.DataFrame, attributes: pd.DataFrame, out_dir: Path
+    settings: Settings, examples: pd.DataFrame, attributes: pd.DataFrame, arrays_path: Path
 ) -> tuple[ItemEncoder, UserEncoder, np.ndarray, TwoTowerConfig]:
-    """Fit the encoders, write the arrays ``train_func`` reads (``out_dir/ARRAYS``) and size
+    """Fit the encoders, write the arrays ``train_func`` reads (to ``arrays_path``) and size
     the model. Returns (items, users, examples per item index, model config)."""
     cfg = settings.train
     items = ItemEncoder.fit(attributes, examples)
@@ -317,7 +311,7 @@ def encode_training_set(
     item_table = items.attribute_table(item_frame(attributes, items.item_ids))
     text = item_text_table(settings, items.item_ids)
     extra = {} if text is None else {"item_text": text}
-    np.savez(out_dir / ARRAYS, log_q=log_q, item_table=item_table, **extra, **arrays)
+    np.savez(arrays_path, log_q=log_q, item_table=item_table, **extra, **arrays)
     model_cfg = TwoTowerConfig(
         n_users=users.n_users,
         n_items=items.n_items,
@@ -330,6 +324,22 @@ def encode_training_set(
         text_dim=0 if text is None else int(text.shape[1]),
     )
     return items, users, counts, model_cfg
+
+
+def fit_config(settings: Settings, arrays: Path, model_cfg: TwoTowerConfig) -> dict[str, Any]:
+    """The config :func:`pipelines.two_tower_fit.train_func` runs with (on every worker)."""
+    cfg = settings.train
+    return {
+        "arrays": str(arrays),
+        "model": model_cfg.to_dict(),
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "temperature": cfg.temperature,
+        "threads": worker_threads(settings),
+        "seed": cfg.seed,
+    }
 
 
 def item_text_table(settings: Settings, item_ids: list[str]) -> np.ndarray | None:
@@ -381,58 +391,22 @@ def item_text_table(settings: Settings, item_ids: list[str]) -> np.ndarray | Non
     return out
 
 
-def _fit_with_ray(
-    settings: Settings, run_dir: Path, model_cfg: TwoTowerConfig
-) -> tuple[dict[str, torch.Tensor], dict[str, Any], float]:
-    from ray.train import ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from safetensors.torch import load_file
-
-    cfg = settings.train
-    ensure_ray(settings)
-    threads = cfg.cpus_per_worker or max(1, local_cpus(settings) // cfg.num_workers)
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config={
-            "arrays": str(run_dir / ARRAYS),
-            "model": model_cfg.to_dict(),
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay,
-            "temperature": cfg.temperature,
-            "threads": threads,
-            "seed": cfg.seed,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": threads}
-        ),
-        run_config=train_run_config(settings, f"two_tower_{run_dir.name}"),
-    )
-    started = time.perf_counter()
-    result = trainer.fit()
-    seconds = time.perf_counter() - started
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train returned no checkpoint: {result.error!r}")
-    with result.checkpoint.as_directory() as ckpt:
-        state = load_file(Path(ckpt) / WEIGHTS)
-    return state, dict(result.metrics or {}), seconds
-
-
 def evaluate(
     store,
     model: TwoTower,
     users: UserEncoder,
     items: ItemEncoder,
-    attributes: pd.DataFrame,
+    padded_vectors: np.ndarray,
     train_rows: pd.DataFrame,
     test_rows: pd.DataFrame,
     cutoff: pd.Timestamp,
     k: int = 10,
+    recent_days: int = 14,
     cold_items: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Recall/NDCG@k on the held-out window for the model and two popularity baselines.
 
+    ``padded_vectors``: the run's item vectors (row = item index, row 0 the unknown item).
     Every model ranks the same users, sees features as of the cutoff (Feast, point in time),
     and has the items each user bought before the cutoff removed from its list and the truth.
     """
@@ -442,10 +416,9 @@ def evaluate(
     truth = {u: rel for u, rel in truth.items() if rel}
     test_users = sorted(truth)
     entity_df = pd.DataFrame({"user_id": test_users, "event_timestamp": cutoff})
-    feats = _historical(store, entity_df, USER_FEATURE_REFS)
+    feats = historical_features(store, entity_df, USER_FEATURE_REFS)
     feats = feats.set_index("user_id").reindex(test_users).reset_index()
-    catalog = catalog_frame(store, attributes, items.item_ids, cutoff)
-    item_vecs = item_vectors(model, items, catalog)
+    item_vecs = padded_vectors[1:]
     user_vecs = user_vectors(model, users, items, feats)
     ranked: list[list[str]] = []
     for lo in range(0, len(test_users), 2048):  # bounded memory: users x catalogue per chunk
@@ -455,7 +428,8 @@ def evaluate(
     two_tower = evaluate_rankings(dict(zip(test_users, ranked, strict=True)), truth, k)
     cold = _cold_item_metrics(user_vecs, item_vecs, items, test_users, seen, truth, cold_items, k)
     pop_all = top_items(train_rows)["item_id"].tolist()
-    pop_recent = top_items(train_rows, since=cutoff - pd.Timedelta(days=14))["item_id"].tolist()
+    since = cutoff - pd.Timedelta(days=recent_days)
+    pop_recent = top_items(train_rows, since=since)["item_id"].tolist()
     return {
         "k": k,
         "cutoff": str(cutoff),

@@ -9,10 +9,8 @@ busy machine, to every Ray Train run's start-up (``benchmarks/training_speed.py`
 from __future__ import annotations
 
 import functools
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +18,7 @@ import torch
 
 from models.two_tower import WEIGHTS, TwoTower, TwoTowerConfig, in_batch_softmax_loss
 from pipelines.epoch_metrics import epoch_metrics, final_metrics
+from recsys.core.ray_runtime import report_last
 
 Report = Callable[[dict[str, Any], dict[str, torch.Tensor] | None, bool], None]
 # Sparse gradients for the id tables unless the config says ``"sparse": False``. Measured by
@@ -140,17 +139,10 @@ def train_func(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
 
     def report(metrics: dict[str, Any], state: dict[str, torch.Tensor] | None, last: bool) -> None:
-        if not last:
+        if last:
+            report_last(metrics, state, WEIGHTS)
+        else:
             ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if state is not None:
-                from safetensors.torch import save_file
-
-                save_file(state, Path(tmp) / WEIGHTS)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
 
     # The item attribute and text tables are buffers that every rank loads from the same
     # arrays and never changes: DDP's default re-broadcast of all buffers before each step

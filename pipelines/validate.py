@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.schema import AGE_BOUNDS, EVENT_TYPES, REQUIRED_COLUMNS, TABLES, table_path
+from recsys.core.schema import AGE_BOUNDS, EVENT_TYPES, REQUIRED_COLUMNS, TABLES, table_path
 
 # GX phones home and draws progress bars unless told otherwise; the variable must be set before
 # great_expectations is imported. GX itself is imported lazily (see ``_import_gx``) because the

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from recsys.config import Settings, get_settings
+from recsys.core.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Create or import data sets.")
@@ -176,7 +176,7 @@ def run_embed(
     """Embed the validated catalogue where ``recsys train`` looks for it; only edits re-encode."""
     from models.text_encoder import ModelFolderError
     from pipelines.embed import embed_items
-    from pipelines.schema import table_path
+    from recsys.core.schema import table_path
 
     items_path = table_path(settings.validated_dir, "items")
     with stage(f"embed {kind} ({'Ray Data' if use_ray else 'in-process'})"):
@@ -359,8 +359,8 @@ def run_rollback(settings: Settings, to: str | None) -> None:
     The API must serve the model whose item vectors are in the collection, so the run id
     recorded with the collection decides which model run becomes current again.
     """
-    from models.artifacts import set_current
-    from recsys.vectorstore import VectorStoreError, open_vector_store
+    from recsys.core.run import Run
+    from recsys.core.vectorstore import VectorStoreError, open_vector_store
 
     alias = settings.vector_store.collection
     with stage(f"rollback ({settings.vector_store.type} vector store)"):
@@ -378,7 +378,7 @@ def run_rollback(settings: Settings, to: str | None) -> None:
         )
         run_dir = settings.artifacts_dir / new_run if new_run else None
         if run_dir is not None and run_dir.is_dir():
-            set_current(settings.artifacts_dir, run_dir)
+            Run(run_dir).set_current()
             console.print(f"  artifacts/current -> {new_run}: serve this model with {new}")
         else:
             console.print(

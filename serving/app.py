@@ -16,8 +16,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from models.candidates import ItemFilters
-from recsys.config import Settings, get_settings
+from models.context import ItemFilters
+from models.sources import REGISTRY
+from recsys.core.settings import Settings, get_settings
 from serving.events import Event
 from serving.metrics import ApiMetrics, MetricsMiddleware
 from serving.recommender import Recommender
@@ -39,8 +40,9 @@ class RecommendedItem(BaseModel):
     reasons: list[str] = Field(description="Why the item was proposed.")
     sources: list[str] = Field(
         default_factory=list,
-        description="Candidate sources that proposed it: item_item, two_tower, "
-        "bought_together, popular.",
+        description="Candidate sources that proposed it (built in: "
+        + ", ".join(REGISTRY)
+        + "; `GET /health` lists the enabled ones).",
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from pipelines.features import RECENT_ACTIVITY
+from recsys.core.schema import RECENT_ACTIVITY
 
 
 class Event(BaseModel):

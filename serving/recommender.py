@@ -19,19 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from models.artifacts import current_run, load_run
-from models.candidates import NO_FILTERS, ItemFilters
+from models.context import NO_FILTERS, ItemFilters
 from models.item2vec import load_item2vec
-from pipelines.index import item_payloads
-from pipelines.ranking import load_item_vectors
-from recsys.config import Settings
-from recsys.feast_store import open_store
-from recsys.online_features import OnlineRowReader
-from recsys.vectorstore import VectorStore, open_vector_store
+from models.served_pipeline import ServedPipeline
+from models.sources.two_tower import store_search
+from recsys.core.arrays import top_k, unit_rows
+from recsys.core.catalog import item_payloads
+from recsys.core.feast_store import open_store
+from recsys.core.online_features import OnlineRowReader
+from recsys.core.run import Run
+from recsys.core.settings import Settings
+from recsys.core.values import json_value
+from recsys.core.vectorstore import VectorStore, open_vector_store
 from serving.events import Event, EventLog, activity_rows, stamp
-from serving.pipeline import ServedPipeline, store_search
 from serving.stages import StageGuard
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,7 @@ class Recommendation:
 class ServedRun:
     """One model run and the vector collection built from it: they only make sense together."""
 
-    run_dir: Path
-    model: Any
-    users: Any
-    items: Any
-    manifest: dict[str, Any]
+    run: Run
     vectors: VectorStore
     pipeline: ServedPipeline
     item_vectors: np.ndarray
@@ -112,37 +109,37 @@ class Recommender:
 
     def _load(self, vectors: VectorStore) -> ServedRun:
         """The run the alias names (its collection's run id), else ``artifacts/current``."""
-        run_dir = None
+        run = None
         try:
             run_id = vectors.current_run_id
         except Exception:  # a missing collection: serve the current run, degraded searches
             log.exception("vector store alias unreadable: serving artifacts/current")
             run_id = None
         if run_id and (self.settings.artifacts_dir / run_id).is_dir():
-            run_dir = self.settings.artifacts_dir / run_id
-        run_dir = run_dir or current_run(self.settings.artifacts_dir)
-        model, users, items, manifest = load_run(run_dir)
-        served = ServedRun(
-            run_dir, model, users, items, manifest, vectors, None, load_item_vectors(run_dir), {}
-        )  # type: ignore[arg-type]
-        served.content_vectors, served.content_reason = _content_space(model, served.item_vectors)
-        served.session_vectors, served.session_run = _session_space(
-            self.settings.artifacts_dir, items.item_ids
-        )
+            run = Run(self.settings.artifacts_dir / run_id)
+        run = run or Run.current(self.settings.artifacts_dir)
+        served = ServedRun(run, vectors, None, run.item_vectors(), {})  # type: ignore[arg-type]
         # the search reads served.vectors on each call: a store swapped in is used at once
-        served.pipeline = ServedPipeline.load(
-            run_dir, self.settings, model, users, items,
+        served.pipeline = pipeline = ServedPipeline.load(
+            run, self.settings,
             self.guard.wrap("search", store_search(lambda: served.vectors)),
             served.item_vectors,
         )  # fmt: skip
+        item_ids = pipeline.items.item_ids
+        served.content_vectors, served.content_reason = _content_space(
+            pipeline.model, served.item_vectors
+        )
+        served.session_vectors, served.session_run = _session_space(
+            self.settings.artifacts_dir, item_ids
+        )
         # response fields of every item, ready to copy: a pandas lookup per item costs ~0.1 ms
-        payloads = item_payloads(self.settings, items.item_ids)
+        payloads = item_payloads(self.settings, item_ids)
         served.item_fields = {
-            row["item_id"]: {n: _clean(row.get(n)) for n in ITEM_FIELDS}
+            row["item_id"]: {n: json_value(row.get(n)) for n in ITEM_FIELDS}
             for row in payloads.to_dict("records")
         }
         self._warm(served)
-        log.info("serving model run %s with collection %s", run_dir.name, _current(vectors))
+        log.info("serving model run %s with collection %s", run.id, _current(vectors))
         return served
 
     def _warm(self, served: ServedRun) -> None:
@@ -177,7 +174,7 @@ class Recommender:
         if pending is None:
             return
         old, self.served = self.served, pending
-        log.info("now serving run %s (was %s)", pending.run_dir.name, old.run_dir.name)
+        log.info("now serving run %s (was %s)", pending.run.id, old.run.id)
         # requests already holding the old store finish first; then let its copy go
         threading.Timer(5.0, old.vectors.close).start()
 
@@ -196,19 +193,19 @@ class Recommender:
 
     @property
     def model(self) -> Any:
-        return self.served.model
+        return self.pipeline.model
 
     @property
     def users(self) -> Any:
-        return self.served.users
+        return self.pipeline.users
 
     @property
     def items(self) -> Any:
-        return self.served.items
+        return self.pipeline.items
 
     @property
     def model_version(self) -> str:
-        return self.served.run_dir.name
+        return self.served.run.id
 
     def user_features(self, user_id: str) -> dict[str, Any] | None:
         """The user's online row (batch features + pushed activity), None if never seen.
@@ -325,7 +322,12 @@ class Recommender:
         """
         served = self.served
         index = self.items.index(item_id)
-        behaviour_ids, behaviour_scores = self.pipeline.generator.neighbors.neighbours(index, k * 2)
+        item_item = self.pipeline.generator.source("item_item")
+        behaviour_ids, behaviour_scores = (
+            item_item.neighbours.neighbours(index, k * 2)  # type: ignore[attr-defined]
+            if item_item is not None
+            else (np.empty(0, dtype=np.int64), np.empty(0))
+        )
         sessions = served.session_vectors
         has_sessions = sessions is not None and bool(sessions[index].any())
         used = method
@@ -360,15 +362,21 @@ class Recommender:
         ]  # fmt: skip
 
     def bought_together(self, item_id: str, k: int) -> list[dict[str, Any]]:
+        source = self.pipeline.generator.source("bought_together")
+        if source is None:  # the source is off: no rules were fitted
+            return []
         return [
             {**self._fields(rule.consequent), "score": round(rule.confidence, 6), "rank": r,
              "confidence": rule.confidence, "lift": rule.lift, "support": rule.support,
              "reasons": [f"bought together with {item_id} in {rule.pair_baskets} baskets"]}
-            for r, rule in enumerate(self.pipeline.generator.rules.for_item(item_id, k), start=1)
+            for r, rule in enumerate(source.rules.for_item(item_id, k), start=1)  # type: ignore[attr-defined]
         ]  # fmt: skip
 
     def popular(self, k: int, window: str, category: str | None) -> list[dict[str, Any]]:
-        top = self.pipeline.generator.popularity.top(k, window=window, category=category)
+        source = self.pipeline.generator.source("popular")
+        if source is None:  # the source is off: no popularity table was fitted
+            return []
+        top = source.table.top(k, window=window, category=category)  # type: ignore[attr-defined]
         where = f" in {category}" if category else ""
         return [
             {**self._fields(i), "score": round(s, 6), "rank": r,
@@ -378,7 +386,11 @@ class Recommender:
 
     def health(self) -> dict[str, Any]:
         checks: dict[str, Any] = {
-            "model": {"ok": True, "version": self.model_version},
+            "model": {
+                "ok": True,
+                "version": self.model_version,
+                "sources": [s.name for s in self.pipeline.generator.sources],
+            },
             "worker_pid": os.getpid(),  # which uvicorn worker answered
         }
         try:
@@ -416,14 +428,8 @@ def _content_space(model: Any, item_vectors: np.ndarray) -> tuple[np.ndarray, st
     text = model.item_text.detach().cpu().numpy()
     norms = np.linalg.norm(text, axis=1)
     if not np.allclose(norms[norms > 0], 1.0, atol=1e-3):
-        text = _unit_rows(text)
+        text = unit_rows(text)
     return text, BY_TEXT
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (a dot product is then the cosine); zero rows stay zero."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 def _nearest(vectors: np.ndarray, index: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -432,11 +438,7 @@ def _nearest(vectors: np.ndarray, index: int, n: int) -> tuple[np.ndarray, np.nd
     scores = vectors @ vectors[index]
     scores[~vectors.any(axis=1)] = -np.inf
     scores[[0, index]] = -np.inf
-    n = min(n, int(np.isfinite(scores).sum()))
-    if n == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0)
-    top = np.argpartition(-scores, n - 1)[:n]
-    top = top[np.argsort(-scores[top], kind="stable")]
+    top = top_k(scores, n, finite_only=True)
     return top, scores[top]
 
 
@@ -446,14 +448,14 @@ def _session_space(
     """The newest item2vec run under ``artifacts`` (``recsys item2vec``) as unit vectors in
     the served vocabulary's order (row = item index, row 0 and unseen items zero), and its
     name; (None, None) without one. Runs are named by time, so the newest sorts last."""
-    for run_dir in sorted(artifacts.glob("item2vec_*"), reverse=True):
+    for run_dir in (r.path for r in Run.newest_first(artifacts, "item2vec_")):
         try:
             run = load_item2vec(run_dir)
         except Exception:  # a run still being written, or a broken one: the one before
             log.warning("skipping item2vec run %s: it does not load", run_dir, exc_info=True)
             continue
         rows = run.vocab.encode(list(item_ids))
-        vectors = _unit_rows(run.vectors.astype(np.float32))
+        vectors = unit_rows(run.vectors.astype(np.float32))
         out = np.zeros((len(item_ids) + 1, vectors.shape[1]), dtype=np.float32)
         out[1:] = vectors[rows]
         out[1:][rows == 0] = 0.0
@@ -483,16 +485,3 @@ def _current(store: VectorStore) -> str | None:
         return store.current_collection
     except Exception:
         return None
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe payload value: NaN and pandas NA become None."""
-    if value is None:
-        return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    value = value.item() if hasattr(value, "item") else value
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value

@@ -1,4 +1,10 @@
-"""Shared fixtures: the whole pipeline, run once per session through the real CLI."""
+"""Shared fixtures: the whole pipeline, run once per session through the real CLI.
+
+Every test is either ``unit`` (in-process, small data, seconds: ``make test-fast``) or ``e2e``
+(the real CLI, Ray, servers or other processes). A test is ``e2e`` when it says so
+(``@pytest.mark.e2e``) or uses a fixture of :data:`E2E_FIXTURES`; the rest are marked
+``unit`` here. ``make test`` runs both.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from recsys.config import Settings
+from recsys.core.schema import ITEM_NUMERIC, USER_NUMERIC
+from recsys.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 RECSYS = Path(sys.executable).with_name("recsys")
 
+#: Fixtures that run the whole pipeline or a real Ray job: a test using one is end-to-end.
+E2E_FIXTURES = frozenset({"pipeline_home", "planted", "ray_run"})
+
 # Small but structured: enough purchases for a held-out week, fast enough for CI on 2 cores.
 E2E_SIZE = {"users": 800, "items": 300, "days": 40}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        heavy = E2E_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("e2e") is None and heavy:
+            item.add_marker(pytest.mark.e2e)
+        if item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.unit)
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
@@ -61,3 +82,32 @@ def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def pipeline_settings(pipeline_home: tuple[Path, str]) -> Settings:
     return Settings(home=pipeline_home[0])
+
+
+# --------------------------------------------------------------------------- tiny tables
+def tiny_catalog(n: int = 40) -> pd.DataFrame:
+    """``n`` items with random attributes and demand features (item_attributes shape)."""
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "item_id": [f"i{i:03d}" for i in range(n)],
+            "category": rng.choice(["tops", "bottoms"], n),
+            "colour": rng.choice(["red", "blue", "black"], n),
+            "department": "womenswear",
+            "style": rng.choice(["casual", "classic"], n),
+            "product_type": "shirt",
+            "price": rng.uniform(5, 100, n),
+            **{c: rng.integers(0, 20, n) for c in ITEM_NUMERIC},
+        }
+    )
+
+
+def tiny_users(catalog: pd.DataFrame, n: int = 30) -> pd.DataFrame:
+    """``n`` Feast user rows over ``catalog``: one without history, one with a missing value."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({c: rng.integers(0, 50, n).astype(float) for c in USER_NUMERIC})
+    frame["user_id"] = [f"u{i}" for i in range(n)]
+    frame["purchased_items"] = [list(rng.choice(catalog["item_id"], 3)) for _ in range(n)]
+    frame.loc[0, "purchased_items"] = None  # a user with no history yet
+    frame.loc[1, "views_total"] = np.nan  # a missing feature
+    return frame

@@ -25,8 +25,8 @@ from pipelines.adapters import (
     replace_dataset,
 )
 from pipelines.adapters.base import CANONICAL
-from pipelines.schema import table_path
-from recsys.config import Settings
+from recsys.core.schema import table_path
+from recsys.core.settings import Settings
 from tests.conftest import REPO, run_cli
 
 ASOS_DIR = REPO.parent / "shared" / "data" / "asos"
@@ -369,6 +369,7 @@ def test_asos_layout(tmp_path: Path) -> None:
     assert any("holdout: 1 duplicate" in n for n in summary.notes)  # reported, not dropped
 
 
+@pytest.mark.e2e
 def test_real_asos_dataset(tmp_path: Path) -> None:
     if not ASOS_DIR.is_dir():
         pytest.skip(f"ASOS DSF data not present at {ASOS_DIR}")
@@ -403,6 +404,7 @@ def test_replace_dataset_keeps_model_runs(tmp_path: Path) -> None:
     assert not settings.validated_dir.exists() and not settings.feast_dir.exists()
 
 
+@pytest.mark.e2e
 def test_cli_import_validate_features(tmp_path: Path) -> None:
     home = tmp_path / "home"
     hm = write_hm(tmp_path / "hm")

@@ -16,15 +16,14 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from qdrant_client import QdrantClient
 
-from recsys.config import Settings, VectorStoreSettings
-from recsys.vectorstore import (
+from recsys.core.settings import Settings, VectorStoreSettings
+from recsys.core.vectorstore import (
     AliasError,
     CollectionNotFoundError,
     EdgeVectorStore,
@@ -38,8 +37,8 @@ from recsys.vectorstore import (
     collection_name,
     open_vector_store,
 )
-from recsys.vectorstore.base import check_name
-from recsys.vectorstore.edge import READERS_DIR, reader_dir, remove_stale_readers
+from recsys.core.vectorstore.base import check_name
+from recsys.core.vectorstore.edge import READERS_DIR, reader_dir, remove_stale_readers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DIM, N = 4, 12
@@ -315,7 +314,7 @@ def test_open_vector_store_follows_the_configured_alias(tmp_path: Path) -> None:
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from recsys.vectorstore import EdgeVectorStore
+from recsys.core.vectorstore import EdgeVectorStore
 path, ready, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 store = EdgeVectorStore(path, read_only=True)
 first = [(h.id, h.payload["run"]) for h in store.search([1.0, 1.0, 1.0, 1.0], 5)]
@@ -333,6 +332,7 @@ else:
 """
 
 
+@pytest.mark.e2e
 def test_edge_several_processes_serve_one_collection(tmp_path: Path) -> None:
     root = tmp_path / "qdrant"
     writer = EdgeVectorStore(root / "items")
@@ -442,40 +442,31 @@ def test_edge_failed_switch_keeps_serving_and_retries(tmp_path: Path) -> None:
 
 
 def test_build_index_and_cli_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``build_index`` with the model and feature store stubbed, then ``run_rollback``."""
+    """``build_index`` over real run folders (item vectors and vocabulary written through
+    ``Run``, only the catalogue payloads stubbed), then ``run_rollback``."""
     import typer
 
     import pipelines.index as index_stage
-    from models.artifacts import set_current
     from recsys.cli import run_rollback
+    from recsys.core.run import Run
 
     settings = Settings(home=tmp_path, vector_store=VectorStoreSettings(keep_collections=2))
     item_ids = [f"i{i:03d}" for i in range(N)]
     state = {"run": ""}
-
-    monkeypatch.setattr(index_stage, "open_store", lambda settings: None)
-    monkeypatch.setattr(index_stage, "load_item_attributes", lambda settings: None)
-    monkeypatch.setattr(index_stage, "catalog_frame", lambda *args: None)
-    monkeypatch.setattr(
-        index_stage,
-        "load_run",
-        lambda run_dir: (None, None, SimpleNamespace(item_ids=item_ids), {}),
-    )
-    monkeypatch.setattr(
-        index_stage,
-        "item_vectors",
-        lambda *args: np.stack([np.asarray(p.vector) for p in points_for(state["run"])]),
-    )
     monkeypatch.setattr(
         index_stage,
         "item_payloads",
         lambda settings, ids: pd.DataFrame({"item_id": ids, "title": state["run"]}),
     )
 
-    def train(run: str) -> None:
-        state["run"] = run
-        (settings.artifacts_dir / run).mkdir(parents=True)
-        set_current(settings.artifacts_dir, settings.artifacts_dir / run)
+    def train(run_id: str) -> None:
+        state["run"] = run_id
+        run = Run(settings.artifacts_dir / run_id)
+        run.path.mkdir(parents=True)
+        vectors = np.stack([np.asarray(p.vector) for p in points_for(run_id)])
+        run.write_item_vectors(np.vstack([np.zeros((1, DIM), np.float32), vectors]))
+        run.write_table("item_vocab", pd.DataFrame({"item_id": item_ids}))
+        run.set_current()
 
     summaries = []
     for run in ("20261120T100000", "20261121T100000", "20261122T100000"):

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from models.artifacts import MANIFEST, current_run
-from pipelines.schema import table_path
+from recsys.core.run import Run
+from recsys.core.schema import table_path
 from serving.app import create_app
 from tests.conftest import run_cli
 
@@ -64,7 +64,7 @@ def test_recommendations_merge_sources_and_stay_diverse(client, shop, pipeline_s
     reasons = [r for item in body["items"] for r in item["reasons"]]
     assert any(r.startswith(("similar to", "often bought together", "matches")) for r in reasons)
     metrics = client.get("/metrics").text
-    for stage in ("features", "item_item", "search", "ranker", "rules"):
+    for stage in ("features", "item_item", "two_tower", "ranker", "rules"):
         assert f'recsys_stage_seconds_count{{stage="{stage}"}}' in metrics
 
 
@@ -132,9 +132,8 @@ def test_unknown_item_is_a_404_naming_the_id(client) -> None:
 
 def test_bought_together_reports_support_confidence_and_lift(client, pipeline_settings) -> None:
     from models.association_rules import load_rules
-    from pipelines.ranking import RULES_FILE
 
-    rules = load_rules(current_run(pipeline_settings.artifacts_dir) / RULES_FILE)
+    rules = load_rules(Run.current(pipeline_settings.artifacts_dir))
     assert len(rules), "the generated baskets should give some rules"
     item = str(rules["antecedent"].iloc[0])
     body = client.get(f"/items/{item}/bought-together", params={"k": 3}).json()
@@ -168,7 +167,7 @@ def test_served_pipeline_is_scored_by_recsys_evaluate(
     result = json.loads(out.read_text())
     served = result["served"]
     assert "overall" in served, served
-    manifest = json.loads((current_run(pipeline_settings.artifacts_dir) / MANIFEST).read_text())
+    manifest = Run.current(pipeline_settings.artifacts_dir).manifest
     assert result["protocol"]["cutoff"] == manifest["data"]["cutoff"]  # the run's own split
     best_pop = max(result["models"][m]["overall"]["recall@10"]
                    for m in ("popularity", "popularity_recent"))  # fmt: skip

@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from models.artifacts import MANIFEST, WEIGHTS, current_run
-from pipelines.schema import table_path
-from recsys.config import Settings
-from recsys.feast_store import open_store
+from models.two_tower import WEIGHTS
+from recsys.core.feast_store import open_store
+from recsys.core.run import Run
+from recsys.core.schema import table_path
+from recsys.core.settings import Settings
 from serving.app import create_app
 from tests.conftest import REPO, cli_env, run_cli
 
@@ -41,10 +42,9 @@ def test_demo_runs_every_stage_and_leaves_its_outputs(pipeline_home, pipeline_se
     for name in ("user_features", "item_features", "item_attributes"):
         assert (s.features_dir / f"{name}.parquet").exists()
     assert (s.feast_dir / "registry.db").exists() and (s.feast_dir / "online_store.db").exists()
-    run = current_run(s.artifacts_dir)
-    assert (run / WEIGHTS).exists()
-    manifest = json.loads((run / MANIFEST).read_text())
-    assert {"model_config", "train_config", "data", "metrics"} <= set(manifest)
+    run = Run.current(s.artifacts_dir)
+    assert run.has(WEIGHTS) and run.has("item_vectors.safetensors")
+    assert {"model_config", "train_config", "data", "metrics"} <= set(run.manifest)
     assert "curl -s 'http://127.0.0.1:8000/users/" in output
 
 
@@ -63,9 +63,7 @@ def test_recsys_item2vec_trains_scores_and_saves_a_run(pipeline_home, pipeline_s
 
 
 def test_two_tower_learns_the_planted_taste(pipeline_settings) -> None:
-    metrics = json.loads((current_run(pipeline_settings.artifacts_dir) / MANIFEST).read_text())[
-        "metrics"
-    ]
+    metrics = Run.current(pipeline_settings.artifacts_dir).manifest["metrics"]
     best_pop = max(metrics["popularity"]["recall@10"], metrics["popularity_recent"]["recall@10"])
     assert metrics["two_tower"]["users"] >= 50
     assert metrics["two_tower"]["recall@10"] > 1.5 * best_pop, metrics
@@ -304,14 +302,15 @@ def test_items_carry_rank_and_reasons_and_metrics_count_requests(client, pipelin
     client.get("/users/somebody-new/recommendations")
     text = client.get("/metrics").text
     assert 'recsys_requests_total{endpoint="/users/{user_id}/recommendations"' in text
-    assert 'recsys_stage_seconds_count{stage="search"}' in text
+    assert 'recsys_stage_seconds_count{stage="two_tower"}' in text
     assert 'recsys_fallbacks_total{reason="unknown_user"}' in text
 
 
-def test_vector_store_failure_degrades_to_popular_items(client, pipeline_home,
-                                                        pipeline_settings) -> None:  # fmt: skip
-    """A missing collection (the real edge backend failing) -> 200, degraded, nothing bought."""
-    from recsys.vectorstore import open_vector_store
+def test_vector_store_failure_degrades_to_the_other_sources(client, pipeline_home,
+                                                            pipeline_settings) -> None:  # fmt: skip
+    """A missing collection (the real edge backend failing) -> 200, degraded: a shopper gets
+    the other sources' items (nothing bought), a new visitor the popular source's best sellers."""
+    from recsys.core.vectorstore import open_vector_store
 
     recommender = client.app.state.recommender
     healthy = recommender.vectors
@@ -326,6 +325,14 @@ def test_vector_store_failure_degrades_to_popular_items(client, pipeline_home,
         assert body["degraded"] is True and body["fallback"] is False and len(body["items"]) == 10
         bought = set(recommender.user_features(user)["purchased_items"])
         assert not bought & {i["item_id"] for i in body["items"]}
+        assert all(i["sources"] and "two_tower" not in i["sources"] for i in body["items"])
+        # nothing known about a new visitor: exactly the popular source's candidates
+        popular = recommender.pipeline.generator.source("popular")
+        best_sellers = {i for i, _ in popular.table.top(popular.cfg.k, window=popular.cfg.window)}
+        new = client.get("/users/somebody-new/recommendations", params={"k": 10}).json()
+        assert len(new["items"]) == 10 and new["fallback"] is True
+        assert all(i["sources"] == ["popular"] for i in new["items"])
+        assert {i["item_id"] for i in new["items"]} <= best_sellers
         assert client.get("/health").status_code == 503
     finally:
         recommender.vectors = healthy

@@ -22,7 +22,7 @@ import pytest
 from models.image_encoder import ImageEncoder
 from models.text_encoder import ModelFolderError, TextEncoder, default_model_path, item_text
 from pipelines.embed import EmbedSummary, embed_items, read_vectors
-from recsys.config import RaySettings, Settings
+from recsys.core.settings import RaySettings, Settings
 
 HAS_PIL = importlib.util.find_spec("PIL") is not None
 needs_pil = pytest.mark.skipif(
@@ -74,7 +74,7 @@ def _vectors(path: Path) -> tuple[list[str], np.ndarray]:
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A private Ray with a small object store; temp dir short for Ray's socket paths."""
     ray = pytest.importorskip("ray")
-    from recsys.ray_runtime import ensure_ray
+    from recsys.core.ray_runtime import ensure_ray
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="emb-ray-", dir="/tmp"))
     s = Settings(

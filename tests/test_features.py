@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from pipelines.features import compute_features
-from pipelines.schema import table_path
+from recsys.core.schema import table_path
 
 
 def _ts(day: int, hour: int = 12) -> pd.Timestamp:

@@ -25,9 +25,10 @@ from models.item2vec import (
     skipgram_pairs,
     subsample_keep_prob,
 )
-from pipelines.item2vec import cooccurrence_topk, hit_metrics, next_item_steps, run_epochs
+from models.metrics import next_item_metrics
+from pipelines.item2vec import cooccurrence_topk, next_item_steps, run_epochs
 from pipelines.synth import generate
-from recsys.config import RaySettings, Settings, TrainSettings
+from recsys.core.settings import RaySettings, Settings, TrainSettings
 
 
 def _events(rows: list[tuple]) -> pd.DataFrame:
@@ -173,7 +174,7 @@ def test_cooccurrence_baseline_and_hit_metrics() -> None:
     assert top[0].tolist() == [5, 1, 2]  # unknown query: popularity
     prev, target = next_item_steps(_csr([1, 2, 0], [3]))
     assert prev.tolist() == [1, 2] and target.tolist() == [2, 0]
-    metrics = hit_metrics(np.array([[3, 2, 5], [0, 1, 2]]), np.array([2, 0]))
+    metrics = next_item_metrics(np.array([[3, 2, 5], [0, 1, 2]]), np.array([2, 0]))
     assert metrics == {"hr@3": 0.5, "mrr@3": 0.25}  # a padding target never hits
 
 

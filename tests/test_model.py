@@ -7,36 +7,18 @@ import pandas as pd
 import pytest
 import torch
 
-from models.artifacts import current_run, load_run, save_run, set_current
 from models.encoding import ItemEncoder, UserEncoder
-from models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
-from pipelines.features import ITEM_NUMERIC, USER_NUMERIC
-
-
-def _catalog(n: int = 40) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    return pd.DataFrame(
-        {
-            "item_id": [f"i{i:03d}" for i in range(n)],
-            "category": rng.choice(["tops", "bottoms"], n),
-            "colour": rng.choice(["red", "blue", "black"], n),
-            "department": "womenswear",
-            "style": rng.choice(["casual", "classic"], n),
-            "product_type": "shirt",
-            "price": rng.uniform(5, 100, n),
-            **{c: rng.integers(0, 20, n) for c in ITEM_NUMERIC},
-        }
-    )
-
-
-def _users(catalog: pd.DataFrame, n: int = 30) -> pd.DataFrame:
-    rng = np.random.default_rng(1)
-    frame = pd.DataFrame({c: rng.integers(0, 50, n).astype(float) for c in USER_NUMERIC})
-    frame["user_id"] = [f"u{i}" for i in range(n)]
-    frame["purchased_items"] = [list(rng.choice(catalog["item_id"], 3)) for _ in range(n)]
-    frame.loc[0, "purchased_items"] = None  # a user with no history yet
-    frame.loc[1, "views_total"] = np.nan  # a missing feature
-    return frame
+from models.two_tower import (
+    TwoTower,
+    TwoTowerConfig,
+    in_batch_softmax_loss,
+    load_two_tower,
+    manifest_entry,
+    save_two_tower,
+)
+from recsys.core.run import Run
+from recsys.core.schema import ITEM_NUMERIC, USER_NUMERIC
+from tests.conftest import tiny_catalog, tiny_users
 
 
 def _model(users: UserEncoder, items: ItemEncoder, catalog: pd.DataFrame) -> TwoTower:
@@ -56,15 +38,15 @@ def _model(users: UserEncoder, items: ItemEncoder, catalog: pd.DataFrame) -> Two
 
 def _batch(users: UserEncoder, items: ItemEncoder, catalog: pd.DataFrame) -> dict:
     """30 (user, item) rows: each user of ``_users`` paired with one catalogue item."""
-    arrays = users.encode(_users(catalog), items) | items.encode(catalog.iloc[:30])
+    arrays = users.encode(tiny_users(catalog), items) | items.encode(catalog.iloc[:30])
     return {k: torch.as_tensor(v) for k, v in arrays.items()}
 
 
 def test_encoders_map_unknowns_to_zero_and_keep_shapes() -> None:
-    catalog = _catalog()
+    catalog = tiny_catalog()
     items = ItemEncoder.fit(catalog, catalog)
-    users = UserEncoder.fit(_users(catalog), history=4)
-    enc = users.encode(_users(catalog), items)
+    users = UserEncoder.fit(tiny_users(catalog), history=4)
+    enc = users.encode(tiny_users(catalog), items)
     assert enc["history"].shape == (30, 4)
     assert (enc["history"][0] == 0).all() and (enc["history"][1, :3] > 0).all()
     assert np.isfinite(enc["user_numeric"]).all()
@@ -76,9 +58,9 @@ def test_encoders_map_unknowns_to_zero_and_keep_shapes() -> None:
 
 def test_online_row_encodes_like_the_training_batch() -> None:
     """Serving encodes Feast's ``to_dict()`` columns; training encodes a DataFrame."""
-    catalog = _catalog()
+    catalog = tiny_catalog()
     items = ItemEncoder.fit(catalog, catalog)
-    frame = _users(catalog)
+    frame = tiny_users(catalog)
     users = UserEncoder.fit(frame, history=4)
     batch = users.encode(frame, items)
     for row in (0, 1, 5):
@@ -90,9 +72,9 @@ def test_online_row_encodes_like_the_training_batch() -> None:
 
 
 def test_towers_are_normalised_and_id_dropout_only_trains() -> None:
-    catalog = _catalog()
+    catalog = tiny_catalog()
     items = ItemEncoder.fit(catalog, catalog)
-    users = UserEncoder.fit(_users(catalog), history=4)
+    users = UserEncoder.fit(tiny_users(catalog), history=4)
     model = _model(users, items, catalog)
     batch = _batch(users, items, catalog)
     model.eval()
@@ -114,8 +96,8 @@ def test_loss_masks_duplicate_positives_and_learns() -> None:
     loss = in_batch_softmax_loss(users, items, idx, torch.zeros(4), 0.1)
     assert torch.isfinite(loss)
     # a row whose only other candidate is a duplicate of its positive has loss ~0 there
-    catalog = _catalog()
-    item_enc, user_enc = ItemEncoder.fit(catalog, catalog), UserEncoder.fit(_users(catalog), 4)
+    catalog = tiny_catalog()
+    item_enc, user_enc = ItemEncoder.fit(catalog, catalog), UserEncoder.fit(tiny_users(catalog), 4)
     model = _model(user_enc, item_enc, catalog)
     batch = _batch(user_enc, item_enc, catalog)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
@@ -131,19 +113,21 @@ def test_loss_masks_duplicate_positives_and_learns() -> None:
 
 
 def test_run_round_trips_without_pickle(tmp_path: Path) -> None:
-    catalog = _catalog()
+    catalog = tiny_catalog()
     items = ItemEncoder.fit(catalog, catalog)
-    users = UserEncoder.fit(_users(catalog), history=4)
+    users = UserEncoder.fit(tiny_users(catalog), history=4)
     model = _model(users, items, catalog).eval()
-    run = save_run(tmp_path / "r1", model, users, items, {"metrics": {"x": 1}})
-    set_current(tmp_path, run)
-    assert current_run(tmp_path) == run
-    loaded, users2, items2, manifest = load_run(run)
-    assert manifest["metrics"] == {"x": 1}
+    run = Run.create(tmp_path)
+    save_two_tower(run, model, users, items)
+    run.write_manifest({**manifest_entry(model), "metrics": {"x": 1}})
+    run.set_current()
+    assert Run.current(tmp_path) == run
+    loaded, users2, items2 = load_two_tower(Run.current(tmp_path))
+    assert Run.current(tmp_path).manifest["metrics"] == {"x": 1}
     assert users2.user_ids == users.user_ids and items2.price_edges == items.price_edges
     batch = {k: torch.as_tensor(v) for k, v in items.encode(catalog).items()}
     with torch.no_grad():
         assert torch.allclose(model.item_vectors(batch), loaded.item_vectors(batch))
-    assert not any(p.suffix in {".pkl", ".pt"} for p in run.iterdir())
+    assert not any(p.suffix in {".pkl", ".pt"} for p in run.path.iterdir())
     with pytest.raises(FileNotFoundError, match="recsys train"):
-        current_run(tmp_path / "empty")
+        Run.current(tmp_path / "empty")

@@ -7,20 +7,22 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.association_rules import BoughtTogether, mine_rules
-from models.candidates import (
-    FEATURES,
-    MISSING_RANK,
-    CandidateGenerator,
-    ItemCatalog,
-    ItemFilters,
-    UserContext,
-)
+from models.association_rules import mine_rules
+from models.candidates import CandidateGenerator
+from models.context import ItemCatalog, ItemFilters, UserContext
 from models.item_item import ItemNeighbors
-from models.popularity import PopularityTable, segment_popularity
+from models.popularity import segment_popularity
 from models.ranker import Ranker
-from pipelines.ranking import carve_labels, compare_on_validation, exact_search, histories
-from serving.pipeline import ServedPipeline
+from models.served_pipeline import ServedPipeline
+from models.sources import MISSING_RANK
+from models.sources.bought_together import BoughtTogetherSource
+from models.sources.item_item import ItemItemSource
+from models.sources.popular import PopularSource
+from models.sources.two_tower import TwoTowerSource, exact_search
+from pipelines.ranking import carve_labels, compare_on_validation, histories
+from recsys.core.run import Run
+from recsys.core.settings import Settings
+from recsys.core.vocab import Vocabulary
 
 END = pd.Timestamp("2026-11-01", tz="UTC")
 
@@ -38,8 +40,8 @@ def test_neighbour_gather_equals_the_dense_row_sum_and_survives_a_round_trip(tmp
     cols, weights, rows = neighbours.gather(np.array([0, 3, 99]))  # unknown ids are ignored
     assert set(rows.tolist()) <= {3} and len(cols) == np.count_nonzero(dense[3])
 
-    neighbours.save(tmp_path / "n.parquet")
-    loaded = ItemNeighbors.load(tmp_path / "n.parquet")
+    neighbours.save(Run(tmp_path))
+    loaded = ItemNeighbors.load(Run(tmp_path))
     assert loaded.method == "test" and loaded.params == {"top_n": 8}
     np.testing.assert_array_equal(loaded.matrix.toarray(), dense)
     ids, w = loaded.neighbours(3, 2)
@@ -97,24 +99,29 @@ def _catalog() -> ItemCatalog:
         "title": [f"t{n}" for n in range(1, 12)] + ["t1"],  # i12 duplicates i1's title
         "count": np.arange(12, 0, -1), "recent_count": np.arange(12),
     })  # fmt: skip
-    return ItemCatalog.from_frame(ITEMS, frame)
+    return ItemCatalog.from_frame(Vocabulary(ITEMS), frame)
 
 
-def _generator(search=None) -> CandidateGenerator:
+def _generator(search=None, item_vectors=None) -> CandidateGenerator:
+    """The four built-in sources over hand-made neighbours, rules and sales."""
     catalog = _catalog()
     n = catalog.n_items
     dense = np.zeros((n, n), dtype=np.float32)
     dense[1, [2, 3, 7, 8]] = [0.9, 0.5, 0.4, 0.2]  # i1 -> i2, i3, i7, i8
     dense[2, [3, 9]] = [0.6, 0.3]
     neighbours = ItemNeighbors(sp.csr_matrix(dense), "test", {})
-    rules = BoughtTogether.from_frame(
-        mine_rules(_purchases([("u1", "i1", "2026-10-01"), ("u1", "i10", "2026-10-01"),
-                               ("u2", "i1", "2026-10-02"), ("u2", "i10", "2026-10-02")]),
-                   min_pair_baskets=2)
-    )  # fmt: skip
+    rules = mine_rules(_purchases([("u1", "i1", "2026-10-01"), ("u1", "i10", "2026-10-01"),
+                                   ("u2", "i1", "2026-10-02"), ("u2", "i10", "2026-10-02")]),
+                       min_pair_baskets=2)  # fmt: skip
     sales = _purchases([(f"u{j}", ITEMS[j % 12], "2026-10-30") for j in range(40)])
-    popular = PopularityTable.from_frame(segment_popularity(sales, catalog_items(), None, end=END))
-    return CandidateGenerator(catalog, neighbours, rules, popular, search)
+    popular = segment_popularity(sales, catalog_items(), None, end=END)
+    cfg = Settings().sources
+    return CandidateGenerator(catalog, [
+        ItemItemSource(cfg.item_item, neighbours),
+        TwoTowerSource(cfg.two_tower, item_vectors, search),
+        BoughtTogetherSource(cfg.bought_together, rules),
+        PopularSource(cfg.popular, popular),
+    ])  # fmt: skip
 
 
 def catalog_items() -> pd.DataFrame:
@@ -128,35 +135,37 @@ def test_candidates_merge_every_source_and_never_propose_what_was_bought() -> No
     items = {gen.catalog.item_id(int(i)) for i in cand.items}
     assert not items & {"i1", "i2"}
     assert {"i3", "i7", "i8", "i9", "i10"} <= items
-    assert cand.features.shape == (len(cand), len(FEATURES))
-    col = {name: j for j, name in enumerate(FEATURES)}
+    assert cand.features.shape == (len(cand), len(gen.features))
+    assert gen.features[:9] == (  # the sources' columns, in registry order
+        "ii_score", "ii_rank", "ii_hits", "ii_max", "tt_score", "tt_rank",
+        "bt_confidence", "bt_lift", "pop_rank",
+    )  # fmt: skip
+    col = {name: j for j, name in enumerate(gen.features)}
     row = {gen.catalog.item_id(int(i)): r for r, i in enumerate(cand.items)}
     i3 = cand.features[row["i3"]]
     assert i3[col["ii_score"]] == pytest.approx(0.5 + 0.6) and i3[col["ii_hits"]] == 2
     assert i3[col["ii_rank"]] == 1  # 1.1 beats i7's 0.4
     # i3's strongest single weight comes from i2 (0.6 > 0.5): that is its reason's seed
-    assert gen.catalog.item_id(int(cand.ii_seed[row["i3"]])) == "i2"
+    assert gen.catalog.item_id(int(cand.seeds["item_item"][row["i3"]])) == "i2"
     assert i3[col["ii_max"]] == pytest.approx(0.6)
     i10 = cand.features[row["i10"]]
     assert i10[col["bt_confidence"]] == 1.0 and i10[col["ii_rank"]] == MISSING_RANK
     # a candidate of another source still carries its item-item evidence: none here
     assert i10[col["ii_score"]] == 0 and i10[col["ii_hits"]] == 0 and i10[col["ii_max"]] == 0
-    assert gen.catalog.item_id(int(cand.bt_seed[row["i10"]])) == "i1"
+    assert gen.catalog.item_id(int(cand.seeds["bought_together"][row["i10"]])) == "i1"
     assert cand.sources["bought_together"][row["i10"]] and cand.sources["popular"].any()
     # affinity: half of the two history items are dresses (both are): share 1.0 for dresses
     assert i3[col["aff_category"]] == 1.0 and i10[col["aff_category"]] == 0.0
 
 
 def test_every_candidate_gets_its_two_tower_score_when_item_vectors_are_known() -> None:
-    gen = _generator()
     rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(gen.catalog.n_items, 4)).astype(np.float32)
+    vectors = rng.normal(size=(len(ITEMS) + 1, 4)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    gen.item_vectors = vectors
+    gen = _generator(item_vectors=vectors)
     user = vectors[5].copy()  # nobody's neighbour: the search is off, the score still comes
     cand = gen.generate(UserContext("u", history=["i1"], vector=user))
-    col = FEATURES.index("tt_score")
-    np.testing.assert_allclose(cand.features[:, col], vectors[cand.items] @ user, rtol=1e-6)
+    np.testing.assert_allclose(cand.column("tt_score"), vectors[cand.items] @ user, rtol=1e-6)
     assert not cand.sources["two_tower"].any()
 
 
@@ -205,22 +214,23 @@ def test_ranker_learns_a_planted_signal_and_round_trips(tmp_path) -> None:
                         valid=(x[4000:], y[4000:], g[200:]), rounds=50)  # fmt: skip
     assert max(ranker.info["importance_gain"], key=ranker.info["importance_gain"].get) == "b"
     assert ranker.info["valid_ndcg@10"] > 0.8
-    ranker.save(tmp_path / "ranker.txt")
-    loaded = Ranker.load(tmp_path / "ranker.txt")
+    ranker.save(Run(tmp_path))
+    loaded = Ranker.load(Run(tmp_path))
     assert loaded.feature_names == ["a", "b", "c"]
     np.testing.assert_allclose(loaded.predict(x[4000:]), ranker.predict(x[4000:]), rtol=1e-6)
 
 
 def test_validation_compares_the_ranker_with_each_source_alone() -> None:
-    col = {name: j for j, name in enumerate(FEATURES)}
-    x = np.full((3, len(FEATURES)), np.nan, dtype=np.float32)
+    gen = _generator()
+    col = {name: j for j, name in enumerate(gen.features)}
+    x = np.full((3, len(gen.features)), np.nan, dtype=np.float32)
     x[:, col["ii_rank"]] = [1, 2, MISSING_RANK]  # item-item proposed rows 0 and 1
     x[:, col["ii_score"]] = [0.9, 0.5, 0.0]
     x[:, col["tt_rank"]] = [MISSING_RANK, MISSING_RANK, 1]  # the two-tower only row 2
     x[:, col["tt_score"]] = [0.1, 0.2, 0.3]
     x[:, col["pop_rank"]] = [2, 1, MISSING_RANK]
     y = np.array([0, 1, 0], dtype=np.float32)  # the label is row 1
-    out = compare_on_validation(_ByFeature("tt_score"), x, y, np.array([3]))
+    out = compare_on_validation(_ByFeature("tt_score", gen.features), gen, x, y, np.array([3]))
     ideal_second = 1 / np.log2(3)
     assert out["item_item"] == pytest.approx(ideal_second, abs=1e-5)  # ranks it second
     assert out["popular"] == pytest.approx(1.0)  # ranks it first
@@ -232,8 +242,9 @@ def test_validation_compares_the_ranker_with_each_source_alone() -> None:
 class _ByFeature:
     """A stand-in ranker scoring by one feature column (the real one is tested above)."""
 
-    def __init__(self, column: str) -> None:
-        self.column = FEATURES.index(column)
+    def __init__(self, column: str, features: tuple[str, ...]) -> None:
+        self.column = features.index(column)
+        self.feature_names = list(features)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return np.nan_to_num(features[:, self.column].astype(np.float64), nan=0.0)
@@ -241,7 +252,8 @@ class _ByFeature:
 
 def test_business_rules_cap_a_category_and_drop_near_duplicates() -> None:
     gen = _generator()
-    pipeline = ServedPipeline(gen, _ByFeature("item_log_count"), max_category_share=0.5)
+    ranker = _ByFeature("item_log_count", gen.features)
+    pipeline = ServedPipeline(gen, ranker, max_category_share=0.5)  # type: ignore[arg-type]
     ranking = pipeline.recommend(UserContext(None), k=4)
     ids = ranking.item_ids()
     cats = [gen.catalog.category_names[gen.catalog.category[gen.catalog.index(i)]] for i in ids]
@@ -253,10 +265,8 @@ def test_business_rules_cap_a_category_and_drop_near_duplicates() -> None:
 
 
 def test_a_ranker_trained_on_other_features_is_refused(tmp_path) -> None:
-    from pipelines.ranking import RANKER_FILE
-
     rng = np.random.default_rng(0)
     x, y = rng.random((200, 2)).astype(np.float32), (rng.random(200) < 0.2).astype(np.float32)
-    Ranker.fit(x, y, np.full(10, 20), ["a", "b"], rounds=3).save(tmp_path / RANKER_FILE)
+    Ranker.fit(x, y, np.full(10, 20), ["a", "b"], rounds=3).save(Run(tmp_path))
     with pytest.raises(ValueError, match="retrain"):
-        ServedPipeline.load(tmp_path, None, None, None, None, None)  # type: ignore[arg-type]
+        ServedPipeline(_generator(), Ranker.load(Run(tmp_path)))

@@ -17,6 +17,7 @@ from models.association_rules import (
     save_rules,
 )
 from models.popularity import SEGMENT_COLUMNS, PopularityTable, segment_popularity
+from recsys.core.run import Run
 
 DAY1 = pd.Timestamp("2024-03-01 10:00", tz="UTC")
 DAY2 = pd.Timestamp("2024-03-02 10:00", tz="UTC")
@@ -158,11 +159,12 @@ def test_empty_input_gives_typed_empty_frame() -> None:
 
 def test_save_load_round_trip(tmp_path, five_baskets: pd.DataFrame) -> None:
     rules = mine_rules(five_baskets, min_pair_baskets=1)
-    path = save_rules(rules, tmp_path / "rules" / "bought_together.parquet")
-    loaded = load_rules(path)
+    save_rules(rules, Run(tmp_path))
+    loaded = load_rules(Run(tmp_path))
     pd.testing.assert_frame_equal(loaded, rules)
     assert loaded.attrs == {"baskets": 5, "basket": "day"}
-    empty = load_rules(save_rules(mine_rules(five_baskets.iloc[:0]), tmp_path / "empty.parquet"))
+    save_rules(mine_rules(five_baskets.iloc[:0]), Run(tmp_path), "empty")
+    empty = load_rules(Run(tmp_path), "empty")
     assert empty.empty and empty.dtypes.equals(rules.dtypes)
 
 

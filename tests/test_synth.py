@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import synth
-from pipelines.schema import TABLES, table_path
+from recsys.core.schema import TABLES, table_path
 
 
 @pytest.fixture(scope="module")

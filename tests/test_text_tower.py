@@ -20,17 +20,24 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from models.artifacts import MANIFEST, current_run, load_run, save_run, to_tensors
 from models.encoding import ItemEncoder, UserEncoder
-from models.two_tower import ITEM_INPUTS, NumpyUserTower, TwoTower, TwoTowerConfig
+from models.two_tower import (
+    ITEM_INPUTS,
+    NumpyUserTower,
+    TwoTower,
+    TwoTowerConfig,
+    load_two_tower,
+    manifest_entry,
+    save_two_tower,
+    to_tensors,
+)
 from pipelines.embed import read_vectors
-from pipelines.features import ITEM_NUMERIC, USER_NUMERIC
-from pipelines.schema import table_path
 from pipelines.train import item_text_table, zero_untrained_ids
 from pipelines.two_tower_fit import train_plain
-from recsys.config import Settings, TrainSettings
-from tests.conftest import run_cli
-from tests.test_model import _catalog
+from recsys.core.run import MANIFEST, Run
+from recsys.core.schema import ITEM_NUMERIC, USER_NUMERIC, table_path
+from recsys.core.settings import Settings, TrainSettings
+from tests.conftest import run_cli, tiny_catalog
 
 CLUSTERS, PER_CLUSTER, TEXT_DIM = 3, 20, 16
 COLD = "i060"  # in the catalogue, never bought: its text is a copy of i000's
@@ -45,7 +52,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Encoders, text table and a fitted text model on the planted shop (~2 s on 2 cores)."""
     rng = np.random.default_rng(0)
     n_items = CLUSTERS * PER_CLUSTER
-    catalog = _catalog(n_items + 1)  # random attributes; the last row is the cold item
+    catalog = tiny_catalog(n_items + 1)  # random attributes; the last row is the cold item
     cluster = np.arange(n_items + 1) % CLUSTERS
     centres = _unit(rng.normal(size=(CLUSTERS, TEXT_DIM)))
     text = _unit(centres[cluster] + 0.35 * rng.normal(size=(n_items + 1, TEXT_DIM)))
@@ -154,10 +161,17 @@ def test_a_cold_item_lands_next_to_the_item_it_is_described_like(shop: dict) -> 
     assert twin > others.max(), (twin, np.quantile(others, [0.5, 1.0]))
 
 
+def _save(path: Path, model: TwoTower, users, items) -> None:
+    run = Run(path)
+    path.mkdir(parents=True)
+    save_two_tower(run, model, users, items)
+    run.write_manifest(manifest_entry(model))
+
+
 def test_a_text_run_round_trips_and_old_runs_still_load(shop: dict, tmp_path: Path) -> None:
     model, users, items = shop["model"], shop["users"], shop["items"]
-    save_run(tmp_path / "text", model, users, items, {"run_id": "text"})
-    loaded, *_ = load_run(tmp_path / "text")
+    _save(tmp_path / "text", model, users, items)
+    loaded, *_ = load_two_tower(Run(tmp_path / "text"))
     assert loaded.cfg.text_dim == TEXT_DIM
     for name in ("item_text", "text_mean", "text_scale"):
         assert torch.equal(getattr(loaded, name), getattr(model, name)), name
@@ -166,11 +180,11 @@ def test_a_text_run_round_trips_and_old_runs_still_load(shop: dict, tmp_path: Pa
         assert torch.allclose(loaded.item_vectors(batch), model.item_vectors(batch))
     # a run saved before text embeddings: no text_dim in its manifest, no item_text weights
     old_cfg = {k: v for k, v in model.cfg.to_dict().items() if k != "text_dim"}
-    save_run(tmp_path / "old", TwoTower(TwoTowerConfig(**old_cfg)), users, items, {})
+    _save(tmp_path / "old", TwoTower(TwoTowerConfig(**old_cfg)), users, items)
     manifest = json.loads((tmp_path / "old" / MANIFEST).read_text())
     del manifest["model_config"]["text_dim"]
     (tmp_path / "old" / MANIFEST).write_text(json.dumps(manifest))
-    old, *_ = load_run(tmp_path / "old")
+    old, *_ = load_two_tower(Run(tmp_path / "old"))
     assert old.cfg.text_dim == 0 and old.text_proj is None
     with pytest.raises(ValueError, match="text_dim=0"):
         old.set_item_text(model.item_text)
@@ -233,11 +247,10 @@ def test_train_feeds_the_text_embeddings_to_both_towers(
 ) -> None:
     _, output = pipeline_home
     assert "item text embeddings: 384-d, in both towers" in output
-    run = current_run(pipeline_settings.artifacts_dir)
-    manifest = json.loads((run / MANIFEST).read_text())
-    assert manifest["model_config"]["text_dim"] == 384
-    assert manifest["train_config"]["text_embeddings"] == "auto"
-    model, _, items, _ = load_run(run)
+    run = Run.current(pipeline_settings.artifacts_dir)
+    assert run.manifest["model_config"]["text_dim"] == 384
+    assert run.manifest["train_config"]["text_embeddings"] == "auto"
+    model, _, items = load_two_tower(run)
     path = pipeline_settings.item_embeddings_path("text")
     table = pq.read_table(path)
     row = {item: i for i, item in enumerate(table.column("item_id").to_pylist())}

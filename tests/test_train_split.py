@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from pipelines.schema import table_path
 from pipelines.train import split_for_training
-from recsys.config import Settings
+from recsys.core.schema import table_path
+from recsys.core.settings import Settings
 
 
 def _events(timestamps: list[str]) -> pd.DataFrame:

@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from pipelines.schema import EVENT_TYPES, TABLES, table_path
 from pipelines.validate import (
     DataValidationError,
     ValidationResult,
     print_summary,
     validate_dataset,
 )
+from recsys.core.schema import EVENT_TYPES, TABLES, table_path
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 N_ITEMS, N_USERS, N_EVENTS = 20, 10, 60

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys.config import VectorStoreSettings
-from recsys.vectorstore import (
+from recsys.core.settings import VectorStoreSettings
+from recsys.core.vectorstore import (
     CollectionNotFoundError,
     EdgeVectorStore,
     ItemPoint,
@@ -30,7 +30,7 @@ from recsys.vectorstore import (
     VectorStoreError,
     open_vector_store,
 )
-from recsys.vectorstore.base import DEFAULT_EXACT_BELOW
+from recsys.core.vectorstore.base import DEFAULT_EXACT_BELOW
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -267,6 +267,7 @@ def test_backends_agree(both: tuple[VectorStore, VectorStore], data: Data) -> No
 # -- life cycle -------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_edge_reopens_from_disk_in_a_new_process(data: Data, tmp_path: Path) -> None:
     path = tmp_path / "items"
     store = build(EdgeVectorStore(path), data)
@@ -282,7 +283,7 @@ def test_edge_reopens_from_disk_in_a_new_process(data: Data, tmp_path: Path) -> 
     script = f"""
 import json, numpy as np
 from pathlib import Path
-from recsys.vectorstore import EdgeVectorStore, SearchFilter
+from recsys.core.vectorstore import EdgeVectorStore, SearchFilter
 store = EdgeVectorStore(Path({str(path)!r}))
 queries = np.load({str(tmp_path / "queries.npy")!r})
 flt = SearchFilter(**{{k: v for k, v in json.loads({json.dumps(_filter_json(flt))!r}).items()}})

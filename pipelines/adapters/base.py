@@ -1,7 +1,7 @@
 """What every dataset adapter shares: the interface, the summary, and a canonical table writer.
 
 An adapter turns one public or retailer layout into the canonical raw tables of
-``pipelines/schema.py`` (plus an optional ``holdout`` with the interactions schema). Everything
+``recsys/core/schema.py`` (plus an optional ``holdout`` with the interactions schema). Everything
 runs through DuckDB: sources are read with ``read_csv`` / ``read_parquet``, reshaped in SQL and
 written with ``COPY ... TO ... (FORMAT PARQUET)``, so a 30M-row export streams through a bounded
 amount of memory (DuckDB spills to a temp folder beyond ``memory_limit``) instead of landing in a
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import duckdb
 import pyarrow as pa
 
-from pipelines.schema import INTERACTIONS, TABLES, table_path
+from recsys.core.schema import INTERACTIONS, TABLES, table_path
 
 if TYPE_CHECKING:
-    from recsys.config import Settings
+    from recsys.core.settings import Settings
 
 # The tables an import may write; the holdout is interaction data kept out of training.
 CANONICAL: dict[str, pa.Schema] = {**TABLES, "holdout": INTERACTIONS}

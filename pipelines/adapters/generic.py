@@ -29,7 +29,7 @@ from pipelines.adapters.base import (
     sql_str,
     sql_type,
 )
-from pipelines.schema import EVENT_TYPES, REQUIRED_COLUMNS
+from recsys.core.schema import EVENT_TYPES, REQUIRED_COLUMNS
 
 TIMESTAMP_UNITS = ("s", "ms", "us")
 _NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",

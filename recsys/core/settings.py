@@ -7,14 +7,16 @@ e.g. ``RECSYS_HOME=/data/recsys`` or ``RECSYS_TRAIN__EPOCHS=5``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _default_home() -> Path:
@@ -100,23 +102,102 @@ class TrainSettings(BaseModel):
     seed: int = 0
 
 
-class RankingSettings(BaseModel):
-    """The served pipeline: candidate sources, the LightGBM ranker and business rules."""
+class EmbedSettings(BaseModel):
+    """Knobs of `recsys embed` (``RECSYS_EMBED__*``); its explicit options win over these."""
 
-    enabled: bool = Field(default=True, description="Fit sources + ranker in `recsys train`.")
-    item_item: Literal["auto", "ease", "cosine"] = Field(
+    text_model_path: Path | None = Field(
+        default=None, description="Text model folder; default: the bundled all-MiniLM-L6-v2."
+    )
+    image_model_path: Path | None = Field(
+        default=None, description="CLIP(-vision) folder with preprocessor_config.json."
+    )
+    num_cpus: int = Field(
+        default=0, description="CPUs (torch threads) of the encoding actor; 0 = all local CPUs."
+    )
+    max_length: int = Field(default=128, description="Token limit of the text encoder.")
+    image_column: str = Field(
+        default="image_path",
+        description="Items column with image files (relative paths: from the items file).",
+    )
+
+
+class SourceSettings(BaseModel):
+    """Settings every candidate source has; a source's own settings class adds its knobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="Propose candidates and feed the ranker.")
+    k: int = Field(default=100, ge=0, description="Candidates it proposes per request.")
+
+
+class ItemItemSourceSettings(SourceSettings):
+    """Item-item neighbours (EASE or cosine) summed over the visitor's history."""
+
+    method: Literal["auto", "ease", "cosine"] = Field(
         default="auto", description="auto: EASE when its dense matrix fits ease_memory_gb."
     )
     ease_lambda: float = 400.0
     ease_memory_gb: float = 8.0
     neighbours: int = Field(default=200, description="Neighbours kept per item for serving.")
-    rules_min_pair_baskets: int = 2
-    rules_per_item: int = 20
-    popular_window: Literal["7d", "30d", "all"] = "7d"
-    candidates_item_item: int = 100
-    candidates_two_tower: int = 100
-    candidates_bought_together: int = 30
-    candidates_popular: int = 50
+
+
+class TwoTowerSourceSettings(SourceSettings):
+    """Nearest item vectors to the two-tower user vector (the vector store when serving)."""
+
+
+class BoughtTogetherSourceSettings(SourceSettings):
+    """Association rules of the visitor's most recent items."""
+
+    k: int = 30
+    seeds: int = Field(default=5, description="Most recent items whose rules are used.")
+    min_pair_baskets: int = 2
+    per_item: int = Field(default=20, description="Rules kept per antecedent item.")
+
+
+class PopularSourceSettings(SourceSettings):
+    """Popularity in the visitor's age bucket (or overall) over a recent window."""
+
+    k: int = 50
+    window: Literal["7d", "30d", "all"] = "7d"
+
+
+class SourcesSettings(BaseModel):
+    """Candidate sources by name, in the order they run (``models/sources/``).
+
+    A plug-in source registered under another name is configured the same way, e.g.
+    ``RECSYS_SOURCES__MY_SOURCE__K=50``: its own settings class validates the entry.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    item_item: ItemItemSourceSettings = ItemItemSourceSettings()
+    two_tower: TwoTowerSourceSettings = TwoTowerSourceSettings()
+    bought_together: BoughtTogetherSourceSettings = BoughtTogetherSourceSettings()
+    popular: PopularSourceSettings = PopularSourceSettings()
+
+    def raw(self, name: str) -> dict[str, Any] | None:
+        """The entry for source ``name`` as a plain dict, None when it is not configured."""
+        value = getattr(self, name, None)
+        if value is None:
+            value = (self.model_extra or {}).get(name)
+        if isinstance(value, BaseModel):
+            return value.model_dump()
+        return dict(value) if value is not None else None
+
+    def names(self) -> list[str]:
+        return [*type(self).model_fields, *(self.model_extra or {})]
+
+
+class RankingSettings(BaseModel):
+    """The served pipeline around the sources: the LightGBM ranker and business rules."""
+
+    enabled: bool = Field(default=True, description="Fit sources + ranker in `recsys train`.")
+    history_seeds: int = Field(
+        default=50, description="Most recent history items the behavioural sources start from."
+    )
+    recent_days: int = Field(
+        default=7, description="Window of the ranker's recent-demand features (item momentum)."
+    )
     label_users: int = Field(
         default=50_000,
         description="Users whose held-out purchase labels the ranker's rows (ASOS: 29.5k "
@@ -138,6 +219,14 @@ class RankingSettings(BaseModel):
     )
     max_category_share: float = Field(
         default=0.5, description="Diversity: at most this share of a response in one category."
+    )
+
+
+class EvaluationSettings(BaseModel):
+    """The fixed evaluation protocol shared by `recsys train`'s table and `recsys evaluate`."""
+
+    recent_popularity_days: int = Field(
+        default=14, description="Window of the recent-popularity baseline."
     )
 
 
@@ -171,7 +260,7 @@ class RaySettings(BaseModel):
         default="PASSIVE",
         description="OMP_WAIT_POLICY of Ray Train workers: PASSIVE (sleep while waiting) "
         "because spinning OpenMP threads starve Ray's own threads (see "
-        "recsys.ray_runtime.worker_env).",
+        "recsys.core.ray_runtime.worker_env).",
     )
 
 
@@ -210,8 +299,11 @@ class Settings(BaseSettings):
     synth: SynthSettings = SynthSettings()
     validation: ValidationSettings = ValidationSettings()
     features: FeatureSettings = FeatureSettings()
+    embed: EmbedSettings = EmbedSettings()
     train: TrainSettings = TrainSettings()
+    sources: SourcesSettings = SourcesSettings()
     ranking: RankingSettings = RankingSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     vector_store: VectorStoreSettings = VectorStoreSettings()
     ray: RaySettings = RaySettings()
     serve: ServeSettings = ServeSettings()
@@ -275,3 +367,26 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Process-wide settings, read once from the environment."""
     return Settings()
+
+
+_FEAST_REPO_SETTINGS: Settings | None = None
+
+
+@contextmanager
+def feast_repo_settings(settings: Settings) -> Iterator[None]:
+    """Hand ``settings`` to ``feature_repo/definitions.py`` while Feast imports it in this
+    process (``recsys materialize``'s ``feast apply``): Feast imports that file by name, so it
+    cannot be given arguments; it calls :func:`repo_settings` instead."""
+    global _FEAST_REPO_SETTINGS
+    previous, _FEAST_REPO_SETTINGS = _FEAST_REPO_SETTINGS, settings
+    try:
+        yield
+    finally:
+        _FEAST_REPO_SETTINGS = previous
+
+
+def repo_settings() -> Settings:
+    """The settings ``feature_repo/definitions.py`` builds its views from: the ones an
+    in-process ``apply`` handed over, else a fresh read of the environment (the plain `feast`
+    CLI run from ``feature_repo/``, with ``RECSYS_HOME`` and friends)."""
+    return _FEAST_REPO_SETTINGS if _FEAST_REPO_SETTINGS is not None else Settings()

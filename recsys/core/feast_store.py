@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from recsys.config import Settings
+from recsys.core.settings import Settings, feast_repo_settings
 
 os.environ.setdefault("FEAST_USAGE", "False")
 
@@ -73,14 +73,25 @@ def apply(settings: Settings) -> None:
     from feast.repo_config import load_repo_config
     from feast.repo_operations import apply_total
 
-    os.environ["RECSYS_HOME"] = str(settings.home)  # definitions.py reads the same data root
     config = load_repo_config(settings.feature_repo, resolved_yaml(settings))
     sys.modules.pop("definitions", None)  # re-import: the data root may differ from last time
     cwd = Path.cwd()
     sys.path.insert(0, str(settings.feature_repo))  # Feast imports definitions.py by name
     try:
-        with contextlib.redirect_stdout(None):
+        # definitions.py reads the same settings (data root, TTLs) through repo_settings()
+        with contextlib.redirect_stdout(None), feast_repo_settings(settings):
             apply_total(config, settings.feature_repo, skip_source_validation=False)
     finally:
         os.chdir(cwd)
         sys.path.remove(str(settings.feature_repo))
+
+
+def historical_features(store, entity_df, features):  # -> pandas.DataFrame
+    """Feast's point-in-time join (``get_historical_features``) as a frame with a fresh index,
+    without the ibis deprecation chatter of Feast's DuckDB offline store."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        frame = store.get_historical_features(entity_df=entity_df, features=features).to_df()
+    return frame.reset_index(drop=True)

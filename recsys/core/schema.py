@@ -61,6 +61,36 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 
 AGE_BOUNDS = (13, 100)
 
+# ------------------------------------------------------------------ feature names
+# Feature views and their columns: the feature SQL writes them, the Feast definitions declare
+# them and the models read them, so they live here, below all three.
+USER_FEATURES = "user_features"
+USER_ACTIVITY = "user_activity"
+ITEM_FEATURES = "item_features"
+ITEM_ATTRIBUTES = "item_attributes"
+WINDOWS = (7, 30, 90)
+
+# Feature names per view; Feast definitions and the model read these lists.
+USER_NUMERIC = (
+    "views_total", "purchases_total", "carts_total", "sessions_total", "spend_total",
+    "mean_price_paid", "max_price_paid",
+    "views_7d", "views_30d", "views_90d", "purchases_7d", "purchases_30d", "purchases_90d",
+    "carts_30d", "days_since_last_purchase", "age",
+    "fav_category_share", "fav_colour_share", "fav_department_share",
+)  # fmt: skip
+USER_CATEGORICAL = ("fav_category", "fav_colour", "fav_department", "age_bucket")
+ITEM_NUMERIC = (
+    "item_purchases_total", "item_purchases_7d", "item_purchases_30d", "item_views_7d",
+    "item_buyers_total", "item_trend", "item_repurchase_rate", "item_mean_price_paid",
+)  # fmt: skip
+ITEM_CATEGORICAL = ("category", "colour", "department", "style", "product_type")
+AGE_BUCKETS = ((0, "unknown"), (13, "13-17"), (18, "18-24"), (25, "25-34"), (35, "35-44"),
+               (45, "45-54"), (55, "55-64"), (65, "65+"))  # fmt: skip
+
+
+RECENT_ACTIVITY = 20  # item ids kept per list in the real-time activity view
+EXTRA_PREFIX = "attr_"  # catalogue columns beyond the canonical ones, as item attributes
+
 
 def table_path(directory: Path, table: str) -> Path:
     """Where ``table`` lives inside a data folder (raw, validated, ...)."""

@@ -18,29 +18,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.candidates import (
-    FEATURES,
-    NO_FILTERS,
-    UNKNOWN,
-    CandidateGenerator,
-    CandidateSet,
-    ItemFilters,
-    UserContext,
-    VectorSearch,
-)
+from models.candidates import CandidateGenerator, CandidateSet
+from models.context import NO_FILTERS, ItemFilters, UserContext, VectorSearch
 from models.encoding import ItemEncoder, UserEncoder
-from models.ranker import Ranker
-from models.two_tower import NumpyUserTower, TwoTower
-from pipelines.ranking import RANKER_FILE, Sources, load_item_vectors
-from recsys.config import Settings
-from recsys.vectorstore import SearchFilter, VectorStore
+from models.ranker import RANKER, Ranker
+from models.two_tower import NumpyUserTower, TwoTower, load_two_tower
+from recsys.core.run import Run
+from recsys.core.settings import Settings
 
 
 @dataclass
@@ -77,6 +67,12 @@ class ServedPipeline:
         items: ItemEncoder | None = None,
         max_category_share: float = 0.5,
     ) -> None:
+        if ranker.feature_names != list(generator.features):
+            raise ValueError(
+                f"the ranker was trained on features {ranker.feature_names}, but the enabled "
+                f"sources build {list(generator.features)}: retrain with `recsys train`, then "
+                "`recsys index` (or enable the sources it was trained with)"
+            )
         self.generator = generator
         self.catalog = generator.catalog
         self.ranker = ranker
@@ -90,35 +86,26 @@ class ServedPipeline:
     @classmethod
     def load(
         cls,
-        run_dir: Path,
+        run: Run,
         settings: Settings,
-        model: TwoTower,
-        users: UserEncoder,
-        items: ItemEncoder,
         vector_search: VectorSearch | None,
         item_vectors: np.ndarray | None = None,
     ) -> ServedPipeline:
-        """``item_vectors``: the run's item vectors when the caller has read them already
-        (else they are read from ``run_dir``)."""
-        if not (run_dir / RANKER_FILE).exists():
+        """Everything ``recsys train`` saved in ``run``: the two-tower model and encoders, the
+        candidate sources (the two-tower one asking ``vector_search``) and the ranker.
+        ``item_vectors``: the run's, when the caller has read them already."""
+        if not run.has(f"{RANKER}.txt"):
             raise FileNotFoundError(
-                f"{run_dir} has no {RANKER_FILE}: it was trained without the ranking stage; "
+                f"{run.path} has no {RANKER}.txt: it was trained without the ranking stage; "
                 "run `recsys train` (with RECSYS_RANKING__ENABLED=true)"
             )
-        ranker = Ranker.load(run_dir / RANKER_FILE)
-        if ranker.feature_names != list(FEATURES):
-            raise ValueError(
-                f"{run_dir / RANKER_FILE} was trained on features {ranker.feature_names}, but this "
-                f"code builds {list(FEATURES)}: retrain with `recsys train`, then `recsys index`"
-            )
-        sources = Sources.load(run_dir)
-        generator = sources.generator(
-            items.item_ids,
-            settings,
-            vector_search,
-            load_item_vectors(run_dir) if item_vectors is None else item_vectors,
-        )
-        return cls(generator, ranker, model, users, items, settings.ranking.max_category_share)
+        model, users, items = load_two_tower(run)
+        ranker = Ranker.load(run)
+        generator = CandidateGenerator.load(run, settings, items.vocab, vector_search, item_vectors)
+        try:
+            return cls(generator, ranker, model, users, items, settings.ranking.max_category_share)
+        except ValueError as exc:
+            raise ValueError(f"{run.file(RANKER + '.txt')}: {exc}") from exc
 
     # ------------------------------------------------------------------ context
     def user_vector(self, features: Mapping[str, Sequence[Any]]) -> np.ndarray | None:
@@ -201,58 +188,15 @@ class ServedPipeline:
 
     def _explain(self, cand: CandidateSet, pos: int, score: float, ctx: UserContext) -> RankedItem:
         item = int(cand.items[pos])
-        sources = [s for s, mask in cand.sources.items() if mask[pos]]
-        reasons = []
-        session = set(ctx.session)
-        for source in sources:
-            if source == "item_item" and cand.ii_seed[pos]:
-                seed = self.catalog.item_id(int(cand.ii_seed[pos]))
-                verb = "viewed" if seed in session else "bought"
-                reasons.append(f"similar to {self._name(seed)} you {verb}")
-            elif source == "bought_together" and cand.bt_seed[pos]:
-                seed = self.catalog.item_id(int(cand.bt_seed[pos]))
-                reasons.append(f"often bought together with {self._name(seed)}")
-            elif source == "two_tower":
-                reasons.append("matches your profile and purchase history")
-            elif source == "popular":
-                who = f" with shoppers aged {ctx.age_bucket}" if ctx.age_bucket else ""
-                reasons.append(f"popular right now{who}")
-        return RankedItem(self.catalog.item_id(item), item, score, sources, reasons)
-
-    def _name(self, item_id: str) -> str:
-        title = self.catalog.titles[self.catalog.index(item_id)]
-        return f"'{title}'" if title and title != item_id else item_id
+        names, reasons = [], []
+        for source in self.generator.sources:
+            if not cand.sources[source.name][pos]:
+                continue
+            names.append(source.name)
+            reason = source.reason(ctx, self.catalog, int(cand.seeds[source.name][pos]))
+            if reason:
+                reasons.append(reason)
+        return RankedItem(self.catalog.item_id(item), item, score, names, reasons)
 
 
-def store_search(store: Callable[[], VectorStore]) -> VectorSearch:
-    """Two-tower candidates from the vector store, the filters pushed into its payload index.
-
-    ``store`` returns the store to ask, read at each call so that a store swapped by the API
-    (a new collection behind the alias) is used at once.
-    """
-
-    def search(
-        vector: np.ndarray, k: int, filters: ItemFilters, exclude: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        equals: dict[str, str | bool] = {}
-        if filters.category is not None:
-            equals["category"] = filters.category
-        if filters.department is not None:
-            equals["department"] = filters.department
-        if filters.in_stock is not None:
-            equals["in_stock"] = filters.in_stock
-        ranges = {"price": (None, filters.max_price)} if filters.max_price is not None else {}
-        hits = store().search(
-            vector, k, SearchFilter(equals=equals, ranges=ranges,
-                                    exclude_ids=frozenset(int(i) for i in exclude if i > 0)),
-            with_payload=False,
-        )  # fmt: skip
-        return (
-            np.fromiter((h.id for h in hits), dtype=np.int64, count=len(hits)),
-            np.fromiter((h.score for h in hits), dtype=np.float64, count=len(hits)),
-        )
-
-    return search
-
-
-__all__ = ["ServedPipeline", "RankedItem", "Ranking", "store_search", "UNKNOWN"]
+__all__ = ["ServedPipeline", "RankedItem", "Ranking"]

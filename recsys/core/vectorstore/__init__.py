@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recsys.config import VectorStoreSettings
-from recsys.vectorstore.base import (
+from recsys.core.settings import VectorStoreSettings
+from recsys.core.vectorstore.base import (
     AliasEntry,
     AliasError,
     CollectionNotFoundError,
@@ -34,8 +34,8 @@ from recsys.vectorstore.base import (
     check_name,
     collection_name,
 )
-from recsys.vectorstore.edge import EdgeVectorStore
-from recsys.vectorstore.qdrant_server import QdrantServerVectorStore
+from recsys.core.vectorstore.edge import EdgeVectorStore
+from recsys.core.vectorstore.qdrant_server import QdrantServerVectorStore
 
 __all__ = [
     "AliasEntry",

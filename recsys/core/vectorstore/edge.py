@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from recsys.vectorstore.base import (
+from recsys.core.vectorstore.base import (
     DEFAULT_EXACT_BELOW,
     INDEX_HINT,
     INDEXING_THRESHOLD_KB,

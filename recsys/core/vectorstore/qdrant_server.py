@@ -32,7 +32,7 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
 from qdrant_client.local.qdrant_local import QdrantLocal
 
-from recsys.vectorstore.base import (
+from recsys.core.vectorstore.base import (
     DEFAULT_EXACT_BELOW,
     INDEX_HINT,
     INDEXING_THRESHOLD_KB,

@@ -1,0 +1,160 @@
+"""The contract of a candidate source: one module per source, found through a registry.
+
+A source proposes items for one visitor and, for *any* candidate (whichever source proposed
+it), gives the ranker its evidence: the item-item weight from the history, the two-tower
+cosine, and so on. The generator (``models/candidates.py``), the ranker's feature list, ranker
+training (``pipelines/ranking.py``), the reasons of the API's answers and its list of sources
+are loops over the enabled sources, so adding a source is one module with one
+:func:`~models.sources.register` call and, if it has knobs, an entry under ``sources:`` in the
+settings (``RECSYS_SOURCES__<NAME>__K=...``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+
+from models.context import ItemCatalog, ItemFilters, UserContext, VectorSearch
+from recsys.core.run import Run
+from recsys.core.settings import Settings, SourceSettings
+
+#: The rank feature of an item its source did not propose (ranks start at 1).
+MISSING_RANK = 1000.0
+
+
+@dataclass
+class SourceData:
+    """What sources are fitted on and what they may use when loaded.
+
+    ``purchases``: (user_id, item_id, timestamp), the training purchases (minus the ranker's
+    label slice while the ranker's rows are built). ``items``: the catalogue rows (item_id,
+    title, category, ...) in vocabulary order. ``user_segments``: (user_id, age_bucket)
+    or None. ``end``: where recency windows end. ``item_vectors``: the run's two-tower item
+    vectors (row = item index). ``vector_search``: nearest item vectors to a user vector.
+    """
+
+    settings: Settings
+    catalog: ItemCatalog
+    purchases: pd.DataFrame | None = None
+    items: pd.DataFrame | None = None
+    user_segments: pd.DataFrame | None = None
+    end: pd.Timestamp | None = None
+    item_vectors: np.ndarray | None = None
+    vector_search: VectorSearch | None = None
+
+
+@dataclass
+class Request:
+    """One visitor as every source sees them (built once per request by the generator)."""
+
+    ctx: UserContext
+    filters: ItemFilters
+    catalog: ItemCatalog
+    seeds: np.ndarray  # known item indices the behavioural sources start from, newest first
+    excluded: np.ndarray  # item indices of the history and this visit: never proposed
+    blocked: np.ndarray  # bool over item indices: excluded, filtered out or unknown (row 0)
+
+
+@dataclass
+class Proposal:
+    """A source's own candidates, best first, with its score of each.
+
+    ``seeds``: per item, the item index behind it (0: none), for the reason. ``extra``: more
+    feature values of its own candidates (NaN for the others). ``state``: what ``propose``
+    computed that ``evidence`` reuses.
+    """
+
+    items: np.ndarray
+    scores: np.ndarray
+    seeds: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    state: Any = None
+
+
+class CandidateSource(ABC):
+    """A candidate source. Class attributes describe it; instances hold what was fitted.
+
+    ``features``: the ranker columns it fills, in order. ``score_feature`` / ``rank_feature``:
+    the columns that get its own score / its rank (1 = its best; :data:`MISSING_RANK` for items
+    it did not propose). ``order``: (column, higher is better), how it orders its own
+    candidates (the source alone, in evaluation). ``marker``: the column whose value tells its
+    own candidates from the others in a feature row (finite and below ``MISSING_RANK``).
+    ``degrades``: a failure while proposing is logged and the request answered by the other
+    sources (flagged ``degraded``) instead of failing.
+    """
+
+    name: ClassVar[str]
+    features: ClassVar[tuple[str, ...]]
+    score_feature: ClassVar[str | None] = None
+    rank_feature: ClassVar[str | None] = None
+    order: ClassVar[tuple[str, bool]]
+    marker: ClassVar[str]
+    settings_model: ClassVar[type[SourceSettings]] = SourceSettings
+    degrades: ClassVar[bool] = False
+
+    def __init__(self, cfg: SourceSettings) -> None:
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ fit / save / load
+    @classmethod
+    @abstractmethod
+    def fit(cls, data: SourceData, cfg: SourceSettings) -> Self:
+        """Fit on ``data.purchases`` (and whatever else of ``data`` the source reads)."""
+
+    def save(self, run: Run) -> None:  # noqa: B027 - a source may have nothing to save
+        """Write what was fitted into ``run`` (nothing by default)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, run: Run, cfg: SourceSettings, data: SourceData) -> Self:
+        """Read what :meth:`save` wrote; ``data`` holds the catalogue, item vectors and
+        vector search of the loading process (no purchases)."""
+
+    def describe(self) -> str:
+        """What was fitted, in a few words for logs (e.g. "12,345 rules")."""
+        return ""
+
+    def summary(self) -> dict[str, Any]:
+        """What was fitted, for the run manifest."""
+        return {}
+
+    # ------------------------------------------------------------------ request time
+    @abstractmethod
+    def propose(self, req: Request, k: int) -> Proposal | None:
+        """Up to ``k`` items not blocked in ``req``, best first; None: nothing to say."""
+
+    def evidence(
+        self, req: Request, items: np.ndarray, own: Proposal | None
+    ) -> dict[str, np.ndarray]:
+        """Feature columns over ``items`` (sorted item indices, every source's candidates).
+
+        The default fills ``score_feature`` and ``extra`` for its own candidates (NaN for the
+        rest) and ``rank_feature`` everywhere; a source that can score any item overrides this
+        to fill its score for every candidate.
+        """
+        out: dict[str, np.ndarray] = {}
+        pos = np.searchsorted(items, own.items) if own is not None else None
+        if self.score_feature is not None:
+            column = np.full(len(items), np.nan)
+            if own is not None:
+                column[pos] = own.scores
+            out[self.score_feature] = column
+        if self.rank_feature is not None:
+            column = np.full(len(items), MISSING_RANK)
+            if own is not None:
+                column[pos] = np.arange(1, len(own.items) + 1)
+            out[self.rank_feature] = column
+        if own is not None:
+            for name, values in own.extra.items():
+                column = np.full(len(items), np.nan)
+                column[pos] = values
+                out[name] = column
+        return out
+
+    def reason(self, ctx: UserContext, catalog: ItemCatalog, seed: int) -> str | None:
+        """Why this source proposed an item; ``seed``: the item behind it (0: none)."""
+        return None

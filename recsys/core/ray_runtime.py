@@ -1,0 +1,147 @@
+"""Start or join Ray the same way from every entrypoint.
+
+Locally this starts a small single-node Ray with a bounded object store (Ray otherwise reserves
+a large share of /dev/shm). With ``RAY_ADDRESS`` set, as ``ray job submit`` does on a cluster,
+it joins that cluster instead and the limits below are the cluster's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recsys.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(settings: Settings) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        return
+    # A private single-node runtime: no dashboard, nothing listening beyond this machine, so
+    # Ray's token authentication (on by default in 2.60) only adds a warning here.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    num_cpus = settings.ray.num_cpus or os.cpu_count() or 1
+    settings.ray.temp_dir.mkdir(parents=True, exist_ok=True)
+    ray.init(
+        num_cpus=num_cpus,
+        object_store_memory=settings.ray.object_store_memory,
+        include_dashboard=False,
+        _temp_dir=str(settings.ray.temp_dir),
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+    log.info("started local Ray with %d CPUs", num_cpus)
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Environment variables for every Ray Train worker: OpenMP threads that sleep while they
+    wait (``settings.ray.worker_omp_wait_policy``, PASSIVE by default).
+
+    torch's OpenMP threads spin between parallel regions by default. Alone on the cores that
+    is fastest (the plain loop), but a Ray worker shares them with Ray's own threads and
+    processes (controller, raylet, the worker's core threads), and spinning threads starve
+    them: on ASOS the two-tower loop took 54.8 s inside Ray against 19.2 s plain, and 29.6 s
+    inside Ray once its threads waited passively (``benchmarks/training_speed.py``).
+    """
+    return {"OMP_WAIT_POLICY": settings.ray.worker_omp_wait_policy}
+
+
+def train_run_config(settings: Settings, name: str, storage: Path | None = None) -> Any:
+    """The ``RunConfig`` of every ``TorchTrainer`` here: results under the data root (or
+    ``storage``) and :func:`worker_env` in each worker."""
+    from ray.train import RunConfig
+
+    return RunConfig(
+        name=name,
+        storage_path=str(storage or settings.home / "ray_results"),
+        worker_runtime_env={"env_vars": worker_env(settings)},
+    )
+
+
+def local_cpus(settings: Settings) -> int:
+    """CPUs Ray may hand out on this machine (the cluster decides when RAY_ADDRESS is set)."""
+    return settings.ray.num_cpus or os.cpu_count() or 1
+
+
+def worker_threads(settings: Settings, workers: int | None = None) -> int:
+    """Threads (and Ray CPUs) per training worker: ``train.cpus_per_worker``, else this
+    machine's cores shared among the workers."""
+    workers = workers or settings.train.num_workers
+    return settings.train.cpus_per_worker or max(1, local_cpus(settings) // workers)
+
+
+def fit_torch(
+    settings: Settings,
+    train_func: Callable[[dict[str, Any]], None],
+    config: dict[str, Any],
+    name: str,
+    weights: str | None,
+    storage: Path | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Run ``train_func`` on ``train.num_workers`` Ray Train workers of ``config["threads"]``
+    CPUs each: the one way every model (and the training benchmark) trains through Ray.
+
+    Returns (rank 0's weights read from the file ``weights`` of its last checkpoint, the last
+    reported metrics, seconds of the fit). ``weights`` None: the loop reports no checkpoint
+    (the benchmark's empty loop) and no weights come back.
+    """
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ensure_ray(settings)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=settings.train.num_workers,
+            use_gpu=False,
+            resources_per_worker={"CPU": config["threads"]},
+        ),
+        run_config=train_run_config(settings, name, storage),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - started
+    state: dict[str, Any] = {}
+    if weights is not None:
+        if result.checkpoint is None:
+            raise RuntimeError(
+                f"Ray Train returned no checkpoint for {name}: {result.error!r}. See the worker "
+                f"logs under {settings.ray.temp_dir}."
+            )
+        from safetensors.torch import load_file
+
+        with result.checkpoint.as_directory() as ckpt:
+            state = load_file(Path(ckpt) / weights)
+    return state, dict(result.metrics or {}), seconds
+
+
+def report_last(metrics: dict[str, Any], state: dict[str, Any] | None, weights: str) -> None:
+    """In a Ray Train worker: the last report, with rank 0's weights (``state``; None on the
+    other ranks) as a checkpoint holding the file ``weights``. Under Train V2 that checkpoint
+    is also what carries the metrics back to the driver."""
+    import tempfile
+
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if state is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in state.items()}, Path(tmp) / weights)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
