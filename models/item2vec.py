@@ -17,11 +17,9 @@ the tests and the serving process share one definition:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,11 +27,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recsys.core.arrays import top_k
+from recsys.core.run import Run
 from recsys.core.schema import EVENT_TYPES
+from recsys.core.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -65,35 +64,23 @@ class Item2VecConfig(BaseModel):
 
 
 # --------------------------------------------------------------------------- vocabulary
-@dataclass(frozen=True)
-class Vocabulary:
-    """Item ids in index order; index 0 is padding/unknown, so ``item_ids[i - 1]`` is index i.
+class SessionVocabulary(Vocabulary):
+    """The items of the training sessions, most frequent first (ties by id), so that the
+    order is deterministic and a truncated table keeps the items that matter; ``counts[i]``
+    is how often index ``i`` occurred (``counts[0]``, the padding, is 0)."""
 
-    Indices follow training frequency (most frequent first, ties by id) so that the order is
-    deterministic and a truncated table keeps the items that matter.
-    """
-
-    item_ids: np.ndarray  # object array of str, length V
-    counts: np.ndarray  # int64, length V + 1, counts[0] == 0: occurrences in training sessions
-    _index: pd.Index = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if len(self.counts) != len(self.item_ids) + 1:
+    def __init__(self, item_ids: np.ndarray | list[str], counts: np.ndarray) -> None:
+        super().__init__(str(i) for i in item_ids)
+        if len(counts) != len(self.ids) + 1:
             raise ValueError(
-                f"vocabulary has {len(self.item_ids)} ids but {len(self.counts)} counts; "
+                f"vocabulary has {len(self.ids)} ids but {len(counts)} counts; "
                 "counts must have one more entry (index 0 = padding)."
             )
-        object.__setattr__(self, "_index", pd.Index(self.item_ids))
-        if not self._index.is_unique:
-            raise ValueError("vocabulary item ids must be unique")
-
-    @property
-    def size(self) -> int:
-        """Rows of an embedding table over this vocabulary (items + padding)."""
-        return len(self.item_ids) + 1
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.item_ids = np.asarray(self.ids, dtype=object)
 
     @classmethod
-    def fit(cls, tokens: np.ndarray, min_count: int = 1) -> Vocabulary:
+    def fit(cls, tokens: np.ndarray, min_count: int = 1) -> SessionVocabulary:
         """Vocabulary of the item ids in ``tokens`` seen at least ``min_count`` times."""
         ids, counts = np.unique(np.asarray(tokens, dtype=object), return_counts=True)
         keep = counts >= min_count
@@ -101,25 +88,16 @@ class Vocabulary:
         order = np.lexsort((ids, -counts))
         return cls(ids[order], np.concatenate([[0], counts[order]]).astype(np.int64))
 
-    def encode(self, item_ids: np.ndarray | pd.Series | list[str]) -> np.ndarray:
-        """Indices of ``item_ids`` (int64); unknown ids map to 0."""
-        return (self._index.get_indexer(np.asarray(item_ids, dtype=object)) + 1).astype(np.int64)
-
     def index_of(self, item_id: str) -> int:
         """Index of one item, 0 when it is not in the vocabulary."""
-        return int(self.encode([item_id])[0])
+        return self.index(item_id)
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "index": np.arange(1, self.size, dtype=np.int64),
-                "item_id": self.item_ids.astype(str),
-                "count": self.counts[1:],
-            }
-        )
+        return pd.DataFrame({"index": np.arange(1, self.size, dtype=np.int64),
+                             "item_id": self.ids, "count": self.counts[1:]})  # fmt: skip
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> Vocabulary:
+    def from_frame(cls, frame: pd.DataFrame) -> SessionVocabulary:
         frame = frame.sort_values("index")
         if not np.array_equal(frame["index"].to_numpy(), np.arange(1, len(frame) + 1)):
             raise ValueError("vocabulary file is corrupt: indices must be 1..V without gaps")
@@ -200,11 +178,11 @@ def _collapse(items: np.ndarray, sess: np.ndarray) -> np.ndarray:
 
 def build_sessions(
     interactions: pd.DataFrame,
-    vocab: Vocabulary | None = None,
+    vocab: SessionVocabulary | None = None,
     *,
     min_count: int = 1,
     drop_unknown: bool = True,
-) -> tuple[Sessions, Vocabulary]:
+) -> tuple[Sessions, SessionVocabulary]:
     """Ordered sessions of views, carts and purchases, and the vocabulary they are coded in.
 
     Events are grouped by session (see :func:`session_keys`), sessions ordered by their first
@@ -233,7 +211,7 @@ def build_sessions(
     key, start_of_key = key[keep], start_of_key[keep]
     tokens = np.asarray(item_uniques, dtype=object)[item_codes[keep]]
     if vocab is None:
-        vocab = Vocabulary.fit(tokens, min_count)
+        vocab = SessionVocabulary.fit(tokens, min_count)
     codes = vocab.encode(tokens)
     if drop_unknown:
         known = codes != PAD
@@ -391,7 +369,7 @@ class Item2VecRun:
     "similar items" without touching the training stack."""
 
     model: Item2Vec
-    vocab: Vocabulary
+    vocab: SessionVocabulary
     config: Item2VecConfig
     manifest: dict[str, Any]
     vectors: np.ndarray = field(init=False, repr=False)
@@ -422,27 +400,26 @@ class Item2VecRun:
 
 
 def save_item2vec(
-    out_dir: Path,
+    run: Run,
     model: Item2Vec,
-    vocab: Vocabulary,
+    vocab: SessionVocabulary,
     cfg: Item2VecConfig,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write weights (safetensors), vocabulary (Parquet) and manifest (JSON) to ``out_dir``.
+) -> Run:
+    """Write weights (safetensors), vocabulary (Parquet) and manifest (JSON) into ``run``.
 
-    File names carry the model's name so a run can sit next to a two-tower run's files.
+    Part names carry the model's name so a run can sit next to a two-tower run's files.
     """
     if model.n_items != vocab.size:
         raise ValueError(
             f"model has {model.n_items} rows but the vocabulary {vocab.size}: save the "
             "vocabulary the model was trained on."
         )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / WEIGHTS)
-    vocab.to_frame().to_parquet(out_dir / VOCAB, index=False)
-    manifest = {
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_tensors(_stem(WEIGHTS), model.state_dict())
+    run.write_table(_stem(VOCAB), vocab.to_frame())
+    run.write_json(_stem(MANIFEST), {
         "model": "item2vec",
         "created_at": datetime.now(UTC).isoformat(),
         "config": cfg.model_dump(),
@@ -451,20 +428,21 @@ def save_item2vec(
         "vocab": VOCAB,
         "metrics": metrics or {},
         **(extra or {}),
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-    return out_dir
+    })  # fmt: skip
+    return run
 
 
-def load_item2vec(run_dir: Path) -> Item2VecRun:
+def load_item2vec(run: Run) -> Item2VecRun:
     """Load a run written by :func:`save_item2vec` (no pickle anywhere)."""
-    run_dir = Path(run_dir)
-    path = run_dir / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: train item2vec into {run_dir} first.")
-    manifest = json.loads(path.read_text())
+    if not run.has(MANIFEST):
+        raise FileNotFoundError(f"{run.file(MANIFEST)} is missing: train item2vec into it first.")
+    manifest = run.read_json(_stem(MANIFEST))
     cfg = Item2VecConfig(**manifest["config"])
-    vocab = Vocabulary.from_frame(pd.read_parquet(run_dir / manifest.get("vocab", VOCAB)))
+    vocab = SessionVocabulary.from_frame(run.read_table(_stem(VOCAB)))
     model = Item2Vec(vocab.size, cfg.dim)
-    model.load_state_dict(load_file(run_dir / manifest.get("weights", WEIGHTS)))
+    model.load_state_dict(run.read_tensors(_stem(WEIGHTS), "torch"))
     return Item2VecRun(model, vocab, cfg, manifest)
+
+
+def _stem(file_name: str) -> str:
+    return file_name.rsplit(".", 1)[0]

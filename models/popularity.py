@@ -277,13 +277,12 @@ class PopularityTable:
     (no exclusions, enough items) returns a slice of it without touching pandas or numpy.
     """
 
-    __slots__ = ("_lists", "_windows", "_categories", "_age_buckets")
+    __slots__ = ("_lists", "_windows", "_categories")
 
     def __init__(self, lists: dict[tuple[str, str, str], list[tuple[str, float]]]) -> None:
         self._lists = lists
         self._windows = tuple(sorted({w for w, _, _ in lists}, key=_window_days))
         self._categories = tuple(sorted({s for _, t, s in lists if t == "category"}))
-        self._age_buckets = tuple(sorted({s for _, t, s in lists if t == "age_bucket"}))
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> PopularityTable:
@@ -312,11 +311,6 @@ class PopularityTable:
     def categories(self) -> tuple[str, ...]:
         """Categories with a list of their own (any window), sorted."""
         return self._categories
-
-    @property
-    def age_buckets(self) -> tuple[str, ...]:
-        """Age buckets with a list of their own (any window), sorted."""
-        return self._age_buckets
 
     def top(
         self,

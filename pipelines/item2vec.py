@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from models.metrics import next_item_metrics
 from models.popularity import popularity_order
 from pipelines.epoch_metrics import epoch_metrics, final_metrics
 from recsys.core.ray_runtime import ensure_ray, fit_torch, report_last, worker_threads
+from recsys.core.run import Run
 from recsys.core.schema import EVENT_TYPES, table_path
 from recsys.core.settings import Settings
 
@@ -316,8 +317,6 @@ def fit_item2vec(
     """
     cfg = cfg or Item2VecConfig()
     path = Path(interactions_path or table_path(settings.validated_dir, "interactions"))
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    out_dir = Path(out_dir or settings.artifacts_dir / f"item2vec_{run_id}").resolve()
     events = read_interactions(path)
     if events.empty:
         raise ValueError(f"{path} has no view, add_to_cart or purchase events.")
@@ -348,8 +347,9 @@ def fit_item2vec(
         cutoff,
     )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    arrays = out_dir / PAIRS
+    run = Run(Path(out_dir)) if out_dir else Run.create(settings.artifacts_dir, "item2vec_")
+    run.path.mkdir(parents=True, exist_ok=True)
+    arrays = run.file(PAIRS)
     np.savez(
         arrays,
         center=center.astype(np.int32),
@@ -370,7 +370,7 @@ def fit_item2vec(
             ensure_ray(settings)
             ray_started = time.perf_counter()
             state, fit_metrics, _ = fit_torch(
-                settings, train_func, config, f"item2vec_{out_dir.name}", WEIGHTS
+                settings, train_func, config, f"item2vec_{run.id}", WEIGHTS
             )
             fit_metrics["ray_init_seconds"] = round(ray_started - started, 2)
         else:
@@ -404,7 +404,7 @@ def fit_item2vec(
         },
     }
     save_item2vec(
-        out_dir,
+        run,
         model,
         vocab,
         cfg,
@@ -413,12 +413,12 @@ def fit_item2vec(
     )
     log.info(
         "item2vec saved to %s: HR@%d %.4f (co-occurrence %.4f)",
-        out_dir,
+        run.path,
         EVAL_K,
         evaluation["item2vec"][f"hr@{EVAL_K}"],
         evaluation["cooccurrence"][f"hr@{EVAL_K}"],
     )
-    return Item2VecResult(out_dir, metrics, load_item2vec(out_dir))
+    return Item2VecResult(run.path, metrics, load_item2vec(run))
 
 
 def _cooccurrence_pairs(sessions: Sessions, cfg: Item2VecConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -448,20 +448,20 @@ def _session_space(
     """The newest item2vec run under ``artifacts`` (``recsys item2vec``) as unit vectors in
     the served vocabulary's order (row = item index, row 0 and unseen items zero), and its
     name; (None, None) without one. Runs are named by time, so the newest sorts last."""
-    for run_dir in (r.path for r in Run.newest_first(artifacts, "item2vec_")):
+    for folder in Run.newest_first(artifacts, "item2vec_"):
         try:
-            run = load_item2vec(run_dir)
+            run = load_item2vec(folder)
         except Exception:  # a run still being written, or a broken one: the one before
-            log.warning("skipping item2vec run %s: it does not load", run_dir, exc_info=True)
+            log.warning("skipping item2vec run %s: it does not load", folder.path, exc_info=True)
             continue
         rows = run.vocab.encode(list(item_ids))
         vectors = unit_rows(run.vectors.astype(np.float32))
         out = np.zeros((len(item_ids) + 1, vectors.shape[1]), dtype=np.float32)
         out[1:] = vectors[rows]
         out[1:][rows == 0] = 0.0
-        log.info("session neighbours from %s: %d of %d items", run_dir.name,
+        log.info("session neighbours from %s: %d of %d items", folder.id,
                  int((rows > 0).sum()), len(item_ids))  # fmt: skip
-        return out, run_dir.name
+        return out, folder.id
     return None, None
 
 

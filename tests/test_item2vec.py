@@ -17,7 +17,7 @@ from models.item2vec import (
     Item2Vec,
     Item2VecConfig,
     Sessions,
-    Vocabulary,
+    SessionVocabulary,
     build_sessions,
     load_item2vec,
     negative_cdf,
@@ -28,6 +28,7 @@ from models.item2vec import (
 from models.metrics import next_item_metrics
 from pipelines.item2vec import cooccurrence_topk, next_item_steps, run_epochs
 from pipelines.synth import generate
+from recsys.core.run import Run
 from recsys.core.settings import RaySettings, Settings, TrainSettings
 
 
@@ -37,7 +38,7 @@ def _events(rows: list[tuple]) -> pd.DataFrame:
     return frame.rename(columns={"sid": "session_id"})
 
 
-def _decode(sessions: Sessions, vocab: Vocabulary) -> list[list[str]]:
+def _decode(sessions: Sessions, vocab: SessionVocabulary) -> list[list[str]]:
     return [[str(vocab.item_ids[i - 1]) for i in sessions.session(s)] for s in range(len(sessions))]
 
 
@@ -244,7 +245,7 @@ def test_neighbours_share_style_and_department(planted) -> None:
 
 def test_saved_run_round_trips_without_pickle(planted, tmp_path: Path) -> None:
     result, _ = planted
-    loaded = load_item2vec(result.out_dir)
+    loaded = load_item2vec(Run(result.out_dir))
     np.testing.assert_array_equal(loaded.vectors, result.run.vectors)
     some = str(loaded.vocab.item_ids[3])
     assert loaded.similar_items(some, 5) == result.run.similar_items(some, 5)
@@ -254,15 +255,15 @@ def test_saved_run_round_trips_without_pickle(planted, tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="not in the item2vec vocabulary"):
         loaded.similar_items("i999999")
     # A fresh model through save/load: every tensor and the vocabulary survive exactly.
-    vocab = Vocabulary(np.array(["a", "b", "c"], dtype=object), np.array([0, 5, 3, 1]))
+    vocab = SessionVocabulary(np.array(["a", "b", "c"], dtype=object), np.array([0, 5, 3, 1]))
     model = Item2Vec(vocab.size, 8)
     torch.nn.init.normal_(model.output.weight)
     cfg = Item2VecConfig(dim=8)
-    again = load_item2vec(save_item2vec(tmp_path, model, vocab, cfg, {"note": 1}))
+    again = load_item2vec(save_item2vec(Run(tmp_path), model, vocab, cfg, {"note": 1}))
     for key, value in model.state_dict().items():
         assert torch.equal(again.model.state_dict()[key], value)
     assert again.vocab.item_ids.tolist() == ["a", "b", "c"]
     assert again.vocab.counts.tolist() == [0, 5, 3, 1]
     assert again.config == cfg and again.manifest["metrics"] == {"note": 1}
     with pytest.raises(ValueError, match="vocabulary"):
-        save_item2vec(tmp_path, Item2Vec(7, 8), vocab, cfg)
+        save_item2vec(Run(tmp_path), Item2Vec(7, 8), vocab, cfg)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -29,21 +30,12 @@ CURRENT = "current"
 ITEM_VECTORS = "item_vectors"
 
 
+@dataclass(frozen=True)
 class Run:
     """One run folder. Parts are named without extension (``run.write_table("x", frame)``
     writes ``x.parquet``); the format of each kind of part is decided here."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"Run({str(self.path)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Run) and self.path == other.path
-
-    def __hash__(self) -> int:
-        return hash(self.path)
+    path: Path
 
     # ------------------------------------------------------------------ finding runs
     @classmethod
@@ -147,9 +139,6 @@ class Run:
                 "run `recsys train` again."
             )
         return path
-
-    def has_table(self, name: str) -> bool:
-        return self.has(f"{name}.parquet")
 
     def write_tensors(self, name: str, tensors: Mapping[str, Any]) -> None:
         """safetensors: torch tensors or numpy arrays (all of one kind)."""

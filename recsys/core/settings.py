@@ -341,14 +341,6 @@ class Settings(BaseSettings):
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
 
-    @property
-    def vectors_dir(self) -> Path:
-        return self.home / "qdrant"
-
-    @property
-    def ray_dir(self) -> Path:
-        return self.home / "ray"
-
     def item_embeddings_path(self, kind: Literal["text", "image"] = "text") -> Path:
         """Item content vectors of ``recsys embed`` (written there, read by ``recsys train``).
 

@@ -9,18 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
 
 class Vocabulary:
     """``ids[i - 1]`` has index ``i``; an id not in the vocabulary has index 0."""
-
-    __slots__ = ("ids", "_index")
 
     def __init__(self, ids: Iterable[str]) -> None:
         self.ids: list[str] = list(ids)
         self._index = {item: i + 1 for i, item in enumerate(self.ids)}
         if len(self._index) != len(self.ids):
             raise ValueError("vocabulary ids must be unique")
+        self._pandas_index: pd.Index | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -39,3 +39,11 @@ class Vocabulary:
 
     def id(self, index: int) -> str:
         return self.ids[index - 1]
+
+    def encode(self, item_ids: np.ndarray | Sequence[str]) -> np.ndarray:
+        """:meth:`indices` vectorised through a pandas index, for millions of ids at once
+        (every event of a session log)."""
+        if self._pandas_index is None:
+            self._pandas_index = pd.Index(self.ids)
+        positions = self._pandas_index.get_indexer(np.asarray(item_ids, dtype=object))
+        return (positions + 1).astype(np.int64)

@@ -246,9 +246,23 @@ class VectorStore(ABC):
 
     backend: str = "abstract"
 
-    def __init__(self, name: str, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        read_only: bool = False,
+        hnsw_ef: int = 64,
+        exact_below: int = DEFAULT_EXACT_BELOW,
+    ) -> None:
+        """``hnsw_ef`` and ``exact_below`` tune searches alike on every backend (see theirs)."""
+        if hnsw_ef < 1:
+            raise ValueError(f"hnsw_ef must be >= 1, got {hnsw_ef}")
         self.name = name
         self.read_only = bool(read_only)
+        self.hnsw_ef = int(hnsw_ef)
+        self.exact_below = int(exact_below)
+        #: The collection reads go to, once resolved (see :attr:`current_collection`).
+        self._pinned: str | None = None
 
     # -- backend primitives ----------------------------------------------------------------
 
@@ -266,15 +280,13 @@ class VectorStore(ABC):
 
     @abstractmethod
     def _create(
-        self,
-        name: str,
-        dim: int,
-        keyword_fields: Sequence[str],
-        float_fields: Sequence[str],
-        bool_fields: Sequence[str],
-        metadata: dict[str, Any],
+        self, name: str, dim: int, indexes: Sequence[tuple[str, str]], metadata: dict[str, Any]
     ) -> None:
-        """Create an empty collection (the name is free) and store ``metadata`` with it."""
+        """Create an empty collection (the name is free) and store ``metadata`` with it.
+
+        ``indexes``: ``(field, kind)`` pairs, ``kind`` being ``"keyword"``, ``"float"`` or
+        ``"bool"``, in the order the payload indexes are to be created.
+        """
 
     @abstractmethod
     def _drop(self, name: str) -> None:
@@ -297,6 +309,10 @@ class VectorStore(ABC):
     def _pin(self, name: str) -> None:
         """Make ``name`` the collection this store reads and writes by default."""
 
+    @abstractmethod
+    def where(self, name: str | None = None) -> str:
+        """Human-readable address of a collection (default: this store's name), for messages."""
+
     def _alias_lock(self, alias: str) -> AbstractContextManager[Any]:
         """Serialise read-modify-write of an alias between processes, where the backend can."""
         return nullcontext()
@@ -305,6 +321,17 @@ class VectorStore(ABC):
         """Hook run before an alias is created or moved (the server adopts a plain collection
         that has the alias's name, since Qdrant names are shared by collections and aliases)."""
         return None
+
+    def _ending_at(self, history: list[AliasEntry], target: str) -> list[AliasEntry]:
+        """``history`` as stored, with ``target`` appended unless it is already the last entry.
+
+        For :meth:`_read_alias`: where the alias points is authoritative over the recorded
+        history, since someone may have edited the pointer by hand or moved the alias with
+        another tool.
+        """
+        if not history or history[-1].collection != target:
+            history.append(AliasEntry(target, self.run_id_of(target), None))
+        return history
 
     # -- reading (follows the alias on refresh) ----------------------------------------------
 
@@ -319,6 +346,14 @@ class VectorStore(ABC):
         """Model run of :attr:`current_collection`: the API loads the model of this run."""
         current = self.current_collection
         return None if current is None else self.run_id_of(current)
+
+    def _current(self) -> str:
+        """The pinned collection (resolving the alias on first use), which reads and writes
+        without ``collection=`` go to; raises when there is neither alias nor collection."""
+        name = self._pinned or self.current_collection
+        if name is None:
+            raise CollectionNotFoundError(f"No vector {self.where()}: {INDEX_HINT}.")
+        return name
 
     @abstractmethod
     def refresh(self, *, force: bool = False) -> bool:
@@ -345,7 +380,6 @@ class VectorStore(ABC):
     def count(self, collection: str | None = None) -> int:
         """Number of points in ``collection`` (default: the current one)."""
 
-    @abstractmethod
     def health(self, collection: str | None = None) -> dict[str, Any]:
         """Describe ``collection`` (default: the current one) for health checks; never raises.
 
@@ -354,6 +388,29 @@ class VectorStore(ABC):
         An empty collection is reachable, hence ``ok``: callers that need items check
         ``points``.
         """
+        out: dict[str, Any] = {
+            "ok": False,
+            "backend": self.backend,
+            **self._address(),
+            "alias": self.name,
+            "collection": collection or self._pinned,
+            "read_only": self.read_only,
+        }
+        try:
+            self._describe(collection, out)
+        except Exception as exc:  # a health check reports, it does not raise
+            out.setdefault("points", None)
+            out["error"] = str(exc)
+        return out
+
+    @abstractmethod
+    def _address(self) -> dict[str, Any]:
+        """Where the store keeps its collections, as a :meth:`health` entry (path or URL)."""
+
+    @abstractmethod
+    def _describe(self, collection: str | None, out: dict[str, Any]) -> None:
+        """Fill in :meth:`health`: ``collection``, ``points``, then ``ok=True`` and details;
+        raise when the collection cannot be reached."""
 
     @abstractmethod
     def close(self) -> None:
@@ -399,9 +456,12 @@ class VectorStore(ABC):
         metadata = {"created_at": now_iso()}
         if run_id is not None:
             metadata["run_id"] = str(run_id)
-        self._create(
-            name, dim, tuple(keyword_fields), tuple(float_fields), tuple(bool_fields), metadata
+        indexes = (
+            [(field_name, "keyword") for field_name in keyword_fields]
+            + [(field_name, "float") for field_name in float_fields]
+            + [(field_name, "bool") for field_name in bool_fields]
         )
+        self._create(name, dim, indexes, metadata)
 
     def recreate(
         self,
@@ -428,7 +488,6 @@ class VectorStore(ABC):
         )
         self._pin(self.name)
 
-    @abstractmethod
     def upsert(
         self,
         points: Iterable[ItemPoint],
@@ -437,13 +496,24 @@ class VectorStore(ABC):
         collection: str | None = None,
     ) -> None:
         """Insert or replace points in ``collection`` (default: the current one), in batches."""
+        self._check_writable("write points")
+        self._upsert(points, batch_size, collection)
 
     @abstractmethod
+    def _upsert(self, points: Iterable[ItemPoint], batch_size: int, collection: str | None) -> None:
+        """:meth:`upsert` on a writable store."""
+
     def finalize(self, *, collection: str | None = None) -> None:
         """Build the HNSW index and persist everything, so that a later open sees it all.
 
         Indexing after the bulk load is much cheaper than maintaining the graph point by point.
         """
+        self._check_writable("index a collection")
+        self._finalize(collection)
+
+    @abstractmethod
+    def _finalize(self, collection: str | None) -> None:
+        """:meth:`finalize` on a writable store."""
 
     def drop_collection(self, name: str) -> bool:
         """Delete a collection; ``False`` if there was none. Refuses one that an alias uses."""
@@ -679,6 +749,28 @@ def as_vector(vector: Any, dim: int | None, what: str = "query vector") -> np.nd
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{what} contains NaN or inf")
     return arr
+
+
+def point_batches(
+    points: Iterable[ItemPoint], batch_size: int, dim: int | None
+) -> Iterator[list[tuple[int, list[float], dict[str, Any]]]]:
+    """Validated ``(id, vector, payload)`` of each point, in lists of at most ``batch_size``."""
+    for batch in batched(points, batch_size):
+        yield [
+            (
+                _point_id(p.id),
+                as_vector(p.vector, dim, f"vector of point {p.id}").tolist(),
+                clean_payload(p.payload),
+            )
+            for p in batch
+        ]
+
+
+def to_hits(points: Iterable[Any], with_payload: bool) -> list[Hit]:
+    """Hits from either client's scored points (``id``, ``score`` and ``payload`` attributes)."""
+    if not with_payload:
+        return [Hit(int(p.id), float(p.score), {}) for p in points]
+    return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
 
 def check_k(k: int) -> int:

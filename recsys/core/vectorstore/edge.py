@@ -90,12 +90,11 @@ from recsys.core.vectorstore.base import (
     SearchFilter,
     VectorStore,
     VectorStoreError,
-    _point_id,
     as_vector,
-    batched,
     check_k,
-    clean_payload,
     full_scan_threshold_kb,
+    point_batches,
+    to_hits,
 )
 
 log = logging.getLogger(__name__)
@@ -129,6 +128,13 @@ HNSW_EF_CONSTRUCT = 100
 
 #: Identifies the current state of an alias pointer file: (inode, mtime_ns, size), or None.
 Signature = tuple[int, int, int] | None
+
+#: The engine's payload index type for each kind that ``VectorStore._create`` names.
+PAYLOAD_SCHEMAS = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "float": qe.PayloadSchemaType.Float,
+    "bool": qe.PayloadSchemaType.Bool,
+}
 
 
 def edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
@@ -360,14 +366,9 @@ class EdgeCollection:
         if self.copy_to is not None:
             shutil.rmtree(self.copy_to, ignore_errors=True)
 
-    def create(
-        self,
-        dim: int,
-        keyword_fields: Sequence[str],
-        float_fields: Sequence[str],
-        bool_fields: Sequence[str],
-    ) -> None:
-        """Create the shard with payload indexes in a folder that is missing or empty.
+    def create(self, dim: int, indexes: Sequence[tuple[str, str]]) -> None:
+        """Create the shard with payload indexes (``(field, kind)`` pairs) in a folder that is
+        missing or empty.
 
         Refuses a non-empty folder, so that a mistyped path cannot clobber unrelated data.
         """
@@ -392,44 +393,36 @@ class EdgeCollection:
         with self._lock:
             try:
                 shard = qe.EdgeShard.create(str(self.path), config)
-                for fields, schema in (
-                    (keyword_fields, qe.PayloadSchemaType.Keyword),
-                    (float_fields, qe.PayloadSchemaType.Float),
-                    (bool_fields, qe.PayloadSchemaType.Bool),
-                ):
-                    for name in fields:
-                        shard.update(qe.UpdateOperation.create_field_index(name, schema))
+                for name, kind in indexes:
+                    shard.update(qe.UpdateOperation.create_field_index(name, PAYLOAD_SCHEMAS[kind]))
             except Exception as exc:
                 raise VectorStoreError(
                     f"Cannot create the vector collection at {self.path}: {exc}"
                 ) from exc
             self._shard, self.dim = shard, dim
 
+    @contextmanager
+    def _wrap_errors(self, what: str) -> Iterator[None]:
+        """Report the engine's bare ``Exception`` as "``what`` <folder> failed: ..."."""
+        try:
+            yield
+        except Exception as exc:
+            raise VectorStoreError(f"{what} {self.path} failed: {exc}") from exc
+
     def upsert(self, points: Iterable[ItemPoint], batch_size: int) -> None:
         """Insert or replace points in batches; they are searchable at once (un-indexed)."""
         shard = self.open()
-        for batch in batched(points, batch_size):
-            edge_points = [
-                qe.Point(
-                    _point_id(p.id),
-                    as_vector(p.vector, self.dim, f"vector of point {p.id}").tolist(),
-                    clean_payload(p.payload),
-                )
-                for p in batch
-            ]
-            try:
+        for batch in point_batches(points, batch_size, self.dim):
+            edge_points = [qe.Point(*point) for point in batch]
+            with self._wrap_errors("Upsert into"):
                 shard.update(qe.UpdateOperation.upsert_points(edge_points))
-            except Exception as exc:
-                raise VectorStoreError(f"Upsert into {self.path} failed: {exc}") from exc
 
     def finalize(self) -> None:
         """Build the HNSW graph and payload indexes (``optimize``), then flush to disk."""
         shard = self.open()
-        try:
+        with self._wrap_errors("Optimising"):
             shard.optimize()
             shard.flush()
-        except Exception as exc:
-            raise VectorStoreError(f"Optimising {self.path} failed: {exc}") from exc
 
     def search(
         self, vector: Any, k: int, flt: SearchFilter | None, with_payload: bool
@@ -451,25 +444,19 @@ class EdgeCollection:
             if "dimension" in str(exc).lower():
                 raise ValueError(f"Search in {self.path}: {exc}") from exc
             raise VectorStoreError(f"Search in {self.path} failed: {exc}") from exc
-        if not with_payload:
-            return [Hit(int(p.id), float(p.score), {}) for p in points]
-        return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in points]
+        return to_hits(points, with_payload)
 
     def count(self) -> int:
         """Exact number of points."""
         shard = self.open()
-        try:
+        with self._wrap_errors("Counting points in"):
             return int(shard.count(qe.CountRequest(exact=True)))
-        except Exception as exc:
-            raise VectorStoreError(f"Counting points in {self.path} failed: {exc}") from exc
 
     def info(self) -> Any:
         """The engine's shard info (indexed vectors, segments)."""
         shard = self.open()
-        try:
+        with self._wrap_errors("Reading"):
             return shard.info()
-        except Exception as exc:
-            raise VectorStoreError(f"Reading {self.path} failed: {exc}") from exc
 
 
 # -- the store: collections and aliases under one root ------------------------------------------
@@ -502,15 +489,12 @@ class EdgeVectorStore(VectorStore):
         exact_below: int = DEFAULT_EXACT_BELOW,
         read_only: bool = False,
     ) -> None:
-        if hnsw_ef < 1:
-            raise ValueError(f"hnsw_ef must be >= 1, got {hnsw_ef}")
         self.path = Path(path)
-        super().__init__(self.path.name, read_only=read_only)
+        super().__init__(
+            self.path.name, read_only=read_only, hnsw_ef=hnsw_ef, exact_below=exact_below
+        )
         self.root = self.path.parent
-        self.hnsw_ef = int(hnsw_ef)
-        self.exact_below = int(exact_below)
         self._handles: dict[str, EdgeCollection] = {}
-        self._pinned: str | None = None
         self._sig: Signature = None
         self._retire_at: dict[str, float] = {}
         self._retry_at = 0.0
@@ -535,17 +519,11 @@ class EdgeVectorStore(VectorStore):
         return (self.root / name / CONFIG_FILE).is_file()
 
     def _create(
-        self,
-        name: str,
-        dim: int,
-        keyword_fields: Sequence[str],
-        float_fields: Sequence[str],
-        bool_fields: Sequence[str],
-        metadata: dict[str, Any],
+        self, name: str, dim: int, indexes: Sequence[tuple[str, str]], metadata: dict[str, Any]
     ) -> None:
         with self._lock:
             handle = self._handle(name)
-            handle.create(dim, keyword_fields, float_fields, bool_fields)
+            handle.create(dim, indexes)
             _write_json(self.root / name / META_FILE, metadata)
 
     def _drop(self, name: str) -> None:
@@ -610,10 +588,7 @@ class EdgeVectorStore(VectorStore):
                 f'The alias file {path} is malformed ({exc}): it needs a "target" collection '
                 'name and a "history" list; fix it or delete it.'
             ) from exc
-        # The pointer is authoritative: someone may have edited "target" by hand.
-        if not history or history[-1].collection != target:
-            history.append(AliasEntry(target, self.run_id_of(target), None))
-        return history
+        return self._ending_at(history, target)
 
     def _write_alias(self, alias: str, history: list[AliasEntry]) -> None:
         target = history[-1]
@@ -669,12 +644,6 @@ class EdgeVectorStore(VectorStore):
                     if target is not None:
                         self._pinned, self._sig = target, sig
         return self._pinned
-
-    @property
-    def current_path(self) -> Path | None:
-        """Folder of :attr:`current_collection` (the original, not a reader's copy)."""
-        current = self.current_collection
-        return None if current is None else self.root / current
 
     def refresh(self, *, force: bool = False) -> bool:
         """Follow the alias if its pointer file changed: one ``stat`` when nothing did.
@@ -742,14 +711,11 @@ class EdgeVectorStore(VectorStore):
                     self._handles[name] = handle
         return handle
 
-    def _reader(self) -> EdgeCollection:
-        name = self._pinned or self.current_collection
-        if name is None:
-            raise CollectionNotFoundError(f"No vector collection at {self.path}: {INDEX_HINT}.")
-        return self._handle(name)
-
     def _target(self, collection: str | None) -> EdgeCollection:
-        return self._reader() if collection is None else self._handle(collection)
+        return self._handle(self._current() if collection is None else collection)
+
+    def where(self, name: str | None = None) -> str:
+        return f"collection at {self.path if name is None else self.root / name}"
 
     def close(self) -> None:
         """Close every open shard (deleting private copies); the pinned collection is kept."""
@@ -761,20 +727,12 @@ class EdgeVectorStore(VectorStore):
 
     # -- building ----------------------------------------------------------------------------
 
-    def upsert(
-        self,
-        points: Iterable[ItemPoint],
-        batch_size: int = 1024,
-        *,
-        collection: str | None = None,
-    ) -> None:
+    def _upsert(self, points: Iterable[ItemPoint], batch_size: int, collection: str | None) -> None:
         """Insert or replace points in batches; they are searchable at once (un-indexed)."""
-        self._check_writable("write points")
         self._target(collection).upsert(points, batch_size)
 
-    def finalize(self, *, collection: str | None = None) -> None:
+    def _finalize(self, collection: str | None) -> None:
         """Build the HNSW graph and payload indexes (``optimize``), then flush to disk."""
-        self._check_writable("index a collection")
         self._target(collection).finalize()
 
     # -- reading -----------------------------------------------------------------------------
@@ -783,40 +741,30 @@ class EdgeVectorStore(VectorStore):
         self, vector: Any, k: int, flt: SearchFilter | None = None, with_payload: bool = True
     ) -> list[Hit]:
         """Top-``k`` points by cosine similarity that pass ``flt``, best first."""
-        return self._reader().search(vector, k, flt, with_payload)
+        return self._target(None).search(vector, k, flt, with_payload)
 
     def count(self, collection: str | None = None) -> int:
         """Exact number of points."""
         return self._target(collection).count()
 
-    def health(self, collection: str | None = None) -> dict[str, Any]:
+    def _address(self) -> dict[str, Any]:
+        return {"path": str(self.path)}
+
+    def _describe(self, collection: str | None, out: dict[str, Any]) -> None:
         """Open the collection if needed and report its size and index state."""
-        out: dict[str, Any] = {
-            "ok": False,
-            "backend": self.backend,
-            "path": str(self.path),
-            "alias": self.name,
-            "collection": collection,
-            "read_only": self.read_only,
-        }
-        try:
-            handle = self._target(collection)
-            name = collection or self._pinned
-            out.update(collection=name, path=str(handle.path))
-            out["points"] = handle.count()
-            info = handle.info()
-            out.update(
-                ok=True,
-                run_id=self.run_id_of(name) if name else None,
-                dim=handle.dim,
-                indexed_vectors=int(info.indexed_vectors_count),
-                segments=int(info.segments_count),
-                hnsw_ef=self.hnsw_ef,
-            )
-        except Exception as exc:  # a health check reports, it does not raise
-            out.setdefault("points", None)
-            out["error"] = str(exc)
-        return out
+        handle = self._target(collection)
+        name = collection or self._pinned
+        out.update(collection=name, path=str(handle.path))
+        out["points"] = handle.count()
+        info = handle.info()
+        out.update(
+            ok=True,
+            run_id=self.run_id_of(name) if name else None,
+            dim=handle.dim,
+            indexed_vectors=int(info.indexed_vectors_count),
+            segments=int(info.segments_count),
+            hnsw_ef=self.hnsw_ef,
+        )
 
     def __repr__(self) -> str:
         return (

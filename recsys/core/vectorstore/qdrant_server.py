@@ -44,13 +44,12 @@ from recsys.core.vectorstore.base import (
     VectorStore,
     VectorStoreConfigError,
     VectorStoreError,
-    _point_id,
     as_vector,
-    batched,
     check_k,
-    clean_payload,
     full_scan_threshold_kb,
     now_iso,
+    point_batches,
+    to_hits,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +67,13 @@ DEFAULT_ALIAS_TTL_S = 1.0
 
 #: Suffix of the copy made of a plain pre-alias collection (see the module docstring).
 LEGACY_SUFFIX = "legacy"
+
+#: The server's payload index type for each kind that ``VectorStore._create`` names.
+PAYLOAD_SCHEMAS = {
+    "keyword": qm.PayloadSchemaType.KEYWORD,
+    "float": qm.PayloadSchemaType.FLOAT,
+    "bool": qm.PayloadSchemaType.BOOL,
+}
 
 
 def server_filter(flt: SearchFilter | None) -> qm.Filter | None:
@@ -128,15 +134,11 @@ class QdrantServerVectorStore(VectorStore):
                 "A Qdrant server URL is required: set RECSYS_VECTOR_STORE__URL "
                 "(e.g. http://localhost:6333), or use RECSYS_VECTOR_STORE__TYPE=edge."
             )
-        if hnsw_ef < 1:
-            raise ValueError(f"hnsw_ef must be >= 1, got {hnsw_ef}")
-        super().__init__(collection, read_only=read_only)
+        super().__init__(collection, read_only=read_only, hnsw_ef=hnsw_ef, exact_below=exact_below)
         self.collection = collection
         self.url = url or None
         self.api_key = api_key
         self.location = None if url else location
-        self.hnsw_ef = int(hnsw_ef)
-        self.exact_below = int(exact_below)
         self.finalize_timeout_s = finalize_timeout_s
         self._owns_client = client is None
         if client is not None:
@@ -150,7 +152,6 @@ class QdrantServerVectorStore(VectorStore):
         )
         self._client: QdrantClient | None = client
         self._dims: dict[str, int] = {}
-        self._pinned: str | None = None
         self._checked_at = 0.0
 
     def where(self, name: str | None = None) -> str:
@@ -199,11 +200,15 @@ class QdrantServerVectorStore(VectorStore):
                 ) from exc
             raise VectorStoreError(f"{what} on {self.where(name)} failed: {exc}") from exc
 
+    def _info(self, name: str) -> Any:
+        """The server's description of a collection (config, status, payload indexes)."""
+        return self._call("Reading", lambda: self.client.get_collection(name), name)
+
     def _collection_dim(self, name: str) -> int:
         """Vector size of a collection, fetched once; also proves that it exists."""
         dim = self._dims.get(name)
         if dim is None:
-            info = self._call("Reading", lambda: self.client.get_collection(name), name)
+            info = self._info(name)
             vectors = info.config.params.vectors
             if not isinstance(vectors, qm.VectorParams):
                 raise VectorStoreError(f"The {self.where(name)} does not have one unnamed vector.")
@@ -221,13 +226,7 @@ class QdrantServerVectorStore(VectorStore):
         return {a.alias_name: a.collection_name for a in response.aliases}
 
     def _create(
-        self,
-        name: str,
-        dim: int,
-        keyword_fields: Sequence[str],
-        float_fields: Sequence[str],
-        bool_fields: Sequence[str],
-        metadata: dict[str, Any],
+        self, name: str, dim: int, indexes: Sequence[tuple[str, str]], metadata: dict[str, Any]
     ) -> None:
         """Create the collection with indexing paused until :meth:`finalize`.
 
@@ -246,19 +245,14 @@ class QdrantServerVectorStore(VectorStore):
                 optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=0),
                 metadata=metadata,
             )
-            for fields, schema in (
-                (keyword_fields, qm.PayloadSchemaType.KEYWORD),
-                (float_fields, qm.PayloadSchemaType.FLOAT),
-                (bool_fields, qm.PayloadSchemaType.BOOL),
-            ):
-                for field_name in fields:
-                    with warnings.catch_warnings():
-                        # Local mode warns that payload indexes have no effect there.
-                        if self._local:
-                            warnings.simplefilter("ignore", UserWarning)
-                        client.create_payload_index(
-                            name, field_name, field_schema=schema, wait=True
-                        )
+            for field_name, kind in indexes:
+                with warnings.catch_warnings():
+                    # Local mode warns that payload indexes have no effect there.
+                    if self._local:
+                        warnings.simplefilter("ignore", UserWarning)
+                    client.create_payload_index(
+                        name, field_name, field_schema=PAYLOAD_SCHEMAS[kind], wait=True
+                    )
 
         self._call("Creating", create, name)
         self._dims[name] = dim
@@ -271,7 +265,7 @@ class QdrantServerVectorStore(VectorStore):
 
     def _metadata(self, name: str) -> dict[str, Any]:
         try:
-            info = self._call("Reading", lambda: self.client.get_collection(name), name)
+            info = self._info(name)
         except CollectionNotFoundError:
             return {}
         metadata = getattr(info.config, "metadata", None)
@@ -289,10 +283,7 @@ class QdrantServerVectorStore(VectorStore):
         except ValueError:
             log.warning("ignoring a malformed history of alias %r on %r", alias, target)
             history = []
-        # The alias is authoritative: someone may have moved it with another tool.
-        if not history or history[-1].collection != target:
-            history.append(AliasEntry(target, self.run_id_of(target), None))
-        return history
+        return self._ending_at(history, target)
 
     def _write_alias(self, alias: str, history: list[AliasEntry]) -> None:
         target = history[-1].collection
@@ -328,21 +319,14 @@ class QdrantServerVectorStore(VectorStore):
 
     def _copy_collection(self, source: str, target: str) -> None:
         """Copy points, vectors, payloads and payload indexes into a new collection."""
-        info = self._call("Reading", lambda: self.client.get_collection(source), source)
-        vectors = info.config.params.vectors
-        if not isinstance(vectors, qm.VectorParams):
-            raise VectorStoreError(f"The {self.where(source)} does not have one unnamed vector.")
-        fields: dict[Any, list[str]] = {}
-        for field_name, index in (info.payload_schema or {}).items():
-            fields.setdefault(index.data_type, []).append(field_name)
-        self._create(
-            target,
-            int(vectors.size),
-            fields.get(qm.PayloadSchemaType.KEYWORD, []),
-            fields.get(qm.PayloadSchemaType.FLOAT, []),
-            fields.get(qm.PayloadSchemaType.BOOL, []),
-            {"created_at": now_iso(), "copied_from": source},
-        )
+        dim = self._collection_dim(source)
+        kinds = {schema: kind for kind, schema in PAYLOAD_SCHEMAS.items()}
+        indexes = [
+            (field_name, kinds[index.data_type])
+            for field_name, index in (self._info(source).payload_schema or {}).items()
+            if index.data_type in kinds
+        ]
+        self._create(target, dim, indexes, {"created_at": now_iso(), "copied_from": source})
         offset = None
         while True:
             records, offset = self._call(
@@ -380,12 +364,6 @@ class QdrantServerVectorStore(VectorStore):
                 self._pin(target)
         return self._pinned
 
-    def _current(self) -> str:
-        name = self._pinned or self.current_collection
-        if name is None:
-            raise CollectionNotFoundError(f"No vector {self.where()}: {INDEX_HINT}.")
-        return name
-
     def refresh(self, *, force: bool = False) -> bool:
         """Ask where the alias points, at most every ``alias_ttl_s`` seconds unless ``force``."""
         if self._pinned is None:
@@ -403,25 +381,13 @@ class QdrantServerVectorStore(VectorStore):
 
     # -- building ----------------------------------------------------------------------------
 
-    def upsert(
-        self,
-        points: Iterable[ItemPoint],
-        batch_size: int = 1024,
-        *,
-        collection: str | None = None,
-    ) -> None:
+    def _upsert(self, points: Iterable[ItemPoint], batch_size: int, collection: str | None) -> None:
         """Insert or replace points in batches, waiting for each batch to be applied."""
-        self._check_writable("write points")
         name = collection or self._current()
-        dim = self._collection_dim(name)
-        for batch in batched(points, batch_size):
+        for batch in point_batches(points, batch_size, self._collection_dim(name)):
             structs = [
-                qm.PointStruct(
-                    id=_point_id(p.id),
-                    vector=as_vector(p.vector, dim, f"vector of point {p.id}").tolist(),
-                    payload=clean_payload(p.payload),
-                )
-                for p in batch
+                qm.PointStruct(id=point_id, vector=vector, payload=payload)
+                for point_id, vector, payload in batch
             ]
             self._call(
                 "Upsert",
@@ -429,9 +395,8 @@ class QdrantServerVectorStore(VectorStore):
                 name,
             )
 
-    def finalize(self, *, collection: str | None = None) -> None:
+    def _finalize(self, collection: str | None) -> None:
         """Turn indexing on and wait until the server reports the collection green."""
-        self._check_writable("index a collection")
         name = collection or self._current()
         self._call(
             "Enabling indexing",
@@ -448,7 +413,7 @@ class QdrantServerVectorStore(VectorStore):
         # The optimizer starts asynchronously: ask for green twice in a row to avoid reading
         # the status before it has switched to yellow.
         while greens < 2:
-            info = self._call("Reading", lambda: self.client.get_collection(name), name)
+            info = self._info(name)
             greens = greens + 1 if info.status == qm.CollectionStatus.GREEN else 0
             if greens < 2:
                 if time.monotonic() > deadline:
@@ -481,7 +446,7 @@ class QdrantServerVectorStore(VectorStore):
             ),
             name,
         )
-        return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+        return to_hits(response.points, with_payload)
 
     def count(self, collection: str | None = None) -> int:
         """Exact number of points."""
@@ -489,32 +454,22 @@ class QdrantServerVectorStore(VectorStore):
         result = self._call("Counting", lambda: self.client.count(name, exact=True), name)
         return int(result.count)
 
-    def health(self, collection: str | None = None) -> dict[str, Any]:
+    def _address(self) -> dict[str, Any]:
+        return {"url": self.url or self.location}
+
+    def _describe(self, collection: str | None, out: dict[str, Any]) -> None:
         """Reach the server and describe the collection (default: the current one)."""
-        out: dict[str, Any] = {
-            "ok": False,
-            "backend": self.backend,
-            "url": self.url or self.location,
-            "alias": self.collection,
-            "collection": collection or self._pinned,
-            "read_only": self.read_only,
-        }
-        try:
-            name = collection or self._current()
-            out["collection"] = name
-            out["points"] = self.count(name)
-            info = self._call("Reading", lambda: self.client.get_collection(name), name)
-            out.update(
-                ok=True,
-                run_id=self.run_id_of(name),
-                status=str(getattr(info.status, "value", info.status)),
-                indexed_vectors=info.indexed_vectors_count,
-                hnsw_ef=self.hnsw_ef,
-            )
-        except Exception as exc:  # a health check reports, it does not raise
-            out.setdefault("points", None)
-            out["error"] = str(exc)
-        return out
+        name = collection or self._current()
+        out["collection"] = name
+        out["points"] = self.count(name)
+        info = self._info(name)
+        out.update(
+            ok=True,
+            run_id=self.run_id_of(name),
+            status=str(getattr(info.status, "value", info.status)),
+            indexed_vectors=info.indexed_vectors_count,
+            hnsw_ef=self.hnsw_ef,
+        )
 
     def __repr__(self) -> str:
         return (
