@@ -1,6 +1,6 @@
 """Dataset adapters: each layout, written small by the tests themselves, -> canonical tables.
 
-Every test checks the written schema with pyarrow against ``pipelines/schema.py`` (names and
+Every test checks the written schema with pyarrow against ``recsys/core/schema.py`` (names and
 types in canonical order, pass-through columns after), the row counts, and what the mapping did
 to a few known rows. The broken-input tests check that errors name the file, the column and the
 option that fixes it. One test imports the real ASOS DSF data when the shared folder has it; one
