@@ -66,6 +66,7 @@ from models.popularity import Popularity, RecentPopularity
 from pipelines.served_eval import evaluate_served, served_run
 from recsys.core.schema import table_path
 from recsys.core.settings import Settings
+from recsys.core.sql import parquet
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ def _load(path: Path) -> pd.DataFrame:
         con.execute("SET TimeZone = 'UTC'")
         return con.execute(
             f"""SELECT user_id, item_id, "timestamp", event_type
-                FROM read_parquet('{path}') ORDER BY "timestamp" """
+                FROM {parquet(path)} ORDER BY "timestamp" """
         ).df()
 
 

@@ -34,6 +34,7 @@ from recsys.core.schema import (
     WINDOWS,
     table_path,
 )
+from recsys.core.sql import ident, parquet, sql_str
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _user_sql(
     ``attributes`` is the normalised ``item_attributes`` table.
     """
     age_join = (
-        f"LEFT JOIN (SELECT user_id, age FROM read_parquet('{users}')) u ON u.user_id = c.user_id"
+        f"LEFT JOIN (SELECT user_id, age FROM {parquet(users)}) u ON u.user_id = c.user_id"
         if users is not None
         else "LEFT JOIN (SELECT NULL::VARCHAR AS user_id, NULL::INTEGER AS age) u ON false"
     )
@@ -124,7 +125,7 @@ def _user_sql(
     WITH ev AS (
         SELECT e.user_id, e.item_id, CAST(e."timestamp" AS TIMESTAMPTZ) AS ts, e.event_type,
                e.price, e.session_id, CAST(e."timestamp" AS DATE) AS day
-        FROM read_parquet('{inter}') e
+        FROM {parquet(inter)} e
         WHERE CAST(e."timestamp" AS DATE) > {since_sql} - INTERVAL 90 DAY
     ),
     daily AS (
@@ -167,13 +168,13 @@ def _user_sql(
                {attr_lists.format(order="h.pos")}
         FROM (SELECT user_id, unnest(purchased_items) AS item_id,
                      generate_subscripts(purchased_items, 1) AS pos FROM base) h
-        LEFT JOIN read_parquet('{attributes}') a USING (item_id)
+        LEFT JOIN {parquet(attributes)} a USING (item_id)
         GROUP BY h.user_id
     ),
     bought AS (  -- per new purchase day, newest first: item ids and their attributes
         SELECT b.user_id, b.day, list(b.item_id ORDER BY b.ts DESC) AS history,
                {attr_lists.format(order="b.ts DESC")}
-        FROM ev b LEFT JOIN read_parquet('{attributes}') a USING (item_id)
+        FROM ev b LEFT JOIN {parquet(attributes)} a USING (item_id)
         WHERE b.event_type = 'purchase' AND b.day > {since_sql}
         GROUP BY b.user_id, b.day
     ),
@@ -250,7 +251,7 @@ def _item_sql(inter: Path, since: date, base: str) -> str:
     return f"""
     WITH all_ev AS (
         SELECT user_id, item_id, event_type, price, CAST("timestamp" AS DATE) AS day
-        FROM read_parquet('{inter}')
+        FROM {parquet(inter)}
     ),
     ev AS (SELECT * FROM all_ev WHERE day > {since_sql} - INTERVAL 30 DAY),
     last_day AS (SELECT max(day) AS hi FROM all_ev),
@@ -340,7 +341,7 @@ def _activity_sql(inter: Path) -> str:
     return f"""
     WITH ev AS (
         SELECT user_id, item_id, CAST("timestamp" AS TIMESTAMPTZ) AS ts, event_type, session_id
-        FROM read_parquet('{inter}')
+        FROM {parquet(inter)}
     ),
     last_session AS (
         SELECT user_id, arg_max(session_id, ts) AS session_id FROM ev GROUP BY user_id
@@ -381,20 +382,21 @@ def _attributes_sql(items: Path, inter: Path, columns: set[str]) -> str:
     launch = (
         "CAST(i.launch_date AS TIMESTAMPTZ)" if "launch_date" in columns else "NULL::TIMESTAMPTZ"
     )
-    extras = "".join(
-        f', CAST(i."{c}" AS VARCHAR) AS "{EXTRA_PREFIX}{c}"' for c in extra_item_columns(columns)
+    extras = "".join(  # a retailer's column names are data: quoted, never spliced in as SQL
+        f", CAST(i.{ident(c)} AS VARCHAR) AS {ident(EXTRA_PREFIX + c)}"
+        for c in extra_item_columns(columns)
     )
     return f"""
     WITH first_seen AS (
         SELECT item_id, CAST(min("timestamp") AS TIMESTAMPTZ) AS ts
-        FROM read_parquet('{inter}') GROUP BY item_id
+        FROM {parquet(inter)} GROUP BY item_id
     )
     SELECT i.item_id,
            CAST(least(coalesce({launch}, f.ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                       coalesce(f.ts, TIMESTAMPTZ '2100-01-01 00:00:00+00')) AS TIMESTAMPTZ)
                 AS event_timestamp,
            {cats}, {price} AS price, {stock} AS in_stock{extras}
-    FROM read_parquet('{items}') i LEFT JOIN first_seen f USING (item_id)
+    FROM {parquet(items)} i LEFT JOIN first_seen f USING (item_id)
     ORDER BY i.item_id
     """
 
@@ -412,7 +414,7 @@ FINGERPRINT_COLUMNS = {
 
 
 def _columns(con: duckdb.DuckDBPyConnection, path: Path) -> set[str]:
-    return {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()}
+    return {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {parquet(path)}").fetchall()}
 
 
 def _fingerprint(
@@ -422,9 +424,9 @@ def _fingerprint(
     present = _columns(con, path)
     columns = [c for c in FINGERPRINT_COLUMNS[table] if c in present]
     where = f"""WHERE CAST("timestamp" AS DATE) <= DATE '{until.isoformat()}'""" if until else ""
-    quoted = ", ".join(f'"{c}"' for c in columns)
+    quoted = ", ".join(ident(c) for c in columns)
     row = con.execute(
-        f"SELECT count(*), sum(hash({quoted})) FROM read_parquet('{path}') {where}"
+        f"SELECT count(*), sum(hash({quoted})) FROM {parquet(path)} {where}"
     ).fetchone()
     return f"{row[0]}:{row[1]}"
 
@@ -475,8 +477,8 @@ def compute_features(
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")  # the CLI prints its own stage timings
     # Bounded memory: beyond the limit DuckDB spills window and join state to disk.
-    con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute(f"SET temp_directory = '{out_dir / '.duckdb_tmp'}'")
+    con.execute(f"SET memory_limit = {sql_str(memory_limit)}")
+    con.execute(f"SET temp_directory = {sql_str(out_dir / '.duckdb_tmp')}")
     con.execute("SET preserve_insertion_order = false")
     state_path = out_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -485,7 +487,7 @@ def compute_features(
         _plan(con, state, inputs, purchased_cap, out_dir) if incremental else ("full", None)
     )
     last_day = con.execute(
-        f"""SELECT max(CAST("timestamp" AS DATE)) FROM read_parquet('{inter}')"""
+        f"""SELECT max(CAST("timestamp" AS DATE)) FROM {parquet(inter)}"""
     ).fetchone()[0]
     if mode == "incremental" and since is not None and last_day <= since:
         mode = "current"
@@ -494,9 +496,7 @@ def compute_features(
     start = since if mode != "full" else FULL_RUN
 
     def previous(name: str, empty: str) -> str:
-        return (
-            f"SELECT * FROM read_parquet('{out_dir / name}.parquet')" if mode != "full" else empty
-        )
+        return f"SELECT * FROM {parquet(out_dir / f'{name}.parquet')}" if mode != "full" else empty
 
     queries = {  # in order: user tastes read the normalised attributes written first
         ITEM_ATTRIBUTES: _attributes_sql(items, inter, item_columns),
@@ -513,12 +513,12 @@ def compute_features(
         target = out_dir / f"{name}.parquet"
         tmp = target.with_suffix(".parquet.tmp")
         if mode == "incremental" and name in (USER_FEATURES, ITEM_FEATURES):
-            sql = f"SELECT * FROM read_parquet('{target}') UNION ALL BY NAME ({sql})"
-        con.execute(f"COPY ({sql}) TO '{tmp}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+            sql = f"SELECT * FROM {parquet(target)} UNION ALL BY NAME ({sql})"
+        con.execute(f"COPY ({sql}) TO {sql_str(tmp)} (FORMAT PARQUET, COMPRESSION ZSTD)")
         tmp.replace(target)
     for name in (USER_FEATURES, ITEM_FEATURES, ITEM_ATTRIBUTES, USER_ACTIVITY):
         target = out_dir / f"{name}.parquet"
-        counts[name] = con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0]
+        counts[name] = con.execute(f"SELECT count(*) FROM {parquet(target)}").fetchone()[0]
         log.info("%s: %d rows -> %s", name, counts[name], target)
     # An incremental or current run has just checked the catalogue, the users and (current
     # run) the interactions against the stored fingerprints: reuse them, do not rescan.

@@ -54,6 +54,7 @@ from recsys.core.ray_runtime import ensure_ray, fit_torch, report_last, worker_t
 from recsys.core.run import Run
 from recsys.core.schema import EVENT_TYPES, table_path
 from recsys.core.settings import Settings
+from recsys.core.sql import parquet
 
 log = logging.getLogger(__name__)
 PAIRS = "item2vec_pairs.npz"
@@ -189,7 +190,7 @@ def read_interactions(path: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{path} is missing: run `recsys validate` first.")
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
-        source = f"read_parquet('{str(path).replace(chr(39), chr(39) * 2)}')"
+        source = parquet(path)
         columns = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
         missing = {"user_id", "item_id", "timestamp", "event_type"} - columns
         if missing:

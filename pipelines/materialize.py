@@ -15,6 +15,7 @@ import duckdb
 
 from recsys.core.feast_store import apply, open_store
 from recsys.core.settings import Settings
+from recsys.core.sql import parquet
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class MaterializeSummary:
 def _earliest(path: str) -> datetime | None:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    value = con.execute(f"SELECT min(event_timestamp) FROM read_parquet('{path}')").fetchone()[0]
+    value = con.execute(f"SELECT min(event_timestamp) FROM {parquet(path)}").fetchone()[0]
     con.close()
     return value
 
@@ -37,8 +38,7 @@ def _earliest(path: str) -> datetime | None:
 def _rows_between(path: str, start: datetime, end: datetime) -> int:
     con = duckdb.connect()
     n = con.execute(
-        f"SELECT count(*) FROM read_parquet('{path}') WHERE event_timestamp > ? "
-        "AND event_timestamp <= ?",
+        f"SELECT count(*) FROM {parquet(path)} WHERE event_timestamp > ? AND event_timestamp <= ?",
         [start, end],
     ).fetchone()[0]
     con.close()

@@ -46,6 +46,7 @@ from recsys.core.ray_runtime import fit_torch, worker_threads
 from recsys.core.run import Run
 from recsys.core.schema import ITEM_NUMERIC, USER_NUMERIC, table_path
 from recsys.core.settings import Settings
+from recsys.core.sql import parquet
 
 log = logging.getLogger(__name__)
 ARRAYS = "train_arrays.npz"
@@ -68,7 +69,7 @@ def load_events(settings: Settings, event_types: tuple[str, ...]) -> pd.DataFram
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         return con.execute(
-            f"""SELECT user_id, item_id, "timestamp", event_type FROM read_parquet('{path}')
+            f"""SELECT user_id, item_id, "timestamp", event_type FROM {parquet(path)}
                 WHERE list_contains(?, event_type) ORDER BY "timestamp" """,
             [list(event_types)],
         ).df()

@@ -23,6 +23,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from recsys.core.settings import Settings, get_settings
+from recsys.core.sql import parquet
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Create or import data sets.")
@@ -647,8 +648,7 @@ def example_user(settings: Settings) -> str:
     path = settings.features_dir / "user_features.parquet"
     with duckdb.connect() as con:
         row = con.execute(
-            f"SELECT user_id FROM read_parquet('{path}') "
-            "ORDER BY purchases_total DESC, user_id LIMIT 1"
+            f"SELECT user_id FROM {parquet(path)} ORDER BY purchases_total DESC, user_id LIMIT 1"
         ).fetchone()
     if row is None:
         raise _fail(RuntimeError(f"no users in {path}"))

@@ -7,11 +7,14 @@ the vector store once at start-up (``lifespan``) and shares them across requests
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -115,6 +118,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Personalised recommendations from Feast features and Qdrant vector search.",
         lifespan=lifespan,
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming the field; the rejected input is echoed JSON-safe (a NaN or Infinity
+        in the body is not valid JSON, and once turned this answer into a 500)."""
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
+
     metrics = ApiMetrics()
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -252,3 +262,14 @@ def _json(body: BaseModel) -> Response:
 def _require_item(recommender, item_id: str) -> None:
     if not recommender.known_item(item_id):
         raise HTTPException(status_code=404, detail=f"unknown item_id: {item_id}")
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as strings ("nan", "inf"): JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value

@@ -17,18 +17,38 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from recsys.core.schema import RECENT_ACTIVITY
+
+#: Event times the feature store can hold (pandas' nanosecond timestamps end in 2262).
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
 
 
 class Event(BaseModel):
     user_id: str = Field(min_length=1, max_length=256)
     item_id: str = Field(min_length=1, max_length=256)
     event_type: Literal["view", "add_to_cart", "purchase"]
-    timestamp: datetime | None = Field(default=None, description="Default: when received.")
+    timestamp: datetime | None = Field(
+        default=None, description="Default: when received. Between 1970 and 2200 (UTC)."
+    )
     session_id: str | None = None
-    price: float | None = Field(default=None, ge=0)
+    price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _in_range(cls, value: datetime | None) -> datetime | None:
+        """In UTC, and within what the feature store can hold (an offset on 0001-01-01 or
+        9999-12-31 overflows the conversion)."""
+        if value is None:
+            return None
+        try:
+            utc = value.astimezone(UTC)
+        except (OverflowError, ValueError):
+            utc = None
+        if utc is None or not EARLIEST <= utc < LATEST:
+            raise ValueError(f"must lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC)")
+        return utc
 
 
 class EventLog:

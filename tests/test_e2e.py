@@ -295,6 +295,24 @@ def test_events_naming_unknown_items_or_types_are_refused(client) -> None:
     assert response.json()["detail"][0]["loc"][-1] == "event_type"
 
 
+@pytest.mark.parametrize(
+    "field, raw",
+    [
+        ("timestamp", '"0001-01-01T00:00:00+01:00"'),  # once overflowed into a 500
+        ("timestamp", '"9999-12-31T23:59:59-01:00"'),
+        ("price", "NaN"),  # once broke the 422 handler itself (NaN is not JSON)
+        ("price", "Infinity"),  # once accepted and logged
+        ("price", "-1"),
+    ],
+)
+def test_events_with_edge_values_are_refused_naming_the_field(client, field, raw) -> None:
+    event = '{"user_id": "edge-visitor", "item_id": "i000001", "event_type": "view"'
+    body = f'{{"events": [{event}, "{field}": {raw}}}]}}'
+    response = client.post("/events", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][-1] == field
+
+
 def test_items_carry_rank_and_reasons_and_metrics_count_requests(client, pipeline_home) -> None:
     user = _example_user(pipeline_home[1])
     items = client.get(f"/users/{user}/recommendations", params={"k": 3}).json()["items"]

@@ -162,3 +162,38 @@ def test_incremental_run_equals_a_full_recompute(tmp_path) -> None:
     assert compute_features(inc_dir, out_inc).mode == "current"  # nothing new: nothing redone
     inter.iloc[1:].to_parquet(table_path(inc_dir, "interactions"), index=False)  # history changed
     assert compute_features(inc_dir, out_inc).mode == "full"
+
+
+def test_a_crafted_catalogue_column_name_stays_a_name(tmp_path) -> None:
+    """A column name is data: quoted as an identifier, never spliced into the SQL (it once read
+    a local file into ``item_attributes``). Paths with a quote in them work too."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    # closes the quoted name, selects the file's content, and comments out the rest of the line
+    crafted = (
+        f'x" AS VARCHAR) AS "attr_x", (SELECT content FROM read_text(\'{secret}\')) AS "leak" --'
+    )
+    validated = tmp_path / "it's validated"  # a quote in a path must not break the SQL either
+    validated.mkdir()
+    pd.DataFrame(
+        {
+            "user_id": ["u1", "u2"],
+            "item_id": ["A", "B"],
+            "timestamp": [_ts(1), _ts(2)],
+            "event_type": ["purchase", "purchase"],
+            "value": 1.0,
+            "price": 10.0,
+            "session_id": ["s1", "s2"],
+        }
+    ).to_parquet(table_path(validated, "interactions"))
+    pd.DataFrame({"item_id": ["A", "B"], "x": ["1", "2"], crafted: ["p", "q"]}).to_parquet(
+        table_path(validated, "items")
+    )
+    pd.DataFrame({"user_id": ["u1", "u2"], "age": [30, 40]}).to_parquet(
+        table_path(validated, "users")
+    )
+    out = tmp_path / "features"
+    compute_features(validated, out)
+    attributes = pd.read_parquet(out / "item_attributes.parquet")
+    assert "TOP-SECRET" not in attributes.to_string() and "leak" not in attributes
+    assert attributes[f"attr_{crafted}"].tolist() == ["p", "q"]  # the column, under its own name

@@ -31,6 +31,7 @@ from recsys.core.schema import INTERACTIONS, TABLES, table_path
 
 if TYPE_CHECKING:
     from recsys.core.settings import Settings
+from recsys.core.sql import ident, sql_str  # noqa: F401  (the adapters' SQL quoting)
 
 # The tables an import may write; the holdout is interaction data kept out of training.
 CANONICAL: dict[str, pa.Schema] = {**TABLES, "holdout": INTERACTIONS}
@@ -63,16 +64,6 @@ class ImportSummary:
     seconds: float
     notes: list[str] = field(default_factory=list)
     out_dir: Path | None = None
-
-
-def sql_str(value: str | Path) -> str:
-    """A SQL string literal (paths and formats are interpolated, COPY takes no parameters)."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def ident(name: str) -> str:
-    """A quoted SQL identifier: source columns can hold spaces, dashes or reserved words."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def sql_type(dtype: pa.DataType) -> str:
