@@ -24,11 +24,10 @@ from pipelines.adapters.base import (
     TableWriter,
     as_varchar,
     canonical_select,
-    ident,
     require_dir,
     require_file,
-    sql_str,
 )
+from recsys.core.sql import ident, sql_str
 
 TRAIN = "dsf_asos_train_with_alphanumeric_dummy_ids.parquet"
 VALID = "dsf_asos_valid_with_alphanumeric_dummy_ids.parquet"

@@ -31,7 +31,7 @@ from recsys.core.schema import INTERACTIONS, TABLES, table_path
 
 if TYPE_CHECKING:
     from recsys.core.settings import Settings
-from recsys.core.sql import ident, sql_str  # noqa: F401  (the adapters' SQL quoting)
+from recsys.core.sql import ident, sql_str
 
 # The tables an import may write; the holdout is interaction data kept out of training.
 CANONICAL: dict[str, pa.Schema] = {**TABLES, "holdout": INTERACTIONS}

@@ -23,13 +23,12 @@ from pipelines.adapters.base import (
     TableWriter,
     as_varchar,
     canonical_select,
-    ident,
     require_file,
     source_relation,
-    sql_str,
     sql_type,
 )
 from recsys.core.schema import EVENT_TYPES, REQUIRED_COLUMNS
+from recsys.core.sql import ident, sql_str
 
 TIMESTAMP_UNITS = ("s", "ms", "us")
 _NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",

@@ -22,12 +22,11 @@ from pipelines.adapters.base import (
     DatasetImportError,
     TableWriter,
     canonical_select,
-    ident,
     require_dir,
     require_file,
     source_relation,
-    sql_str,
 )
+from recsys.core.sql import ident, sql_str
 
 TRANSACTIONS = "transactions_train.csv"
 ARTICLES = "articles.csv"

@@ -18,8 +18,8 @@ from pipelines.adapters.base import (
     TableWriter,
     canonical_select,
     require_dir,
-    sql_str,
 )
+from recsys.core.sql import sql_str
 
 LIKED_RATING = 4
 GENRES_100K = (
