@@ -91,6 +91,10 @@ class Recommender:
         self.online_rows = OnlineRowReader(self.feature_store, "user_serving", "user_id")
         self.online_rows.read("__warmup__")
         self.event_log = EventLog(settings.home / "events" / "events.jsonl")
+        # one writer per process: the read-fold-push of a user's activity is not atomic in the
+        # online store, and requests share Feast's connection (concurrent pushes lost updates
+        # and failed with "cannot start a transaction within a transaction")
+        self._events_lock = threading.Lock()
         self.guard = StageGuard({"features": settings.serve.features_timeout_ms,
                                  "search": settings.serve.search_timeout_ms})  # fmt: skip
         self.served = self._load(self._open_vectors())
@@ -222,22 +226,24 @@ class Recommender:
         return values
 
     def record_events(self, events: list[Event]) -> int:
-        """Log durably, then push each user's folded activity to the online store."""
+        """Log durably, then push each user's folded activity to the online store, one batch at
+        a time in this process (several API worker processes still race: see #14)."""
         from feast.data_source import PushMode
 
         events = stamp(events)
-        self.event_log.append(events)
         users = sorted({e.user_id for e in events})
-        online = self.feature_store.get_online_features(
-            features=ACTIVITY_REFS, entity_rows=[{"user_id": u} for u in users]
-        ).to_dict()
-        current = {
-            u: {name.split(":")[1]: online[name.split(":")[1]][i] for name in ACTIVITY_REFS}
-            for i, u in enumerate(online["user_id"])
-        }
-        self.feature_store.push(
-            "user_activity_push", activity_rows(events, current), to=PushMode.ONLINE
-        )
+        with self._events_lock:
+            self.event_log.append(events)
+            online = self.feature_store.get_online_features(
+                features=ACTIVITY_REFS, entity_rows=[{"user_id": u} for u in users]
+            ).to_dict()
+            current = {
+                u: {name.split(":")[1]: online[name.split(":")[1]][i] for name in ACTIVITY_REFS}
+                for i, u in enumerate(online["user_id"])
+            }
+            self.feature_store.push(
+                "user_activity_push", activity_rows(events, current), to=PushMode.ONLINE
+            )
         return len(events)
 
     def known_item(self, item_id: str) -> bool:
