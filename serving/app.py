@@ -17,7 +17,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from models.context import ItemFilters
 from models.sources import REGISTRY
@@ -64,8 +64,17 @@ class SessionRequest(BaseModel):
     k: int = Field(default=10, ge=1, le=100)
     category: str | None = None
     department: str | None = None
-    max_price: float | None = Field(default=None, gt=0)
-    in_stock: bool | None = None
+    max_price: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    in_stock: StrictBool | None = None
+
+
+class ErrorDetail(BaseModel):
+    detail: str = Field(description="What was wrong, naming the id or field.")
+
+
+#: Error answers, documented on the routes that give them.
+UNKNOWN_ITEM = {404: {"model": ErrorDetail, "description": "Unknown item id (named)."}}
+DEPENDENCY_DOWN = {503: {"description": "A dependency is down (each one's state in the body)."}}
 
 
 class ItemListResponse(BaseModel):
@@ -165,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
         return _json(_response(rec))
 
-    @app.get("/items/{item_id}/similar", response_model=ItemListResponse)
+    @app.get("/items/{item_id}/similar", response_model=ItemListResponse, responses=UNKNOWN_ITEM)
     async def similar(
         request: Request,
         item_id: str = Path(..., min_length=1, max_length=256),
@@ -184,7 +193,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 model_version=recommender.model_version, method=used)  # fmt: skip
         return _json(body)
 
-    @app.get("/items/{item_id}/bought-together", response_model=BoughtTogetherResponse)
+    @app.get(
+        "/items/{item_id}/bought-together",
+        response_model=BoughtTogetherResponse,
+        responses=UNKNOWN_ITEM,
+    )
     async def bought_together(
         request: Request,
         item_id: str = Path(..., min_length=1, max_length=256),
@@ -212,7 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _json(ItemListResponse(items=[RecommendedItem(**i) for i in items],
                                       model_version=recommender.model_version))  # fmt: skip
 
-    @app.post("/events", response_model=EventsAccepted)
+    @app.post("/events", response_model=EventsAccepted, responses=UNKNOWN_ITEM)
     def events(batch: EventBatch, request: Request) -> EventsAccepted:
         """Record shop events: logged durably, then visible to the next recommendation.
 
@@ -230,7 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus text format: requests, latency per endpoint and stage, fallbacks."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/health")
+    @app.get("/health", responses=DEPENDENCY_DOWN)
     def health(request: Request) -> JSONResponse:
         """Each dependency's state; 503 when one is down."""
         checks = request.app.state.recommender.health()

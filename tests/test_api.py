@@ -327,3 +327,29 @@ def test_content_similarity_ranks_by_the_item_text(client, shop, pipeline_settin
     np.testing.assert_allclose([i["score"] for i in body["items"]], best, atol=1e-5)
     for got in body["items"]:  # ties may come in any order; each score is the item's own
         assert abs(scores[got["item_id"]] - got["score"]) < 1e-5
+
+
+def test_the_openapi_documents_every_error_status_the_api_answers(client) -> None:
+    """404 (unknown item), 422 (a bad field) and 503 (a dependency down) are in the schema of
+    each route that can answer them, so clients generated from it handle them (#14)."""
+    paths = client.get("/openapi.json").json()["paths"]
+    expected = {
+        ("/items/{item_id}/similar", "get"): {"200", "404", "422"},
+        ("/items/{item_id}/bought-together", "get"): {"200", "404", "422"},
+        ("/events", "post"): {"200", "404", "422"},
+        ("/health", "get"): {"200", "503"},
+        ("/users/{user_id}/recommendations", "get"): {"200", "422"},
+    }
+    for (path, verb), statuses in expected.items():
+        assert statuses <= set(paths[path][verb]["responses"]), (path, verb)
+
+
+def test_session_filters_are_strict_about_types(client) -> None:
+    body = {"session_items": [], "in_stock": 0}  # a number is not a boolean
+    response = client.post("/recommendations", json=body)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "in_stock"
+    response = client.post(
+        "/recommendations", content='{"session_items": [], "max_price": Infinity}',
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "max_price"
