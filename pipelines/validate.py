@@ -588,6 +588,13 @@ def validate_dataset(
         raw = raws[name]
         if raw is None:
             continue
+        if raw.num_rows == 0:
+            raise DataValidationError(
+                f"{table_path(raw_dir, name)} has no rows: an empty {name} table would leave "
+                "nothing to learn from or serve; check the export (a header-only file?)",
+                table=name,
+                count=0,
+            )
         refs_items = item_ids if _rules(name) == "interactions" else None
         refs_users = user_ids if _rules(name) == "interactions" else None
         checked[name] = _check_table(

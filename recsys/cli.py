@@ -83,6 +83,8 @@ def run_import(settings: Settings, fmt: str, path: Path | None, options: dict[st
     without touching the data set (and features, Feast state) that is there now.
     """
     from pipelines.adapters import DatasetImportError, get_adapter, replace_dataset
+    from pipelines.adapters.base import rejected_dir
+    from pipelines.validate import DataValidationError
 
     with stage(f"data import {fmt}"):
         staging = settings.data_dir / "raw.importing"
@@ -90,6 +92,13 @@ def run_import(settings: Settings, fmt: str, path: Path | None, options: dict[st
         try:
             summary = get_adapter(fmt).import_dataset(staging, path=path, **options)
             removed = replace_dataset(settings, staged=staging)
+        except DataValidationError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            console.print(
+                f"  the import failed validation: the working data set is unchanged; the "
+                f"rejected tables' quarantine and report are in {rejected_dir(settings)}"
+            )
+            raise typer.Exit(code=1) from exc
         except (DatasetImportError, OSError) as exc:
             raise _fail(exc) from exc
         finally:

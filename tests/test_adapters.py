@@ -396,12 +396,24 @@ def test_replace_dataset_keeps_model_runs(tmp_path: Path) -> None:
         (folder / "x.parquet").write_text("x")
     staged = tmp_path / "staged"
     staged.mkdir()
-    (staged / "interactions.parquet").write_text("new")
+    ts = pd.Timestamp("2024-03-01", tz="UTC")
+    pd.DataFrame(
+        {
+            "user_id": ["u1", "u2"],
+            "item_id": ["a", "b"],
+            "timestamp": [ts, ts],
+            "event_type": ["purchase", "view"],
+        }
+    ).to_parquet(staged / "interactions.parquet")
+    pd.DataFrame({"item_id": ["a", "b"]}).to_parquet(staged / "items.parquet")  # fmt: skip
     removed = replace_dataset(settings, staged=staged)
     assert set(removed) == set(derived)
     assert (settings.artifacts_dir / "x.parquet").exists()
-    assert [p.name for p in settings.raw_dir.iterdir()] == ["interactions.parquet"]
+    assert sorted(p.name for p in settings.raw_dir.iterdir()) == [
+        "interactions.parquet", "items.parquet"
+    ]  # fmt: skip
     assert not settings.validated_dir.exists() and not settings.feast_dir.exists()
+    assert not (settings.data_dir / "import.rejected").exists()  # it passed: nothing kept
 
 
 @pytest.mark.e2e
@@ -435,3 +447,44 @@ def test_cli_import_validate_features(tmp_path: Path) -> None:
     proc = run_cli(home, "features")
     assert "user snapshots" in proc.stdout
     assert (settings.features_dir / "user_features.parquet").exists()
+
+
+@pytest.mark.e2e
+def test_an_import_that_fails_validation_leaves_the_working_data_set(tmp_path: Path) -> None:
+    """Imports are transactional (#14): the new data set is validated beside the old one and
+    swapped in only when it passes. A header-only file (0 rows) or one whose rows are mostly
+    unknown items once replaced everything first: validated, features and Feast were gone."""
+    home = tmp_path / "home"
+    hm = write_hm(tmp_path / "hm")
+    run_cli(home, "data", "import", "hm", str(hm))
+    run_cli(home, "validate")
+    run_cli(home, "features")
+    settings = Settings(home=home)
+    kept = {p: p.read_bytes() for p in (
+        table_path(settings.raw_dir, "interactions"),
+        table_path(settings.validated_dir, "interactions"),
+        settings.features_dir / "user_features.parquet",
+    )}  # fmt: skip
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "empty.csv").write_text("cust,sku,ts_ms,action\n")
+    unknown = pd.DataFrame({"cust": ["c1", "c2", "c3"], "sku": ["007", "nope-1", "nope-2"],
+                            "ts_ms": [1_700_000_000_000] * 3, "action": ["buy"] * 3})  # fmt: skip
+    unknown.to_csv(src / "unknown.csv", index=False)
+    (src / "items.csv").write_text("sku\n007\n")
+    for events, needle in (
+        (src / "empty.csv", "no rows"),
+        (src / "unknown.csv", "unknown_item_id"),
+    ):
+        bad = run_cli(
+            home, "data", "import", "generic", "--interactions", str(events),
+            "--items", str(src / "items.csv"), "--map", GENERIC_MAP.rsplit(",", 2)[0],
+            "--event-map", "purchase=buy", "--timestamp-unit", "ms", check=False,
+        )  # fmt: skip
+        message = " ".join(bad.stdout.split())
+        assert bad.returncode == 1 and needle in message, message
+        assert "data set is unchanged" in message
+        for path, content in kept.items():
+            assert path.read_bytes() == content, path
+        assert not (settings.data_dir / "raw.importing").exists()

@@ -317,10 +317,13 @@ def replace_dataset(settings: Settings, staged: Path | None = None) -> list[Path
     An import replaces the data set under the data root: raw, validated, quarantine and feature
     tables, and the Feast registry and online store (whose materialization watermarks refer to
     the old data) are removed. Model runs (``artifacts/``) and their vector index stay: they are
-    results, not inputs. With ``staged`` (a folder an adapter wrote into), that folder then
-    becomes the raw folder, so an import that fails half-way leaves the old data set intact.
+    results, not inputs. With ``staged`` (a folder an adapter wrote into), that folder is
+    validated first (:func:`check_staged`) and only then becomes the raw folder, so an import
+    that fails half-way or fails validation leaves the old data set intact.
     Returns the paths that were removed.
     """
+    if staged is not None:
+        check_staged(settings, Path(staged))
     removed = []
     for folder in (
         settings.raw_dir,
@@ -336,3 +339,26 @@ def replace_dataset(settings: Settings, staged: Path | None = None) -> list[Path
         settings.raw_dir.parent.mkdir(parents=True, exist_ok=True)
         Path(staged).replace(settings.raw_dir)
     return removed
+
+
+def check_staged(settings: Settings, staged: Path) -> None:
+    """Validate an import's staged tables beside the working data set, before any swap.
+
+    Raises :class:`~pipelines.validate.DataValidationError` (an empty table, a missing
+    column, too many bad rows) with the working data set untouched; the rejected import's
+    quarantine and report stay in :func:`rejected_dir` to debug it.
+    """
+    from pipelines.validate import validate_dataset
+
+    check = rejected_dir(settings)
+    shutil.rmtree(check, ignore_errors=True)
+    validate_dataset(
+        staged, check / "validated", check / "quarantine", check / "reports",
+        max_bad_fraction=settings.validation.max_bad_fraction,
+    )  # fmt: skip
+    shutil.rmtree(check)  # it passed: nothing to keep
+
+
+def rejected_dir(settings: Settings) -> Path:
+    """Where the checks of the last rejected import are kept."""
+    return settings.data_dir / "import.rejected"
