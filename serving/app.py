@@ -95,7 +95,10 @@ class EventBatch(BaseModel):
 
 
 class EventsAccepted(BaseModel):
-    accepted: int
+    accepted: int = Field(description="Events acknowledged (duplicates included).")
+    duplicates: int = Field(
+        default=0, description="Of those, retries of an event_id already applied (skipped)."
+    )
 
 
 class RecommendationResponse(BaseModel):
@@ -236,7 +239,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         unknown = sorted({e.item_id for e in batch.events if not recommender.known_item(e.item_id)})
         if unknown:
             raise HTTPException(status_code=404, detail=f"unknown item_id: {', '.join(unknown)}")
-        return EventsAccepted(accepted=recommender.record_events(batch.events))
+        accepted, duplicates = recommender.record_events(batch.events)
+        return EventsAccepted(accepted=accepted, duplicates=duplicates)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

@@ -26,6 +26,13 @@ EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo
 
 
 class Event(BaseModel):
+    event_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Optional, unique per event: a retry with the same id is acknowledged and "
+        "not applied twice.",
+    )
     user_id: str = Field(min_length=1, max_length=256)
     item_id: str = Field(min_length=1, max_length=256)
     event_type: Literal["view", "add_to_cart", "purchase"]
@@ -58,6 +65,22 @@ class EventLog:
         self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+
+    def event_ids(self) -> set[str]:
+        """The ``event_id`` of every logged event: what a restarted API must not apply again.
+        A torn last line (a crash mid-write) is skipped."""
+        ids: set[str] = set()
+        if not self.path.exists():
+            return ids
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    event_id = json.loads(line).get("event_id")
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+                if event_id:
+                    ids.add(event_id)
+        return ids
 
     def append(self, events: Sequence[Event]) -> None:
         lines = "".join(json.dumps(e.model_dump(mode="json")) + "\n" for e in events)

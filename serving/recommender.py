@@ -95,6 +95,8 @@ class Recommender:
         # online store, and requests share Feast's connection (concurrent pushes lost updates
         # and failed with "cannot start a transaction within a transaction")
         self._events_lock = threading.Lock()
+        # event ids already applied (idempotent retries), also across restarts: from the log
+        self._applied_event_ids = self.event_log.event_ids()
         self.guard = StageGuard({"features": settings.serve.features_timeout_ms,
                                  "search": settings.serve.search_timeout_ms})  # fmt: skip
         self.served = self._load(self._open_vectors())
@@ -225,15 +227,28 @@ class Recommender:
         values["purchased_items"] = list(dict.fromkeys([*fresh, *batch]))
         return values
 
-    def record_events(self, events: list[Event]) -> int:
+    def record_events(self, events: list[Event]) -> tuple[int, int]:
         """Log durably, then push each user's folded activity to the online store, one batch at
-        a time in this process (several API worker processes still race: see #14)."""
+        a time in this process (several API worker processes still race: see #14).
+
+        An event whose ``event_id`` was applied before (a retry) is acknowledged and skipped.
+        Returns (events acknowledged, of which duplicates).
+        """
         from feast.data_source import PushMode
 
-        events = stamp(events)
-        users = sorted({e.user_id for e in events})
         with self._events_lock:
-            self.event_log.append(events)
+            fresh, ids = [], set()
+            for e in events:
+                if e.event_id is not None:
+                    if e.event_id in self._applied_event_ids or e.event_id in ids:
+                        continue
+                    ids.add(e.event_id)
+                fresh.append(e)
+            if not fresh:
+                return len(events), len(events)
+            fresh = stamp(fresh)
+            users = sorted({e.user_id for e in fresh})
+            self.event_log.append(fresh)
             online = self.feature_store.get_online_features(
                 features=ACTIVITY_REFS, entity_rows=[{"user_id": u} for u in users]
             ).to_dict()
@@ -242,9 +257,10 @@ class Recommender:
                 for i, u in enumerate(online["user_id"])
             }
             self.feature_store.push(
-                "user_activity_push", activity_rows(events, current), to=PushMode.ONLINE
+                "user_activity_push", activity_rows(fresh, current), to=PushMode.ONLINE
             )
-        return len(events)
+            self._applied_event_ids |= ids
+        return len(events), len(events) - len(fresh)
 
     def known_item(self, item_id: str) -> bool:
         return self.items.index(item_id) > 0

@@ -247,7 +247,7 @@ def test_posted_purchase_leaves_the_next_recommendations_within_a_second(
     response = client.post(
         "/events", json={"events": [{"user_id": user, "item_id": bought, "event_type": "purchase"}]}
     )
-    assert response.status_code == 200 and response.json() == {"accepted": 1}
+    assert response.status_code == 200 and response.json() == {"accepted": 1, "duplicates": 0}
     after = client.get(f"/users/{user}/recommendations", params={"k": 10}).json()
     assert time.monotonic() - started < 1.0
     assert bought not in {i["item_id"] for i in after["items"]} and len(after["items"]) == 10
@@ -293,6 +293,26 @@ def test_events_naming_unknown_items_or_types_are_refused(client) -> None:
     response = client.post("/events", json={"events": [bad_type]})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][-1] == "event_type"
+
+
+def test_a_retried_event_is_acknowledged_and_applied_once(client, pipeline_settings) -> None:
+    """An ``event_id`` makes retries idempotent (#14): a client that lost the answer (a
+    SIGKILL, a timeout) sends the batch again; the event is acknowledged, logged and folded into
+    the online row once, and a restarted API still knows it (the ids come back from the log)."""
+    from serving.events import EventLog
+
+    recommender = client.app.state.recommender
+    item = recommender.items.item_ids[120]
+    event = {"event_id": "retry-1", "user_id": "retrying-buyer", "item_id": item,
+             "event_type": "purchase"}  # fmt: skip
+    first = client.post("/events", json={"events": [event]}).json()
+    again = client.post("/events", json={"events": [event, event]}).json()
+    assert first == {"accepted": 1, "duplicates": 0}
+    assert again == {"accepted": 2, "duplicates": 2}
+    assert recommender.user_features("retrying-buyer")["recent_purchases"].count(item) == 1
+    log = pipeline_settings.home / "events" / "events.jsonl"
+    assert sum('"retry-1"' in line for line in log.read_text().splitlines()) == 1
+    assert "retry-1" in EventLog(log).event_ids()
 
 
 def test_parallel_purchases_of_one_user_are_all_kept(client) -> None:
