@@ -249,6 +249,9 @@ class Recommender:
             fresh = stamp(fresh)
             users = sorted({e.user_id for e in fresh})
             self.event_log.append(fresh)
+            # logged is applied, as for a restarted API (it reads the ids back from the log):
+            # a retry after a failed push is not logged twice
+            self._applied_event_ids |= ids
             online = self.feature_store.get_online_features(
                 features=ACTIVITY_REFS, entity_rows=[{"user_id": u} for u in users]
             ).to_dict()
@@ -259,7 +262,6 @@ class Recommender:
             self.feature_store.push(
                 "user_activity_push", activity_rows(fresh, current), to=PushMode.ONLINE
             )
-            self._applied_event_ids |= ids
         return len(events), len(events) - len(fresh)
 
     def known_item(self, item_id: str) -> bool:
