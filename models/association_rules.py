@@ -376,7 +376,7 @@ def load_rules(run: Run, name: str = RULES) -> pd.DataFrame:
     table = run.read_arrow(name)
     missing = set(RULE_COLUMNS) - set(table.column_names)
     if missing:
-        where = run.file(f"{name}.parquet")
+        where = run.part(name, "table")
         raise ValueError(f"{where} is not a rules file: lacks {', '.join(sorted(missing))}")
     meta = table.schema.metadata or {}
     rules = table.select(list(RULE_COLUMNS)).cast(RULES_SCHEMA).to_pandas()

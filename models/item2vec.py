@@ -36,9 +36,7 @@ from recsys.core.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "item2vec.safetensors"
-VOCAB = "item2vec_vocab.parquet"
-MANIFEST = "item2vec_manifest.json"
+WEIGHTS, VOCAB, MANIFEST = "item2vec", "item2vec_vocab", "item2vec_manifest"  # run parts
 PAD = 0  # index 0 of every table: padding, and where unknown items map
 
 
@@ -417,15 +415,15 @@ def save_item2vec(
             "vocabulary the model was trained on."
         )
     run.path.mkdir(parents=True, exist_ok=True)
-    run.write_tensors(_stem(WEIGHTS), model.state_dict())
-    run.write_table(_stem(VOCAB), vocab.to_frame())
-    run.write_json(_stem(MANIFEST), {
+    run.write_tensors(WEIGHTS, model.state_dict())
+    run.write_table(VOCAB, vocab.to_frame())
+    run.write_json(MANIFEST, {
         "model": "item2vec",
         "created_at": datetime.now(UTC).isoformat(),
         "config": cfg.model_dump(),
         "n_items": vocab.size,
-        "weights": WEIGHTS,
-        "vocab": VOCAB,
+        "weights": run.part(WEIGHTS, "tensors").name,
+        "vocab": run.part(VOCAB, "table").name,
         "metrics": metrics or {},
         **(extra or {}),
     })  # fmt: skip
@@ -434,15 +432,12 @@ def save_item2vec(
 
 def load_item2vec(run: Run) -> Item2VecRun:
     """Load a run written by :func:`save_item2vec` (no pickle anywhere)."""
-    if not run.has(MANIFEST):
-        raise FileNotFoundError(f"{run.file(MANIFEST)} is missing: train item2vec into it first.")
-    manifest = run.read_json(_stem(MANIFEST))
+    manifest_file = run.part(MANIFEST, "json")
+    if not manifest_file.exists():
+        raise FileNotFoundError(f"{manifest_file} is missing: train item2vec into it first.")
+    manifest = run.read_json(MANIFEST)
     cfg = Item2VecConfig(**manifest["config"])
-    vocab = SessionVocabulary.from_frame(run.read_table(_stem(VOCAB)))
+    vocab = SessionVocabulary.from_frame(run.read_table(VOCAB))
     model = Item2Vec(vocab.size, cfg.dim)
-    model.load_state_dict(run.read_tensors(_stem(WEIGHTS), "torch"))
+    model.load_state_dict(run.read_tensors(WEIGHTS, "torch"))
     return Item2VecRun(model, vocab, cfg, manifest)
-
-
-def _stem(file_name: str) -> str:
-    return file_name.rsplit(".", 1)[0]

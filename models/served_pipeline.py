@@ -94,10 +94,10 @@ class ServedPipeline:
         """Everything ``recsys train`` saved in ``run``: the two-tower model and encoders, the
         candidate sources (the two-tower one asking ``vector_search``) and the ranker.
         ``item_vectors``: the run's, when the caller has read them already."""
-        if not run.has(f"{RANKER}.txt"):
+        if not run.has(RANKER, "text"):
             raise FileNotFoundError(
-                f"{run.path} has no {RANKER}.txt: it was trained without the ranking stage; "
-                "run `recsys train` (with RECSYS_RANKING__ENABLED=true)"
+                f"{run.part(RANKER, 'text')} is missing: the run was trained without the "
+                "ranking stage; run `recsys train` (with RECSYS_RANKING__ENABLED=true)"
             )
         model, users, items = load_two_tower(run)
         ranker = Ranker.load(run)
@@ -105,7 +105,7 @@ class ServedPipeline:
         try:
             return cls(generator, ranker, model, users, items, settings.ranking.max_category_share)
         except ValueError as exc:
-            raise ValueError(f"{run.file(RANKER + '.txt')}: {exc}") from exc
+            raise ValueError(f"{run.part(RANKER, 'text')}: {exc}") from exc
 
     # ------------------------------------------------------------------ context
     def user_vector(self, features: Mapping[str, Sequence[Any]]) -> np.ndarray | None:

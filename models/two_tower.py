@@ -21,7 +21,7 @@ from models.encoding import ItemEncoder, UserEncoder, load_encoders, save_encode
 from recsys.core.run import Run
 
 #: File name of the weights, in a run folder and in the checkpoint a Ray Train worker reports.
-WEIGHTS = "two_tower.safetensors"
+WEIGHTS = "two_tower"
 # Mean norm of the centred text rows the projection reads (see ``TwoTower.set_item_text``).
 TEXT_NORM = 4.0
 ITEM_INPUTS = ("item_idx", "category", "colour", "department", "style", "product_type",
@@ -261,7 +261,7 @@ def in_batch_softmax_loss(
 def save_two_tower(run: Run, model: TwoTower, users: UserEncoder, items: ItemEncoder) -> None:
     """Weights and encoders into ``run``; the config goes into the manifest
     (:func:`manifest_entry`), which ``recsys train`` writes last."""
-    run.write_tensors(WEIGHTS.removesuffix(".safetensors"), model.state_dict())
+    run.write_tensors(WEIGHTS, model.state_dict())
     save_encoders(run, users, items)
 
 
@@ -272,7 +272,7 @@ def manifest_entry(model: TwoTower) -> dict[str, dict]:
 def load_two_tower(run: Run) -> tuple[TwoTower, UserEncoder, ItemEncoder]:
     """The model (in eval mode) and its encoders, as ``recsys train`` saved them."""
     model = TwoTower(TwoTowerConfig(**run.manifest["model_config"]))
-    model.load_state_dict(run.read_tensors(WEIGHTS.removesuffix(".safetensors"), "torch"))
+    model.load_state_dict(run.read_tensors(WEIGHTS, "torch"))
     model.eval()
     users, items = load_encoders(run)
     return model, users, items

@@ -31,7 +31,7 @@ def served_run(settings: Settings) -> Run | None:
         run = Run.current(settings.artifacts_dir)
     except FileNotFoundError:
         return None
-    return run if run.has(f"{RANKER}.txt") else None
+    return run if run.has(RANKER, "text") else None
 
 
 def evaluate_served(

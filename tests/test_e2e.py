@@ -43,7 +43,7 @@ def test_demo_runs_every_stage_and_leaves_its_outputs(pipeline_home, pipeline_se
         assert (s.features_dir / f"{name}.parquet").exists()
     assert (s.feast_dir / "registry.db").exists() and (s.feast_dir / "online_store.db").exists()
     run = Run.current(s.artifacts_dir)
-    assert run.has(WEIGHTS) and run.has("item_vectors.safetensors")
+    assert run.has(WEIGHTS, "tensors") and run.has("item_vectors", "tensors")
     assert {"model_config", "train_config", "data", "metrics"} <= set(run.manifest)
     assert "curl -s 'http://127.0.0.1:8000/users/" in output
 

@@ -249,7 +249,7 @@ def test_saved_run_round_trips_without_pickle(planted, tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.vectors, result.run.vectors)
     some = str(loaded.vocab.item_ids[3])
     assert loaded.similar_items(some, 5) == result.run.similar_items(some, 5)
-    manifest = json.loads((result.out_dir / MANIFEST).read_text())
+    manifest = Run(result.out_dir).read_json(MANIFEST)
     assert manifest["metrics"]["item2vec"] == result.metrics["item2vec"]
     assert not list(result.out_dir.glob("*.pkl")) and not list(result.out_dir.glob("*.npz"))
     with pytest.raises(KeyError, match="not in the item2vec vocabulary"):

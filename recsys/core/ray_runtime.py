@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from recsys.core.run import Run
 from recsys.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def fit_torch(
     """Run ``train_func`` on ``train.num_workers`` Ray Train workers of ``config["threads"]``
     CPUs each: the one way every model (and the training benchmark) trains through Ray.
 
-    Returns (rank 0's weights read from the file ``weights`` of its last checkpoint, the last
+    Returns (rank 0's weights read from part ``weights`` of its last checkpoint, the last
     reported metrics, seconds of the fit). ``weights`` None: the loop reports no checkpoint
     (the benchmark's empty loop) and no weights come back.
     """
@@ -125,13 +126,14 @@ def fit_torch(
         from safetensors.torch import load_file
 
         with result.checkpoint.as_directory() as ckpt:
-            state = load_file(Path(ckpt) / weights)
+            state = load_file(Run(Path(ckpt)).part(weights, "tensors"))
     return state, dict(result.metrics or {}), seconds
 
 
 def report_last(metrics: dict[str, Any], state: dict[str, Any] | None, weights: str) -> None:
     """In a Ray Train worker: the last report, with rank 0's weights (``state``; None on the
-    other ranks) as a checkpoint holding the file ``weights``. Under Train V2 that checkpoint
+    other ranks) as a checkpoint holding part ``weights`` (named as in a run folder). Under
+    Train V2 that checkpoint
     is also what carries the metrics back to the driver."""
     import tempfile
 
@@ -142,6 +144,7 @@ def report_last(metrics: dict[str, Any], state: dict[str, Any] | None, weights: 
         if state is not None:
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in state.items()}, Path(tmp) / weights)
+            part = Run(Path(tmp)).part(weights, "tensors")
+            save_file({k: v.contiguous() for k, v in state.items()}, part)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)

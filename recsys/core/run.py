@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,9 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.json"
 CURRENT = "current"
 ITEM_VECTORS = "item_vectors"
+#: The file format of each kind of part: the one place that knows a part's file name.
+SUFFIXES = {"json": ".json", "text": ".txt", "table": ".parquet", "tensors": ".safetensors"}
+PartKind = Literal["json", "text", "table", "tensors"]
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,13 @@ class Run:
         LightGBM model, training arrays handed to Ray workers)."""
         return self.path / name
 
-    def has(self, name: str) -> bool:
-        return (self.path / name).exists()
+    def part(self, name: str, kind: PartKind) -> Path:
+        """The file of part ``name`` of ``kind`` (for messages and existence checks)."""
+        return self.path / f"{name}{SUFFIXES[kind]}"
+
+    def has(self, name: str, kind: PartKind | None = None) -> bool:
+        """Whether part ``name`` of ``kind`` exists (no kind: ``name`` is a file name)."""
+        return (self.path / name if kind is None else self.part(name, kind)).exists()
 
     def remove(self, name: str) -> None:
         (self.path / name).unlink(missing_ok=True)
@@ -93,46 +101,46 @@ class Run:
 
     def write_manifest(self, body: Mapping[str, Any]) -> None:
         """Written last by ``recsys train``: a run with a manifest is complete."""
-        self.write_json(MANIFEST.removesuffix(".json"), body)
+        self.write_json(self.path.joinpath(MANIFEST).stem, body)
         self.__dict__.pop("manifest", None)
 
-    def _replace(self, file_name: str, write: Any) -> None:
-        """``write(tmp_path)`` then rename over ``file_name``: a reader (the API following a
-        new run) never sees half a file."""
-        path = self.path / file_name
+    def _replace(self, path: Path, write: Any) -> None:
+        """``write(tmp_path)`` then rename over ``path``: a reader (the API following a new
+        run) never sees half a file."""
         tmp = path.with_name(f".{path.name}.tmp")
         write(tmp)
         tmp.replace(path)
 
     def write_json(self, name: str, body: Any) -> None:
         text = json.dumps(body, indent=2, default=str)
-        self._replace(f"{name}.json", lambda tmp: tmp.write_text(text))
+        self._replace(self.part(name, "json"), lambda tmp: tmp.write_text(text))
 
     def read_json(self, name: str) -> Any:
-        return json.loads((self.path / f"{name}.json").read_text())
+        return json.loads(self._existing(name, "json").read_text())
 
     def write_text(self, name: str, text: str) -> None:
-        self._replace(f"{name}.txt", lambda tmp: tmp.write_text(text))
+        self._replace(self.part(name, "text"), lambda tmp: tmp.write_text(text))
 
     def read_text(self, name: str) -> str:
-        return (self.path / f"{name}.txt").read_text()
+        return self._existing(name, "text").read_text()
 
     def write_table(self, name: str, table: pd.DataFrame | pa.Table) -> None:
         """Parquet from a frame (``frame.attrs``, small metadata such as fit parameters, is
         kept) or from an Arrow table (its schema and metadata as given)."""
+        path = self.part(name, "table")
         if isinstance(table, pa.Table):
-            self._replace(f"{name}.parquet", lambda tmp: pq.write_table(table, tmp))
+            self._replace(path, lambda tmp: pq.write_table(table, tmp))
         else:
-            self._replace(f"{name}.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+            self._replace(path, lambda tmp: table.to_parquet(tmp, index=False))
 
     def read_table(self, name: str) -> pd.DataFrame:
-        return pd.read_parquet(self._existing(f"{name}.parquet"))
+        return pd.read_parquet(self._existing(name, "table"))
 
     def read_arrow(self, name: str) -> pa.Table:
-        return pq.read_table(self._existing(f"{name}.parquet"))
+        return pq.read_table(self._existing(name, "table"))
 
-    def _existing(self, file_name: str) -> Path:
-        path = self.path / file_name
+    def _existing(self, name: str, kind: PartKind) -> Path:
+        path = self.part(name, kind)
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} is missing: the run was trained without it or by an older version; "
@@ -142,21 +150,21 @@ class Run:
 
     def write_tensors(self, name: str, tensors: Mapping[str, Any]) -> None:
         """safetensors: torch tensors or numpy arrays (all of one kind)."""
-        path = self.path / f"{name}.safetensors"
+        path = self.part(name, "tensors")
         first = next(iter(tensors.values()), None)
         if isinstance(first, np.ndarray):
             from safetensors.numpy import save_file
 
             arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-            self._replace(path.name, lambda tmp: save_file(arrays, tmp))
+            self._replace(path, lambda tmp: save_file(arrays, tmp))
         else:
             from safetensors.torch import save_file as save_torch
 
             torch_tensors = {k: v.contiguous() for k, v in tensors.items()}
-            self._replace(path.name, lambda tmp: save_torch(torch_tensors, tmp))
+            self._replace(path, lambda tmp: save_torch(torch_tensors, tmp))
 
     def read_tensors(self, name: str, framework: str = "numpy") -> dict[str, Any]:
-        path = self._existing(f"{name}.safetensors")
+        path = self._existing(name, "tensors")
         if framework == "numpy":
             from safetensors.numpy import load_file
 
