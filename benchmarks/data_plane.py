@@ -10,6 +10,7 @@ runs and prints one JSON object: seconds and peak memory per stage, and material
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pyarrow.parquet as pq
 
 from recsys.core.reporting import emit_report
 
@@ -31,30 +33,25 @@ EVENTS_PER_USER = 63
 def _tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
 def run_stage(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run ``recsys *args``; return seconds, peak tree RSS (GB) and the tail of its output."""
     started = time.perf_counter()
-    child = subprocess.Popen(
+    child = psutil.Popen(  # a subprocess.Popen that is also a psutil.Process
         [str(RECSYS), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    proc = psutil.Process(child.pid)
     peak = 0
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            try:
-                peak = max(peak, _tree_rss(proc))
-            except psutil.Error:
-                pass
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, _tree_rss(child))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -73,20 +70,10 @@ def bench_size(interactions: int, work: Path) -> dict[str, Any]:
     items = min(max(users // 5, 500), 30_000)
     source, home = work / f"source_{interactions}", work / f"home_{interactions}"
     env = {**os.environ, "RECSYS_HOME": str(source), "TQDM_DISABLE": "1"}
-    synth = run_stage(
-        [
-            "data",
-            "synth",
-            f"--users={users}",
-            f"--items={items}",
-            "--days=90",
-            "--end-date=2026-11-01",
-        ],
-        env,
-    )
+    size = [f"--users={users}", f"--items={items}", "--days=90", "--end-date=2026-11-01"]
+    stages: dict[str, Any] = {"synth": run_stage(["data", "synth", *size], env)}
     raw = source / "data" / "raw"
     env["RECSYS_HOME"] = str(home)
-    stages: dict[str, Any] = {"synth": synth}
     stages["import"] = run_stage(
         ["data", "import", "generic", f"--interactions={raw / 'interactions.parquet'}",
          f"--items={raw / 'items.parquet'}", f"--users={raw / 'users.parquet'}"],
@@ -96,7 +83,7 @@ def bench_size(interactions: int, work: Path) -> dict[str, Any]:
         stages[stage] = run_stage([stage], env)
     rows = _materialized_rows(stages["materialize"]["output"])
     result: dict[str, Any] = {
-        "interactions": _count(raw / "interactions.parquet"),
+        "interactions": pq.ParquetFile(raw / "interactions.parquet").metadata.num_rows,
         "users": users,
         "items": items,
         "stages": {k: {m: v[m] for m in ("seconds", "peak_rss_gb")} for k, v in stages.items()},
@@ -105,12 +92,6 @@ def bench_size(interactions: int, work: Path) -> dict[str, Any]:
         result["materialize_rows"] = rows
         result["materialize_rows_per_s"] = round(rows / stages["materialize"]["seconds"])
     return result
-
-
-def _count(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
 
 
 def _materialized_rows(output: str) -> int | None:

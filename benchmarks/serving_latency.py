@@ -35,12 +35,7 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
     a = a[~np.isnan(a)]
     if len(a) == 0:
         return {"n": 0}
-    return {
-        "n": len(a),
-        "p50_ms": round(float(np.percentile(a, 50)), 3),
-        "p90_ms": round(float(np.percentile(a, 90)), 3),
-        "p99_ms": round(float(np.percentile(a, 99)), 3),
-    }
+    return {"n": len(a), **{f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)}}
 
 
 def floor(users: list[str]) -> dict[str, Any]:
@@ -59,11 +54,9 @@ def floor(users: list[str]) -> dict[str, Any]:
             f = rec.user_features(u)
             if f is None:
                 continue
-            inputs = rec.users.encode({k: [v] for k, v in f.items()}, rec.items)
-            with torch.no_grad():
-                vec = rec.model.user_vectors({k: torch.as_tensor(v) for k, v in inputs.items()})
+            vec = rec.pipeline.user_vector({k: [v] for k, v in f.items()})
             exclude = frozenset(int(i) for i in rec.items.indices(f["purchased_items"]) if i > 0)
-            vectors[u] = (vec[0].numpy(), exclude)
+            vectors[u] = (vec, exclude)
         for u in users:
             t = time.perf_counter()
             rec.feature_store.get_online_features(
@@ -90,9 +83,7 @@ def floor(users: list[str]) -> dict[str, Any]:
             "vector_search": _percentiles(search_ms),
             "floor_p50_ms": round(float(both), 3),
             "in_process_full_path": _percentiles(total_ms),
-            "in_process_stage_p50_ms": {
-                stage: round(float(np.percentile(ms, 50)), 3) for stage, ms in stages.items()
-            },
+            "in_process_stage_p50_ms": {s: _percentiles(ms)["p50_ms"] for s, ms in stages.items()},
         }
     finally:
         rec.close()
@@ -177,26 +168,23 @@ async def open_loop(host: str, port: int, users: list[str], rate: float,
 
 async def closed_loop(host: str, port: int, users: list[str], concurrency: int,
                       seconds: float) -> dict:  # fmt: skip
-    done = 0
-    latencies: list[float] = []
+    latencies: list[float] = []  # one per answered request
     deadline = time.perf_counter() + seconds
     client = LoadClient(host, port)
 
     async def worker(offset: int) -> None:
-        nonlocal done
         i = offset
         while time.perf_counter() < deadline:
             t = time.perf_counter()
             await client.get(_path(users[i % len(users)]))
             latencies.append((time.perf_counter() - t) * 1e3)
-            done += 1
             i += concurrency
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in range(concurrency)))
     elapsed = time.perf_counter() - started
     client.close()
-    return {"concurrency": concurrency, "throughput_rps": round(done / elapsed, 1),
+    return {"concurrency": concurrency, "throughput_rps": round(len(latencies) / elapsed, 1),
             **_percentiles(latencies)}  # fmt: skip
 
 
@@ -227,25 +215,17 @@ def main() -> None:
     }  # fmt: skip
     report["floor"] = floor(users)
 
+    host = "127.0.0.1"
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [
-            str(RECSYS),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-        ],  # fmt: skip
+        [str(RECSYS), "serve", "--host", host, "--port", str(port), "--workers", str(args.workers)],
         env={**os.environ, "RECSYS_HOME": str(settings.home)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{host}:{port}"
     try:
         for _ in range(240):
             try:
@@ -256,7 +236,6 @@ def main() -> None:
             time.sleep(0.5)
         else:
             raise RuntimeError("the API did not become healthy within 120 s")
-        host = "127.0.0.1"
         asyncio.run(open_loop(host, port, users, args.rate, 3))  # warm-up
         report["api_at_rate"] = asyncio.run(open_loop(host, port, users, args.rate, args.seconds))
         report["saturation"] = asyncio.run(

@@ -1,7 +1,7 @@
 """Training-speed benchmark: two-tower and item2vec through Ray Train against plain PyTorch.
 
-Both sides run the same per-worker epoch loop (``pipelines.two_tower_fit.fit_two_tower``,
-``pipelines.item2vec.run_epochs``) on the same arrays, built from a data root where `recsys
+Both sides run the same per-worker fit (``pipelines.two_tower_fit.fit_two_tower``,
+``pipelines.item2vec.fit_shard``) on the same arrays, built from a data root where `recsys
 validate`, `features` and `materialize` have run, for the configured (full-run) number of
 epochs. In one process and one Ray instance, ``--repeats`` rounds of: the plain loop,
 ``TorchTrainer`` with one worker using all cores (what `recsys train` does) and, with
@@ -34,17 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 
 from models.item2vec import WEIGHTS as I2V_WEIGHTS
-from models.item2vec import (
-    Item2VecConfig,
-    build_sessions,
-    skipgram_pairs,
-    subsample_keep_prob,
-)
+from models.item2vec import Item2VecConfig, build_sessions
 from models.two_tower import WEIGHTS, TwoTower
 from pipelines import item2vec as i2v
 from pipelines import train as tt
@@ -63,92 +56,53 @@ TARGET_RATIO = 1.25  # the issue's bound on Ray wall / plain wall for one worker
 
 # --------------------------------------------------------------------------- data
 def two_tower_data(settings: Settings, work: Path) -> dict[str, Any]:
-    """The arrays `recsys train` trains on, written to ``work/train_arrays.npz``, the plain
-    loop's config, and what :func:`pipelines.train.evaluate` needs to score a fit.
-
-    The same calls as :func:`pipelines.train.train`, through its
-    :func:`~pipelines.train.encode_training_set`. All training positives are used: the
-    ranker's label carve-out and the cold-item experiment, which take up to a tenth of them
-    out, are left aside, so the loop here is, if anything, a little longer than `recsys
-    train`'s.
-    """
-    cfg = settings.train
-    events = tt.load_events(settings, tuple({"purchase", *cfg.train_events}))
+    """The arrays `recsys train` trains on (its calls, up to ``encode_training_set``), their
+    fit config, and what :func:`pipelines.train.evaluate` needs to score a fit. All training
+    positives are used: the ranker's label carve-out and the cold-item experiment (up to a
+    tenth of them) are left aside, so the loop is, if anything, a little longer than `recsys
+    train`'s."""
+    events = tt.load_events(settings, tuple({"purchase", *settings.train.train_events}))
     purchases = events[events["event_type"] == "purchase"].drop(columns="event_type")
     split = tt.split_for_training(settings, events, purchases)
     store = open_store(settings)
     examples = tt.training_examples(store, split.positives, split)
     attributes = load_item_attributes(settings)
     arrays = work / tt.ARRAYS
-    items, users, _counts, model_cfg = tt.encode_training_set(
-        settings, examples, attributes, arrays
-    )
+    items, users, _, model_cfg = tt.encode_training_set(settings, examples, attributes, arrays)
     return {
         "examples": len(examples),
         "config": tt.fit_config(settings, arrays, model_cfg),
-        "arrays": arrays,
         "model_cfg": model_cfg,
         "evaluate": (store, users, items, attributes, split.train, split.test, split.cutoff),
     }
 
 
 def item2vec_data(settings: Settings, work: Path, cfg: Item2VecConfig) -> dict[str, Any]:
-    """The skip-gram pairs :func:`pipelines.item2vec.fit_item2vec` trains on, in its npz.
-
-    Its cutoff is ``test_days`` before the end of the data; a data root that came with its own
+    """The skip-gram pairs :func:`pipelines.item2vec.fit_item2vec` trains on, in its npz. Its
+    cutoff is ``test_days`` before the end of the data; a data root that came with its own
     holdout (ASOS: every event shares one timestamp, so that cutoff would hold out everything)
-    trains on all events instead, as the two-tower model does.
-    """
+    trains on all events instead, as the two-tower model does."""
     events = i2v.read_interactions(table_path(settings.validated_dir, "interactions"))
-    if table_path(settings.validated_dir, "holdout").exists():
-        ts = pd.to_datetime(events["timestamp"], utc=True)
-        cutoff = ts.max().floor("D") + pd.Timedelta(days=1)
-    else:
-        cutoff = i2v.default_cutoff(events, settings.train.test_days)
-    train_events, _ = i2v.split_sessions(events, cutoff)
-    sessions, vocab = build_sessions(train_events, min_count=cfg.min_count)
-    rng = np.random.default_rng(cfg.seed)
-    keep = subsample_keep_prob(vocab.counts, cfg.subsample)
-    center, context = skipgram_pairs(sessions, cfg.window, rng, keep)
-    shuffle = rng.permutation(len(center))
-    center, context = center[shuffle], context[shuffle]
-    np.savez(
-        work / i2v.PAIRS,
-        center=center.astype(np.int32),
-        context=context.astype(np.int32),
-        counts=vocab.counts,
-    )
-    config = {
-        "arrays": str(work / i2v.PAIRS),
-        "n_items": vocab.size,
-        "threads": worker_threads(settings),
-        "model": cfg.model_dump(),
-    }
-    return {"examples": len(center), "items": vocab.size - 1, "config": config}
+    holdout = table_path(settings.validated_dir, "holdout").exists()
+    cutoff = i2v.default_cutoff(events, 0 if holdout else settings.train.test_days)
+    sessions, vocab = build_sessions(i2v.split_sessions(events, cutoff)[0], min_count=cfg.min_count)
+    n, config = i2v.write_pairs(sessions, vocab, cfg, work / i2v.PAIRS, worker_threads(settings))
+    return {"examples": n, "items": vocab.size - 1, "config": config}
 
 
 # --------------------------------------------------------------------------- timing
 def _run(seconds: float, examples: int, epochs: int, metrics: dict[str, Any]) -> dict[str, Any]:
     """Wall seconds, samples/s and where the seconds went for one fit."""
     loop = float(metrics.get("loop_seconds", 0.0))
-    setup = float(metrics.get("setup_seconds", 0.0))
     return {
         "seconds": round(seconds, 2),
         "samples_per_s": round(examples * epochs / seconds),
         "loop_seconds": round(loop, 2),
         "loop_samples_per_s": round(examples * epochs / loop) if loop else None,
-        "setup_seconds": round(setup, 2),
+        "setup_seconds": round(float(metrics.get("setup_seconds", 0.0)), 2),
         "loss": round(float(metrics.get("loss", float("nan"))), 5),
         "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }
-
-
-def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fastest of repeated runs (the least disturbed by other work), with every time."""
-    best = dict(min(runs, key=lambda r: r["seconds"]))
-    if len(runs) > 1:
-        best["all_seconds"] = [r["seconds"] for r in runs]
-    return best
 
 
 def _with_workers(settings: Settings, work: Path, workers: int, threads: int) -> Settings:
@@ -157,28 +111,12 @@ def _with_workers(settings: Settings, work: Path, workers: int, threads: int) ->
     return settings.model_copy(update={"home": work, "train": train})
 
 
-def _compare(plain: dict[str, Any], ray: dict[str, Any]) -> None:
-    """Ray's cost over the plain fit, and the part of its wall outside our code."""
-    ray["overhead_seconds"] = round(ray["seconds"] - plain["seconds"], 2)
-    ray["ratio_to_plain"] = round(ray["seconds"] / plain["seconds"], 3)
-    # wall minus our setup (arrays, model, DDP) and loop: worker start-up, checkpoint, teardown
-    ray["outside_loop_seconds"] = round(
-        ray["seconds"] - ray["loop_seconds"] - ray["setup_seconds"], 2
-    )
-
-
-def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-
-
 def match_ray_niceness() -> dict[str, int]:
-    """Give this process (the plain fits) the niceness of Ray's workers, and say what it was.
-
-    Ray starts its workers at niceness 15 (``worker_niceness``). On an idle machine that
-    changes nothing; next to other jobs it decides who gets the cores, and a two-thread torch
-    loop that loses a core mid-step waits for it, so plain at 0 against Ray at 15 would time
-    the scheduler, not the trainer.
-    """
+    """Give this process (the plain fits) the niceness of Ray's workers, and say what it was:
+    Ray starts its workers at niceness 15 (``worker_niceness``). On an idle machine that changes
+    nothing; next to other jobs it decides who gets the cores, and a two-thread torch loop that
+    loses a core mid-step waits for it, so plain at 0 against Ray at 15 would time the
+    scheduler, not the trainer."""
     import ray
 
     @ray.remote(num_cpus=0)
@@ -213,50 +151,85 @@ def recall_at_10(data: dict[str, Any], state: dict[str, torch.Tensor]) -> float:
     model.load_state_dict(state)
     model.eval()
     store, users, items, attributes, train_rows, test_rows, cutoff = data["evaluate"]
-    vectors = tt.item_vectors(
-        model, items, tt.catalog_frame(store, attributes, items.item_ids, cutoff)
-    )
+    catalog = tt.catalog_frame(store, attributes, items.item_ids, cutoff)
+    vectors = tt.item_vectors(model, items, catalog)
     metrics = tt.evaluate(store, model, users, items, vectors, train_rows, test_rows, cutoff)
     return round(metrics["two_tower"]["recall@10"], 5)
 
 
+def _rounds(
+    settings: Settings,
+    work: Path,
+    args: argparse.Namespace,
+    name: str,
+    data: dict[str, Any],
+    epochs: int,
+    extra: dict[str, dict[str, Any]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, torch.Tensor]]]:
+    """``args.repeats`` rounds of: plain, Ray 1 x all cores (and 2 x 1), then the ``extra`` plain
+    fits (kind: config changes), in that order, so that a burst of other work on the machine
+    hits every kind. Returns the fastest run of each kind and the weights of its last fit."""
+    module, weights = (fit, WEIGHTS) if name == "two_tower" else (i2v, I2V_WEIGHTS)
+    config, n = data["config"], data["examples"]
+    threads = config["threads"]
+    shapes = [(1, threads)] + ([(2, 1)] if args.two_workers else [])
+    fits = [("plain", config, None)]
+    fits += [(f"ray_{w}x{t}", config | {"threads": t}, (w, t)) for w, t in shapes]
+    fits += [(kind, config | change, None) for kind, change in extra.items()]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for round_ in range(args.repeats):
+        log.info("%s round %d/%d (%d thread(s))", name, round_ + 1, args.repeats, threads)
+        for kind, kind_config, shape in fits:
+            if shape is None:  # plain PyTorch in this process
+                t0 = time.perf_counter()
+                states[kind], metrics = module.train_plain(kind_config)
+                seconds = time.perf_counter() - t0
+            else:  # the seconds of ``TorchTrainer.fit``; the metrics of rank 0's loop
+                ray_settings = _with_workers(settings, work, *shape)
+                states[kind], metrics, seconds = fit_torch(
+                    ray_settings, module.train_func, kind_config, f"{name}_bench_{kind}", weights
+                )
+            runs.setdefault(kind, []).append(_run(seconds, n, epochs, metrics))
+            log.info("  %s: %.1fs", kind, seconds)
+    return _best_runs(runs, states, threads), states
+
+
+def _best_runs(
+    runs: dict[str, list[dict[str, Any]]], states: dict[str, dict[str, torch.Tensor]], threads: int
+) -> dict[str, dict[str, Any]]:
+    """The fastest round of each kind (the least disturbed by other work, with every time),
+    each Ray kind's cost over the plain fit, and how far the one-worker Ray fit's weights are
+    from the plain fit's (the same loop: they should agree)."""
+    best = {}
+    for name, rounds in runs.items():
+        best[name] = dict(min(rounds, key=lambda r: r["seconds"]))
+        if len(rounds) > 1:
+            best[name]["all_seconds"] = [r["seconds"] for r in rounds]
+    plain = best["plain"]
+    for ray in (run for name, run in best.items() if name.startswith("ray_")):
+        ray["overhead_seconds"] = round(ray["seconds"] - plain["seconds"], 2)
+        ray["ratio_to_plain"] = round(ray["seconds"] / plain["seconds"], 3)
+        # wall minus our setup (arrays, model, DDP) and loop: worker start-up, checkpoint, teardown
+        outside = ray["seconds"] - ray["loop_seconds"] - ray["setup_seconds"]
+        ray["outside_loop_seconds"] = round(outside, 2)
+    a, b = states["plain"], states[f"ray_1x{threads}"]
+    diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    best[f"ray_1x{threads}"]["weights_max_abs_diff_to_plain"] = diff
+    return best
+
+
 def bench_two_tower(settings: Settings, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Plain, Ray 1 x all cores (and 2 x 1), plain with dense id tables; ``args.repeats``
-    rounds in that order, so that a burst of other work on the machine hits every kind."""
+    """Plain, Ray 1 x all cores (and 2 x 1), plain with dense id tables (:func:`_rounds`)."""
     started = time.perf_counter()
     data = two_tower_data(settings, work)
     config, n = data["config"], data["examples"]
     epochs, threads = config["epochs"], config["threads"]
     log.info("two-tower: %d examples, %d epochs (%.1fs to build the arrays)",
              n, epochs, time.perf_counter() - started)  # fmt: skip
-    shapes = [(1, threads)] + ([(2, 1)] if args.two_workers else [])
     other = "plain_dense" if fit.SPARSE_ID_TABLES else "plain_sparse"  # the road not taken
-    runs: dict[str, list[dict[str, Any]]] = {}
-    states: dict[str, dict[str, torch.Tensor]] = {}
-    for round_ in range(args.repeats):
-        log.info("two-tower round %d/%d: plain PyTorch, %d thread(s)", round_ + 1, args.repeats,
-                 threads)  # fmt: skip
-        t0 = time.perf_counter()
-        states["plain"], metrics = fit.train_plain(config)
-        runs.setdefault("plain", []).append(_run(time.perf_counter() - t0, n, epochs, metrics))
-        log.info("  plain: %.1fs", runs["plain"][-1]["seconds"])
-        for workers, per_worker in shapes:
-            name = f"ray_{workers}x{per_worker}"
-            ray_settings = _with_workers(settings, work, workers, per_worker)
-            states[name], metrics, seconds = fit_torch(
-                ray_settings, fit.train_func,
-                tt.fit_config(ray_settings, data["arrays"], data["model_cfg"]),
-                f"two_tower_bench_{name}", WEIGHTS,
-            )  # fmt: skip
-            runs.setdefault(name, []).append(_run(seconds, n, epochs, metrics))  # rank 0's loop
-            log.info("  %s: %.1fs", name, seconds)
-        if not args.no_sparse:
-            t0 = time.perf_counter()
-            states[other], metrics = fit.train_plain(config | {"sparse": not fit.SPARSE_ID_TABLES})
-            seconds = time.perf_counter() - t0
-            runs.setdefault(other, []).append(_run(seconds, n, epochs, metrics))
-            log.info("  %s: %.1fs", other, seconds)
-    best = _best_runs(runs, states, threads)
+    extra = {} if args.no_sparse else {other: {"sparse": not fit.SPARSE_ID_TABLES}}
+    best, states = _rounds(settings, work, args, "two_tower", data, epochs, extra)
     out: dict[str, Any] = {"examples": n, "epochs": epochs, "batch_size": config["batch_size"]}
     out |= {"threads": threads, "runs": best}
     if not args.no_sparse:
@@ -271,63 +244,28 @@ def bench_two_tower(settings: Settings, work: Path, args: argparse.Namespace) ->
     return out
 
 
-def _best_runs(
-    runs: dict[str, list[dict[str, Any]]], states: dict[str, dict[str, torch.Tensor]], threads: int
-) -> dict[str, dict[str, Any]]:
-    """The fastest round of each kind, each Ray kind compared with plain, and how far the
-    one-worker Ray fit's weights are from the plain fit's (the same loop: they should agree)."""
-    best = {name: _best(kind) for name, kind in runs.items()}
-    for name in best:
-        if name.startswith("ray_"):
-            _compare(best["plain"], best[name])
-    ray_one = f"ray_1x{threads}"
-    best[ray_one]["weights_max_abs_diff_to_plain"] = _max_abs_diff(states["plain"], states[ray_one])
-    return best
-
-
 def bench_item2vec(settings: Settings, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Plain, Ray 1 x all cores (and 2 x 1); ``args.repeats`` rounds in that order."""
+    """Plain, Ray 1 x all cores (and 2 x 1) (:func:`_rounds`)."""
     cfg = Item2VecConfig()
     started = time.perf_counter()
     data = item2vec_data(settings, work, cfg)
-    config, n = data["config"], data["examples"]
-    threads = config["threads"]
+    n = data["examples"]
     log.info("item2vec: %d pairs over %d items, %d epochs (%.1fs to build them)",
              n, data["items"], cfg.epochs, time.perf_counter() - started)  # fmt: skip
-    shapes = [(1, threads)] + ([(2, 1)] if args.two_workers else [])
-    runs: dict[str, list[dict[str, Any]]] = {}
-    states: dict[str, dict[str, torch.Tensor]] = {}
-    for round_ in range(args.repeats):
-        log.info("item2vec round %d/%d: plain PyTorch", round_ + 1, args.repeats)
-        t0 = time.perf_counter()
-        states["plain"], metrics = i2v.train_plain(config)
-        runs.setdefault("plain", []).append(_run(time.perf_counter() - t0, n, cfg.epochs, metrics))
-        log.info("  plain: %.1fs", runs["plain"][-1]["seconds"])
-        for workers, per_worker in shapes:
-            name = f"ray_{workers}x{per_worker}"
-            ray_settings = _with_workers(settings, work, workers, per_worker)
-            states[name], metrics, seconds = fit_torch(
-                ray_settings, i2v.train_func, config | {"threads": per_worker},
-                f"item2vec_bench_{name}", I2V_WEIGHTS,
-            )  # fmt: skip
-            runs.setdefault(name, []).append(_run(seconds, n, cfg.epochs, metrics))
-            log.info("  %s: %.1fs", name, seconds)
-    best = _best_runs(runs, states, threads)
+    best, _ = _rounds(settings, work, args, "item2vec", data, cfg.epochs, {})
     out: dict[str, Any] = {"examples": n, "items": data["items"], "epochs": cfg.epochs}
-    out |= {"batch_size": cfg.batch_size, "threads": threads, "runs": best}
+    out |= {"batch_size": cfg.batch_size, "threads": data["config"]["threads"], "runs": best}
     out["sparse"] = "always: Item2Vec's tables have sparse gradients and SparseAdam"
     return out
 
 
 def _passive_openmp() -> None:
-    """Re-run this script with ``OMP_WAIT_POLICY=PASSIVE`` unless the caller chose a policy.
-
+    """Re-run this script with ``OMP_WAIT_POLICY=PASSIVE`` unless the caller chose a policy:
     torch's OpenMP threads spin while they wait for each other. On 2 cores shared with other
     jobs a spinning thread burns the slice its sibling needs, and an epoch measured here went
     from 5-15 s to ~200 s, plain and Ray alike. Passive waiting keeps the comparison about
     Ray. The policy is read when torch loads, hence a new process; Ray's workers inherit it.
-    Pass ``OMP_WAIT_POLICY=ACTIVE`` to time torch's default.
-    """
+    Pass ``OMP_WAIT_POLICY=ACTIVE`` to time torch's default."""
     if "OMP_WAIT_POLICY" not in os.environ:
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
@@ -350,6 +288,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
     logging.getLogger("feast").setLevel(logging.WARNING)  # "Registry cache expired", per call
     settings = Settings(home=args.home) if args.home else Settings()
+    import ray
+
     env = {k: v for k, v in os.environ.items() if k.startswith(("RAY_TRAIN_", "OMP_", "RECSYS_"))}
     report: dict[str, Any] = {
         "benchmark": "training_speed",
@@ -359,6 +299,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "ray": ray.__version__,
         },
         "env": env,
         "ray_worker_env": worker_env(settings),
@@ -368,9 +309,6 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="training_speed_") as tmp:
         work = Path(tmp)
-        import ray
-
-        report["machine"]["ray"] = ray.__version__
         t0 = time.perf_counter()
         ensure_ray(settings)  # once per process, as `recsys train` pays it once
         report["ray_init_seconds"] = round(time.perf_counter() - t0, 2)

@@ -62,9 +62,10 @@ def points(data: dict[str, Any]) -> list[ItemPoint]:
 
 
 def build(store: VectorStore, data: dict[str, Any]) -> float:
-    """Recreate, load and index the store; returns seconds."""
+    """(Re)create, load and index the store's collection; returns seconds."""
     start = time.perf_counter()
-    store.recreate(data["x"].shape[1], keyword_fields=["category"], float_fields=["price"])
+    dim = data["x"].shape[1]
+    store.create_collection(store.name, dim, ["category"], ["price"], replace=True)
     store.upsert(points(data))
     store.finalize()
     return time.perf_counter() - start
@@ -120,10 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--qdrant-url", default=None, help="Qdrant server; default :memory:")
     parser.add_argument(
-        "--qdrant-queries",
-        type=int,
-        default=None,
-        help="queries for the qdrant backend (default: --queries)",
+        "--qdrant-queries", type=int, help="queries for the qdrant backend (default: --queries)"
     )
     parser.add_argument("--skip-qdrant", action="store_true")
     args = parser.parse_args(argv)
@@ -155,11 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         edge.close()
 
     if not args.skip_qdrant:
-        qdrant = QdrantServerVectorStore(
-            "bench_items",
-            url=args.qdrant_url,
-            location=None if args.qdrant_url else ":memory:",
-            hnsw_ef=args.hnsw_ef,
+        qdrant = QdrantServerVectorStore(  # location is ignored when a url is given
+            "bench_items", url=args.qdrant_url, location=":memory:", hnsw_ef=args.hnsw_ef
         )
         build_s = build(qdrant, data)
         n = args.qdrant_queries or args.queries

@@ -66,7 +66,7 @@ class ItemEncoder:
 
     @property
     def n_items(self) -> int:
-        return len(self.item_ids) + 1
+        return self.vocab.size
 
     def index(self, item_id: str) -> int:
         return self.vocab.index(item_id)
@@ -75,9 +75,8 @@ class ItemEncoder:
         return self.vocab.indices(item_ids)
 
     def attr_sizes(self) -> dict[str, int]:
-        return {c: len(v) + 1 for c, v in self.attr_vocabs.items()} | {
-            "price_bucket": len(self.price_edges) + 2
-        }
+        sizes = {c: len(v) + 1 for c, v in self.attr_vocabs.items()}
+        return sizes | {"price_bucket": len(self.price_edges) + 2}
 
     def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Tensor inputs of the item tower for rows with item_id + attribute columns."""
@@ -95,10 +94,8 @@ class ItemEncoder:
         return out
 
     def attribute_table(self, catalog: pd.DataFrame) -> np.ndarray:
-        """Attribute indices per item index (row 0 = padding) for the model's history pooling.
-
-        ``catalog`` holds one row per ``item_ids`` entry, in that order.
-        """
+        """Attribute indices per item index (row 0 = padding) for the model's history pooling,
+        from ``catalog``: one row per ``item_ids`` entry, in that order."""
         encoded = self.encode(catalog)
         table = np.zeros((self.n_items, len(self.attr_sizes())), dtype=np.int64)
         table[1:] = np.stack([encoded[name] for name in self.attr_sizes()], axis=1)
@@ -117,10 +114,10 @@ class UserEncoder:
     history: int
     means: dict[str, float]
     stds: dict[str, float]
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
+    vocab: Vocabulary = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._index = {u: i + 1 for i, u in enumerate(self.user_ids)}
+        self.vocab = Vocabulary(self.user_ids)
         self._means = np.array([self.means[c] for c in USER_NUMERIC])
         self._stds = np.array([self.stds[c] for c in USER_NUMERIC])
 
@@ -137,31 +134,26 @@ class UserEncoder:
 
     @property
     def n_users(self) -> int:
-        return len(self.user_ids) + 1
+        return self.vocab.size
 
     def encode(
         self, features: pd.DataFrame | Mapping[str, Sequence[Any]], items: ItemEncoder
     ) -> dict[str, np.ndarray]:
-        """User tower inputs from columns (a DataFrame, or Feast's online ``to_dict()``).
-
-        Works on plain arrays rather than pandas so that one online row encodes in
-        microseconds; a missing feature (a user's first day) encodes as the training mean.
-        """
-        get = self._index.get
+        """User tower inputs from columns (a DataFrame, or Feast's online ``to_dict()``), on
+        plain arrays rather than pandas so that one online row encodes in microseconds; a
+        missing feature (a user's first day) encodes as the training mean."""
         ids = [str(u) for u in features["user_id"]]
         raw = _user_raw(features, len(ids))
-        numeric = ((np.where(np.isnan(raw), self._means, raw) - self._means) / self._stds).astype(
-            np.float32
-        )
+        filled = np.where(np.isnan(raw), self._means, raw)
+        numeric = ((filled - self._means) / self._stds).astype(np.float32)
         hist = np.zeros((len(ids), self.history), dtype=np.int64)
         column = features["purchased_items"] if "purchased_items" in features else [None] * len(ids)
         for row, bought in enumerate(column):
-            if bought is None or len(bought) == 0:
-                continue
-            idx = items.indices(list(bought[: self.history]))
-            hist[row, : len(idx)] = idx
+            if bought is not None and len(bought) > 0:
+                idx = items.indices(list(bought[: self.history]))
+                hist[row, : len(idx)] = idx
         return {
-            "user_idx": np.fromiter((get(u, 0) for u in ids), dtype=np.int64, count=len(ids)),
+            "user_idx": self.vocab.indices(ids),
             "user_numeric": np.nan_to_num(numeric),
             "history": hist,
         }
@@ -175,16 +167,12 @@ def _user_raw(features: pd.DataFrame | Mapping[str, Sequence[Any]], n: int) -> n
     log scale. One array op per step, not per column: the API encodes one row per request."""
     columns = []
     for c in USER_NUMERIC:
-        if c not in features:
-            columns.append(np.full(n, np.nan))
-            continue
-        col = features[c]
+        col = features[c] if c in features else [None] * n
         if isinstance(col, pd.Series):
-            columns.append(
-                pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-            )
+            col = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         else:
-            columns.append([np.nan if v is None else v for v in col])
+            col = [np.nan if v is None else v for v in col]
+        columns.append(col)
     raw = np.array(columns, dtype=float).T.reshape(n, len(USER_NUMERIC))
     raw[:, _LOG_COLUMNS] = np.log1p(np.clip(raw[:, _LOG_COLUMNS], 0, None))
     return raw
@@ -212,12 +200,7 @@ def load_item_ids(run: Run) -> list[str]:
 
 
 def load_encoders(run: Run) -> tuple[UserEncoder, ItemEncoder]:
+    """The encoders :func:`save_encoders` wrote (``to_dict`` holds their other fields)."""
     meta = run.read_json(ENCODERS)
-    user_ids = run.read_table(USER_VOCAB)["user_id"].tolist()
-    item_ids = load_item_ids(run)
-    users = UserEncoder(user_ids, meta["user"]["history"], meta["user"]["means"],
-                        meta["user"]["stds"])  # fmt: skip
-    m = meta["item"]
-    items = ItemEncoder(item_ids, m["attr_vocabs"], m["price_edges"], m["numeric_means"],
-                        m["numeric_stds"])  # fmt: skip
-    return users, items
+    users = UserEncoder(run.read_table(USER_VOCAB)["user_id"].tolist(), **meta["user"])
+    return users, ItemEncoder(load_item_ids(run), **meta["item"])

@@ -28,17 +28,6 @@ log = logging.getLogger(__name__)
 PROCESSOR_FILE = "preprocessor_config.json"
 
 
-def require_pillow() -> None:
-    """Fail with an actionable message when Pillow is absent (transformers' is cryptic)."""
-    if importlib.util.find_spec("PIL") is None:
-        raise ImportError(
-            "image embeddings need Pillow (to read the image files, and for transformers' "
-            "CLIPImageProcessor), which is not installed in this Python environment "
-            "(`import PIL` fails). Install the `pillow` package, or embed text only "
-            "(kind='text')."
-        )
-
-
 class ImageEncoder:
     """Embed image files with a CLIP vision tower; load once, ``encode`` many times."""
 
@@ -51,14 +40,18 @@ class ImageEncoder:
                 "`CLIPImageProcessor(...).save_pretrained(folder)`), so that images are resized "
                 "and normalised the way the model was trained."
             )
-        require_pillow()
+        if importlib.util.find_spec("PIL") is None:  # transformers' own message is cryptic
+            raise ImportError(
+                "image embeddings need Pillow (to read the image files, and for transformers' "
+                "CLIPImageProcessor), which is not installed in this Python environment "
+                "(`import PIL` fails). Install the `pillow` package, or embed text only "
+                "(kind='text')."
+            )
         self.batch_size = batch_size
         self.device = device
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
         from transformers import AutoImageProcessor
 
-        self._torch = torch
         try:
             self.processor = AutoImageProcessor.from_pretrained(
                 self.model_path, local_files_only=True
@@ -89,14 +82,14 @@ class ImageEncoder:
 
     def encode(self, paths: list[str]) -> np.ndarray:
         """``(len(paths), dim)`` float32 unit vectors, one per image file, in order."""
-        torch = self._torch
+        import torch
+
         out = np.zeros((len(paths), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(paths), self.batch_size):
-                chunk = [str(p) for p in paths[start : start + self.batch_size]]
-                images = [self._open(p) for p in chunk]
+                images = [self._open(str(p)) for p in paths[start : start + self.batch_size]]
                 pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
                 vec = self.model(pixel_values=pixels.to(self.device)).image_embeds
                 vec = torch.nn.functional.normalize(vec.float(), p=2, dim=1)
-                out[start : start + len(chunk)] = vec.cpu().numpy()
+                out[start : start + len(images)] = vec.cpu().numpy()
         return out

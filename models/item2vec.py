@@ -4,20 +4,12 @@ Items viewed, carted or bought close together in one session are substitutes or 
 companions; skip-gram turns that co-occurrence into item vectors whose cosine neighbours serve
 "similar items" and next-item suggestions, and which also exist for items no user tower has a
 feature row for yet. The pieces here are pure (no Ray, no DuckDB) so that the training pipeline,
-the tests and the serving process share one definition:
-
-* :func:`build_sessions`: canonical interactions -> sessions as two flat arrays (CSR form:
-  item indices and offsets), ordered by time, consecutive duplicates collapsed;
-* :func:`skipgram_pairs`: vectorised (center, context) pairs within a window, after Mikolov's
-  frequent-item sub-sampling;
-* :class:`Item2Vec`: input and output embedding tables with sparse gradients (SparseAdam);
-* :func:`save_item2vec` / :func:`load_item2vec`: safetensors + Parquet vocabulary + JSON
-  manifest, nothing pickled, so that a serving process can trust what it loads.
+the tests and the serving process share one definition; a saved run is safetensors, Parquet and
+JSON, nothing pickled, so that a serving process can trust what it loads.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,10 +23,8 @@ from torch import nn
 
 from recsys.core.arrays import top_k
 from recsys.core.run import Run
-from recsys.core.schema import EVENT_TYPES
+from recsys.core.schema import EVENT_TYPES, REQUIRED_COLUMNS
 from recsys.core.vocab import Vocabulary
-
-log = logging.getLogger(__name__)
 
 WEIGHTS, VOCAB, MANIFEST = "item2vec", "item2vec_vocab", "item2vec_manifest"  # run parts
 PAD = 0  # index 0 of every table: padding, and where unknown items map
@@ -75,7 +65,6 @@ class SessionVocabulary(Vocabulary):
                 "counts must have one more entry (index 0 = padding)."
             )
         self.counts = np.asarray(counts, dtype=np.int64)
-        self.item_ids = np.asarray(self.ids, dtype=object)
 
     @classmethod
     def fit(cls, tokens: np.ndarray, min_count: int = 1) -> SessionVocabulary:
@@ -85,10 +74,6 @@ class SessionVocabulary(Vocabulary):
         ids, counts = ids[keep], counts[keep]
         order = np.lexsort((ids, -counts))
         return cls(ids[order], np.concatenate([[0], counts[order]]).astype(np.int64))
-
-    def index_of(self, item_id: str) -> int:
-        """Index of one item, 0 when it is not in the vocabulary."""
-        return self.index(item_id)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"index": np.arange(1, self.size, dtype=np.int64),
@@ -106,11 +91,9 @@ class SessionVocabulary(Vocabulary):
 # --------------------------------------------------------------------------- sessions
 @dataclass(frozen=True)
 class Sessions:
-    """Sessions as flat arrays: session s is ``items[offsets[s]:offsets[s + 1]]``.
-
-    A CSR layout keeps a million sessions in two arrays, and every step downstream (pairs,
-    transitions) is a vectorised comparison of neighbouring positions.
-    """
+    """Sessions in CSR form, session s = ``items[offsets[s]:offsets[s + 1]]``: a million
+    sessions in two arrays, and every step downstream (pairs, transitions) is a vectorised
+    comparison of neighbouring positions."""
 
     items: np.ndarray  # int64 vocabulary indices (0 = unknown where kept)
     offsets: np.ndarray  # int64, length n_sessions + 1
@@ -119,41 +102,24 @@ class Sessions:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
     def session_index(self) -> np.ndarray:
         """Session number of every position in ``items``."""
-        return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
-
-    def session(self, s: int) -> np.ndarray:
-        return self.items[self.offsets[s] : self.offsets[s + 1]]
+        return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.offsets))
 
 
 def session_keys(interactions: pd.DataFrame) -> np.ndarray:
-    """An integer session key per row: ``session_id``, or user + UTC calendar day without one.
-
-    Adapters for logs without sessions (or with gaps) leave ``session_id`` null; a shopper's day
-    is the usual stand-in. Empty strings count as null.
-    """
-    n = len(interactions)
+    """An integer session key per row: ``session_id``, or user + UTC calendar day without one
+    (null or empty: adapters for logs without sessions leave it so; a shopper's day is the usual
+    stand-in)."""
     ts = _utc_ns(interactions["timestamp"])
-    if "session_id" in interactions:
-        sid = interactions["session_id"]
-        has = (sid.notna() & (sid.astype(object) != "")).to_numpy()
-    else:
-        sid, has = None, np.zeros(n, dtype=bool)
-    key = np.empty(n, dtype=np.int64)
-    n_sid = 0
-    if has.any():
-        codes, uniques = pd.factorize(sid[has])
-        key[has] = codes
-        n_sid = len(uniques)
-    if (~has).any():
-        day = ts[~has].astype("datetime64[D]")
-        fallback = pd.DataFrame({"u": interactions["user_id"].to_numpy()[~has], "d": day})
-        key[~has] = n_sid + fallback.groupby(["u", "d"], sort=False).ngroup().to_numpy()
+    sid = interactions.get("session_id", pd.Series(None, interactions.index, dtype=object))
+    has = (sid.notna() & (sid.astype(object) != "")).to_numpy()
+    key = np.empty(len(interactions), dtype=np.int64)
+    codes, uniques = pd.factorize(sid[has])
+    key[has] = codes
+    day = ts[~has].astype("datetime64[D]")
+    fallback = pd.DataFrame({"u": interactions["user_id"].to_numpy()[~has], "d": day})
+    key[~has] = len(uniques) + fallback.groupby(["u", "d"], sort=False).ngroup().to_numpy()
     return key
 
 
@@ -167,11 +133,12 @@ def _utc_ns(timestamps: pd.Series) -> np.ndarray:
     return ts.dt.tz_convert(None).to_numpy().astype("datetime64[ns]")
 
 
-def _collapse(items: np.ndarray, sess: np.ndarray) -> np.ndarray:
-    """Mask keeping the first of each run of one item within one session."""
-    keep = np.ones(len(items), dtype=bool)
-    keep[1:] = (items[1:] != items[:-1]) | (sess[1:] != sess[:-1])
-    return keep
+def _run_starts(*columns: np.ndarray) -> np.ndarray:
+    """Mask of the positions where any of ``columns`` differs from the position before (and of
+    the first): the first of each run of one item within one session, or of each session."""
+    starts = np.ones(len(columns[0]), dtype=bool)
+    starts[1:] = np.logical_or.reduce([col[1:] != col[:-1] for col in columns])
+    return starts
 
 
 def build_sessions(
@@ -181,18 +148,17 @@ def build_sessions(
     min_count: int = 1,
     drop_unknown: bool = True,
 ) -> tuple[Sessions, SessionVocabulary]:
-    """Ordered sessions of views, carts and purchases, and the vocabulary they are coded in.
-
-    Events are grouped by session (see :func:`session_keys`), sessions ordered by their first
-    event and events by timestamp (ties keep input order), and a run of one item collapsed to
-    one step: view -> cart -> purchase of an item is one step of the journey, not three.
+    """Ordered sessions of views, carts and purchases, and the vocabulary they are coded in:
+    events grouped by session (see :func:`session_keys`), sessions ordered by their first event
+    and events by timestamp (ties keep input order), a run of one item collapsed to one step
+    (view -> cart -> purchase of an item is one step of the journey, not three).
 
     Without ``vocab`` one is fitted on these sessions (``min_count``). Items outside the
     vocabulary become 0; ``drop_unknown`` removes them (training: they carry no signal, and the
     neighbours on either side become adjacent), otherwise they stay in place (evaluation: a
     step to an unseen item is a step no model could predict, and must count as a miss).
     """
-    missing = {"user_id", "item_id", "timestamp", "event_type"} - set(interactions.columns)
+    missing = set(REQUIRED_COLUMNS["interactions"]) - set(interactions.columns)
     if missing:
         raise ValueError(
             f"interactions lack column(s) {sorted(missing)}: sessions need user_id, item_id, "
@@ -205,7 +171,7 @@ def build_sessions(
     start_of_key = pd.Series(ts).groupby(key).transform("min").to_numpy()
     order = np.lexsort((np.arange(len(events)), ts, key, start_of_key))
     key, item_codes, start_of_key = key[order], item_codes[order], start_of_key[order]
-    keep = _collapse(item_codes, key)
+    keep = _run_starts(item_codes, key)
     key, start_of_key = key[keep], start_of_key[keep]
     tokens = np.asarray(item_uniques, dtype=object)[item_codes[keep]]
     if vocab is None:
@@ -214,11 +180,9 @@ def build_sessions(
     if drop_unknown:
         known = codes != PAD
         codes, key, start_of_key = codes[known], key[known], start_of_key[known]
-        keep = _collapse(codes, key)
+        keep = _run_starts(codes, key)
         codes, key, start_of_key = codes[keep], key[keep], start_of_key[keep]
-    first = np.ones(len(key), dtype=bool)
-    first[1:] = key[1:] != key[:-1]
-    bounds = np.flatnonzero(first)
+    bounds = np.flatnonzero(_run_starts(key))
     offsets = np.append(bounds, len(key)).astype(np.int64)
     sessions = Sessions(codes, offsets, start_of_key[bounds].astype("datetime64[ns]"))
     return sessions, vocab
@@ -226,13 +190,11 @@ def build_sessions(
 
 # --------------------------------------------------------------------------- pairs
 def subsample_keep_prob(counts: np.ndarray, threshold: float) -> np.ndarray:
-    """Probability of keeping each occurrence of an item (Mikolov sub-sampling).
-
-    Frequent items (best-sellers, the homepage hero) co-occur with everything and would
-    dominate the pairs; keeping an item of frequency f with probability sqrt(t/f) + t/f (the
-    word2vec C tool's form of "discard with 1 - sqrt(t/f)") flattens them while rare items are
-    always kept. Index 0 (padding/unknown) is never kept.
-    """
+    """Probability of keeping each occurrence of an item (Mikolov sub-sampling): frequent items
+    (best-sellers, the homepage hero) co-occur with everything and would dominate the pairs;
+    keeping an item of frequency f with probability sqrt(t/f) + t/f (the word2vec C tool's form
+    of "discard with 1 - sqrt(t/f)") flattens them while rare items are always kept. Index 0
+    (padding/unknown) is never kept."""
     counts = np.asarray(counts, dtype=np.float64)
     keep = np.zeros(len(counts))
     total = counts.sum()
@@ -247,18 +209,13 @@ def subsample_keep_prob(counts: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def skipgram_pairs(
-    sessions: Sessions,
-    window: int,
-    rng: np.random.Generator,
-    keep_prob: np.ndarray | None = None,
+    sessions: Sessions, window: int, rng: np.random.Generator, keep_prob: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(center, context) index pairs, both directions, for every distance 1..``window``.
-
-    Sub-sampling (``keep_prob`` per item index) drops occurrences before windowing, as in
-    word2vec, so a dropped best-seller lets the items around it see further. Pairs never cross
-    a session boundary and never pair an item with itself or with padding. Returned in
-    generation order (by distance); shuffle before sharding across workers.
-    """
+    """(center, context) index pairs, both directions, for every distance 1..``window``, never
+    across a session boundary nor of an item with itself or with padding, in generation order
+    (by distance: shuffle before sharding). Sub-sampling (``keep_prob`` per item index) drops
+    occurrences before windowing, as in word2vec: a dropped best-seller lets its neighbours see
+    further."""
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     items, sess = sessions.items, sessions.session_index()
@@ -271,18 +228,14 @@ def skipgram_pairs(
         left, right = items[:-d][same], items[d:][same]
         centers += [left, right]
         contexts += [right, left]
-    if not centers:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
     center, context = np.concatenate(centers), np.concatenate(contexts)
     ok = (center != context) & (center != PAD) & (context != PAD)
     return center[ok].astype(np.int64), context[ok].astype(np.int64)
 
 
 def negative_cdf(counts: np.ndarray, power: float = 0.75) -> torch.Tensor:
-    """Cumulative unigram^0.75 distribution over indices (padding has weight 0).
-
-    Negatives are then ``searchsorted(cdf, uniform)``: O(log V) per draw, no alias table.
-    """
+    """Cumulative unigram^0.75 distribution over indices (padding has weight 0), for negatives
+    drawn as ``searchsorted(cdf, uniform)``: O(log V) per draw, no alias table."""
     weights = np.asarray(counts, dtype=np.float64) ** power
     weights[PAD] = 0.0
     if weights.sum() <= 0:
@@ -299,11 +252,9 @@ def draw_negatives(cdf: torch.Tensor, shape: tuple[int, ...], gen: torch.Generat
 
 # --------------------------------------------------------------------------- model
 class Item2Vec(nn.Module):
-    """Skip-gram with negative sampling: an input (center) and an output (context) table.
-
-    Both tables produce sparse gradients, so each step touches only the rows in the batch
-    (SparseAdam), which is what makes a 30k-item catalogue cheap to train on CPU.
-    """
+    """Skip-gram with negative sampling: an input (center) and an output (context) table, both
+    with sparse gradients, so that each step touches only the rows in the batch (SparseAdam):
+    what makes a 30k-item catalogue cheap to train on CPU."""
 
     def __init__(self, n_items: int, dim: int) -> None:
         super().__init__()
@@ -312,12 +263,7 @@ class Item2Vec(nn.Module):
         # word2vec's initialisation: small random inputs, zero outputs.
         nn.init.uniform_(self.input.weight, -0.5 / dim, 0.5 / dim)
         nn.init.zeros_(self.output.weight)
-        with torch.no_grad():
-            self.input.weight[PAD].zero_()
-
-    @property
-    def n_items(self) -> int:
-        return self.input.num_embeddings
+        nn.init.zeros_(self.input.weight[PAD])
 
     def forward(
         self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor
@@ -344,11 +290,9 @@ def cosine_topk(
     L2-normalised. Queries go in chunks of at most ``max_cells`` scores (64 MB), so a large
     catalogue never needs a full V x V matrix."""
     chunk = max(1, max_cells // max(len(vectors), 1))
-    k = min(k, len(vectors) - 2)
-    out_idx = np.empty((len(queries), max(k, 0)), dtype=np.int64)
-    out_score = np.empty((len(queries), max(k, 0)), dtype=np.float32)
-    if k <= 0:
-        return out_idx, out_score
+    k = max(0, min(k, len(vectors) - 2))
+    out_idx = np.empty((len(queries), k), dtype=np.int64)
+    out_score = np.empty((len(queries), k), dtype=np.float32)
     for lo in range(0, len(queries), chunk):
         q = queries[lo : lo + chunk]
         scores = vectors[q] @ vectors.T
@@ -377,24 +321,19 @@ class Item2VecRun:
         self.vectors = self.model.item_vectors().numpy()
 
     def similar_items(self, item_id: str, k: int = 10) -> list[tuple[str, float]]:
-        """The ``k`` items nearest to ``item_id`` by cosine, best first, itself excluded.
-
-        Raises ``KeyError`` for an item the model never saw (launched after training, or
-        below ``min_count``): the caller should fall back, e.g. to popular items.
-        """
+        """The ``k`` items nearest to ``item_id`` by cosine, best first, itself excluded;
+        ``KeyError`` for an item the model never saw (launched after training, or below
+        ``min_count``): the caller should fall back, e.g. to popular items."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        idx = self.vocab.index_of(item_id)
+        idx = self.vocab.index(item_id)
         if idx == PAD:
             raise KeyError(
                 f"item {item_id!r} is not in the item2vec vocabulary ({self.vocab.size - 1} "
                 "items seen in training sessions): fall back to popular items or retrain."
             )
         top, scores = cosine_topk(self.vectors, np.array([idx]), k)
-        return [
-            (str(self.vocab.item_ids[i - 1]), float(s))
-            for i, s in zip(top[0], scores[0], strict=True)
-        ]
+        return [(self.vocab.id(i), float(s)) for i, s in zip(top[0], scores[0], strict=True)]
 
 
 def save_item2vec(
@@ -405,13 +344,12 @@ def save_item2vec(
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Run:
-    """Write weights (safetensors), vocabulary (Parquet) and manifest (JSON) into ``run``.
-
-    Part names carry the model's name so a run can sit next to a two-tower run's files.
-    """
-    if model.n_items != vocab.size:
+    """Weights (safetensors), vocabulary (Parquet) and manifest (JSON) into ``run``, in parts
+    named after the model, so that they can sit next to a two-tower run's files."""
+    rows = model.input.num_embeddings
+    if rows != vocab.size:
         raise ValueError(
-            f"model has {model.n_items} rows but the vocabulary {vocab.size}: save the "
+            f"model has {rows} rows but the vocabulary {vocab.size}: save the "
             "vocabulary the model was trained on."
         )
     run.path.mkdir(parents=True, exist_ok=True)

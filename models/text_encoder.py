@@ -30,16 +30,10 @@ from recsys.core.values import is_missing
 
 log = logging.getLogger(__name__)
 
-# Item attributes that go into the embedded text, in this order, with the label they get.
+# Item attributes that go into the embedded text, in this order, labelled with their names.
 # Price and stock are left out on purpose: numbers embed poorly, and a price or stock change
 # would otherwise change the text and force a re-embedding of an unchanged product.
-TEXT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
-    ("category", "category"),
-    ("product_type", "product type"),
-    ("colour", "colour"),
-    ("department", "department"),
-    ("style", "style"),
-)
+TEXT_ATTRIBUTES = ("category", "product_type", "colour", "department", "style")
 _MISSING = {"", "unknown", "nan", "none", "null"}
 CLIP_TYPES = {"clip", "clip_text_model"}
 
@@ -49,11 +43,9 @@ class ModelFolderError(FileNotFoundError):
 
 
 def check_model_dir(model_path: str | Path, what: str = "model") -> Path:
-    """Return ``model_path`` resolved, or raise a message that says what a valid folder holds.
-
-    Checked up front because transformers' own error for a missing local folder talks about
-    the Hub and repo ids, which misleads when the problem is a typo in a path.
-    """
+    """``model_path`` resolved, or an error that says what a valid folder holds: transformers'
+    own error for a missing local folder talks about the Hub and repo ids, which misleads when
+    the problem is a typo in a path."""
     path = Path(model_path).expanduser()
     hint = (
         f"A valid {what} folder is what `save_pretrained` (or a sentence-transformers download) "
@@ -85,8 +77,7 @@ def _clean(value: Any) -> str:
 
 
 def item_text(row: Mapping[str, Any]) -> str:
-    """The text embedded for one catalogue item (a row of the canonical ``items`` table).
-
+    """The text embedded for one catalogue item (a row of the canonical ``items`` table):
     ``"{title}. {description}. category: tops; product type: shirt; colour: navy; department:
     menswear; style: classic"``. Title and description carry what a shopper reads; the
     attributes are spelled out with their names because short bare values ("navy", "classic")
@@ -97,25 +88,17 @@ def item_text(row: Mapping[str, Any]) -> str:
     The result is exactly what is hashed for the embedding cache, so any change here
     re-embeds the catalogue once.
     """
-    parts = []
-    for key in ("title", "description"):
-        text = _clean(row.get(key))
-        if text:
-            parts.append(text.rstrip(". "))
-    attrs = [f"{label}: {v}" for key, label in TEXT_ATTRIBUTES if (v := _clean(row.get(key)))]
-    if attrs:
-        parts.append("; ".join(attrs))
-    return ". ".join(parts)
+    parts = [t.rstrip(". ") for key in ("title", "description") if (t := _clean(row.get(key)))]
+    attrs = [f"{k.replace('_', ' ')}: {v}" for k in TEXT_ATTRIBUTES if (v := _clean(row.get(k)))]
+    return ". ".join([*parts, "; ".join(attrs)] if attrs else parts)
 
 
 def load_clip_tower(model_path: Path, tower: str) -> Any:
-    """``CLIP{Text,Vision}ModelWithProjection`` from a full CLIP folder or a single tower.
-
-    From a full CLIP checkpoint the tower's sub-config is taken explicitly, with the top-level
-    ``projection_dim``: the sub-configs of some exports (and of ``CLIPConfig(projection_dim=..)``)
-    keep the default 512, and loading would then fail on the projection's shape. The report of
-    the other tower's "unexpected" weights is silenced; it is expected here.
-    """
+    """``CLIP{Text,Vision}ModelWithProjection`` from a full CLIP folder or a single tower. From
+    a full checkpoint the tower's sub-config is taken with the top-level ``projection_dim``: some
+    exports' sub-configs (and ``CLIPConfig(projection_dim=..)``'s) keep the default 512, and
+    loading would fail on the projection's shape. The other tower's weights, "unexpected" here,
+    are not reported."""
     from transformers import (
         CLIPConfig,
         CLIPTextModelWithProjection,
@@ -140,10 +123,8 @@ def load_clip_tower(model_path: Path, tower: str) -> Any:
 
 class TextEncoder:
     """Embed texts with a local transformer; loads the model once, then ``encode`` many times.
-
     ``max_length`` truncates long descriptions (MiniLM was trained on 128 tokens, longer input
-    costs time and rarely helps); ``batch_size`` bounds memory per forward pass.
-    """
+    costs time and rarely helps); ``batch_size`` bounds memory per forward pass."""
 
     def __init__(
         self,
@@ -158,10 +139,8 @@ class TextEncoder:
         self.device = device
         # Before transformers/huggingface_hub are imported: they read it at import time.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
-        self._torch = torch
         config = json.loads((self.model_path / "config.json").read_text())
         self.model_type = str(config.get("model_type", ""))
         try:
@@ -185,10 +164,8 @@ class TextEncoder:
         if isinstance(limit, int) and 0 < limit < self.max_length:
             log.info("max_length %d capped to the model's %d positions", self.max_length, limit)
             self.max_length = limit
-        if self.pooling == "mean":
-            self.dim = int(self.model.config.hidden_size)
-        else:
-            self.dim = int(self.model.config.projection_dim)
+        width = "hidden_size" if self.pooling == "mean" else "projection_dim"
+        self.dim = int(getattr(self.model.config, width))
         log.info(
             "text encoder %s (%s, %s pooling, dim %d) on %s",
             self.model_path.name,
@@ -200,7 +177,8 @@ class TextEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """``(len(texts), dim)`` float32, each row of unit length (zero rows stay zero)."""
-        torch = self._torch
+        import torch
+
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # Longest first, so each batch pads to similar lengths (as sentence-transformers does);
@@ -225,6 +203,5 @@ class TextEncoder:
                     hidden = self.model(**enc).last_hidden_state
                     mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                     vec = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                vec = torch.nn.functional.normalize(vec.float(), p=2, dim=1)
-                out[rows] = vec.cpu().numpy()
+                out[rows] = torch.nn.functional.normalize(vec.float(), p=2, dim=1).cpu().numpy()
         return out

@@ -18,15 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.encoding import ItemEncoder, UserEncoder, load_encoders, save_encoders
+from recsys.core.arrays import unit_rows
 from recsys.core.run import Run
+from recsys.core.schema import ITEM_CATEGORICAL
 
 #: File name of the weights, in a run folder and in the checkpoint a Ray Train worker reports.
 WEIGHTS = "two_tower"
 # Mean norm of the centred text rows the projection reads (see ``TwoTower.set_item_text``).
 TEXT_NORM = 4.0
-ITEM_INPUTS = ("item_idx", "category", "colour", "department", "style", "product_type",
-               "price_bucket", "item_numeric")  # fmt: skip
-USER_INPUTS = ("user_idx", "user_numeric", "history")
+ITEM_INPUTS = ("item_idx", *ITEM_CATEGORICAL, "price_bucket", "item_numeric")
 
 
 @dataclass
@@ -63,20 +63,15 @@ class TwoTower(nn.Module):
             nn.Linear(2 * d + cfg.n_user_numeric, 2 * d), nn.ReLU(), nn.Linear(2 * d, d)
         )
         n_text = 1 if cfg.text_dim > 0 else 0
-        self.item_mlp = nn.Sequential(
-            nn.Linear(d * (1 + len(cfg.attr_sizes) + n_text) + cfg.n_item_numeric, 2 * d),
-            nn.ReLU(),
-            nn.Linear(2 * d, d),
-        )
+        width = d * (1 + len(cfg.attr_sizes) + n_text) + cfg.n_item_numeric
+        self.item_mlp = nn.Sequential(nn.Linear(width, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
         for emb in (self.user_id, self.item_id, self.history_item, *self.attrs.values()):
             nn.init.normal_(emb.weight, std=0.05)
         # Attribute indices of every catalogue item (row = item index), so that the history
         # is pooled from what the bought items *are*, not only from their ids: this carries
         # taste across items that few users bought. Filled by ``set_item_table``; saved with
         # the weights.
-        self.register_buffer(
-            "item_table", torch.zeros(cfg.n_items, len(cfg.attr_sizes), dtype=torch.long)
-        )
+        self.register_buffer("item_table", torch.zeros(cfg.n_items, len(cfg.attr_sizes)).long())
         # Text embedding of every catalogue item (row = item index, row 0 and items without
         # text = zeros), frozen: a sentence encoder already places "ankle boots" near "boots",
         # which a new item's id cannot. A learned projection maps it into the towers' space;
@@ -98,16 +93,14 @@ class TwoTower(nn.Module):
         self.item_table.copy_(table)
 
     def set_item_text(self, table: torch.Tensor) -> None:
-        """``table[i]``: text embedding of item index ``i`` (row 0 = padding, zeros).
-
-        The table is kept as given (unit rows: serving ranks similar descriptions by their
-        cosine); what the projection reads is each row minus the catalogue's mean text,
-        scaled so the rows' mean norm is ``TEXT_NORM``. Sentence vectors of one catalogue
-        share a large common part (MiniLM on the generated shop: the mean row has norm 0.66)
-        that says nothing about an item and that the towers had to unlearn. On the test
-        suite's shop (300 items, 3 seeds) recall@10 was 0.166 without text, 0.105 with the
-        raw rows, 0.169 centred, 0.22-0.23 centred with mean norms 2 to 4.5 (0.21 at 7.5).
-        """
+        """``table[i]``: text embedding of item index ``i`` (row 0 = padding, zeros), kept as
+        given (unit rows: serving ranks similar descriptions by their cosine); what the
+        projection reads is each row minus the catalogue's mean text, scaled so the rows' mean
+        norm is ``TEXT_NORM``. Sentence vectors of one catalogue share a large common part
+        (MiniLM on the generated shop: the mean row has norm 0.66) that says nothing about an
+        item and that the towers had to unlearn. On the test suite's shop (300 items, 3 seeds)
+        recall@10 was 0.166 without text, 0.105 with the raw rows, 0.169 centred, 0.22-0.23
+        centred with mean norms 2 to 4.5 (0.21 at 7.5)."""
         if self.text_proj is None:
             raise ValueError(
                 "this model was built with text_dim=0: set TwoTowerConfig.text_dim to the "
@@ -120,33 +113,28 @@ class TwoTower(nn.Module):
             )
         table = table.to(torch.float32)
         self.item_text.copy_(table)
-        present = table.abs().sum(1) > 0
-        if present.any():
-            centred = table[present] - table[present].mean(0)
-            self.text_mean.copy_(table[present].mean(0))
-            self.text_scale.fill_(TEXT_NORM / float(centred.norm(dim=1).mean().clamp(min=1e-6)))
+        rows = table[table.abs().sum(1) > 0]  # the items that have a text
+        if len(rows):
+            self.text_mean.copy_(rows.mean(0))
+            norm = (rows - self.text_mean).norm(dim=1).mean().clamp(min=1e-6)
+            self.text_scale.fill_(TEXT_NORM / float(norm))
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         """``text_proj`` of centred, rescaled text rows ``x`` (an item without text, a zero
-        row, gets the bias alone).
-
-        The centring and scaling are folded into the weights, ``W s (x - m) = (s W) x -
-        (s W) m``, so that a step costs what projecting the raw rows costs: no transformed
-        copy of the table is made or kept.
-        """
+        row, gets the bias alone). The centring and scaling are folded into the weights,
+        ``W s (x - m) = (s W) x - (s W) m``, so that a step costs what projecting the raw rows
+        costs: no transformed copy of the table is made or kept."""
         assert self.text_proj is not None
         weight = self.text_proj.weight * self.text_scale
         present = (x != 0).any(-1, keepdim=True)
         return F.linear(x, weight, self.text_proj.bias) - present * (weight @ self.text_mean)
 
     def _text(self, idx: torch.Tensor) -> torch.Tensor:
-        """Projected text embeddings of item indices (any shape), ``(*idx.shape, dim)``.
-
-        Each distinct item is projected once: a training batch's histories name ~10k items,
-        mostly repeats of popular ones. Projecting every lookup took 4x (2k items) and 1.5x
-        (30k, ASOS's size) the time, forward and backward, of projecting the distinct rows
-        (or the whole table, when it is smaller than the lookups).
-        """
+        """Projected text embeddings of item indices (any shape), ``(*idx.shape, dim)``, each
+        distinct item projected once: a training batch's histories name ~10k items, mostly
+        repeats of popular ones. Projecting every lookup took 4x (2k items) and 1.5x (30k,
+        ASOS's size) the time, forward and backward, of projecting the distinct rows (or the
+        whole table, when it is smaller than the lookups)."""
         flat = idx.reshape(-1)
         if flat.numel() >= len(self.item_text):
             return self._project(self.item_text)[idx]
@@ -160,14 +148,19 @@ class TwoTower(nn.Module):
             out = out * keep
         return out
 
+    def _history_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """What items (indices of any shape) add to a history pool: history-id row, attribute
+        embeddings and projected text, ``(*idx.shape, dim)``."""
+        attrs = self.item_table[idx]  # (*idx.shape, n_attrs)
+        content = sum(emb(attrs[..., j]) for j, emb in enumerate(self.attrs.values()))
+        if self.text_proj is not None:
+            content = content + self._text(idx)
+        return self.history_item(idx) + content
+
     def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hist = batch["history"]
         mask = (hist > 0).unsqueeze(-1).float()
-        attrs = self.item_table[hist]  # (batch, history, n_attrs)
-        content = sum(emb(attrs[..., j]) for j, emb in enumerate(self.attrs.values()))
-        if self.text_proj is not None:
-            content = content + self._text(hist)
-        pooled = ((self.history_item(hist) + content) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled = (self._history_rows(hist) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         x = torch.cat([self._id(self.user_id, batch["user_idx"]), pooled, batch["user_numeric"]], 1)
         return F.normalize(self.user_mlp(x), dim=-1)
 
@@ -184,26 +177,17 @@ class TwoTower(nn.Module):
 
     @torch.no_grad()
     def history_table(self) -> torch.Tensor:
-        """What each item adds to a history pool, ``(n_items, dim)``: its history-id row plus
-        its attribute embeddings and projected text (``user_vectors`` computes the same per
-        lookup). Row 0 is padding and never pooled."""
-        attrs = self.item_table
-        content = sum(emb(attrs[:, j]) for j, emb in enumerate(self.attrs.values()))
-        if self.text_proj is not None:
-            content = content + self._project(self.item_text)
-        return self.history_item.weight + content
+        """:meth:`_history_rows` of every item, ``(n_items, dim)``; row 0 is never pooled."""
+        return self._history_rows(torch.arange(self.cfg.n_items, device=self.item_table.device))
 
 
 @dataclass(frozen=True)
 class NumpyUserTower:
-    """The trained user tower as numpy arrays, for the API's one visitor per request.
-
-    A torch forward of one row spends most of its ~0.4-0.9 ms in per-op dispatch (eight
-    embedding lookups, the pooling, two linears); here the pooled item rows are looked up in a
-    table computed once per loaded run (:meth:`TwoTower.history_table`), leaving two small
-    matrix products. The output matches ``TwoTower.user_vectors`` to float32 rounding (a
-    test checks it).
-    """
+    """The trained user tower as numpy arrays, for the API's one visitor per request: a torch
+    forward of one row spends most of its ~0.4-0.9 ms in per-op dispatch (eight embedding
+    lookups, the pooling, two linears); here the pooled item rows are looked up in a table
+    computed once per loaded run (:meth:`TwoTower.history_table`), leaving two small matrix
+    products. The output matches ``TwoTower.user_vectors`` to float32 rounding (a test checks)."""
 
     user_id: np.ndarray  # (n_users, dim)
     history: np.ndarray  # (n_items, dim)
@@ -232,8 +216,7 @@ class NumpyUserTower:
         pooled = (self.history[history] * mask).sum(1) / np.maximum(mask.sum(1), 1)
         x = np.concatenate([self.user_id[user_idx], pooled, user_numeric], axis=1)
         out = np.maximum(x @ self.w1 + self.b1, 0.0) @ self.w2 + self.b2
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return (out / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit_rows(out).astype(np.float32)
 
 
 def in_batch_softmax_loss(
@@ -243,12 +226,10 @@ def in_batch_softmax_loss(
     log_q: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """Sampled softmax over the other positives of the batch, with log-Q correction.
-
-    In-batch negatives are drawn in proportion to popularity, which would teach the model to
-    push popular items down; subtracting ``log q(item)`` from each logit undoes that bias.
-    Duplicates of the positive item in the batch are masked so they do not count as negatives.
-    """
+    """Sampled softmax over the other positives of the batch, with log-Q correction: in-batch
+    negatives are drawn in proportion to popularity, which would teach the model to push popular
+    items down; subtracting ``log q(item)`` from each logit undoes that bias. Duplicates of the
+    positive item in the batch are masked so they do not count as negatives."""
     logits = users @ items.T / temperature - log_q.unsqueeze(0)
     same = item_idx.unsqueeze(0) == item_idx.unsqueeze(1)
     eye = torch.eye(len(item_idx), dtype=torch.bool, device=logits.device)
@@ -274,8 +255,7 @@ def load_two_tower(run: Run) -> tuple[TwoTower, UserEncoder, ItemEncoder]:
     model = TwoTower(TwoTowerConfig(**run.manifest["model_config"]))
     model.load_state_dict(run.read_tensors(WEIGHTS, "torch"))
     model.eval()
-    users, items = load_encoders(run)
-    return model, users, items
+    return model, *load_encoders(run)
 
 
 def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

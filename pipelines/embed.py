@@ -29,7 +29,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,9 +68,6 @@ class EmbedSummary:
     out_path: str
     cache_path: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def model_hash(model_path: str | Path) -> str:
     """sha256 of the model folder's config.json: the model's identity in cache keys."""
@@ -80,18 +77,13 @@ def model_hash(model_path: str | Path) -> str:
 
 def content_hash(model_digest: str, kind: str, payload: bytes) -> str:
     """Cache key of one input: changes when the model, the kind or the input changes."""
-    h = hashlib.sha256(f"{model_digest}\0{kind}\0".encode())
-    h.update(payload)
-    return h.hexdigest()
+    return hashlib.sha256(f"{model_digest}\0{kind}\0".encode() + payload).hexdigest()
 
 
 class BatchEncoder:
-    """Ray Data callable class: loads the encoder once per actor, embeds a batch of inputs.
-
-    A batch is ``{"content_hash": [...], "payload": [...]}`` (payload = text, or image path);
-    the answer is ``{"content_hash": [...], "vector": (n, dim) float32}``. ``use_ray=False``
-    calls the same class in-process, so both paths run identical code.
-    """
+    """Ray Data callable class: loads the encoder once per actor, embeds a batch of inputs:
+    ``{"content_hash", "payload"}`` (payload = text, or image path) in, ``{"content_hash",
+    "vector"}`` out. ``use_ray=False`` calls it in-process: both paths run identical code."""
 
     def __init__(
         self,
@@ -109,26 +101,20 @@ class BatchEncoder:
         if kind == "text":
             from models.text_encoder import TextEncoder
 
-            self.encoder: Any = TextEncoder(
-                model_path, max_length=max_length, batch_size=batch_size
-            )
+            self.encoder: Any = TextEncoder(model_path, max_length, batch_size)
         elif kind == "image":
             from models.image_encoder import ImageEncoder
 
             self.encoder = ImageEncoder(model_path, batch_size=batch_size)
         else:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        self.dim = int(self.encoder.dim)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        inputs = [str(x) for x in batch["payload"]]
-        vectors = self.encoder.encode(inputs)
+        vectors = self.encoder.encode([str(x) for x in batch["payload"]])
         return {"content_hash": np.asarray(batch["content_hash"]), "vector": vectors}
 
 
 # --- reading inputs -----------------------------------------------------------------------
-
-
 def _load_inputs(items_path: Path, kind: str, model_digest: str, image_column: str) -> pd.DataFrame:
     """``item_id``, ``payload`` (text or absolute image path) and ``content_hash`` per item."""
     if not items_path.is_file():
@@ -163,9 +149,7 @@ def _load_inputs(items_path: Path, kind: str, model_digest: str, image_column: s
                     f"{items_path}: item {item_id!r} has no {image_column}; fill it or drop "
                     "the item before embedding images."
                 )
-            path = Path(str(raw)).expanduser()
-            if not path.is_absolute():
-                path = items_path.parent / path
+            path = items_path.parent / Path(str(raw)).expanduser()  # unless absolute
             if not path.is_file():
                 raise FileNotFoundError(
                     f"{items_path}: image {path} of item {item_id!r} ({image_column}) does "
@@ -177,8 +161,6 @@ def _load_inputs(items_path: Path, kind: str, model_digest: str, image_column: s
 
 
 # --- Parquet helpers ----------------------------------------------------------------------
-
-
 def _vector_array(vectors: np.ndarray) -> pa.ListArray:
     n, dim = vectors.shape
     offsets = pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32) if n else [0], pa.int32())
@@ -210,14 +192,11 @@ def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         return np.array([], dtype=object), np.zeros((0, 0), dtype=np.float32)
     table = pq.read_table(path, columns=["content_hash", "vector"])
-    return np.asarray(table.column("content_hash").to_pylist(), dtype=object), read_vectors(
-        table, path
-    )
+    hashes = np.asarray(table.column("content_hash").to_pylist(), dtype=object)
+    return hashes, read_vectors(table, path)
 
 
 # --- encoding back ends -------------------------------------------------------------------
-
-
 def _encode_in_process(
     todo: pd.DataFrame, ctor: dict[str, Any], batch_size: int, progress: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -228,12 +207,7 @@ def _encode_in_process(
     with tqdm(total=len(todo), desc=f"embed {ctor['kind']}", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo.iloc[start : start + batch_size]
-            out = encoder(
-                {
-                    "content_hash": chunk["content_hash"].to_numpy(),
-                    "payload": chunk["payload"].to_numpy(),
-                }
-            )
+            out = encoder({c: chunk[c].to_numpy() for c in ("content_hash", "payload")})
             hashes.append(out["content_hash"])
             vectors.append(out["vector"])
             bar.update(len(chunk))
@@ -273,8 +247,6 @@ def _encode_ray(
 
 
 # --- the stage ----------------------------------------------------------------------------
-
-
 def embed_items(
     items_path: Path,
     out_path: Path,
@@ -286,13 +258,9 @@ def embed_items(
     settings: Settings | None = None,
     progress: bool = True,
 ) -> EmbedSummary:
-    """Embed every item of ``items_path`` into ``out_path``, encoding only cache misses.
-
+    """Embed every item of ``items_path`` into ``out_path``, encoding only cache misses;
     ``model_path`` defaults to ``RECSYS_EMBED__TEXT_MODEL_PATH`` / ``..._IMAGE_MODEL_PATH``,
-    and for text to the bundled all-MiniLM-L6-v2. ``settings`` (``embed`` knobs and Ray
-    limits) defaults to the process settings; ``use_ray=False`` skips Ray and encodes in this
-    process.
-    """
+    and for text to the bundled all-MiniLM-L6-v2; ``settings`` to the process settings."""
     t0 = time.perf_counter()
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -343,14 +311,12 @@ def embed_items(
             # Inside a Ray actor, match torch's threads to the CPUs the actor holds.
             "num_threads": num_cpus if use_ray else 0,
         }
-        if use_ray:
-            backend = "ray"
-            new_hashes, new_vectors = _encode_ray(
-                todo, ctor, batch_size, num_cpus, settings, progress
-            )
-        else:
-            backend = "in-process"
-            new_hashes, new_vectors = _encode_in_process(todo, ctor, batch_size, progress)
+        backend = "ray" if use_ray else "in-process"
+        new_hashes, new_vectors = (
+            _encode_ray(todo, ctor, batch_size, num_cpus, settings, progress)
+            if use_ray
+            else _encode_in_process(todo, ctor, batch_size, progress)
+        )
         if len(new_hashes) != len(todo) or set(new_hashes) != set(todo["content_hash"]):
             raise RuntimeError(
                 f"the {backend} encoder returned {len(new_hashes)} vectors for {len(todo)} "
@@ -358,39 +324,29 @@ def embed_items(
             )
     encode_seconds = time.perf_counter() - t_enc
 
-    if not len(new_hashes):
-        all_vectors = cached_vectors
-    elif not len(cached_hashes):
-        all_vectors = new_vectors
-    elif cached_vectors.shape[1] != new_vectors.shape[1]:
+    parts = [v for v in (cached_vectors, new_vectors) if len(v)]
+    if len({v.shape[1] for v in parts}) > 1:
         raise ValueError(
             f"cache {cache_path} holds {cached_vectors.shape[1]}-d vectors but the model gives "
             f"{new_vectors.shape[1]}-d ones; delete the cache file."
         )
-    else:
-        all_vectors = np.concatenate([cached_vectors, new_vectors])
+    all_vectors = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
     all_hashes = np.concatenate([cached_hashes, new_hashes])
     index.update({h: len(cached_hashes) + i for i, h in enumerate(new_hashes)})
     rows = np.fromiter((index[h] for h in inputs["content_hash"]), np.int64, len(inputs))
-    vectors = all_vectors[rows] if len(rows) else np.zeros((0, 0), dtype=np.float32)
-    dim = int(all_vectors.shape[1]) if all_vectors.size else 0
+    vectors, dim = all_vectors[rows], all_vectors.shape[1]
 
     meta = {"kind": kind, "model_path": str(model_dir), "model_hash": digest, "dim": str(dim)}
-    out = pa.table(
-        {
-            "item_id": pa.array(inputs["item_id"].tolist(), pa.string()),
-            "vector": _vector_array(vectors.reshape(len(inputs), dim)),
-            "content_hash": pa.array(inputs["content_hash"].tolist(), pa.string()),
-        }
-    ).replace_schema_metadata({f"recsys.embed.{k}": v for k, v in meta.items()})
-    _write_atomic(out, out_path)
+    columns = {
+        "item_id": pa.array(inputs["item_id"].tolist(), pa.string()),
+        "vector": _vector_array(vectors),
+        "content_hash": pa.array(inputs["content_hash"].tolist(), pa.string()),
+    }
+    metadata = {f"recsys.embed.{k}": v for k, v in meta.items()}
+    _write_atomic(pa.table(columns).replace_schema_metadata(metadata), out_path)
     if len(new_hashes):
-        cache = pa.table(
-            {
-                "content_hash": pa.array(all_hashes.tolist(), pa.string()),
-                "vector": _vector_array(all_vectors),
-            }
-        )
+        hashes = pa.array(all_hashes.tolist(), pa.string())
+        cache = pa.table({"content_hash": hashes, "vector": _vector_array(all_vectors)})
         _write_atomic(cache, cache_path)
 
     seconds = time.perf_counter() - t0

@@ -1,25 +1,22 @@
-"""What every epoch loop here reports, in one shape: the two-tower and item2vec loops (each
-run by Ray Train workers and by plain PyTorch) hand these dicts to the same callers and
-benchmarks, so they are built in one place. Standard library only: Ray workers import it."""
+"""The epoch loop of the two-tower and item2vec fits, what it reports, and the two ways to run a
+fit, Ray Train and plain PyTorch: one loop, so that the two are timed on equal terms. Light to
+import (Ray workers import it): torch and Ray are imported where used.
+
+A fit is ``fit(config, rank=0, world=1, report=None, prepare=None)``: it trains on shard
+``rank::world`` of ``config["arrays"]``, its model wrapped by ``prepare`` (Ray's
+``prepare_model``), reports every epoch but the last and returns (rank 0's weights or None, the
+final metrics)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
-
-def epoch_metrics(
-    epoch: int, total_loss: float, steps: int, started: float, counted: tuple[str, int]
-) -> dict[str, Any]:
-    """One epoch: its number (from 1), mean loss over its steps, what it counted (e.g.
-    ``("examples", n)``) and its seconds since ``started`` (``time.perf_counter()``)."""
-    name, count = counted
-    return {
-        "epoch": epoch,
-        "loss": total_loss / max(steps, 1),
-        name: count,
-        "epoch_seconds": round(time.perf_counter() - started, 3),
-    }
+log = logging.getLogger(__name__)
+Fit = Callable[..., tuple[dict[str, Any] | None, dict[str, Any]]]
 
 
 def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -28,3 +25,72 @@ def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
         "loss_history": [round(h["loss"], 6) for h in history],
         "loop_seconds": round(sum(h["epoch_seconds"] for h in history), 3),
     }
+
+
+def train_epochs(
+    epochs: int,
+    losses: Callable[[], Iterator[Any]],
+    optimizers: list[Any],
+    counted: tuple[str, int],
+    report: Callable[[dict[str, Any]], None] | None = None,
+    log_as: str | None = None,
+) -> list[dict[str, Any]]:
+    """A step of every optimizer on each loss ``losses()`` yields (shuffled batches, drawn after
+    the step before), ``epochs`` times; every epoch but the last is reported (the caller reports
+    the last with the weights) and logged as ``log_as``. Returns the metrics of every epoch."""
+    history: list[dict[str, Any]] = []
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        total, steps = 0.0, 0
+        for loss in losses():
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": total / max(steps, 1),  # the mean over the epoch's steps
+            counted[0]: counted[1],  # what the epoch went through, e.g. ("examples", n)
+            "epoch_seconds": round(time.perf_counter() - started, 3),
+        }
+        history.append(metrics)
+        if log_as is not None:
+            seconds = metrics["epoch_seconds"]
+            log.info("%s epoch %d: loss %.4f (%.1fs)", log_as, epoch + 1, metrics["loss"], seconds)
+        if report is not None and epoch + 1 < epochs:
+            report(metrics)
+    return history
+
+
+def ray_worker(fit: Fit, config: dict[str, Any], weights: str, **prepare_kwargs: Any) -> None:
+    """A Ray Train ``train_func``'s body: ``fit`` this worker's shard, then report the final
+    metrics with rank 0's weights (part ``weights``) as the checkpoint, which under Train V2 is
+    also what carries the metrics back to the driver."""
+    import ray.train
+    import ray.train.torch
+
+    from recsys.core.ray_runtime import report_last
+
+    ctx = ray.train.get_context()
+    prepare = functools.partial(ray.train.torch.prepare_model, **prepare_kwargs)
+    state, metrics = fit(
+        config, ctx.get_world_rank(), ctx.get_world_size(), ray.train.report, prepare
+    )
+    report_last(metrics, state, weights)
+
+
+def run_plain(fit: Fit, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``fit`` in this process: (weights, final metrics), as Ray's ``Result`` holds them; the
+    torch thread count that the fit sets is restored after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        state, metrics = fit(config)
+    finally:
+        torch.set_num_threads(previous)
+    assert state is not None  # rank 0 always returns its weights
+    return state, metrics

@@ -39,12 +39,13 @@ Output JSON schema (``evaluation.json``)::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -54,13 +55,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from models.baselines import (
-    ALS,
-    EASE,
-    BaselineModel,
-    InteractionMatrix,
-    ItemKNN,
-)
+from models.baselines import ALS, EASE, BaselineModel, InteractionMatrix, ItemKNN
 from models.metrics import evaluate_all
 from models.popularity import Popularity, RecentPopularity
 from pipelines.served_eval import evaluate_served, served_run
@@ -76,6 +71,7 @@ COLD_THRESHOLD = 2
 TUNE_METRIC = "recall@10"
 MAX_VALIDATION_USERS = 10_000
 DEFAULT_TEST_FRACTION = 0.1
+TOP10 = ("recall@10", "ndcg@10")  # the report's segment and per-source tables
 
 # RecBole-style search spaces. ALS fits in seconds, so its whole grid (27 points) is tried: a
 # sample of 8 missed the best region on ASOS (0.0309 against ~0.035 published).
@@ -145,9 +141,8 @@ def evaluate(
     cold = [u for u in eval_users if u not in data.user_index]
     warm_rows = np.array([data.user_index[u] for u in warm], dtype=np.int64)
 
-    count_of_user = {u: int(train_counts_user[data.user_index[u]]) if u in data.user_index else 0
-                     for u in eval_users}  # fmt: skip
-    cold_user_truth = {u: truth[u] for u in eval_users if count_of_user[u] <= COLD_THRESHOLD}
+    cold_user_truth = {u: rel for u, rel in truth.items() if u not in data.user_index
+                       or train_counts_user[data.user_index[u]] <= COLD_THRESHOLD}  # fmt: skip
     item_count_of = dict(zip(data.item_ids.tolist(), item_counts.tolist(), strict=True))
     cold_item_truth = {u: {i for i in rel if item_count_of.get(i, 0) <= COLD_THRESHOLD}
                        for u, rel in truth.items()}  # fmt: skip
@@ -168,6 +163,14 @@ def evaluate(
         f"evaluating {len(eval_users):,} users ({len(cold):,} without training history)"
     )
 
+    segments = {"overall": truth, "cold_users": cold_user_truth, "cold_items": cold_item_truth}
+
+    def scores(rankings: dict[str, list[str]], *names: str) -> dict[str, Any]:
+        """Metrics of ``rankings`` on each segment of ``names`` (default: all), None for an
+        empty one: every model and the served pipeline are scored by this one function."""
+        return {n: evaluate_all(rankings, segments[n], ks, map_ks, n_items=n_items)
+                if segments[n] else None for n in names or segments}  # fmt: skip
+
     val_matrix, val_rows, val_truth = _validation_slice(data.matrix, seed)
     protocol["tuning"] = {
         "enabled": tune, "metric": TUNE_METRIC, "validation_users": len(val_rows),
@@ -187,13 +190,7 @@ def evaluate(
         "popularity": lambda p: Popularity(),
         "popularity_recent": lambda p: RecentPopularity(settings.evaluation.recent_popularity_days),
         "item_knn": lambda p: ItemKNN(int(p["k"])),
-        "als": lambda p: ALS(
-            int(p["factors"]),
-            float(p["regularization"]),
-            float(p["alpha"]),
-            int(p["iterations"]),
-            random_state=seed,
-        ),  # fmt: skip
+        "als": lambda p: ALS(**p, random_state=seed),  # the grid keys are ALS arguments
         "ease": lambda p: EASE(float(p["lambda"]), memory_gb=ease_gb),
     }
     names = models or tuple(factories)
@@ -209,6 +206,7 @@ def evaluate(
         return model.fit(matrix)
 
     results: dict[str, Any] = {}
+    report_dir = settings.reports_dir / "evaluation"
     for name in names:
         say(f"  {name}: " + ("tuning" if tune and name in GRIDS else "fitting"))
         trials: list[dict[str, Any]] = []
@@ -252,15 +250,10 @@ def evaluate(
             log.warning("%s skipped: %s", name, exc)
             results[name] = {"error": str(exc), "params": params, "tuning": trials}
             continue
-        rankings: dict[str, list[str]] = {
-            u: data.item_ids[r].tolist() for u, r in zip(warm, ranked_rows, strict=True)
-        }
-        for u in cold:
-            rankings[u] = cold_ranking_ids
+        rankings = dict(zip(warm, (data.item_ids[r].tolist() for r in ranked_rows), strict=True))
+        rankings |= dict.fromkeys(cold, cold_ranking_ids)  # no history: popularity
         results[name] = {
-            "overall": evaluate_all(rankings, truth, ks, map_ks, n_items=n_items),
-            "cold_users": _maybe(rankings, cold_user_truth, ks, map_ks, n_items),
-            "cold_items": _maybe(rankings, cold_item_truth, ks, map_ks, n_items),
+            **scores(rankings),
             "params": params if name in GRIDS else model.params(),
             "tuning": trials,
             "tuning_note": note.strip("; ") if note else None,
@@ -271,33 +264,24 @@ def evaluate(
         say(f"    {name}: recall@10 {o.get('recall@10', float('nan')):.4f} "
             f"(fit {fit_seconds:.1f}s)")  # fmt: skip
         del model
-        write_report(
-            settings.reports_dir / "evaluation", _result(dataset, protocol, results, started)
-        )
+        write_report(report_dir, _result(dataset, protocol, results, started))
 
-    served = None
-    if serve:
-        served = _served(settings, protocol, eval_users, truth, cold_user_truth,
-                         cold_item_truth, ks, map_ks, n_items, k_max, say)  # fmt: skip
+    served = _served(settings, protocol, eval_users, k_max, scores, say) if serve else None
     out = _result(dataset, protocol, results, started, served)
-    write_report(settings.reports_dir / "evaluation", out)
+    write_report(report_dir, out)
     return out
 
 
 def _served(
-    settings,
-    protocol,
-    eval_users,
-    truth,
-    cold_user_truth,
-    cold_item_truth,
-    ks,
-    map_ks,
-    n_items,
-    k_max,
-    say,
+    settings: Settings,
+    protocol: dict[str, Any],
+    eval_users: list[str],
+    k_max: int,
+    scores: Callable[..., dict[str, Any]],
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """The served pipeline's block: metrics like a model's, or why it was not evaluated."""
+    """The served pipeline's block: metrics like a model's (``scores``), or why it was not
+    evaluated."""
     run = served_run(settings)
     if run is None:
         return {"error": "no trained run with a ranker: run `recsys train` and `recsys index`"}
@@ -322,18 +306,9 @@ def _served(
         return {"error": f"{type(exc).__name__}: {exc}"}
     per_source = info.pop("source_rankings")
     # each candidate source alone (its own order, same users): what the ranker adds over them
-    sources = {
-        name: evaluate_all({u: ranked.get(u, []) for u in eval_users}, truth, ks, map_ks,
-                           n_items=n_items)
-        for name, ranked in per_source.items()
-    }  # fmt: skip
-    return {
-        "overall": evaluate_all(rankings, truth, ks, map_ks, n_items=n_items),
-        "cold_users": _maybe(rankings, cold_user_truth, ks, map_ks, n_items),
-        "cold_items": _maybe(rankings, cold_item_truth, ks, map_ks, n_items),
-        "sources_alone": sources,
-        **info,
-    }
+    sources = {name: scores({u: ranked.get(u, []) for u in eval_users}, "overall")["overall"]
+               for name, ranked in per_source.items()}  # fmt: skip
+    return {**scores(rankings), "sources_alone": sources, **info}
 
 
 def _result(dataset, protocol, results, started: float, served=None) -> dict[str, Any]:
@@ -426,8 +401,7 @@ def _validation_slice(
 
 def _candidates(name: str, seed: int) -> list[dict[str, Any]]:
     grid = GRIDS[name]
-    keys = list(grid)
-    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+    points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     if name == "als" and len(points) > ALS_TRIALS:
         points = random.Random(seed).sample(points, ALS_TRIALS)
     return points
@@ -439,18 +413,11 @@ def _ease_seconds(n_items: int) -> float:
 
 def _default_ease_memory_gb() -> float:
     """Half the machine's available memory: the rest is for the sparse data and scoring."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024**2 / 2
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024**2 / 2
     return 8.0
-
-
-def _maybe(rankings, truth, ks, map_ks, n_items) -> dict[str, float] | None:
-    return evaluate_all(rankings, truth, ks, map_ks, n_items=n_items) if truth else None
 
 
 # --------------------------------------------------------------------------- report
@@ -458,7 +425,7 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
     """``evaluation.json``, ``report.md`` and (with matplotlib) ``recall_at_k.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, default=str))
-    ks = result["protocol"]["ks"]
+    columns = _columns(result["protocol"]["ks"])
     lines = [
         "# Offline evaluation",
         "",
@@ -468,33 +435,29 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
         "popularity). Truth excludes each user's training items. Parameters tuned on a "
         "validation slice of the training data by Recall@10.",
         "",
-        "| model | " + " | ".join(_columns(ks)) + " | params | fit s |",
-        "|---" * (len(_columns(ks)) + 3) + "|",
+        "| model | " + " | ".join(columns) + " | params | fit s |",
+        "|---" * (len(columns) + 3) + "|",
     ]
     for name, m in _rows(result).items():
         if "overall" not in m:
             lines.append(f"| {name} | {m.get('error', 'failed')} |")
             continue
-        o = m["overall"]
-        cells = [f"{o.get(c, float('nan')):.4f}" for c in _columns(ks)]
-        lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | {m.get('params', '-')} | {m.get('fit_seconds', '-')} |")  # fmt: skip
+        lines.append(f"| {name} | {_cells(m['overall'], columns)} | {m.get('params', '-')} | "
+                     f"{m.get('fit_seconds', '-')} |")  # fmt: skip
     for seg in ("cold_users", "cold_items"):
         lines += ["", f"## Segment: {seg.replace('_', ' ')}", "",
                   "| model | users | recall@10 | ndcg@10 |", "|---|---|---|---|"]  # fmt: skip
         for name, m in _rows(result).items():
             s = m.get(seg)
             if s:
-                lines.append(f"| {name} | {s['users']} | {s.get('recall@10', float('nan')):.4f}"
-                             f" | {s.get('ndcg@10', float('nan')):.4f} |")  # fmt: skip
+                lines.append(f"| {name} | {s['users']} | {_cells(s, TOP10)} |")
     served = result.get("served") or {}
     if served.get("sources_alone"):
         lines += ["", "## Served pipeline: each candidate source alone vs the ranker", "",
                   "Same users; a source alone ranks its own candidates by its own score.", "",
                   "| source | recall@10 | ndcg@10 |", "|---|---|---|"]  # fmt: skip
         for name, o in {**served["sources_alone"], "ranker + rules": served["overall"]}.items():
-            lines.append(f"| {name} | {o.get('recall@10', float('nan')):.4f} | "
-                         f"{o.get('ndcg@10', float('nan')):.4f} |")  # fmt: skip
+            lines.append(f"| {name} | {_cells(o, TOP10)} |")
     lines += ["", "## Recall@K", ""]
     if _plot(out_dir / "recall_at_k.png", result):
         lines.append("![Recall@K per model](recall_at_k.png)")
@@ -522,9 +485,14 @@ def _rows(result: dict[str, Any]) -> dict[str, Any]:
     return rows
 
 
+def _cells(metrics: dict[str, float], columns: Sequence[str]) -> str:
+    """Markdown cells of ``columns`` (NaN where a metric is missing)."""
+    return " | ".join(f"{metrics.get(c, float('nan')):.4f}" for c in columns)
+
+
 def _columns(ks: list[int]) -> list[str]:
     cols = [f"recall@{k}" for k in ks] + ["ndcg@10", "map@12", "hit@10", "coverage@10"]
-    return [c for c in dict.fromkeys(cols)]
+    return list(dict.fromkeys(cols))
 
 
 def _plot(path: Path, result: dict[str, Any]) -> bool:
@@ -540,9 +508,7 @@ def _plot(path: Path, result: dict[str, Any]) -> bool:
     for name, m in _rows(result).items():
         if "overall" in m:
             ax.plot(ks, [m["overall"][f"recall@{k}"] for k in ks], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("K")
-    ax.set_ylabel("Recall@K")
+    ax.set(xscale="log", xlabel="K", ylabel="Recall@K")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -50,21 +50,12 @@ class FeatureSummary:
     since: date | None = None  # last day computed before this run, for incremental runs
 
 
-def _age_bucket_sql(column: str) -> str:
-    cases = " ".join(
-        f"WHEN {column} >= {lo} THEN '{name}'" for lo, name in reversed(AGE_BUCKETS) if lo > 0
-    )
-    return f"CASE {cases} ELSE 'unknown' END"
-
-
-def _windowed(measure: str, days: int) -> str:
-    return (
-        f"sum({measure}) OVER (PARTITION BY user_id ORDER BY day "
-        f"RANGE BETWEEN INTERVAL {days - 1} DAY PRECEDING AND CURRENT ROW)"
-    )
-
-
 FULL_RUN = date(1900, 1, 1)  # "since" of a run with no earlier snapshots
+# Daily user measures (summed into ``<m>_total``), the windowed ones, and the taste attributes.
+MEASURES = ("views", "purchases", "carts", "sessions", "spend")
+USER_WINDOWS = (("views", 7), ("views", 30), ("views", 90), ("purchases", 7), ("purchases", 30),
+                ("purchases", 90), ("carts", 30))  # fmt: skip
+TASTES = ("category", "colour", "department")
 BASE_USER = """SELECT NULL::VARCHAR AS user_id, NULL::TIMESTAMPTZ AS event_timestamp,
     NULL::BIGINT AS views_total, NULL::BIGINT AS purchases_total, NULL::BIGINT AS carts_total,
     NULL::BIGINT AS sessions_total, NULL::DOUBLE AS spend_total, NULL::DOUBLE AS max_price_paid,
@@ -102,24 +93,40 @@ def _user_sql(
         f"SELECT user_id, CAST(day + INTERVAL {w} DAY AS DATE) AS day FROM daily" for w in WINDOWS
     )
     windowed = ",\n".join(
-        f"{_windowed(m, w)} AS {m}_{w}d"
-        for m, w in (("views", 7), ("views", 30), ("views", 90), ("purchases", 7),
-                     ("purchases", 30), ("purchases", 90), ("carts", 30))
-    )  # fmt: skip
+        f"sum({m}) OVER (PARTITION BY user_id ORDER BY day "
+        f"RANGE BETWEEN INTERVAL {w - 1} DAY PRECEDING AND CURRENT ROW) AS {m}_{w}d"
+        for m, w in USER_WINDOWS
+    )
+    windowed_out = ", ".join(f"CAST(c.{m}_{w}d AS BIGINT) AS {m}_{w}d" for m, w in USER_WINDOWS)
     new_sums = ",\n".join(
-        f"sum(CASE WHEN day > {since_sql} THEN {m} ELSE 0 END) OVER w AS {m}_new"
-        for m in ("views", "purchases", "carts", "sessions", "spend")
+        f"sum(CASE WHEN day > {since_sql} THEN {m} ELSE 0 END) OVER w AS {m}_new" for m in MEASURES
+    )
+    totals = ",\n".join(
+        f"CAST(coalesce(b.{m}_total, 0) + c.{m}_new AS {'DOUBLE' if m == 'spend' else 'BIGINT'})"
+        f" AS {m}_total"
+        for m in MEASURES
     )
     favourites = ",\n".join(
         f"""list_aggregate(h.{a}s, 'mode') AS fav_{a},
            CAST(CASE WHEN len(h.{a}s) = 0 THEN 0 ELSE
                 len(list_filter(h.{a}s, lambda x: x = list_aggregate(h.{a}s, 'mode'))) / len(h.{a}s)
                 END AS DOUBLE) AS fav_{a}_share"""
-        for a in ("category", "colour", "department")
+        for a in TASTES
     )
     attr_lists = ",\n".join(
         f"list(coalesce(CAST(a.{c} AS VARCHAR), 'unknown') ORDER BY {{order}}) AS {c}s"
-        for c in ("category", "colour", "department")
+        for c in TASTES
+    )
+    age_buckets = " ".join(
+        f"WHEN coalesce(u.age, 0) >= {lo} THEN '{name}'"
+        for lo, name in reversed(AGE_BUCKETS)
+        if lo > 0
+    )
+    # The purchase history and its attributes, item by item: concatenated and capped together.
+    lists = ("history", *(f"{a}s" for a in TASTES))
+    flattened = ", ".join(f"flatten(list({c}) OVER h) AS {c}" for c in lists)
+    capped = ",\n".join(
+        f"list_concat(coalesce(n.{c}, []), coalesce(bh.{c}, []))[1:{cap}] AS {c}" for c in lists
     )
     return f"""
     WITH ev AS (
@@ -147,9 +154,8 @@ def _user_sql(
     ),
     rows AS (  -- the look-back days feed the windows; snapshot days are the output
         SELECT coalesce(d.user_id, s.user_id) AS user_id, coalesce(d.day, s.day) AS day,
-               coalesce(d.views, 0) AS views, coalesce(d.purchases, 0) AS purchases,
-               coalesce(d.carts, 0) AS carts, coalesce(d.spend, 0) AS spend,
-               coalesce(d.sessions, 0) AS sessions, d.max_price, d.purchase_day,
+               {", ".join(f"coalesce(d.{m}, 0) AS {m}" for m in MEASURES)},
+               d.max_price, d.purchase_day,
                s.day IS NOT NULL AS is_snapshot
         FROM daily d FULL OUTER JOIN snapshot_days s ON d.user_id = s.user_id AND d.day = s.day
     ),
@@ -179,56 +185,34 @@ def _user_sql(
         GROUP BY b.user_id, b.day
     ),
     hist_new AS (  -- everything bought since ``since`` up to each purchase day, newest first
-        SELECT user_id, day,
-               flatten(list(history) OVER h) AS history,
-               flatten(list(categorys) OVER h) AS categorys,
-               flatten(list(colours) OVER h) AS colours,
-               flatten(list(departments) OVER h) AS departments
+        SELECT user_id, day, {flattened}
         FROM bought
         WINDOW h AS (PARTITION BY user_id ORDER BY day DESC
                      ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)
     ),
     hist AS (
-        SELECT c.user_id, c.day,
-               list_concat(coalesce(n.history, []), coalesce(bh.history, []))[1:{cap}]
-                   AS history,
-               list_concat(coalesce(n.categorys, []), coalesce(bh.categorys, []))[1:{cap}]
-                   AS categorys,
-               list_concat(coalesce(n.colours, []), coalesce(bh.colours, []))[1:{cap}]
-                   AS colours,
-               list_concat(coalesce(n.departments, []), coalesce(bh.departments, []))[1:{cap}]
-                   AS departments
+        SELECT c.user_id, c.day, {capped}
         FROM (SELECT user_id, day FROM cum WHERE is_snapshot) c
         ASOF LEFT JOIN hist_new n ON c.user_id = n.user_id AND c.day >= n.day
         LEFT JOIN base_hist bh ON bh.user_id = c.user_id
     )
     SELECT c.user_id,
            CAST(c.day + INTERVAL 1 DAY AS TIMESTAMPTZ) AS event_timestamp,
-           CAST(coalesce(b.views_total, 0) + c.views_new AS BIGINT) AS views_total,
-           CAST(coalesce(b.purchases_total, 0) + c.purchases_new AS BIGINT) AS purchases_total,
-           CAST(coalesce(b.carts_total, 0) + c.carts_new AS BIGINT) AS carts_total,
-           CAST(coalesce(b.sessions_total, 0) + c.sessions_new AS BIGINT) AS sessions_total,
-           CAST(coalesce(b.spend_total, 0) + c.spend_new AS DOUBLE) AS spend_total,
+           {totals},
            CAST(CASE WHEN coalesce(b.purchases_total, 0) + c.purchases_new > 0
                 THEN (coalesce(b.spend_total, 0) + c.spend_new)
                      / (coalesce(b.purchases_total, 0) + c.purchases_new)
                 ELSE 0 END AS DOUBLE) AS mean_price_paid,
            CAST(coalesce(greatest(b.max_price_paid, c.max_price_new), 0) AS DOUBLE)
                AS max_price_paid,
-           CAST(c.views_7d AS BIGINT) AS views_7d,
-           CAST(c.views_30d AS BIGINT) AS views_30d,
-           CAST(c.views_90d AS BIGINT) AS views_90d,
-           CAST(c.purchases_7d AS BIGINT) AS purchases_7d,
-           CAST(c.purchases_30d AS BIGINT) AS purchases_30d,
-           CAST(c.purchases_90d AS BIGINT) AS purchases_90d,
-           CAST(c.carts_30d AS BIGINT) AS carts_30d,
+           {windowed_out},
            CAST(coalesce(date_diff('day', coalesce(c.purchase_day_new,
                     CASE WHEN b.days_since_last_purchase >= 0 THEN
                          CAST(b.event_timestamp AS DATE) - INTERVAL 1 DAY
                          - to_days(CAST(b.days_since_last_purchase AS INTEGER)) END), c.day),
                 -1) AS BIGINT) AS days_since_last_purchase,
            CAST(coalesce(u.age, 0) AS BIGINT) AS age,
-           {_age_bucket_sql("coalesce(u.age, 0)")} AS age_bucket,
+           CASE {age_buckets} ELSE 'unknown' END AS age_bucket,
            {favourites},
            h.history AS purchased_items
     FROM cum c
@@ -425,10 +409,9 @@ def _fingerprint(
     columns = [c for c in FINGERPRINT_COLUMNS[table] if c in present]
     where = f"""WHERE CAST("timestamp" AS DATE) <= DATE '{until.isoformat()}'""" if until else ""
     quoted = ", ".join(ident(c) for c in columns)
-    row = con.execute(
-        f"SELECT count(*), sum(hash({quoted})) FROM {parquet(path)} {where}"
-    ).fetchone()
-    return f"{row[0]}:{row[1]}"
+    query = f"SELECT count(*), sum(hash({quoted})) FROM {parquet(path)} {where}"
+    count, digest = con.execute(query).fetchone()
+    return f"{count}:{digest}"
 
 
 def _plan(
@@ -436,20 +419,15 @@ def _plan(
 ) -> tuple[str, date | None]:
     """("full" | "incremental" | "current", since): what the last run's state allows."""
     outputs_exist = all((out_dir / f"{n}.parquet").exists() for n in (USER_FEATURES, ITEM_FEATURES))
-    if not state or state.get("version") != STATE_VERSION or state.get("cap") != cap:
-        return "full", None
-    if not outputs_exist:
+    if not outputs_exist or state.get("version") != STATE_VERSION or state.get("cap") != cap:
         return "full", None
     since = date.fromisoformat(state["last_day"])
-    for name in ("items", "users"):
-        now = _fingerprint(con, name, inputs[name]) if inputs[name].exists() else None
+    for name, until in (("items", None), ("users", None), ("interactions", since)):
+        now = _fingerprint(con, name, inputs[name], until) if inputs[name].exists() else None
         if now != state["fingerprints"].get(name):
-            log.info("%s changed since the last run: recomputing every day", name)
+            upto = f" up to {until}" if until else ""
+            log.info("%s%s changed since the last run: recomputing every day", name, upto)
             return "full", None
-    current = _fingerprint(con, "interactions", inputs["interactions"], since)
-    if current != state["fingerprints"]["interactions"]:
-        log.info("interactions up to %s changed since the last run: recomputing every day", since)
-        return "full", None
     return "incremental", since
 
 
@@ -466,9 +444,8 @@ def compute_features(
     computed day (and the catalogue and users) are unchanged, only the new days are computed,
     continuing from each entity's last snapshot, and appended. Anything else recomputes all.
     """
-    inter = table_path(validated_dir, "interactions")
-    items = table_path(validated_dir, "items")
-    users = table_path(validated_dir, "users")
+    inputs = {n: table_path(validated_dir, n) for n in ("interactions", "items", "users")}
+    inter, items, users = inputs.values()
     for required in (inter, items):
         if not required.exists():
             raise FileNotFoundError(f"{required} is missing: run `recsys validate` first.")
@@ -482,7 +459,6 @@ def compute_features(
     con.execute("SET preserve_insertion_order = false")
     state_path = out_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    inputs = {"interactions": inter, "items": items, "users": users}
     mode, since = (
         _plan(con, state, inputs, purchased_cap, out_dir) if incremental else ("full", None)
     )
@@ -491,7 +467,6 @@ def compute_features(
     ).fetchone()[0]
     if mode == "incremental" and since is not None and last_day <= since:
         mode = "current"
-    item_columns = _columns(con, items)
     attributes = out_dir / f"{ITEM_ATTRIBUTES}.parquet"
     start = since if mode != "full" else FULL_RUN
 
@@ -499,7 +474,7 @@ def compute_features(
         return f"SELECT * FROM {parquet(out_dir / f'{name}.parquet')}" if mode != "full" else empty
 
     queries = {  # in order: user tastes read the normalised attributes written first
-        ITEM_ATTRIBUTES: _attributes_sql(items, inter, item_columns),
+        ITEM_ATTRIBUTES: _attributes_sql(items, inter, _columns(con, items)),
         USER_ACTIVITY: _activity_sql(inter),
     }
     if mode != "current":
@@ -508,7 +483,6 @@ def compute_features(
             previous(USER_FEATURES, BASE_USER),
         )  # fmt: skip
         queries[ITEM_FEATURES] = _item_sql(inter, start, previous(ITEM_FEATURES, BASE_ITEM))
-    counts: dict[str, int] = {}
     for name, sql in queries.items():
         target = out_dir / f"{name}.parquet"
         tmp = target.with_suffix(".parquet.tmp")
@@ -516,6 +490,7 @@ def compute_features(
             sql = f"SELECT * FROM {parquet(target)} UNION ALL BY NAME ({sql})"
         con.execute(f"COPY ({sql}) TO {sql_str(tmp)} (FORMAT PARQUET, COMPRESSION ZSTD)")
         tmp.replace(target)
+    counts: dict[str, int] = {}  # in the order of the summary's fields
     for name in (USER_FEATURES, ITEM_FEATURES, ITEM_ATTRIBUTES, USER_ACTIVITY):
         target = out_dir / f"{name}.parquet"
         counts[name] = con.execute(f"SELECT count(*) FROM {parquet(target)}").fetchone()[0]
@@ -532,12 +507,4 @@ def compute_features(
     state_path.write_text(json.dumps({"version": STATE_VERSION, "cap": purchased_cap,
                                       "last_day": last_day.isoformat(),
                                       "fingerprints": fingerprints}, indent=1))  # fmt: skip
-    return FeatureSummary(
-        counts[USER_FEATURES],
-        counts[ITEM_FEATURES],
-        counts[ITEM_ATTRIBUTES],
-        counts[USER_ACTIVITY],
-        out_dir,
-        mode,
-        since,
-    )
+    return FeatureSummary(*counts.values(), out_dir, mode, since)

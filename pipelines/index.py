@@ -40,11 +40,6 @@ class IndexSummary:
     dropped: tuple[str, ...] = ()  # old collections deleted (beyond keep_collections)
 
 
-def _payload(record: dict) -> dict:
-    """A payload without missing values (absent beats null for Qdrant filters)."""
-    return {k: v for k, v in record.items() if not is_missing(v)}
-
-
 def build_index(settings: Settings) -> IndexSummary:
     started = time.perf_counter()
     run = Run.current(settings.artifacts_dir)
@@ -54,20 +49,16 @@ def build_index(settings: Settings) -> IndexSummary:
     extras = [c for c in payloads.columns if c.startswith(EXTRA_PREFIX)]  # passed through
     known = (*KEYWORD_FIELDS, "title", *FLOAT_FIELDS, *BOOL_FIELDS)
     fields = [c for c in known if c in payloads] + extras
-    records = [_payload(r) for r in payloads[fields].to_dict("records")]
-    alias = settings.vector_store.collection
-    run_id = run.id
+    # no missing values in a payload: absent beats null for Qdrant filters
+    records = [{k: v for k, v in r.items() if not is_missing(v)}
+               for r in payloads[fields].to_dict("records")]  # fmt: skip
+    alias, run_id = settings.vector_store.collection, run.id
     store = open_vector_store(settings.vector_store, settings.home)
     try:
         name = store.new_collection_name(alias, run_id)
-        store.create_collection(
-            name,
-            vectors.shape[1],
-            keyword_fields=KEYWORD_FIELDS,
-            float_fields=FLOAT_FIELDS,
-            bool_fields=BOOL_FIELDS,
-            run_id=run_id,
-        )
+        store.create_collection(name, vectors.shape[1], keyword_fields=KEYWORD_FIELDS,
+                                float_fields=FLOAT_FIELDS, bool_fields=BOOL_FIELDS,
+                                run_id=run_id)  # fmt: skip
         try:
             store.upsert(
                 (ItemPoint(i + 1, vectors[i], records[i]) for i in range(len(records))),
@@ -89,24 +80,8 @@ def build_index(settings: Settings) -> IndexSummary:
     finally:
         store.close()
     seconds = time.perf_counter() - started
-    log.info(
-        "indexed %d items (dim %d) into %s in %.1fs; %s -> %s (was %s), dropped %s",
-        len(records),
-        vectors.shape[1],
-        name,
-        seconds,
-        alias,
-        name,
-        previous,
-        dropped or "nothing",
-    )
-    return IndexSummary(
-        len(records),
-        int(vectors.shape[1]),
-        run.path,
-        seconds,
-        health,
-        collection=name,
-        previous=previous,
-        dropped=tuple(dropped),
-    )
+    log.info("indexed %d items (dim %d) into %s in %.1fs; %s -> %s (was %s), dropped %s",
+             len(records), vectors.shape[1], name, seconds, alias, name, previous,
+             dropped or "nothing")  # fmt: skip
+    return IndexSummary(len(records), int(vectors.shape[1]), run.path, seconds, health,
+                        collection=name, previous=previous, dropped=tuple(dropped))  # fmt: skip

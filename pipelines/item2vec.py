@@ -3,10 +3,8 @@
 Flow: the validated interactions are read with DuckDB and split by time: events before the
 cutoff make the training sessions, sessions that *start* at or after it are held out (a
 session straddling the cutoff is used only for its part before it, so nothing after the
-cutoff leaks into training). Training sessions become skip-gram pairs on the driver, written
-to an ``.npz``; :func:`train_func` runs on each Ray Train worker over its shard of the pairs
-and rank 0 reports the weights as a checkpoint. :func:`train_plain` runs the same epoch loop
-(:func:`run_epochs`) without Ray, so the two can be timed against each other on equal terms.
+cutoff leaks into training). Training sessions become skip-gram pairs on the driver, in an
+``.npz`` that each Ray Train worker (:func:`train_func`) or :func:`train_plain` fits on.
 
 Evaluation: for every step t >= 1 of a held-out session, predict item t from item t-1 and
 score HR@K and MRR@K for item2vec (cosine neighbours of item t-1) against a co-occurrence
@@ -19,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +35,7 @@ from models.item2vec import (
     Item2VecConfig,
     Item2VecRun,
     Sessions,
+    SessionVocabulary,
     build_sessions,
     cosine_topk,
     draw_negatives,
@@ -49,10 +48,10 @@ from models.item2vec import (
 )
 from models.metrics import next_item_metrics
 from models.popularity import popularity_order
-from pipelines.epoch_metrics import epoch_metrics, final_metrics
-from recsys.core.ray_runtime import ensure_ray, fit_torch, report_last, worker_threads
+from pipelines.epoch_metrics import final_metrics, ray_worker, run_plain, train_epochs
+from recsys.core.ray_runtime import ensure_ray, fit_torch, worker_threads
 from recsys.core.run import Run
-from recsys.core.schema import EVENT_TYPES, table_path
+from recsys.core.schema import EVENT_TYPES, REQUIRED_COLUMNS, table_path
 from recsys.core.settings import Settings
 from recsys.core.sql import parquet
 
@@ -70,121 +69,76 @@ class Item2VecResult:
     run: Item2VecRun
 
 
-# --------------------------------------------------------------------------- training loop
-def run_epochs(
-    model: torch.nn.Module,
-    center: torch.Tensor,
-    context: torch.Tensor,
-    cdf: torch.Tensor,
-    cfg: Item2VecConfig,
-    seed: int,
-    on_epoch: Callable[[dict[str, Any], bool], None] | None = None,
-) -> list[dict[str, Any]]:
-    """The epoch loop shared by Ray Train and plain PyTorch: shuffle, draw negatives, step.
-
-    ``model`` may be the DDP wrapper that Ray's ``prepare_model`` returns; ``on_epoch`` gets
-    each epoch's metrics and whether it is the last. Returns the metrics of every epoch.
-    """
-    n = len(center)
-    if n == 0:
-        raise ValueError("no skip-gram pairs to train on: sessions need at least two items.")
-    optimizer = torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(seed)
-    batch = int(cfg.batch_size)
-    history: list[dict[str, Any]] = []
-    model.train()
-    for epoch in range(cfg.epochs):
-        started = time.perf_counter()
-        order = torch.randperm(n, generator=gen)
-        total, steps = 0.0, 0
-        for lo in range(0, n, batch):
-            idx = order[lo : lo + batch]
-            negatives = draw_negatives(cdf, (len(idx), cfg.negatives), gen)
-            loss = model(center[idx], context[idx], negatives)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            steps += 1
-        metrics = epoch_metrics(epoch + 1, total, steps, started, ("pairs", n))
-        history.append(metrics)
-        log.info(
-            "item2vec epoch %d: loss %.4f (%.1fs)",
-            epoch + 1,
-            metrics["loss"],
-            metrics["epoch_seconds"],
-        )
-        if on_epoch is not None:
-            on_epoch(metrics, epoch + 1 == cfg.epochs)
-    return history
-
-
-def _load_shard(
-    config: dict[str, Any], rank: int, world: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This rank's (center, context) pairs and the shared negative-sampling CDF."""
+# --------------------------------------------------------------------------- training
+def fit_shard(
+    config: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+    report: Callable[[dict[str, Any]], None] | None = None,
+    prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """Fit item2vec on this rank's shard (``rank::world``) of the pairs, shuffling and drawing
+    negatives each epoch: a fit as :mod:`pipelines.epoch_metrics` runs them, under Ray Train
+    or in plain PyTorch."""
+    cfg = Item2VecConfig(**config["model"])
+    torch.set_num_threads(max(1, int(config["threads"])))
+    torch.manual_seed(cfg.seed)
     with np.load(config["arrays"], allow_pickle=False) as data:
         center = torch.as_tensor(data["center"][rank::world].astype(np.int64))
         context = torch.as_tensor(data["context"][rank::world].astype(np.int64))
         cdf = negative_cdf(data["counts"])
-    return center, context, cdf
+    n = len(center)
+    if n == 0:
+        raise ValueError("no skip-gram pairs to train on: sessions need at least two items.")
+    base = Item2Vec(int(config["n_items"]), cfg.dim)
+    model = prepare(base) if prepare is not None else base
+    optimizer = torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed + rank)
+    model.train()
+
+    def losses() -> Iterator[torch.Tensor]:
+        order = torch.randperm(n, generator=gen)
+        for lo in range(0, n, cfg.batch_size):
+            idx = order[lo : lo + cfg.batch_size]
+            negatives = draw_negatives(cdf, (len(idx), cfg.negatives), gen)
+            yield model(center[idx], context[idx], negatives)
+
+    history = train_epochs(cfg.epochs, losses, [optimizer], ("pairs", n), report, "item2vec")
+    state = {k: v.detach().clone() for k, v in base.state_dict().items()} if rank == 0 else None
+    return state, final_metrics(history)
 
 
 def train_func(config: dict[str, Any]) -> None:
-    """One Ray Train worker: fit item2vec on this rank's shard of the pairs.
-
-    Runs under 1 or N workers (DDP, which all-reduces the sparse embedding gradients, through
-    ``prepare_model``). Every rank reports every epoch; only rank 0 attaches a checkpoint with
-    the safetensors weights to its last report, which is what carries the metrics back to the
-    driver under Train V2.
-    """
-    import ray.train
-    import ray.train.torch
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = Item2VecConfig(**config["model"])
-    torch.set_num_threads(max(1, int(config["threads"])))
-    torch.manual_seed(cfg.seed)
-    center, context, cdf = _load_shard(config, rank, world)
-    base = Item2Vec(int(config["n_items"]), cfg.dim)
-    model = ray.train.torch.prepare_model(base)
-
-    def report(metrics: dict[str, Any], last: bool) -> None:
-        if not last:
-            ray.train.report(metrics)
-
-    history = run_epochs(model, center, context, cdf, cfg, cfg.seed + rank, report)
-    report_last(final_metrics(history), base.state_dict() if rank == 0 else None, WEIGHTS)
+    """One Ray Train worker: :func:`fit_shard` under 1 or N workers (DDP, which all-reduces the
+    sparse embedding gradients); rank 0 reports the weights with the last epoch."""
+    ray_worker(fit_shard, config, WEIGHTS)
 
 
 def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The same fit as :func:`train_func` in this process, without Ray: (weights, metrics).
+    """The same fit as :func:`train_func` without Ray: the baseline against which Ray Train's
+    overhead is measured. Also the sane choice for a small catalogue on one machine."""
+    return run_plain(fit_shard, config)
 
-    The baseline against which Ray Train's overhead is measured; also the sane choice for a
-    small catalogue on one machine.
-    """
-    cfg = Item2VecConfig(**config["model"])
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(config["threads"])))
-    try:
-        torch.manual_seed(cfg.seed)
-        center, context, cdf = _load_shard(config, 0, 1)
-        model = Item2Vec(int(config["n_items"]), cfg.dim)
-        history = run_epochs(model, center, context, cdf, cfg, cfg.seed)
-    finally:
-        torch.set_num_threads(previous)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return state, final_metrics(history)
+
+def write_pairs(
+    sessions: Sessions, vocab: SessionVocabulary, cfg: Item2VecConfig, arrays: Path, threads: int
+) -> tuple[int, dict[str, Any]]:
+    """Write the sub-sampled skip-gram pairs of the training ``sessions``, shuffled (iid shards
+    for ``rank::world`` slicing), to ``arrays``; return their number and the workers' config."""
+    rng = np.random.default_rng(cfg.seed)
+    keep = subsample_keep_prob(vocab.counts, cfg.subsample)
+    center, context = skipgram_pairs(sessions, cfg.window, rng, keep)
+    shuffle = rng.permutation(len(center))
+    center, context = center[shuffle].astype(np.int32), context[shuffle].astype(np.int32)
+    np.savez(arrays, center=center, context=context, counts=vocab.counts)
+    config = {"arrays": str(arrays), "n_items": vocab.size, "threads": threads}
+    return len(center), config | {"model": cfg.model_dump()}
 
 
 # --------------------------------------------------------------------------- data
 def read_interactions(path: Path) -> pd.DataFrame:
-    """Canonical interactions (views, carts, purchases) from Parquet, through DuckDB.
-
-    ``session_id`` is optional in the canonical schema; without the column every event falls
-    back to the user + day session.
-    """
+    """Canonical interactions (views, carts, purchases) from Parquet, through DuckDB; without
+    the optional ``session_id`` column every event falls back to the user + day session."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `recsys validate` first.")
@@ -192,7 +146,7 @@ def read_interactions(path: Path) -> pd.DataFrame:
         con.execute("SET TimeZone = 'UTC'")
         source = parquet(path)
         columns = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-        missing = {"user_id", "item_id", "timestamp", "event_type"} - columns
+        missing = set(REQUIRED_COLUMNS["interactions"]) - columns
         if missing:
             raise ValueError(
                 f"{path} lacks column(s) {sorted(missing)}: item2vec needs the canonical "
@@ -266,11 +220,8 @@ def evaluate_next_item(
     heldout: Sessions,
     k: int = EVAL_K,
 ) -> dict[str, Any]:
-    """Next-item HR@K / MRR@K on held-out sessions: item2vec vs co-occurrence vs popularity.
-
-    ``vectors`` are L2-normalised item vectors (row = index); ``center``/``context`` are the
-    training pairs the co-occurrence baseline counts; ``counts`` the training popularity.
-    """
+    """Next-item HR@K / MRR@K on held-out sessions: item2vec (unit ``vectors``, row = index)
+    vs co-occurrence (of the training pairs ``center``/``context``) vs popularity (``counts``)."""
     prev, target = next_item_steps(heldout)
     if len(prev) == 0:
         raise ValueError(
@@ -281,9 +232,8 @@ def evaluate_next_item(
     popular = popularity_order(counts)
     known = queries != PAD
     i2v = np.full((len(queries), k), -1, dtype=np.int64)
-    if known.any():
-        top = cosine_topk(vectors, queries[known], k)[0]
-        i2v[np.flatnonzero(known)[:, None], np.arange(top.shape[1])] = top
+    top = cosine_topk(vectors, queries[known], k)[0]  # fewer than k columns in a tiny catalogue
+    i2v[np.flatnonzero(known), : top.shape[1]] = top
     i2v = _fill_popular(i2v, queries, popular)
     cooc = cooccurrence_topk(center, context, counts, queries, k)
     pop = _fill_popular(np.full((len(queries), k), -1, dtype=np.int64), queries, popular)
@@ -309,13 +259,10 @@ def fit_item2vec(
     cutoff: pd.Timestamp | datetime | str | None = None,
     use_ray: bool = True,
 ) -> Item2VecResult:
-    """Sessions -> pairs -> fit (Ray Train or plain PyTorch) -> evaluate -> save to ``out_dir``.
-
-    Defaults: the validated interactions, ``artifacts/item2vec_<time>``, and a cutoff
-    ``settings.train.test_days`` before the end of the data (as the two-tower model uses).
-    The returned metrics hold ``item2vec`` and ``cooccurrence`` HR/MRR@20, ``pairs``,
-    ``events`` (training events) and ``fit`` (loss, seconds, backend).
-    """
+    """Sessions -> pairs -> fit (Ray Train or plain PyTorch) -> evaluate -> save to ``out_dir``
+    (default ``artifacts/item2vec_<time>``), the cutoff by default ``settings.train.test_days``
+    before the end of the data (as the two-tower model uses). The metrics hold ``item2vec`` and
+    ``cooccurrence`` HR/MRR@20, ``pairs``, ``events`` (training events) and ``fit``."""
     cfg = cfg or Item2VecConfig()
     path = Path(interactions_path or table_path(settings.validated_dir, "interactions"))
     events = read_interactions(path)
@@ -334,37 +281,21 @@ def fit_item2vec(
         )
     train_sessions, vocab = build_sessions(train_events, min_count=cfg.min_count)
     heldout, _ = build_sessions(test_events, vocab, drop_unknown=False)
-    rng = np.random.default_rng(cfg.seed)
-    keep = subsample_keep_prob(vocab.counts, cfg.subsample)
-    center, context = skipgram_pairs(train_sessions, cfg.window, rng, keep)
-    shuffle = rng.permutation(len(center))  # iid shards for rank::world slicing
-    center, context = center[shuffle], context[shuffle]
+    run = Run(Path(out_dir)) if out_dir else Run.create(settings.artifacts_dir, "item2vec_")
+    run.path.mkdir(parents=True, exist_ok=True)
+    workers = settings.train.num_workers if use_ray else 1
+    threads = worker_threads(settings, workers)
+    arrays = run.file(PAIRS)
+    n_pairs, config = write_pairs(train_sessions, vocab, cfg, arrays, threads)
     log.info(
         "item2vec: %d training events, %d sessions, %d items, %d pairs (cutoff %s)",
         len(train_events),
         len(train_sessions),
         vocab.size - 1,
-        len(center),
+        n_pairs,
         cutoff,
     )
 
-    run = Run(Path(out_dir)) if out_dir else Run.create(settings.artifacts_dir, "item2vec_")
-    run.path.mkdir(parents=True, exist_ok=True)
-    arrays = run.file(PAIRS)
-    np.savez(
-        arrays,
-        center=center.astype(np.int32),
-        context=context.astype(np.int32),
-        counts=vocab.counts,
-    )
-    workers = settings.train.num_workers if use_ray else 1
-    threads = worker_threads(settings, workers)
-    config = {
-        "arrays": str(arrays),
-        "n_items": vocab.size,
-        "threads": threads,
-        "model": cfg.model_dump(),
-    }
     started = time.perf_counter()
     try:
         if use_ray:
@@ -381,17 +312,15 @@ def fit_item2vec(
     fit_seconds = time.perf_counter() - started
     model = Item2Vec(vocab.size, cfg.dim)
     model.load_state_dict(state)
-    model.eval()
 
-    evaluation = evaluate_next_item(
-        model.item_vectors().numpy(),
-        vocab.counts,
-        *_cooccurrence_pairs(train_sessions, cfg),
-        heldout,
-    )
+    # The baseline counts every pair of the same sessions and window, *without* sub-sampling
+    # (a superset of item2vec's pairs): sub-sampling is a training device for the embedding
+    # that, applied to counting, would only throw away evidence about best-sellers.
+    pairs = skipgram_pairs(train_sessions, cfg.window, np.random.default_rng(cfg.seed))
+    evaluation = evaluate_next_item(model.item_vectors().numpy(), vocab.counts, *pairs, heldout)
     metrics = {
         **evaluation,
-        "pairs": len(center),
+        "pairs": n_pairs,
         "events": len(train_events),
         "sessions": len(train_sessions),
         "items": vocab.size - 1,
@@ -404,14 +333,8 @@ def fit_item2vec(
             **{k: v for k, v in fit_metrics.items() if k != "pairs"},
         },
     }
-    save_item2vec(
-        run,
-        model,
-        vocab,
-        cfg,
-        metrics,
-        {"data": {"interactions": str(path), "cutoff": str(cutoff)}},
-    )
+    data = {"interactions": str(path), "cutoff": str(cutoff)}
+    save_item2vec(run, model, vocab, cfg, metrics, {"data": data})
     log.info(
         "item2vec saved to %s: HR@%d %.4f (co-occurrence %.4f)",
         run.path,
@@ -420,13 +343,3 @@ def fit_item2vec(
         evaluation["cooccurrence"][f"hr@{EVAL_K}"],
     )
     return Item2VecResult(run.path, metrics, load_item2vec(run))
-
-
-def _cooccurrence_pairs(sessions: Sessions, cfg: Item2VecConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Window pairs of the training sessions *without* sub-sampling, for the baseline.
-
-    Sub-sampling is a training device for the embedding; applied to a counting baseline it
-    would only throw away evidence about best-sellers, so the baseline counts every pair of the
-    same sessions and window (a superset of item2vec's pairs): its strongest fair form.
-    """
-    return skipgram_pairs(sessions, cfg.window, np.random.default_rng(cfg.seed), None)

@@ -10,6 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import duckdb
 
@@ -27,22 +28,11 @@ class MaterializeSummary:
     end: datetime
 
 
-def _earliest(path: str) -> datetime | None:
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    value = con.execute(f"SELECT min(event_timestamp) FROM {parquet(path)}").fetchone()[0]
-    con.close()
-    return value
-
-
-def _rows_between(path: str, start: datetime, end: datetime) -> int:
-    con = duckdb.connect()
-    n = con.execute(
-        f"SELECT count(*) FROM {parquet(path)} WHERE event_timestamp > ? AND event_timestamp <= ?",
-        [start, end],
-    ).fetchone()[0]
-    con.close()
-    return int(n)
+def _scalar(sql: str, params: list[Any] | None = None) -> Any:
+    """One value from a throwaway DuckDB connection; timestamps come back in UTC."""
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(sql, params).fetchone()[0]
 
 
 def materialize(settings: Settings, end: datetime | None = None) -> MaterializeSummary:
@@ -62,13 +52,17 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
         path = view.batch_source.path
         start = view.most_recent_end_time
         if start is None:
-            earliest = _earliest(path)
+            earliest = _scalar(f"SELECT min(event_timestamp) FROM {parquet(path)}")
             if earliest is None:
                 rows[view.name] = 0
                 continue
             start = earliest - timedelta(seconds=1)
         start = start if start.tzinfo else start.replace(tzinfo=UTC)
-        rows[view.name] = _rows_between(path, start, end)
+        rows[view.name] = _scalar(
+            f"SELECT count(*) FROM {parquet(path)} "
+            "WHERE event_timestamp > ? AND event_timestamp <= ?",
+            [start, end],
+        )
         # Feast loads a whole window into memory: walk a large range in time chunks of about
         # `chunk_rows` rows to bound it (each call has a fixed cost, so small ones go at once).
         # Feast prints its own progress bars, and ibis deprecation warnings under them.

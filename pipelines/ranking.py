@@ -74,21 +74,19 @@ def training_rows(
     """(features, labels, group sizes, stats) over users whose label is among the candidates."""
     from tqdm import tqdm
 
-    blocks, ys, groups = [], [], []
-    reached = total = candidates = 0
+    blocks, ys, groups = [], [], []  # of the users whose label is among their candidates
+    candidates = 0
     for ctx in tqdm(contexts, desc="ranker rows", unit="user", mininterval=5, leave=False):
         cand = generator.generate(ctx)
         truth = generator.catalog.indices(sorted(labels[ctx.user_id]))
         y = np.isin(cand.items, truth).astype(np.float32)
-        total += 1
         candidates += len(cand)
-        if y.sum() == 0:
-            continue
-        reached += 1
-        blocks.append(cand.features)
-        ys.append(y)
-        groups.append(len(y))
-    stats = {"users": total, "label_in_candidates": reached / max(total, 1),
+        if y.sum() > 0:
+            blocks.append(cand.features)
+            ys.append(y)
+            groups.append(len(y))
+    total = len(contexts)
+    stats = {"users": total, "label_in_candidates": len(groups) / max(total, 1),
              "mean_candidates": candidates / max(total, 1)}  # fmt: skip
     if not blocks:
         empty = np.empty((0, len(generator.features)), dtype=np.float32)
@@ -97,34 +95,22 @@ def training_rows(
 
 
 def compare_on_validation(
-    ranker: Ranker,
-    generator: CandidateGenerator,
-    x: np.ndarray,
-    y: np.ndarray,
-    groups: np.ndarray,
+    ranker: Ranker, generator: CandidateGenerator, x: np.ndarray, y: np.ndarray, groups: np.ndarray
 ) -> dict[str, float]:
     """NDCG@10 on the validation users of the ranker and of each source alone (its own
     candidates in its own order): the ranker earns its place only if it beats them all."""
     scores = ranker.predict(x)
-    orders: dict[str, list[np.ndarray]] = {"ranker": []}
+    totals = {"ranker": 0.0}
     start = 0
     for size in groups.tolist():
         block = slice(start, start + size)
-        orders["ranker"].append(np.argsort(-scores[block], kind="stable"))
-        for source in generator.sources:
-            orders.setdefault(source.name, []).append(
-                own_order(source, x[block], generator.features)
-            )
+        relevant = set(np.flatnonzero(y[block]).tolist())
+        orders = {"ranker": np.argsort(-scores[block], kind="stable")}
+        orders |= {s.name: own_order(s, x[block], generator.features) for s in generator.sources}
+        for name, order in orders.items():
+            totals[name] = totals.get(name, 0.0) + ndcg_at_k(order.tolist(), relevant, 10)
         start += size
-    out = {}
-    for name, per_user in orders.items():
-        start, total = 0, 0.0
-        for size, order in zip(groups.tolist(), per_user, strict=True):
-            relevant = set(np.flatnonzero(y[start : start + size]).tolist())
-            total += ndcg_at_k(order.tolist(), relevant, 10)
-            start += size
-        out[name] = round(total / max(len(groups), 1), 5)
-    return out
+    return {name: round(total / max(len(groups), 1), 5) for name, total in totals.items()}
 
 
 def histories(purchases: pd.DataFrame) -> dict[str, list[str]]:
@@ -177,17 +163,14 @@ def fit_ranking(
     feats["purchased_items"] = [history[u] for u in users]
     vectors = user_vectors_of(feats)
     records = feats.to_dict("records")
-    contexts = [
-        UserContext(u, history[u], (), rec, vectors[i]) for i, (u, rec) in enumerate(
-            zip(users, records, strict=True))
-    ]  # fmt: skip
+    contexts = [UserContext(u, history[u], (), rec, vector)
+                for u, rec, vector in zip(users, records, vectors, strict=True)]  # fmt: skip
     rng = np.random.default_rng(settings.train.seed)
     is_valid = rng.random(len(contexts)) < 0.1
     t0 = time.perf_counter()
     pairs = list(zip(contexts, is_valid.tolist(), strict=True))
-    train_rows = training_rows(generator, [c for c, v in pairs if not v], truth)
+    x, y, groups, stats = training_rows(generator, [c for c, v in pairs if not v], truth)
     valid_rows = training_rows(generator, [c for c, v in pairs if v], truth)
-    x, y, groups, stats = train_rows
     progress(f"  ranker rows: {len(contexts):,} label users, label among candidates for "
              f"{stats['label_in_candidates']:.1%}, {stats['mean_candidates']:.0f} candidates "
              f"per user ({time.perf_counter() - t0:.1f}s)")  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -35,11 +36,7 @@ def served_run(settings: Settings) -> Run | None:
 
 
 def evaluate_served(
-    settings: Settings,
-    eval_users: list[str],
-    k: int,
-    as_of: pd.Timestamp,
-    progress: Any = log.info,
+    settings: Settings, eval_users: list[str], k: int, as_of: pd.Timestamp, progress: Any = log.info
 ) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """Rankings of the served pipeline for ``eval_users`` and a description of the run."""
     from tqdm import tqdm
@@ -57,31 +54,22 @@ def evaluate_served(
     store = open_vector_store(settings.vector_store, settings.home)
     try:
         pipeline = ServedPipeline.load(run, settings, store_search(lambda: store))
-        model, users, items = pipeline.model, pipeline.users, pipeline.items
         started = time.perf_counter()
-        feast = open_store(settings)
-        frame = historical_features(
-            feast,
-            pd.DataFrame({"user_id": eval_users, "event_timestamp": as_of}),
-            RANKING_USER_REFS,
-        )
+        entity_df = pd.DataFrame({"user_id": eval_users, "event_timestamp": as_of})
+        frame = historical_features(open_store(settings), entity_df, RANKING_USER_REFS)
         frame = frame.drop_duplicates("user_id").set_index("user_id").reindex(eval_users)
         frame = frame.rename_axis("user_id").reset_index()
-        known = (
-            frame.drop(columns=["user_id", "event_timestamp"], errors="ignore")
-            .notna()
-            .any(axis=1)
-            .to_numpy()
-        )
+        features = frame.drop(columns=["user_id", "event_timestamp"], errors="ignore")
+        known = features.notna().any(axis=1).to_numpy()
         frame["purchased_items"] = [
             list(v) if isinstance(v, list | np.ndarray) else [] for v in frame["purchased_items"]
         ]
-        vectors = user_vectors(model, users, items, frame)
+        vectors = user_vectors(pipeline.model, pipeline.users, pipeline.items, frame)
         records = frame.drop(columns=["event_timestamp"], errors="ignore").to_dict("records")
         features_seconds = time.perf_counter() - started
         rankings: dict[str, list[str]] = {}
         per_source: dict[str, dict[str, list[str]]] = {}
-        sources: dict[str, int] = {}
+        sources: Counter[str] = Counter()  # sources of each top-10 item
         t0 = time.perf_counter()
         for i, user in enumerate(tqdm(eval_users, desc="served pipeline", unit="user",
                                       mininterval=5, leave=False)):  # fmt: skip
@@ -95,9 +83,7 @@ def evaluate_served(
             rankings[user] = [r.item_id for r in ranked]
             for source, ids in source_rankings(ranking.candidates, pipeline, k).items():
                 per_source.setdefault(source, {})[user] = ids
-            for r in ranked[:10]:
-                for s in r.sources:
-                    sources[s] = sources.get(s, 0) + 1
+            sources.update(s for r in ranked[:10] for s in r.sources)
         seconds = time.perf_counter() - t0
     finally:
         store.close()
@@ -114,8 +100,8 @@ def evaluate_served(
         "ms_per_user": round(per_user_ms, 3),
         "top10_source_share": {s: round(n / max(sum(sources.values()), 1), 4)
                                for s, n in sorted(sources.items())},
+        "source_rankings": per_source,
     }  # fmt: skip
-    info["source_rankings"] = per_source
     return rankings, info
 
 

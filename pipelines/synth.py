@@ -137,8 +137,7 @@ def _make_catalog(rng: np.random.Generator, n_items: int, days: int, start: date
     launched_during = rng.random(n_items) < 0.3
     launch_day = np.where(launched_during, rng.integers(0, days, n_items), -1)
 
-    product_type = []
-    titles, descriptions = [], []
+    product_type, titles, descriptions = [], [], []
     for i in range(n_items):
         dname, cname, sname = DEPARTMENTS[dept[i]], CATEGORY_NAMES[cat[i]], STYLES[style[i]]
         types = CATEGORIES[cname][1][dname]
@@ -222,13 +221,6 @@ def _sample_items(
     return np.clip(idx, lo, hi - 1)
 
 
-def _category_table(cat: _Catalog) -> np.ndarray:
-    """Catalogue share of each category per (department, style), zero where a group is empty."""
-    shares = np.array([CATEGORIES[c][0] for c in CATEGORY_NAMES])
-    sizes = (cat.group_end - cat.group_start).reshape(len(DEPARTMENTS), len(STYLES), -1)
-    return (sizes > 0) * shares + 1e-12
-
-
 def _user_block(
     rng: np.random.Generator, first_user: int, n: int, cat: _Catalog, cat_share: np.ndarray,
     days: int, start: datetime,
@@ -271,13 +263,8 @@ def _user_block(
     v_sess = np.repeat(np.arange(m), n_views)
     v_seq = np.arange(len(v_sess)) - np.repeat(np.cumsum(n_views) - n_views, n_views)
     n_cand = 8
-    cands = _sample_items(
-        rng,
-        cat,
-        np.repeat(s_group[v_sess], n_cand),
-        np.repeat(s_day[v_sess], n_cand),
-        np.repeat(s_trending[v_sess], n_cand),
-    ).reshape(-1, n_cand)
+    per_candidate = (np.repeat(a[v_sess], n_cand) for a in (s_group, s_day, s_trending))
+    cands = _sample_items(rng, cat, *per_candidate).reshape(-1, n_cand)
     pref = colour_taste[s_user[v_sess][:, None], cat.colour_idx[cands]]
     choice = np.argmax(np.log(pref + 1e-9) + rng.gumbel(size=pref.shape), axis=1)
     v_item = cands[np.arange(len(cands)), choice]
@@ -307,27 +294,15 @@ def _user_block(
     ev_sess = np.concatenate([v_sess, b_sess, b_sess, o_sess, o_sess, o_sess])
     ev_item = np.concatenate([v_item, b_item, b_item, o_item, o_item, o_item])
     ev_seq = np.concatenate([v_seq, b_seq, b_seq + 1, o_seq, o_seq + 1, o_seq + 2])
-    ev_type = np.concatenate(
-        [
-            np.zeros(len(v_sess), np.int8),
-            np.ones(len(b_sess), np.int8),
-            np.full(len(b_sess), 2, np.int8),
-            np.zeros(len(o_sess), np.int8),
-            np.ones(len(o_sess), np.int8),
-            np.full(len(o_sess), 2, np.int8),
-        ]
+    ev_type = np.repeat(  # indices into event_names below
+        np.array([0, 1, 2, 0, 1, 2], np.int8), [len(v_sess)] + [len(b_sess)] * 2 + [len(o_sess)] * 3
     )
     # Steps are 90 s apart plus jitter below one step, so events keep their order in a session.
     jitter = rng.uniform(0, 60, len(ev_sess))
     seconds = s_time[ev_sess] * SECONDS_PER_DAY + ev_seq * 90.0 + jitter
     seconds = np.minimum(seconds, days * SECONDS_PER_DAY - 1)
     order = np.lexsort((seconds, ev_sess))
-    ev_sess, ev_item, ev_type, seconds = (
-        ev_sess[order],
-        ev_item[order],
-        ev_type[order],
-        seconds[order],
-    )
+    ev_sess, ev_item, ev_type, seconds = (a[order] for a in (ev_sess, ev_item, ev_type, seconds))
     event_names = np.array(["view", "add_to_cart", "purchase"], dtype=object)
     users_global = first_user + s_user[ev_sess]
     ts = pd.Timestamp(start) + pd.to_timedelta(np.round(seconds * 1e6).astype(np.int64), "us")
@@ -354,6 +329,10 @@ def _user_block(
     return interactions, users
 
 
+def _arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+
+
 def generate(
     out_dir: Path,
     users: int,
@@ -375,11 +354,10 @@ def generate(
     start = end - timedelta(days=days)
     out_dir.mkdir(parents=True, exist_ok=True)
     catalog = _make_catalog(np.random.default_rng([seed, 0]), items, days, start)
-    cat_share = _category_table(catalog)
-    pq.write_table(
-        pa.Table.from_pandas(catalog.frame, schema=ITEMS, preserve_index=False),
-        table_path(out_dir, "items"),
-    )
+    # Catalogue share of each category per (department, style), zero where a group is empty.
+    sizes = (catalog.group_end - catalog.group_start).reshape(len(DEPARTMENTS), len(STYLES), -1)
+    cat_share = (sizes > 0) * np.array([CATEGORIES[c][0] for c in CATEGORY_NAMES]) + 1e-12
+    pq.write_table(_arrow(catalog.frame, ITEMS), table_path(out_dir, "items"))
 
     n_rows = n_purchases = 0
     inter_tmp = table_path(out_dir, "interactions").with_suffix(".parquet.tmp")
@@ -395,12 +373,8 @@ def generate(
             rng = np.random.default_rng([seed, 1, b])
             n = min(USER_BLOCK, users - first)
             inter, user_frame = _user_block(rng, first, n, catalog, cat_share, days, start)
-            inter_writer.write_table(
-                pa.Table.from_pandas(inter, schema=INTERACTIONS, preserve_index=False)
-            )
-            user_writer.write_table(
-                pa.Table.from_pandas(user_frame, schema=USERS, preserve_index=False)
-            )
+            inter_writer.write_table(_arrow(inter, INTERACTIONS))
+            user_writer.write_table(_arrow(user_frame, USERS))
             n_rows += len(inter)
             n_purchases += int((inter["event_type"] == "purchase").sum())
     inter_tmp.replace(table_path(out_dir, "interactions"))

@@ -75,12 +75,6 @@ def load_events(settings: Settings, event_types: tuple[str, ...]) -> pd.DataFram
         ).df()
 
 
-def split_by_time(purchases: pd.DataFrame, test_days: int) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """(cutoff, end): the held-out window is [cutoff, end), whole days before the data's end."""
-    end = purchases["timestamp"].max().floor("D") + pd.Timedelta(days=1)
-    return end - pd.Timedelta(days=test_days), end
-
-
 @dataclass
 class TrainingSplit:
     """What the model trains on and what it is scored against.
@@ -110,14 +104,14 @@ def split_for_training(
 ) -> TrainingSplit:
     cfg = settings.train
     holdout_path = table_path(settings.validated_dir, "holdout")
+    end = purchases["timestamp"].max().floor("D") + pd.Timedelta(days=1)  # after the last day
+    positives = events[events["event_type"].isin(cfg.train_events)]
     if holdout_path.exists():
         holdout = pd.read_parquet(holdout_path, columns=["user_id", "item_id", "event_type"])
         test = holdout[holdout["event_type"] == "purchase"][["user_id", "item_id"]]
-        end = purchases["timestamp"].max().floor("D") + pd.Timedelta(days=1)
-        positives = events[events["event_type"].isin(cfg.train_events)]
         undated = positives["timestamp"].nunique() == 1
         return TrainingSplit("holdout", purchases, test, positives, end, end, undated)
-    cutoff, end = split_by_time(purchases, cfg.test_days)
+    cutoff = end - pd.Timedelta(days=cfg.test_days)  # the held-out window is [cutoff, end)
     train = purchases[purchases["timestamp"] < cutoff]
     test = purchases[purchases["timestamp"] >= cutoff]
     if len(train) < 10 or test.empty:
@@ -125,7 +119,7 @@ def split_for_training(
             f"not enough purchases to train and evaluate: {len(train)} before {cutoff}, "
             f"{len(test)} after. Generate more data or lower RECSYS_TRAIN__TEST_DAYS."
         )
-    positives = events[events["event_type"].isin(cfg.train_events) & (events["timestamp"] < cutoff)]
+    positives = positives[positives["timestamp"] < cutoff]
     return TrainingSplit("temporal", train, test, positives, cutoff, end, False)
 
 
@@ -136,14 +130,10 @@ def training_examples(store, positives: pd.DataFrame, split: TrainingSplit) -> p
     Undated data (``split.undated``) has no order to respect: every example reads the user as
     of the data's end and its history is everything bought except the example's own item.
     """
-    entity_df = positives[["user_id", "item_id", "timestamp"]].rename(
-        columns={"timestamp": "event_timestamp"}
-    )
-    if split.undated:
-        entity_df["event_timestamp"] = split.end
-    examples = historical_features(
-        store, entity_df, store.get_feature_service("two_tower_training")
-    )
+    when = split.end if split.undated else positives["timestamp"]
+    entity_df = positives[["user_id", "item_id"]].assign(event_timestamp=when)
+    service = store.get_feature_service("two_tower_training")
+    examples = historical_features(store, entity_df, service)
     # Feast/DuckDB return rows in no fixed order; training shuffles with a seeded permutation,
     # so fix the order first or the same seed trains a different model on every run.
     examples = examples.sort_values(
@@ -213,10 +203,8 @@ def train(settings: Settings, progress=print) -> TrainResult:
         rk = settings.ranking
         n_labels = max(1, min(rk.label_users, int(rk.label_share * len(train_rows))))
         fit_purchases, labels = carve_labels(train_rows, n_labels, cfg.seed)
-        positives = positives.merge(
-            labels.assign(_label=True), on=["user_id", "item_id"], how="left"
-        )
-        positives = positives[positives["_label"].isna()].drop(columns="_label")
+        marked = positives.merge(labels.assign(_label=True), on=["user_id", "item_id"], how="left")
+        positives = positives[marked["_label"].isna().to_numpy()]
     cold_items = _pick_cold_items(test_rows, cfg.cold_item_fraction, cfg.seed)
     if cold_items:
         # an experiment, not a serving setting: these items never reach training, so their
@@ -263,12 +251,9 @@ def train(settings: Settings, progress=print) -> TrainResult:
     metrics["fit"] = fit_metrics | {"seconds": round(fit_seconds, 2)}
     ranking = None
     if labels is not None:
-        user_rows = historical_features(
-            store,
-            pd.DataFrame({"user_id": sorted(train_rows["user_id"].unique()),
-                          "event_timestamp": cutoff}),
-            RANKING_USER_REFS,
-        )  # fmt: skip
+        train_users = sorted(train_rows["user_id"].unique())
+        entity_df = pd.DataFrame({"user_id": train_users, "event_timestamp": cutoff})
+        user_rows = historical_features(store, entity_df, RANKING_USER_REFS)
         ranking = fit_ranking(
             settings, fit_purchases, train_rows, labels, items.vocab, catalog, user_rows,
             lambda frame: user_vectors(model, users, items, frame), vectors, cutoff, run,
@@ -314,32 +299,22 @@ def encode_training_set(
     extra = {} if text is None else {"item_text": text}
     np.savez(arrays_path, log_q=log_q, item_table=item_table, **extra, **arrays)
     model_cfg = TwoTowerConfig(
-        n_users=users.n_users,
-        n_items=items.n_items,
-        attr_sizes=items.attr_sizes(),
-        n_user_numeric=len(USER_NUMERIC),
-        n_item_numeric=len(ITEM_NUMERIC),
-        dim=cfg.dim,
-        temperature=cfg.temperature,
-        id_dropout=cfg.id_dropout,
+        n_users=users.n_users, n_items=items.n_items, attr_sizes=items.attr_sizes(),
+        n_user_numeric=len(USER_NUMERIC), n_item_numeric=len(ITEM_NUMERIC), dim=cfg.dim,
+        temperature=cfg.temperature, id_dropout=cfg.id_dropout,
         text_dim=0 if text is None else int(text.shape[1]),
-    )
+    )  # fmt: skip
     return items, users, counts, model_cfg
 
 
 def fit_config(settings: Settings, arrays: Path, model_cfg: TwoTowerConfig) -> dict[str, Any]:
     """The config :func:`pipelines.two_tower_fit.train_func` runs with (on every worker)."""
-    cfg = settings.train
+    loop = {"epochs", "batch_size", "lr", "weight_decay", "temperature", "seed"}
     return {
         "arrays": str(arrays),
         "model": model_cfg.to_dict(),
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "weight_decay": cfg.weight_decay,
-        "temperature": cfg.temperature,
         "threads": worker_threads(settings),
-        "seed": cfg.seed,
+        **settings.train.model_dump(include=loop),
     }
 
 
@@ -355,11 +330,9 @@ def item_text_table(settings: Settings, item_ids: list[str]) -> np.ndarray | Non
         return None
     path = settings.item_embeddings_path("text")
     if not path.exists():
-        log.warning(
-            "no item text embeddings at %s: training without them; run `recsys embed` "
-            "before `recsys train` to give both towers the item descriptions",
-            path,
-        )
+        log.warning("no item text embeddings at %s: training without them; run `recsys embed` "
+                    "before `recsys train` to give both towers the item descriptions",
+                    path)  # fmt: skip
         return None
     table = pq.read_table(path)
     kind = (table.schema.metadata or {}).get(b"recsys.embed.kind", b"text")
@@ -379,13 +352,9 @@ def item_text_table(settings: Settings, item_ids: list[str]) -> np.ndarray | Non
             "RECSYS_TRAIN__TEXT_EMBEDDINGS=off)."
         )
     if not found.all():
-        log.warning(
-            "%d of %d catalogue items have no text embedding in %s (zeros for them): run "
-            "`recsys embed` after catalogue changes",
-            int((~found).sum()),
-            len(item_ids),
-            path,
-        )
+        log.warning("%d of %d catalogue items have no text embedding in %s (zeros for them): "
+                    "run `recsys embed` after catalogue changes",
+                    int((~found).sum()), len(item_ids), path)  # fmt: skip
     out = np.zeros((len(item_ids) + 1, vectors.shape[1]), dtype=np.float32)
     out[1:][found] = vectors[rows[found]]
     log.info("item text embeddings: %d-d for %d items from %s", out.shape[1], found.sum(), path)
@@ -428,17 +397,17 @@ def evaluate(
         ranked += _top_k(scores, items.item_ids, [seen.get(u, set()) for u in chunk], k)
     two_tower = evaluate_rankings(dict(zip(test_users, ranked, strict=True)), truth, k)
     cold = _cold_item_metrics(user_vecs, item_vecs, items, test_users, seen, truth, cold_items, k)
-    pop_all = top_items(train_rows)["item_id"].tolist()
-    since = cutoff - pd.Timedelta(days=recent_days)
-    pop_recent = top_items(train_rows, since=since)["item_id"].tolist()
+
+    def popularity(since: pd.Timestamp | None = None) -> dict[str, float]:
+        ranking = top_items(train_rows, since=since)["item_id"].tolist()
+        return evaluate_rankings(recommend_popular(ranking, seen, test_users, k), truth, k)
+
     return {
         "k": k,
         "cutoff": str(cutoff),
         "two_tower": two_tower,
-        "popularity": evaluate_rankings(recommend_popular(pop_all, seen, test_users, k), truth, k),
-        "popularity_recent": evaluate_rankings(
-            recommend_popular(pop_recent, seen, test_users, k), truth, k
-        ),
+        "popularity": popularity(),
+        "popularity_recent": popularity(since=cutoff - pd.Timedelta(days=recent_days)),
         "cold_items": cold,
     }
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 from recsys.core.schema import AGE_BOUNDS, EVENT_TYPES, REQUIRED_COLUMNS, TABLES, table_path
 
 # GX phones home and draws progress bars unless told otherwise; the variable must be set before
-# great_expectations is imported. GX itself is imported lazily (see ``_import_gx``) because the
-# import alone takes seconds and most CLI commands never validate.
+# great_expectations is imported. GX itself is imported inside the functions that use it, because
+# the import alone takes seconds and most CLI commands never validate.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 if TYPE_CHECKING:
@@ -55,21 +55,19 @@ OPTIONAL_TABLES: frozenset[str] = frozenset({"users", "holdout"})
 # data under another name: same schema, same row rules, same expectations.
 RULES_OF: dict[str, str] = {"holdout": "interactions"}
 EVENT_KEY: tuple[str, ...] = ("user_id", "item_id", "timestamp", "event_type")
+# The key column of each referenced table: interactions must use keys that passed validation.
+KEY_OF: dict[str, str] = {"items": "item_id", "users": "user_id"}
 REASON_COLUMN = "reason"
 
-# Which column each row-level reason is about, for error messages and the summary.
+# Which column each row-level reason is about, for error messages; the other reasons name it
+# after their first word (null_<column>, unknown_<column>, duplicate_<column>).
 REASON_COLUMNS: dict[str, str] = {
     "invalid_event_type": "event_type",
     "negative_price": "price",
     "future_timestamp": "timestamp",
-    "unknown_item_id": "item_id",
-    "unknown_user_id": "user_id",
     "duplicate_event": ",".join(EVENT_KEY),
-    "duplicate_item_id": "item_id",
-    "duplicate_user_id": "user_id",
     "age_out_of_range": "age",
 }
-NULL_REASON_PREFIX = "null_"
 
 GX_DATASOURCE = "recsys_raw"
 GX_BATCH_DEFINITION = "whole_table"
@@ -91,9 +89,7 @@ class DataValidationError(RuntimeError):
         count: int | None = None,
     ) -> None:
         super().__init__(message)
-        self.table = table
-        self.column = column
-        self.count = count
+        self.table, self.column, self.count = table, column, count
 
 
 @dataclass
@@ -123,7 +119,6 @@ class _Checked:
     """A table after casting and row checks, before anything is written."""
 
     name: str
-    source: Path
     table: pa.Table  # cast to the canonical types, all rows, extra columns kept
     frame: pd.DataFrame  # the canonical columns of ``table`` as pandas, for checks and GX
     reasons: pd.Series  # one reason per row, None where the row is valid
@@ -131,6 +126,11 @@ class _Checked:
     @property
     def valid_mask(self) -> np.ndarray:
         return self.reasons.isna().to_numpy()
+
+    def result(self) -> TableResult:
+        counts = Counter(self.reasons.dropna())
+        bad, rows = sum(counts.values()), self.table.num_rows
+        return TableResult(self.name, rows, rows - bad, bad, dict(counts.most_common()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,13 +169,20 @@ def _read_raw(raw_dir: Path, name: str) -> pa.Table | None:
         ) from exc
 
 
-def _cast_timestamp(array: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
-    """Cast to UTC microseconds, treating naive values as UTC.
+def _cast_column(array: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    """Cast to ``target``; timestamps become UTC microseconds, naive values read as UTC.
 
-    Nanoseconds are truncated (the platform stores microseconds). Numbers are refused: epoch
-    seconds and milliseconds look the same, and guessing wrong silently moves events by decades.
+    Nanoseconds are truncated (the platform stores microseconds). Numbers are refused as
+    timestamps: epoch seconds and milliseconds look the same, and guessing wrong silently moves
+    events by decades.
     """
+    if array.type == target:
+        return array
+    if pa.types.is_dictionary(array.type):
+        array = pc.cast(array, array.type.value_type)
     source = array.type
+    if not pa.types.is_timestamp(target):
+        return pc.cast(array, target)
     if pa.types.is_timestamp(source) or pa.types.is_date(source):
         return pc.cast(array, target, safe=False)
     if pa.types.is_string(source) or pa.types.is_large_string(source):
@@ -189,16 +196,6 @@ def _cast_timestamp(array: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedAr
         f"{source} values are ambiguous as timestamps (seconds? milliseconds?); "
         "export them as timestamps or ISO-8601 strings"
     )
-
-
-def _cast_column(array: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
-    if array.type == target:
-        return array
-    if pa.types.is_dictionary(array.type):
-        array = pc.cast(array, array.type.value_type)
-    if pa.types.is_timestamp(target):
-        return _cast_timestamp(array, target)
-    return pc.cast(array, target)
 
 
 def _conform(name: str, raw: pa.Table, source: Path) -> pa.Table:
@@ -219,30 +216,25 @@ def _conform(name: str, raw: pa.Table, source: Path) -> pa.Table:
             )
 
     arrays: list[pa.ChunkedArray] = []
-    fields: list[pa.Field] = []
     for target in schema:
-        if target.name in raw.column_names:
-            column = raw.column(target.name)
-            try:
-                arrays.append(_cast_column(column, target.type))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-                raise DataValidationError(
-                    f"{_file_label(name)}: column '{target.name}' has type {column.type} which "
-                    f"cannot be cast to {target.type} (file: {source}): {exc}. "
-                    "Fix the export or map the column.",
-                    table=name,
-                    column=target.name,
-                ) from exc
-        else:
+        if target.name not in raw.column_names:
             log.info("%s: optional column '%s' absent, filled with nulls", name, target.name)
             arrays.append(pa.chunked_array([pa.nulls(raw.num_rows, target.type)]))
-        fields.append(target.with_nullable(True))
-
-    canonical = set(schema.names)
-    for column_name in raw.column_names:
-        if column_name not in canonical:
-            arrays.append(raw.column(column_name))
-            fields.append(raw.schema.field(column_name))
+            continue
+        column = raw.column(target.name)
+        try:
+            arrays.append(_cast_column(column, target.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise DataValidationError(
+                f"{_file_label(name)}: column '{target.name}' has type {column.type} which "
+                f"cannot be cast to {target.type} (file: {source}): {exc}. "
+                "Fix the export or map the column.",
+                table=name,
+                column=target.name,
+            ) from exc
+    extras = [f for f in raw.schema if f.name not in schema.names]
+    arrays += [raw.column(f.name) for f in extras]
+    fields = [f.with_nullable(True) for f in schema] + extras
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
@@ -253,9 +245,7 @@ def _conform(name: str, raw: pa.Table, source: Path) -> pa.Table:
 
 def _flag(reasons: pd.Series, mask: pd.Series | np.ndarray, reason: str) -> None:
     """Give ``reason`` to rows in ``mask`` that have no reason yet (first rule wins)."""
-    hit = np.asarray(mask, dtype=bool) & reasons.isna().to_numpy()
-    if hit.any():
-        reasons[hit] = reason
+    reasons[np.asarray(mask, dtype=bool) & reasons.isna().to_numpy()] = reason
 
 
 def _flag_duplicates(reasons: pd.Series, frame: pd.DataFrame, keys: list[str], reason: str) -> None:
@@ -264,35 +254,25 @@ def _flag_duplicates(reasons: pd.Series, frame: pd.DataFrame, keys: list[str], r
     Duplicates are looked for only among rows that passed every other rule, so that when the
     first copy is bad (e.g. a negative price) a later good copy is kept rather than both lost.
     """
-    alive = reasons.isna().to_numpy()
-    if not alive.any():
-        return
-    dup = frame.loc[alive, keys].duplicated(keep="first")
-    hit = np.zeros(len(frame), dtype=bool)
-    hit[np.flatnonzero(alive)[dup.to_numpy()]] = True
-    _flag(reasons, hit, reason)
+    dup = frame.loc[reasons.isna(), keys].duplicated(keep="first")
+    reasons.loc[dup.index[dup.to_numpy()]] = reason
 
 
 def _row_reasons(
-    name: str,
-    frame: pd.DataFrame,
-    now: pd.Timestamp,
-    item_ids: np.ndarray | None,
-    user_ids: np.ndarray | None,
+    name: str, frame: pd.DataFrame, now: pd.Timestamp, refs: Mapping[str, np.ndarray]
 ) -> pd.Series:
+    """One reason per row (None: valid); ``refs`` holds the valid keys interactions may use."""
     reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     name = _rules(name)
     for column in REQUIRED_COLUMNS[name]:
-        _flag(reasons, frame[column].isna(), f"{NULL_REASON_PREFIX}{column}")
+        _flag(reasons, frame[column].isna(), f"null_{column}")
 
     if name == "interactions":
         _flag(reasons, ~frame["event_type"].isin(EVENT_TYPES), "invalid_event_type")
         _flag(reasons, frame["price"] < 0, "negative_price")
         _flag(reasons, frame["timestamp"] > now, "future_timestamp")
-        if item_ids is not None:
-            _flag(reasons, ~frame["item_id"].isin(item_ids), "unknown_item_id")
-        if user_ids is not None:
-            _flag(reasons, ~frame["user_id"].isin(user_ids), "unknown_user_id")
+        for column, valid in refs.items():
+            _flag(reasons, ~frame[column].isin(valid), f"unknown_{column}")
         _flag_duplicates(reasons, frame, list(EVENT_KEY), "duplicate_event")
     elif name == "items":
         _flag(reasons, frame["price"] < 0, "negative_price")
@@ -306,42 +286,9 @@ def _row_reasons(
     return reasons
 
 
-def _reason_column(reason: str) -> str:
-    if reason.startswith(NULL_REASON_PREFIX):
-        return reason.removeprefix(NULL_REASON_PREFIX)
-    return REASON_COLUMNS.get(reason, "?")
-
-
-def _check_table(
-    name: str,
-    raw: pa.Table,
-    source: Path,
-    now: pd.Timestamp,
-    item_ids: np.ndarray | None,
-    user_ids: np.ndarray | None,
-) -> _Checked:
-    table = _conform(name, raw, source)
-    # Only the canonical columns go to pandas: extras may hold types pandas handles badly, and
-    # converting fewer string columns matters on tens of millions of rows.
-    frame = table.select(TABLES[_rules(name)].names).to_pandas()
-    reasons = _row_reasons(name, frame, now, item_ids, user_ids)
-    return _Checked(name=name, source=source, table=table, frame=frame, reasons=reasons)
-
-
-def _valid_keys(checked: _Checked, column: str) -> np.ndarray:
-    return checked.frame.loc[checked.valid_mask, column].unique()
-
-
 # --------------------------------------------------------------------------------------------
 # Great Expectations
 # --------------------------------------------------------------------------------------------
-
-
-def _import_gx() -> Any:
-    """Import great_expectations on first use (the import costs seconds)."""
-    import great_expectations as gx
-
-    return gx
 
 
 def _gx_context(reports_dir: Path, docs_dir: Path) -> Any:
@@ -352,7 +299,7 @@ def _gx_context(reports_dir: Path, docs_dir: Path) -> Any:
     the HTML lands where the caller asked, not under the GX project); GX's default ``local_site``
     is dropped so docs are rendered once.
     """
-    gx = _import_gx()
+    import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="file", project_root_dir=str(reports_dir / "gx"))
@@ -403,7 +350,8 @@ def _expectations(name: str, with_users: bool) -> list[Any]:
     (``$PARAMETER``) supplied at run time, so the stored suite stays small and stable. The key
     sets get a ``description`` because otherwise Data Docs renders every id in the set.
     """
-    gxe = _import_gx().expectations
+    import great_expectations.expectations as gxe
+
     name = _rules(name)
     required = REQUIRED_COLUMNS[name]
     out: list[Any] = [gxe.ExpectColumnToExist(column=c) for c in required]
@@ -413,23 +361,11 @@ def _expectations(name: str, with_users: bool) -> list[Any]:
             gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
             gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0),
             gxe.ExpectColumnMaxToBeBetween(column="timestamp", max_value={"$PARAMETER": "now"}),
-            gxe.ExpectColumnValuesToBeInSet(
-                column="item_id",
-                value_set={"$PARAMETER": "item_ids"},
-                description="item_id must reference an item that passed validation in "
-                "items.parquet (referential integrity)",
-            ),
+            _reference(gxe, "item_id", "an item", "items"),
             gxe.ExpectCompoundColumnsToBeUnique(column_list=list(EVENT_KEY)),
         ]
         if with_users:
-            out.append(
-                gxe.ExpectColumnValuesToBeInSet(
-                    column="user_id",
-                    value_set={"$PARAMETER": "user_ids"},
-                    description="user_id must reference a user that passed validation in "
-                    "users.parquet (referential integrity)",
-                )
-            )
+            out.append(_reference(gxe, "user_id", "a user", "users"))
     elif name == "items":
         out += [
             gxe.ExpectColumnValuesToBeUnique(column="item_id"),
@@ -444,15 +380,23 @@ def _expectations(name: str, with_users: bool) -> list[Any]:
     return out
 
 
-def _referenced(frame: pd.DataFrame, column: str, valid: np.ndarray | None) -> list[str]:
+def _reference(gxe: Any, column: str, what: str, table: str) -> Any:
+    """Referential integrity: ``column`` values are among the ``<column>s`` suite parameter."""
+    return gxe.ExpectColumnValuesToBeInSet(
+        column=column,
+        value_set={"$PARAMETER": f"{column}s"},
+        description=f"{column} must reference {what} that passed validation in "
+        f"{table}.parquet (referential integrity)",
+    )
+
+
+def _referenced(frame: pd.DataFrame, column: str, valid: np.ndarray) -> list[str]:
     """The valid keys that ``frame[column]`` actually uses.
 
     On this batch, "value in the valid keys" and "value in the valid keys it uses" are the same
     expectation, but GX serialises the value set hundreds of times per run (pydantic ``.dict()``
     on every metric lookup: ~3 s for 30k ids), so a catalogue's never-touched items are dropped.
     """
-    if valid is None or len(valid) == 0:
-        return []
     used = pd.unique(frame[column].dropna())
     return sorted(np.intersect1d(used.astype(str), np.asarray(valid, dtype=str)).tolist())
 
@@ -461,19 +405,18 @@ def _run_gx(
     context: Any, checked: _Checked, params: dict[str, Any], with_users: bool
 ) -> tuple[int, int]:
     """Validate the raw (cast, unfiltered) table and refresh Data Docs; (passed, failed)."""
-    gx = _import_gx()
-    name = checked.name
+    import great_expectations as gx
+
+    name, key = checked.name, f"recsys_{checked.name}"
     suite = context.suites.add_or_update(
-        gx.ExpectationSuite(name=f"recsys_{name}", expectations=_expectations(name, with_users))
+        gx.ExpectationSuite(name=key, expectations=_expectations(name, with_users))
     )
     definition = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(
-            name=f"recsys_{name}", data=_batch_definition(context, name), suite=suite
-        )
+        gx.ValidationDefinition(name=key, data=_batch_definition(context, name), suite=suite)
     )
     checkpoint = context.checkpoints.add_or_update(
         gx.Checkpoint(
-            name=f"recsys_{name}",
+            name=key,
             validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[GX_SITE])],
             result_format="SUMMARY",
@@ -482,10 +425,9 @@ def _run_gx(
     result = checkpoint.run(
         batch_parameters={"dataframe": checked.frame}, expectation_parameters=params
     )
-    passed = failed = 0
-    for run in result.run_results.values():
-        passed += int(run.statistics["successful_expectations"])
-        failed += int(run.statistics["unsuccessful_expectations"])
+    stats = [run.statistics for run in result.run_results.values()]
+    passed = sum(int(s["successful_expectations"]) for s in stats)
+    failed = sum(int(s["unsuccessful_expectations"]) for s in stats)
     log.info("%s: %d expectations passed, %d failed", name, passed, failed)
     return passed, failed
 
@@ -503,17 +445,11 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     tmp.replace(path)
 
 
-def _strict_schema(name: str, table: pa.Table) -> pa.Schema:
-    """Canonical fields (with their nullability) followed by the pass-through columns."""
-    canonical = TABLES[_rules(name)]
-    extras = [f for f in table.schema if f.name not in canonical.names]
-    return pa.schema(list(canonical) + extras)
-
-
 def _write_validated(checked: _Checked, validated_dir: Path) -> None:
-    """Valid rows with the canonical schema, non-null key fields included."""
-    mask = pa.array(checked.valid_mask)
-    valid = checked.table.filter(mask).cast(_strict_schema(checked.name, checked.table))
+    """Valid rows with the canonical schema, non-null key fields included; extras follow."""
+    canonical = list(TABLES[_rules(checked.name)])  # ``_conform`` put these first, nullable
+    schema = pa.schema(canonical + list(checked.table.schema)[len(canonical) :])
+    valid = checked.table.filter(pa.array(checked.valid_mask)).cast(schema)
     _write_parquet(valid, table_path(validated_dir, checked.name))
 
 
@@ -522,9 +458,7 @@ def _write_quarantine(checked: _Checked, quarantine_dir: Path) -> Path:
     bad = ~checked.valid_mask
     rows = checked.table.filter(pa.array(bad))
     if REASON_COLUMN in rows.column_names:  # keep the raw column, but ours is the one that counts
-        rows = rows.rename_columns(
-            [f"raw_{c}" if c == REASON_COLUMN else c for c in rows.column_names]
-        )
+        rows = rows.rename_columns({REASON_COLUMN: f"raw_{REASON_COLUMN}"})
     reasons = pa.array(checked.reasons[bad].tolist(), type=pa.string())
     path = table_path(quarantine_dir, checked.name)
     _write_parquet(rows.append_column(REASON_COLUMN, reasons), path)
@@ -535,7 +469,7 @@ def _too_many_bad(
     result: TableResult, max_bad_fraction: float, quarantine: Path, report: Path
 ) -> DataValidationError:
     reason, count = max(result.reasons.items(), key=lambda kv: kv[1])
-    column = _reason_column(reason)
+    column = REASON_COLUMNS.get(reason) or reason.partition("_")[2]
     share = result.rows_quarantined / result.rows_in
     return DataValidationError(
         f"{_file_label(result.table)}: {result.rows_quarantined} of {result.rows_in} rows "
@@ -552,11 +486,6 @@ def _too_many_bad(
 # --------------------------------------------------------------------------------------------
 # Entry points
 # --------------------------------------------------------------------------------------------
-
-
-def _utc_now(now: datetime | None) -> pd.Timestamp:
-    stamp = pd.Timestamp(now if now is not None else datetime.now(UTC))
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def validate_dataset(
@@ -577,15 +506,14 @@ def validate_dataset(
     """
     raw_dir, validated_dir = Path(raw_dir), Path(validated_dir)
     quarantine_dir, reports_dir = Path(quarantine_dir), Path(reports_dir)
-    clock = _utc_now(now)
+    clock = pd.Timestamp(now if now is not None else datetime.now(UTC))
+    clock = clock.tz_localize("UTC") if clock.tzinfo is None else clock.tz_convert("UTC")
 
     # Table level first: fail fast, before the seconds that GX costs.
     raws = {name: _read_raw(raw_dir, name) for name in TABLE_ORDER}
     checked: dict[str, _Checked] = {}
-    item_ids: np.ndarray | None = None
-    user_ids: np.ndarray | None = None
-    for name in TABLE_ORDER:
-        raw = raws[name]
+    keys: dict[str, np.ndarray] = {}  # KEY_OF column -> the keys that passed validation
+    for name, raw in raws.items():
         if raw is None:
             continue
         if raw.num_rows == 0:
@@ -595,41 +523,26 @@ def validate_dataset(
                 table=name,
                 count=0,
             )
-        refs_items = item_ids if _rules(name) == "interactions" else None
-        refs_users = user_ids if _rules(name) == "interactions" else None
-        checked[name] = _check_table(
-            name, raw, table_path(raw_dir, name), clock, refs_items, refs_users
-        )
-        if name == "items":
-            item_ids = _valid_keys(checked[name], "item_id")
-        elif name == "users":
-            user_ids = _valid_keys(checked[name], "user_id")
-
-    results: dict[str, TableResult] = {}
-    for name, table in checked.items():
-        counts = Counter(r for r in table.reasons if r is not None)
-        rows_in = table.table.num_rows
-        bad = int(sum(counts.values()))
-        results[name] = TableResult(
-            table=name,
-            rows_in=rows_in,
-            rows_valid=rows_in - bad,
-            rows_quarantined=bad,
-            reasons=dict(counts.most_common()),
-        )
+        conformed = _conform(name, raw, table_path(raw_dir, name))
+        # Only the canonical columns go to pandas: extras may hold types pandas handles badly, and
+        # converting fewer string columns matters on tens of millions of rows.
+        frame = conformed.select(TABLES[_rules(name)].names).to_pandas()
+        refs = keys if _rules(name) == "interactions" else {}
+        checked[name] = _Checked(name, conformed, frame, _row_reasons(name, frame, clock, refs))
+        if name in KEY_OF:
+            keys[KEY_OF[name]] = frame.loc[checked[name].valid_mask, KEY_OF[name]].unique()
+    results = {name: table.result() for name, table in checked.items()}
 
     docs_dir = reports_dir / "data_docs"
     context = _gx_context(reports_dir, docs_dir)
-    with_users = "users" in checked
     for name, table in checked.items():
         params: dict[str, Any] = {"now": clock.to_pydatetime()}
         if _rules(name) == "interactions":
-            params["item_ids"] = _referenced(table.frame, "item_id", item_ids)
-            if with_users:
-                params["user_ids"] = _referenced(table.frame, "user_id", user_ids)
-        passed, failed = _run_gx(context, table, params, with_users)
-        results[name].expectations_passed = passed
-        results[name].expectations_failed = failed
+            params |= {f"{c}s": _referenced(table.frame, c, valid) for c, valid in keys.items()}
+        result = results[name]
+        result.expectations_passed, result.expectations_failed = _run_gx(
+            context, table, params, with_users="user_id" in keys
+        )
     report_path = docs_dir / "index.html"
 
     failures: list[DataValidationError] = []
@@ -645,22 +558,12 @@ def validate_dataset(
 
     for table in checked.values():
         _write_validated(table, validated_dir)
-        result = results[table.name]
-        assert result.rows_in == result.rows_valid + result.rows_quarantined
+        r = results[table.name]
         log.info(
             "%s: %d rows in, %d valid, %d quarantined %s",
-            table.name,
-            result.rows_in,
-            result.rows_valid,
-            result.rows_quarantined,
-            result.reasons or "",
+            *(r.table, r.rows_in, r.rows_valid, r.rows_quarantined, r.reasons or ""),
         )
     return ValidationResult(tables=results, report_path=report_path, quarantine_dir=quarantine_dir)
-
-
-def _top_reasons(reasons: dict[str, int], limit: int = 3) -> str:
-    top = sorted(reasons.items(), key=lambda kv: -kv[1])[:limit]
-    return ", ".join(f"{reason} ({count})" for reason, count in top) or "-"
 
 
 def print_summary(result: ValidationResult, console: Console) -> None:
@@ -668,29 +571,17 @@ def print_summary(result: ValidationResult, console: Console) -> None:
     from rich.table import Table
 
     table = Table(title="Data validation")
-    table.add_column("table")
-    table.add_column("rows in", justify="right")
-    table.add_column("valid", justify="right")
-    table.add_column("quarantined", justify="right")
-    table.add_column("top reasons")
+    for column in ("table", "rows in", "valid", "quarantined", "top reasons"):
+        table.add_column(column, justify="left" if column in ("table", "top reasons") else "right")
     table.add_column("expectations passed/failed", justify="right")
-    for item in _ordered(result.tables.values()):
+    rank = {"interactions": 0, "items": 1, "users": 2, "holdout": 3}  # the table people look at
+    for item in sorted(result.tables.values(), key=lambda r: rank.get(r.table, 99)):
         style = "red" if item.expectations_failed or item.rows_quarantined else None
-        table.add_row(
-            item.table,
-            f"{item.rows_in:,}",
-            f"{item.rows_valid:,}",
-            f"{item.rows_quarantined:,}",
-            _top_reasons(item.reasons),
-            f"{item.expectations_passed}/{item.expectations_failed}",
-            style=style,
-        )
+        rows = (f"{n:,}" for n in (item.rows_in, item.rows_valid, item.rows_quarantined))
+        top = sorted(item.reasons.items(), key=lambda kv: -kv[1])[:3]
+        reasons = ", ".join(f"{reason} ({count})" for reason, count in top) or "-"
+        outcome = f"{item.expectations_passed}/{item.expectations_failed}"
+        table.add_row(item.table, *rows, reasons, outcome, style=style)
     console.print(table)
     console.print(f"Report: {result.report_path}")
     console.print(f"Quarantine: {result.quarantine_dir}")
-
-
-def _ordered(results: Iterable[TableResult]) -> list[TableResult]:
-    """Interactions first: it is the table people look at."""
-    rank = {"interactions": 0, "items": 1, "users": 2, "holdout": 3}
-    return sorted(results, key=lambda r: rank.get(r.table, 99))

@@ -50,17 +50,30 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
 
 @contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Print a stage header and its wall time; errors stop with a readable message."""
+def stage(name: str, *expected: type[Exception]) -> Iterator[None]:
+    """Print a stage header and its wall time; ``expected`` errors (a missing input, bad data)
+    stop with a readable message instead of a traceback."""
     console.rule(f"[bold]{name}")
     started = time.perf_counter()
-    yield
+    try:
+        yield
+    except expected as exc:
+        raise _fail(exc) from exc
     console.print(f"[green]✓ {name}[/] in {time.perf_counter() - started:.1f}s")
 
 
 def _fail(exc: Exception) -> typer.Exit:
     console.print(f"[red]error:[/] {exc}")
     return typer.Exit(code=1)
+
+
+def _table(title: str, first: str, *numeric: str) -> Table:
+    """A table whose ``first`` column names the row and the others are right-aligned numbers."""
+    table = Table(title=title)
+    table.add_column(first)
+    for name in numeric:
+        table.add_column(name, justify="right")
+    return table
 
 
 # --------------------------------------------------------------------------- stages
@@ -103,9 +116,7 @@ def run_import(settings: Settings, fmt: str, path: Path | None, options: dict[st
             raise _fail(exc) from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        table = Table(title=f"{summary.format} -> {settings.raw_dir}")
-        table.add_column("table")
-        table.add_column("rows", justify="right")
+        table = _table(f"{summary.format} -> {settings.raw_dir}", "table", "rows")
         for name, rows in summary.counts.items():
             table.add_row(name, f"{rows:,}")
         console.print(table)
@@ -124,33 +135,20 @@ def run_import(settings: Settings, fmt: str, path: Path | None, options: dict[st
 def run_validate(settings: Settings, max_bad_fraction: float) -> None:
     from pipelines.validate import DataValidationError, print_summary, validate_dataset
 
-    with stage("validate"):
-        try:
-            result = validate_dataset(
-                settings.raw_dir,
-                settings.validated_dir,
-                settings.quarantine_dir,
-                settings.reports_dir,
-                max_bad_fraction=max_bad_fraction,
-            )
-        except (DataValidationError, FileNotFoundError) as exc:
-            raise _fail(exc) from exc
+    with stage("validate", DataValidationError, FileNotFoundError):
+        result = validate_dataset(settings.raw_dir, settings.validated_dir,
+                                  settings.quarantine_dir, settings.reports_dir,
+                                  max_bad_fraction=max_bad_fraction)  # fmt: skip
         print_summary(result, console)
 
 
 def run_features(settings: Settings) -> None:
     from pipelines.features import compute_features
 
-    with stage("features"):
-        try:
-            s = compute_features(
-                settings.validated_dir,
-                settings.features_dir,
-                settings.features.purchased_items_cap,
-                memory_limit=settings.features.duckdb_memory_limit,
-            )
-        except FileNotFoundError as exc:
-            raise _fail(exc) from exc
+    with stage("features", FileNotFoundError):
+        s = compute_features(settings.validated_dir, settings.features_dir,
+                             settings.features.purchased_items_cap,
+                             memory_limit=settings.features.duckdb_memory_limit)  # fmt: skip
         how = {
             "full": "computed every day",
             "incremental": f"computed only the days after {s.since}",
@@ -189,25 +187,16 @@ def run_embed(
     from recsys.core.schema import table_path
 
     items_path = table_path(settings.validated_dir, "items")
-    with stage(f"embed {kind} ({'Ray Data' if use_ray else 'in-process'})"):
+    expected = (ModelFolderError, FileNotFoundError, ValueError, ImportError)
+    with stage(f"embed {kind} ({'Ray Data' if use_ray else 'in-process'})", *expected):
         if not items_path.exists():
-            raise _fail(FileNotFoundError(f"{items_path} is missing: run `recsys validate` first."))
-        try:
-            s = embed_items(
-                items_path,
-                settings.item_embeddings_path(kind),
-                settings.embeddings_cache_dir,
-                kind=kind,
-                model_path=model_path,
-                use_ray=use_ray,
-                batch_size=batch_size,
-                settings=settings,
-                # Ray Data logs (hidden) progress lines when stdout is not a terminal and warns
-                # when progress is off; in-process tqdm bars would only clutter a log file
-                progress=use_ray or console.is_terminal,
-            )
-        except (ModelFolderError, FileNotFoundError, ValueError, ImportError) as exc:
-            raise _fail(exc) from exc
+            raise FileNotFoundError(f"{items_path} is missing: run `recsys validate` first.")
+        # Ray Data logs (hidden) progress lines when stdout is not a terminal and warns
+        # when progress is off; in-process tqdm bars would only clutter a log file
+        s = embed_items(items_path, settings.item_embeddings_path(kind),
+                        settings.embeddings_cache_dir, kind=kind, model_path=model_path,
+                        use_ray=use_ray, batch_size=batch_size, settings=settings,
+                        progress=use_ray or console.is_terminal)  # fmt: skip
         console.print(
             f"  {s.items:,} items: {s.hits:,} cached, {s.encoded:,} encoded ({s.backend}, "
             f"{s.encode_seconds:.1f}s), dim {s.dim} -> {s.out_path}"
@@ -217,18 +206,12 @@ def run_embed(
 def run_train(settings: Settings) -> dict[str, Any]:
     from pipelines.train import train
 
-    with stage("train (two-tower, Ray Train)"):
-        try:
-            result = train(settings, progress=console.print)
-        except (FileNotFoundError, ValueError) as exc:
-            raise _fail(exc) from exc
+    with stage("train (two-tower, Ray Train)", FileNotFoundError, ValueError):
+        result = train(settings, progress=console.print)
         m = result.metrics
         recall, ndcg = f"recall@{m['k']}", f"ndcg@{m['k']}"
-        table = Table(title=f"held-out window from {m['cutoff'][:10]} "
-                            f"({m['two_tower']['users']:,} users)")  # fmt: skip
-        table.add_column("model")
-        table.add_column(recall, justify="right")
-        table.add_column(ndcg, justify="right")
+        title = f"held-out window from {m['cutoff'][:10]} ({m['two_tower']['users']:,} users)"
+        table = _table(title, "model", recall, ndcg)
         for name in ("two_tower", "popularity", "popularity_recent"):
             table.add_row(name, f"{m[name][recall]:.4f}", f"{m[name][ndcg]:.4f}")
         console.print(table)
@@ -255,18 +238,13 @@ def run_item2vec(settings: Settings, use_ray: bool = True, cutoff: str | None = 
     from pipelines.item2vec import fit_item2vec
 
     backend = "Ray Train" if use_ray else "plain PyTorch"
-    with stage(f"item2vec (skip-gram over sessions, {backend})"):
-        try:
-            result = fit_item2vec(settings, cutoff=cutoff, use_ray=use_ray)
-        except (FileNotFoundError, ValueError) as exc:
-            raise _fail(exc) from exc
+    with stage(f"item2vec (skip-gram over sessions, {backend})", FileNotFoundError, ValueError):
+        result = fit_item2vec(settings, cutoff=cutoff, use_ray=use_ray)
         m = result.metrics
         k = m["k"]
-        table = Table(title=f"next item in {m['heldout_sessions']:,} held-out sessions "
-                            f"({m['steps']:,} steps, after {m['cutoff'][:10]})")  # fmt: skip
-        table.add_column("model")
-        table.add_column(f"HR@{k}", justify="right")
-        table.add_column(f"MRR@{k}", justify="right")
+        table = _table(f"next item in {m['heldout_sessions']:,} held-out sessions "
+                       f"({m['steps']:,} steps, after {m['cutoff'][:10]})",
+                       "model", f"HR@{k}", f"MRR@{k}")  # fmt: skip
         for name in ("item2vec", "cooccurrence", "popularity"):
             table.add_row(name, f"{m[name][f'hr@{k}']:.4f}", f"{m[name][f'mrr@{k}']:.4f}")
         console.print(table)
@@ -292,28 +270,17 @@ def run_evaluate(
 
     from pipelines.evaluate import evaluate as evaluate_peers
 
-    with stage("evaluate (popularity, item-kNN, ALS, EASE, the served pipeline)"):
-        try:
-            result = evaluate_peers(
-                settings,
-                holdout=holdout,
-                split=split,  # type: ignore[arg-type]
-                test_fraction=test_fraction,
-                tune=tune,
-                progress=console.print,
-            )
-        except (FileNotFoundError, ValueError) as exc:
-            raise _fail(exc) from exc
+    header = "evaluate (popularity, item-kNN, ALS, EASE, the served pipeline)"
+    with stage(header, FileNotFoundError, ValueError):
+        result = evaluate_peers(settings, holdout=holdout, split=split,  # type: ignore[arg-type]
+                                test_fraction=test_fraction, tune=tune,
+                                progress=console.print)  # fmt: skip
         d = result["dataset"]
-        table = Table(
-            title=f"{result['protocol']['split']} split: {d['eval_users']:,} users "
-            f"({d['cold_test_users']:,} cold), {d['train_items']:,} items"
-        )
-        columns = ("R@10", "NDCG@10", "MAP@12", "R@100", "cov@10", "cold-u R@10", "cold-i R@10")
-        table.add_column("model")
-        for col in (*columns, "fit s"):
-            table.add_column(col, justify="right")
-        chosen: list[str] = []
+        table = _table(f"{result['protocol']['split']} split: {d['eval_users']:,} users "
+                       f"({d['cold_test_users']:,} cold), {d['train_items']:,} items",
+                       "model", "R@10", "NDCG@10", "MAP@12", "R@100", "cov@10",
+                       "cold-u R@10", "cold-i R@10", "fit s")  # fmt: skip
+        metrics = ("recall@10", "ndcg@10", "map@12", "recall@100", "coverage@10")
         rows = dict(result["models"])
         if result.get("served") is not None:
             rows["[bold]served pipeline[/]"] = {"params": {}, **result["served"]}
@@ -321,18 +288,11 @@ def run_evaluate(
             if "overall" not in m:
                 table.add_row(name, f"[red]{m.get('error', 'failed')}[/]")
                 continue
-            o = m["overall"]
-            seg = [f"{m[s]['recall@10']:.4f}" if m.get(s) else "-"
-                   for s in ("cold_users", "cold_items")]  # fmt: skip
-            metrics = ("recall@10", "ndcg@10", "map@12", "recall@100", "coverage@10")
-            if m["params"]:
-                chosen.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in m["params"].items()))
-            table.add_row(
-                name,
-                *(f"{o[c]:.4f}" if c in o else "-" for c in metrics),
-                *seg,
-                f"{m['fit_seconds']:.1f}" if "fit_seconds" in m else "-",
-            )
+            cells = [f"{m['overall'][c]:.4f}" if c in m["overall"] else "-" for c in metrics]
+            cells += [f"{m[s]['recall@10']:.4f}" if m.get(s) else "-"
+                      for s in ("cold_users", "cold_items")]  # fmt: skip
+            fit = f"{m['fit_seconds']:.1f}" if "fit_seconds" in m else "-"
+            table.add_row(name, *cells, fit)
         console.print(table)
         alone = (result.get("served") or {}).get("sources_alone")
         if alone:
@@ -343,8 +303,9 @@ def run_evaluate(
                 f"({best}) {alone[best]['ndcg@10']:.4f}: "
                 f"{served['ndcg@10'] / max(alone[best]['ndcg@10'], 1e-12):.2f}x"
             )
-        for line in chosen:
-            console.print(f"  {line}")
+        for name, m in rows.items():  # the parameters each tuned model chose
+            if "overall" in m and m["params"]:
+                console.print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in m["params"].items()))
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json_lib.dumps(result, indent=2, default=str))
@@ -476,13 +437,9 @@ def data_import(
     ] = None,
 ) -> None:
     """Import a data set (replaces the current one; model runs are kept)."""
-    options = {
-        "interactions": interactions, "items": items, "users": users, "holdout": holdout,
-        "map": mapping, "event_type": event_type, "event_map": event_map,
-        "timestamp_format": timestamp_format, "timestamp_unit": timestamp_unit,
-        "holdout_days": holdout_days, "reference_time": reference_time,
-    }  # fmt: skip
-    run_import(get_settings(), fmt, path, options)
+    # every option but the format and folder, under the adapters' names (None: not given)
+    options = {k: v for k, v in locals().items() if k not in ("fmt", "path", "mapping")}
+    run_import(get_settings(), fmt, path, {**options, "map": mapping})
 
 
 @app.command()
@@ -518,8 +475,7 @@ def embed(
         ),
     ] = None,
     ray: Annotated[
-        bool,
-        typer.Option("--ray/--no-ray", help="Encode with Ray Data, or in this process."),
+        bool, typer.Option("--ray/--no-ray", help="Encode with Ray Data, or in this process.")
     ] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Inputs per forward pass.")] = 64,
 ) -> None:
@@ -535,7 +491,7 @@ def train(
     num_workers: Annotated[int | None, typer.Option(help="Ray Train workers.")] = None,
 ) -> None:
     """Train the two-tower model through Ray Train and compare it with popularity."""
-    run_train(_with_train(get_settings(), epochs, num_workers))
+    run_train(_override(get_settings(), "train", epochs=epochs, num_workers=num_workers))
 
 
 @app.command()
@@ -605,12 +561,7 @@ def serve(
     ] = None,
 ) -> None:
     """Start the recommendation API."""
-    settings = get_settings()
-    if workers is not None:
-        settings = settings.model_copy(
-            update={"serve": settings.serve.model_copy(update={"workers": workers})}
-        )
-    run_serve(settings, host, port)
+    run_serve(_override(get_settings(), "serve", workers=workers), host, port)
 
 
 @app.command()
@@ -641,11 +592,10 @@ def demo(
         f"  all stages in {time.perf_counter() - started:.1f}s; data root {settings.home}"
     )
     user_id = example_user(settings)
-    base = f"http://{host}:{port}"
     console.print("  try:")
-    console.print(f"    curl -s '{base}/users/{user_id}/recommendations?k=10'")
-    console.print(f"    curl -s '{base}/users/new-visitor/recommendations?k=5'")
-    console.print(f"    curl -s '{base}/health'")
+    for path in (f"users/{user_id}/recommendations?k=10", "users/new-visitor/recommendations?k=5",
+                 "health"):  # fmt: skip
+        console.print(f"    curl -s 'http://{host}:{port}/{path}'")
     if serve:
         run_serve(settings, host, port)
 
@@ -664,11 +614,13 @@ def example_user(settings: Settings) -> str:
     return str(row[0])
 
 
-def _with_train(settings: Settings, epochs: int | None, num_workers: int | None) -> Settings:
-    updates = {k: v for k, v in {"epochs": epochs, "num_workers": num_workers}.items() if v}
+def _override(settings: Settings, section: str, **values: Any) -> Settings:
+    """``settings`` with the command line's values for ``section`` (None or 0: not given)."""
+    updates = {k: v for k, v in values.items() if v}
     if not updates:
         return settings
-    return settings.model_copy(update={"train": settings.train.model_copy(update=updates)})
+    part = getattr(settings, section).model_copy(update=updates)
+    return settings.model_copy(update={section: part})
 
 
 def _parse_date(value: str | None) -> date | None:

@@ -108,8 +108,7 @@ class RecommendationResponse(BaseModel):
         description="True when nothing is known of the visitor: the anonymous answer is shown."
     )
     degraded: bool = Field(
-        default=False,
-        description="True when a dependency failed: the remaining sources answered.",
+        default=False, description="True when a dependency failed: the remaining sources answered."
     )
     model_version: str
 
@@ -137,8 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         in the body is not valid JSON, and once turned this answer into a 500)."""
         return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
 
-    metrics = ApiMetrics()
-    app.state.metrics = metrics
+    app.state.metrics = metrics = ApiMetrics()
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     max_k = settings.serve.max_k
@@ -163,7 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         filters = ItemFilters(category, department, max_price, in_stock)
         rec = request.app.state.recommender.recommend(user_id, k, filters)
         metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
-        return _json(_response(rec))
+        return _json(RecommendationResponse.model_validate(rec, from_attributes=True))
 
     @app.post("/recommendations", response_model=RecommendationResponse)
     async def session_recommendations(body: SessionRequest, request: Request) -> Response:
@@ -175,7 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body.session_items, body.k, filters, body.age_bucket
         )
         metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
-        return _json(_response(rec))
+        return _json(RecommendationResponse.model_validate(rec, from_attributes=True))
 
     @app.get("/items/{item_id}/similar", response_model=ItemListResponse, responses=UNKNOWN_ITEM)
     async def similar(
@@ -190,11 +188,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         nobody has bought yet answers from sessions, then content (``method`` says what was
         used)."""
         recommender = request.app.state.recommender
-        _require_item(recommender, item_id)
+        _require_items(recommender, [item_id])
         used, items = recommender.similar(item_id, k, method)
-        body = ItemListResponse(item_id=item_id, items=[RecommendedItem(**i) for i in items],
-                                model_version=recommender.model_version, method=used)  # fmt: skip
-        return _json(body)
+        version = recommender.model_version
+        return _json(ItemListResponse(item_id=item_id, items=items, model_version=version,
+                                      method=used))  # fmt: skip
 
     @app.get(
         "/items/{item_id}/bought-together",
@@ -208,12 +206,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         """Association rules mined from baskets: support, confidence and lift per item."""
         recommender = request.app.state.recommender
-        _require_item(recommender, item_id)
+        _require_items(recommender, [item_id])
         items = recommender.bought_together(item_id, k)
-        return _json(BoughtTogetherResponse(
-            item_id=item_id, items=[BoughtTogetherItem(**i) for i in items],
-            model_version=recommender.model_version,
-        ))  # fmt: skip
+        version = recommender.model_version
+        return _json(BoughtTogetherResponse(item_id=item_id, items=items, model_version=version))
 
     @app.get("/popular", response_model=ItemListResponse)
     async def popular(
@@ -225,8 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The most bought items over the window, overall or in one category."""
         recommender = request.app.state.recommender
         items = recommender.popular(k, window, category)
-        return _json(ItemListResponse(items=[RecommendedItem(**i) for i in items],
-                                      model_version=recommender.model_version))  # fmt: skip
+        return _json(ItemListResponse(items=items, model_version=recommender.model_version))
 
     @app.post("/events", response_model=EventsAccepted, responses=UNKNOWN_ITEM)
     def events(batch: EventBatch, request: Request) -> EventsAccepted:
@@ -236,9 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         and nothing of that batch is recorded.
         """
         recommender = request.app.state.recommender
-        unknown = sorted({e.item_id for e in batch.events if not recommender.known_item(e.item_id)})
-        if unknown:
-            raise HTTPException(status_code=404, detail=f"unknown item_id: {', '.join(unknown)}")
+        _require_items(recommender, [e.item_id for e in batch.events])
         accepted, duplicates = recommender.record_events(batch.events)
         return EventsAccepted(accepted=accepted, duplicates=duplicates)
 
@@ -256,16 +249,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _response(rec) -> RecommendationResponse:
-    return RecommendationResponse(
-        user_id=rec.user_id,
-        items=[RecommendedItem(**item) for item in rec.items],
-        fallback=rec.fallback,
-        degraded=rec.degraded,
-        model_version=rec.model_version,
-    )
-
-
 def _json(body: BaseModel) -> Response:
     """The validated model serialised once, by pydantic-core.
 
@@ -276,9 +259,11 @@ def _json(body: BaseModel) -> Response:
     return Response(body.model_dump_json(), media_type="application/json")
 
 
-def _require_item(recommender, item_id: str) -> None:
-    if not recommender.known_item(item_id):
-        raise HTTPException(status_code=404, detail=f"unknown item_id: {item_id}")
+def _require_items(recommender: Recommender, item_ids: list[str]) -> None:
+    """404 naming every id of ``item_ids`` that the catalogue does not have."""
+    unknown = sorted({i for i in item_ids if not recommender.known_item(i)})
+    if unknown:
+        raise HTTPException(status_code=404, detail=f"unknown item_id: {', '.join(unknown)}")
 
 
 def _json_safe(value: Any) -> Any:

@@ -112,20 +112,13 @@ def activity_rows(events: Sequence[Event], current: dict[str, dict[str, Any]]) -
         now = current.get(user, {})
         views = list(now.get("recent_views") or [])
         buys = list(now.get("recent_purchases") or [])
-        session_events = int(now.get("session_events") or 0)
         for e in evs:
             if e.event_type == "view":
                 views = [e.item_id, *[v for v in views if v != e.item_id]]
             elif e.event_type == "purchase":
                 buys = [e.item_id, *buys]
-            session_events += 1
-        rows.append(
-            {
-                "user_id": user,
-                "event_timestamp": evs[-1].timestamp,
-                "recent_views": views[:RECENT_ACTIVITY],
-                "recent_purchases": buys[:RECENT_ACTIVITY],
-                "session_events": session_events,
-            }
-        )
+        rows.append({"user_id": user, "event_timestamp": evs[-1].timestamp,
+                     "recent_views": views[:RECENT_ACTIVITY],
+                     "recent_purchases": buys[:RECENT_ACTIVITY],
+                     "session_events": int(now.get("session_events") or 0) + len(evs)})  # fmt: skip
     return pd.DataFrame(rows)

@@ -6,6 +6,7 @@ Each app gets its own registry, so several apps in one process (tests, workers) 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -15,22 +16,17 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.025, 0.05, 0.1, 
 
 class ApiMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "recsys_requests", "HTTP requests", ["endpoint", "method", "status"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "recsys_request_seconds", "Request latency", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.stage_latency = Histogram(
-            "recsys_stage_seconds", "Latency of a recommendation stage", ["stage"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.fallbacks = Counter(
-            "recsys_fallbacks", "Answers not from the model", ["reason"], registry=self.registry
+        self.registry = registry = CollectorRegistry()
+        counter = partial(Counter, registry=registry)
+        histogram = partial(Histogram, buckets=LATENCY_BUCKETS, registry=registry)
+        self.requests = counter(
+            "recsys_requests", "HTTP requests", ["endpoint", "method", "status"]
         )
+        self.latency = histogram("recsys_request_seconds", "Request latency", ["endpoint"])
+        self.stage_latency = histogram(
+            "recsys_stage_seconds", "Latency of a recommendation stage", ["stage"]
+        )
+        self.fallbacks = counter("recsys_fallbacks", "Answers not from the model", ["reason"])
 
     def observe_recommendation(self, timings_ms: dict[str, float], fallback: bool,
                                degraded: bool) -> None:  # fmt: skip

@@ -42,9 +42,7 @@ BY_TEXT = "similar description"
 BY_TOWER = "similar style and attributes"
 BY_SESSIONS = "viewed in the same sessions"
 BY_PURCHASES = "bought by the same shoppers"
-ACTIVITY_REFS = [
-    f"user_activity:{c}" for c in ("recent_views", "recent_purchases", "session_events")
-]
+ACTIVITY = ("recent_views", "recent_purchases", "session_events")  # user_activity's features
 
 
 @dataclass
@@ -115,34 +113,25 @@ class Recommender:
 
     def _load(self, vectors: VectorStore) -> ServedRun:
         """The run the alias names (its collection's run id), else ``artifacts/current``."""
-        run = None
+        artifacts, run_id = self.settings.artifacts_dir, None
         try:
             run_id = vectors.current_run_id
         except Exception:  # a missing collection: serve the current run, degraded searches
             log.exception("vector store alias unreadable: serving artifacts/current")
-            run_id = None
-        if run_id and (self.settings.artifacts_dir / run_id).is_dir():
-            run = Run(self.settings.artifacts_dir / run_id)
-        run = run or Run.current(self.settings.artifacts_dir)
-        served = ServedRun(run, vectors, None, run.item_vectors(), {})  # type: ignore[arg-type]
+        named = run_id and (artifacts / run_id).is_dir()
+        run = Run(artifacts / run_id) if named else Run.current(artifacts)
+        item_vectors = run.item_vectors()
+        served = ServedRun(run, vectors, None, item_vectors, {})  # type: ignore[arg-type]
         # the search reads served.vectors on each call: a store swapped in is used at once
-        served.pipeline = pipeline = ServedPipeline.load(
-            run, self.settings,
-            self.guard.wrap("search", store_search(lambda: served.vectors)),
-            served.item_vectors,
-        )  # fmt: skip
+        search = self.guard.wrap("search", store_search(lambda: served.vectors))
+        served.pipeline = pipeline = ServedPipeline.load(run, self.settings, search, item_vectors)
         item_ids = pipeline.items.item_ids
-        served.content_vectors, served.content_reason = _content_space(
-            pipeline.model, served.item_vectors
-        )
-        served.session_vectors, served.session_run = _session_space(
-            self.settings.artifacts_dir, item_ids
-        )
+        served.content_vectors, served.content_reason = _content_space(pipeline.model, item_vectors)
+        served.session_vectors, served.session_run = _session_space(artifacts, item_ids)
         # response fields of every item, ready to copy: a pandas lookup per item costs ~0.1 ms
-        payloads = item_payloads(self.settings, item_ids)
+        rows = item_payloads(self.settings, item_ids).to_dict("records")
         served.item_fields = {
-            row["item_id"]: {n: json_value(row.get(n)) for n in ITEM_FIELDS}
-            for row in payloads.to_dict("records")
+            r["item_id"]: {f: json_value(r.get(f)) for f in ITEM_FIELDS} for r in rows
         }
         self._warm(served)
         log.info("serving model run %s with collection %s", run.id, _current(vectors))
@@ -154,8 +143,7 @@ class Recommender:
         try:
             dim = served.item_vectors.shape[1]
             served.vectors.search(np.full(dim, dim**-0.5, dtype=np.float32), 10)
-            ctx = served.pipeline.context(None, None)
-            served.pipeline.recommend(ctx, 10)
+            served.pipeline.recommend(served.pipeline.context(None, None), 10)
         except Exception:  # a missing collection is reported by /health, not here
             log.warning("warm-up search failed", exc_info=True)
 
@@ -196,14 +184,6 @@ class Recommender:
     @property
     def pipeline(self) -> ServedPipeline:
         return self.served.pipeline
-
-    @property
-    def model(self) -> Any:
-        return self.pipeline.model
-
-    @property
-    def users(self) -> Any:
-        return self.pipeline.users
 
     @property
     def items(self) -> Any:
@@ -252,13 +232,11 @@ class Recommender:
             # logged is applied, as for a restarted API (it reads the ids back from the log):
             # a retry after a failed push is not logged twice
             self._applied_event_ids |= ids
-            online = self.feature_store.get_online_features(
-                features=ACTIVITY_REFS, entity_rows=[{"user_id": u} for u in users]
+            rows = self.feature_store.get_online_features(
+                features=[f"user_activity:{c}" for c in ACTIVITY],
+                entity_rows=[{"user_id": u} for u in users],
             ).to_dict()
-            current = {
-                u: {name.split(":")[1]: online[name.split(":")[1]][i] for name in ACTIVITY_REFS}
-                for i, u in enumerate(online["user_id"])
-            }
+            current = {u: {c: rows[c][i] for c in ACTIVITY} for i, u in enumerate(rows["user_id"])}
             self.feature_store.push(
                 "user_activity_push", activity_rows(fresh, current), to=PushMode.ONLINE
             )
@@ -319,19 +297,15 @@ class Recommender:
         ranking = self.pipeline.recommend(ctx, k, filters)
         timings.update(ranking.timings_ms)
         timings["pipeline"] = (time.perf_counter() - t2) * 1e3
-        degraded = degraded or bool(ranking.failed)
-        ranked = ranking.items
-        items = [
-            {**self._fields(r.item_id), "score": round(r.score, 6), "rank": rank,
-             "reasons": r.reasons, "sources": r.sources}
-            for rank, r in enumerate(ranked, start=1)
-        ]  # fmt: skip
+        items = [self._item(r.item_id, r.score, rank, reasons=r.reasons, sources=r.sources)
+                 for rank, r in enumerate(ranking.items, start=1)]  # fmt: skip
         return Recommendation(user_id or "", items, fallback, self.model_version, timings,
-                              degraded=degraded)  # fmt: skip
+                              degraded=degraded or bool(ranking.failed))  # fmt: skip
 
-    def _fields(self, item_id: str) -> dict[str, Any]:
-        fields = self.served.item_fields.get(item_id)
-        return dict(fields) if fields is not None else {"item_id": item_id}
+    def _item(self, item_id: str, score: float, rank: int, **extra: Any) -> dict[str, Any]:
+        """One answer item: its response fields, score and rank, then ``extra``."""
+        fields = self.served.item_fields.get(item_id, {"item_id": item_id})
+        return {**fields, "score": round(score, 6), "rank": rank, **extra}
 
     def similar(self, item_id: str, k: int, method: str = "hybrid") -> tuple[str, list[dict]]:
         """Neighbours of an item: behaviour (co-purchase weights), sessions (item2vec: viewed
@@ -354,15 +328,14 @@ class Recommender:
         )
         sessions = served.session_vectors
         has_sessions = sessions is not None and bool(sessions[index].any())
+        bought = len(behaviour_ids) > 0
         used = method
-        if method == "behaviour" and len(behaviour_ids) == 0:
+        if method == "behaviour" and not bought:
             used = "sessions" if has_sessions else "content"
-        elif method == "sessions" and not has_sessions:
-            used = "content"
-        elif method == "hybrid" and len(behaviour_ids) == 0 and not has_sessions:
+        elif not has_sessions and (method == "sessions" or method == "hybrid" and not bought):
             used = "content"
         lists: list[tuple[str, np.ndarray, np.ndarray]] = []
-        if used in ("behaviour", "hybrid") and len(behaviour_ids):
+        if used in ("behaviour", "hybrid") and bought:
             lists.append((BY_PURCHASES, behaviour_ids, behaviour_scores))
         if used in ("sessions", "hybrid") and has_sessions:
             assert sessions is not None
@@ -379,21 +352,19 @@ class Recommender:
                 prev = fused.get(i, (0.0, []))
                 fused[i] = (prev[0] + value, [*prev[1], reason])
         ranked = sorted(fused.items(), key=lambda t: -t[1][0])[:k]
-        return used, [
-            {**self._fields(self.items.item_ids[i - 1]), "score": round(v, 6), "rank": r,
-             "reasons": reasons}
-            for r, (i, (v, reasons)) in enumerate(ranked, start=1)
-        ]  # fmt: skip
+        return used, [self._item(self.items.item_ids[i - 1], v, r, reasons=reasons)
+                      for r, (i, (v, reasons)) in enumerate(ranked, start=1)]  # fmt: skip
 
     def bought_together(self, item_id: str, k: int) -> list[dict[str, Any]]:
         source = self.pipeline.generator.source("bought_together")
         if source is None:  # the source is off: no rules were fitted
             return []
+        rules = source.rules.for_item(item_id, k)  # type: ignore[attr-defined]
         return [
-            {**self._fields(rule.consequent), "score": round(rule.confidence, 6), "rank": r,
-             "confidence": rule.confidence, "lift": rule.lift, "support": rule.support,
-             "reasons": [f"bought together with {item_id} in {rule.pair_baskets} baskets"]}
-            for r, rule in enumerate(source.rules.for_item(item_id, k), start=1)  # type: ignore[attr-defined]
+            self._item(rule.consequent, rule.confidence, r, confidence=rule.confidence,
+                       lift=rule.lift, support=rule.support,
+                       reasons=[f"bought together with {item_id} in {rule.pair_baskets} baskets"])
+            for r, rule in enumerate(rules, start=1)
         ]  # fmt: skip
 
     def popular(self, k: int, window: str, category: str | None) -> list[dict[str, Any]]:
@@ -402,19 +373,13 @@ class Recommender:
             return []
         top = source.table.top(k, window=window, category=category)  # type: ignore[attr-defined]
         where = f" in {category}" if category else ""
-        return [
-            {**self._fields(i), "score": round(s, 6), "rank": r,
-             "reasons": [f"among the most bought{where} ({window})"]}
-            for r, (i, s) in enumerate(top, start=1)
-        ]  # fmt: skip
+        reasons = [f"among the most bought{where} ({window})"]
+        return [self._item(i, s, r, reasons=reasons) for r, (i, s) in enumerate(top, start=1)]
 
     def health(self) -> dict[str, Any]:
+        sources = [s.name for s in self.pipeline.generator.sources]
         checks: dict[str, Any] = {
-            "model": {
-                "ok": True,
-                "version": self.model_version,
-                "sources": [s.name for s in self.pipeline.generator.sources],
-            },
+            "model": {"ok": True, "version": self.model_version, "sources": sources},
             "worker_pid": os.getpid(),  # which uvicorn worker answered
         }
         try:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 from typing import ParamSpec, TypeVar
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,7 @@ class StageGuard:
 
     def wrap(self, stage: str, fn: Callable[P, T]) -> Callable[P, T]:
         """``fn`` with this stage's budget applied on every call."""
-
-        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-            return self.call(stage, fn, *args, **kwargs)
-
-        return guarded
+        return partial(self.call, stage, fn)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

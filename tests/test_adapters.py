@@ -25,6 +25,7 @@ from pipelines.adapters import (
     replace_dataset,
 )
 from pipelines.adapters.base import CANONICAL
+from pipelines.adapters.movielens import GENRES_100K
 from recsys.core.schema import table_path
 from recsys.core.settings import Settings
 from tests.conftest import REPO, run_cli
@@ -32,15 +33,14 @@ from tests.conftest import REPO, run_cli
 ASOS_DIR = REPO.parent / "shared" / "data" / "asos"
 
 
-def check_schema(path: Path, table: str, extras: tuple[str, ...] = ()) -> pa.Schema:
-    """Canonical names and types in canonical order, then exactly ``extras``."""
-    schema = pq.read_schema(path)
+def check_schema(out: Path, table: str, *extras: str) -> None:
+    """``table`` in ``out``: canonical names and types in canonical order, then ``extras``."""
+    schema = pq.read_schema(table_path(out, table))
     canonical = CANONICAL[table]
     assert [(f.name, f.type) for f in schema][: len(canonical)] == [
         (f.name, f.type) for f in canonical
-    ], f"{path}: {schema}"
+    ], f"{table}: {schema}"
     assert tuple(schema.names[len(canonical) :]) == extras
-    return schema
 
 
 def read(out: Path, table: str) -> pd.DataFrame:
@@ -92,9 +92,9 @@ def test_generic_csv_mapping(tmp_path: Path) -> None:
     )
     assert isinstance(summary, ImportSummary) and summary.format == "generic"
     assert summary.counts == {"interactions": 5, "holdout": 2, "items": 3}
-    check_schema(table_path(out, "interactions"), "interactions", ("channel",))
-    check_schema(table_path(out, "holdout"), "holdout", ("channel",))
-    check_schema(table_path(out, "items"), "items", ("fabric",))
+    check_schema(out, "interactions", "channel")
+    check_schema(out, "holdout", "channel")
+    check_schema(out, "items", "fabric")
     assert not table_path(out, "users").exists()
 
     inter = read(out, "interactions").sort_values("timestamp").reset_index(drop=True)
@@ -133,7 +133,7 @@ def test_generic_parquet_without_items_or_event_column(tmp_path: Path) -> None:
     assert inter["user_id"].tolist() == ["1", "2", "2"]  # ints become VARCHAR ids
     assert inter["timestamp"].tolist() == [utc(2024, 2, 1), utc(2024, 2, 2), utc(2024, 2, 3)]
     assert inter["value"].tolist() == [1.0, 2.0, 1.0]
-    check_schema(table_path(out, "items"), "items")
+    check_schema(out, "items")
     assert sorted(read(out, "items")["item_id"]) == ["a", "b"]
     assert any("no --items" in n for n in summary.notes)
     assert not table_path(out, "users").exists()  # would dangle against the new interactions
@@ -236,20 +236,16 @@ def test_hm_layout(tmp_path: Path) -> None:
     assert summary.counts["interactions"] + summary.counts["holdout"] == n_tx - 1  # one merged
     assert summary.counts["holdout"] == 31  # 30 customers on the last day + the dangling one
     assert summary.counts["items"] == 12 and summary.counts["users"] == 30
-    check_schema(table_path(out, "interactions"), "interactions", ("sales_channel_id",))
-    article_extras = ("product_code", "graphical_appearance_name", "department_name",
-                      "section_name", "garment_group_name")  # fmt: skip
-    check_schema(table_path(out, "items"), "items", article_extras)
-    check_schema(
-        table_path(out, "users"), "users",
-        ("FN", "Active", "club_member_status", "fashion_news_frequency", "postal_code"),
-    )  # fmt: skip
+    check_schema(out, "interactions", "sales_channel_id")
+    check_schema(out, "items", "product_code", "graphical_appearance_name", "department_name",
+                 "section_name", "garment_group_name")  # fmt: skip
+    check_schema(out, "users", "FN", "Active", "club_member_status", "fashion_news_frequency",
+                 "postal_code")  # fmt: skip
 
     inter = read(out, "interactions")
     holdout = read(out, "holdout")
-    assert inter["timestamp"].max() == utc(2020, 9, 21) and holdout["timestamp"].min() == utc(
-        2020, 9, 22
-    )
+    assert inter["timestamp"].max() == utc(2020, 9, 21)
+    assert holdout["timestamp"].min() == utc(2020, 9, 22)
     assert set(inter["event_type"]) == {"purchase"}
     first = inter[(inter["user_id"] == f"{0:064x}") & (inter["timestamp"] == utc(2020, 9, 13))]
     assert first["item_id"].tolist() == ["0108775015"]  # leading zero kept
@@ -269,10 +265,7 @@ def test_hm_layout(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ MovieLens
-GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-          "Romance", "Sci-Fi", "Thriller", "War", "Western"]  # fmt: skip
-GENRE_FLAGS = ["0"] * 19
+GENRE_FLAGS = ["0"] * len(GENRES_100K)
 
 
 def write_ml100k(folder: Path) -> Path:
@@ -289,7 +282,8 @@ def write_ml100k(folder: Path) -> Path:
     ]
     (folder / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
     (folder / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
-    (folder / "u.genre").write_text("".join(f"{g}|{k}\n" for k, g in enumerate(GENRES)) + "\n\n")
+    genres = "".join(f"{g}|{k}\n" for k, g in enumerate(GENRES_100K))
+    (folder / "u.genre").write_text(genres + "\n\n")
     return folder
 
 
@@ -297,9 +291,9 @@ def test_movielens_100k(tmp_path: Path) -> None:
     out = tmp_path / "raw"
     summary = get_adapter("movielens").import_dataset(out, path=write_ml100k(tmp_path / "ml"))
     assert summary.counts == {"interactions": 3, "items": 2, "users": 2}
-    check_schema(table_path(out, "interactions"), "interactions")
-    check_schema(table_path(out, "items"), "items", ("genres", "imdb_url"))
-    check_schema(table_path(out, "users"), "users", ("occupation", "zip_code"))
+    check_schema(out, "interactions")
+    check_schema(out, "items", "genres", "imdb_url")
+    check_schema(out, "users", "occupation", "zip_code")
     inter = read(out, "interactions").sort_values(["user_id", "item_id"])
     assert inter["event_type"].tolist() == ["purchase", "view", "purchase"]  # rating >= 4
     assert inter["value"].tolist() == [5.0, 3.0, 4.0]
@@ -324,8 +318,8 @@ def test_movielens_1m(tmp_path: Path) -> None:
     out = tmp_path / "raw"
     summary = get_adapter("movielens").import_dataset(out, path=folder)
     assert summary.counts == {"interactions": 2, "items": 2, "users": 2}
-    check_schema(table_path(out, "items"), "items", ("genres",))
-    check_schema(table_path(out, "users"), "users", ("age_group", "occupation", "zip_code"))
+    check_schema(out, "items", "genres")
+    check_schema(out, "users", "age_group", "occupation", "zip_code")
     assert read(out, "interactions")["event_type"].tolist() == ["purchase", "view"]
     items = read(out, "items").set_index("item_id")
     assert items.loc["1193", "category"] == "Drama" and items.loc["2", "title"] == "Amélie (2001)"
@@ -360,7 +354,7 @@ def test_asos_layout(tmp_path: Path) -> None:
     )
     assert summary.counts == {"interactions": 3, "holdout": 2, "items": 2, "users": 3}
     for table in summary.counts:
-        check_schema(table_path(out, table), table)
+        check_schema(out, table)
     inter, holdout = read(out, "interactions"), read(out, "holdout")
     assert set(inter["user_id"]) == {"PIXcm7Ru5KmntCy0yA1K", "d0RILFB1hUzNSINMY4Ow"}  # decoded
     assert set(inter["timestamp"]) == {utc(2021, 6, 1)} and set(inter["value"]) == {1.0}
@@ -380,10 +374,8 @@ def test_real_asos_dataset(tmp_path: Path) -> None:
     assert 43_000 < summary.counts["users"] < 44_000
     assert 29_000 < summary.counts["items"] < 30_000
     for table in summary.counts:
-        check_schema(table_path(out, table), table)
-    users = set(read(out, "users")["user_id"])
-    holdout = read(out, "holdout")
-    assert set(holdout["user_id"]) <= users
+        check_schema(out, table)
+    assert set(read(out, "holdout")["user_id"]) <= set(read(out, "users")["user_id"])
 
 
 # ------------------------------------------------------------------------------ data root, CLI
@@ -397,15 +389,10 @@ def test_replace_dataset_keeps_model_runs(tmp_path: Path) -> None:
     staged = tmp_path / "staged"
     staged.mkdir()
     ts = pd.Timestamp("2024-03-01", tz="UTC")
-    pd.DataFrame(
-        {
-            "user_id": ["u1", "u2"],
-            "item_id": ["a", "b"],
-            "timestamp": [ts, ts],
-            "event_type": ["purchase", "view"],
-        }
-    ).to_parquet(staged / "interactions.parquet")
-    pd.DataFrame({"item_id": ["a", "b"]}).to_parquet(staged / "items.parquet")  # fmt: skip
+    events = [("u1", "a", ts, "purchase"), ("u2", "b", ts, "view")]
+    columns = ["user_id", "item_id", "timestamp", "event_type"]
+    pd.DataFrame(events, columns=columns).to_parquet(staged / "interactions.parquet")
+    pd.DataFrame({"item_id": ["a", "b"]}).to_parquet(staged / "items.parquet")
     removed = replace_dataset(settings, staged=staged)
     assert set(removed) == set(derived)
     assert (settings.artifacts_dir / "x.parquet").exists()
@@ -418,6 +405,12 @@ def test_replace_dataset_keeps_model_runs(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_cli_import_validate_features(tmp_path: Path) -> None:
+    """Import -> validate -> features through the real CLI, then imports that must fail.
+
+    Imports are transactional (#14): the new data set is validated beside the old one and
+    swapped in only when it passes. A header-only file (0 rows) or one whose rows are mostly
+    unknown items once replaced everything first: validated, features and Feast were gone.
+    """
     home = tmp_path / "home"
     hm = write_hm(tmp_path / "hm")
     proc = run_cli(home, "data", "import", "hm", str(hm), "--holdout-days", "1")
@@ -448,26 +441,13 @@ def test_cli_import_validate_features(tmp_path: Path) -> None:
     assert "user snapshots" in proc.stdout
     assert (settings.features_dir / "user_features.parquet").exists()
 
-
-@pytest.mark.e2e
-def test_an_import_that_fails_validation_leaves_the_working_data_set(tmp_path: Path) -> None:
-    """Imports are transactional (#14): the new data set is validated beside the old one and
-    swapped in only when it passes. A header-only file (0 rows) or one whose rows are mostly
-    unknown items once replaced everything first: validated, features and Feast were gone."""
-    home = tmp_path / "home"
-    hm = write_hm(tmp_path / "hm")
-    run_cli(home, "data", "import", "hm", str(hm))
-    run_cli(home, "validate")
-    run_cli(home, "features")
-    settings = Settings(home=home)
     kept = {p: p.read_bytes() for p in (
         table_path(settings.raw_dir, "interactions"),
         table_path(settings.validated_dir, "interactions"),
         settings.features_dir / "user_features.parquet",
     )}  # fmt: skip
 
-    src = tmp_path / "src"
-    src.mkdir()
+    src = events.parent
     (src / "empty.csv").write_text("cust,sku,ts_ms,action\n")
     unknown = pd.DataFrame({"cust": ["c1", "c2", "c3"], "sku": ["007", "nope-1", "nope-2"],
                             "ts_ms": [1_700_000_000_000] * 3, "action": ["buy"] * 3})  # fmt: skip

@@ -33,7 +33,6 @@ from recsys.core.vectorstore import (
     SearchFilter,
     VectorStore,
     VectorStoreConfigError,
-    VectorStoreError,
     collection_name,
     open_vector_store,
 )
@@ -70,6 +69,11 @@ def seen_run(store: VectorStore) -> str:
     return hits[0].payload["run"]
 
 
+def served(opener: Opener) -> str:
+    """Which run's collection a newly opened reader (as the API opens one) searches."""
+    return seen_run(opener(read_only=True))
+
+
 @pytest.fixture(params=["edge", "qdrant"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """``opener(name="items", read_only=False)`` -> a store on shared storage."""
@@ -92,7 +96,7 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
 # -- the alias and its readers ------------------------------------------------------------------
 
 
-def test_reader_follows_the_alias_only_on_refresh(opener: Opener) -> None:
+def test_reader_pins_what_the_alias_named_on_first_use(opener: Opener) -> None:
     writer, reader = opener(), opener(read_only=True)
     assert reader.current_collection is None and writer.alias_target("items") is None
     with pytest.raises(CollectionNotFoundError, match="recsys index"):
@@ -101,7 +105,6 @@ def test_reader_follows_the_alias_only_on_refresh(opener: Opener) -> None:
 
     first, previous = index(writer, "r1")
     assert (first, previous) == ("items__r1", None)
-    assert reader.refresh() is False  # nothing pinned yet: the first use resolves the alias
     assert reader.current_collection == first and reader.current_run_id == "r1"
     assert seen_run(reader) == "r1"
 
@@ -109,10 +112,9 @@ def test_reader_follows_the_alias_only_on_refresh(opener: Opener) -> None:
     assert (second, previous) == ("items__r2", first)
     # Pinned: a request never meets another run's vectors before the API swaps its model.
     assert seen_run(reader) == "r1" and reader.current_collection == first
-    assert reader.refresh() is True
+    reader = opener(read_only=True)
     assert reader.current_collection == second and reader.current_run_id == "r2"
     assert seen_run(reader) == "r2"
-    assert reader.refresh() is False
     health = reader.health()
     assert health["ok"] and health["collection"] == second and health["points"] == N
     assert health["run_id"] == "r2"
@@ -131,8 +133,7 @@ def test_rollback_walks_back_then_forward(opener: Opener) -> None:
     assert seen_run(reader) == "r3"
 
     assert writer.rollback("items") == ("items__r3", "items__r2")
-    assert reader.refresh() is True and seen_run(reader) == "r2"
-    assert reader.current_run_id == "r2"
+    assert seen_run(reader) == "r3" and served(opener) == "r2"
     # Rolling back again goes further back, not to r3 again.
     assert writer.rollback("items") == ("items__r2", "items__r1")
     assert writer.alias_history("items") == ["items__r1"]
@@ -143,7 +144,7 @@ def test_rollback_walks_back_then_forward(opener: Opener) -> None:
     assert writer.rollback("items", to="items__r3") == ("items__r1", "items__r3")
     assert writer.alias_history("items") == ["items__r1", "items__r3"]
     assert writer.rollback("items") == ("items__r3", "items__r1")
-    assert reader.refresh() is True and seen_run(reader) == "r1"
+    assert served(opener) == "r1"
     with pytest.raises(AliasError, match="already points at"):
         writer.rollback("items", to="items__r1")
     with pytest.raises(CollectionNotFoundError, match=r"items__nope.*items__r2"):
@@ -179,14 +180,14 @@ def test_prune_keeps_the_latest_collections(opener: Opener) -> None:
             assert seen_run(reader) == "r1"  # pins r1
         dropped += writer.prune("items", keep=2)
     assert dropped == ["items__r1", "items__r2"]
-    # A reader that never refreshed is still on r1: edge keeps its open files (or private
-    # copy) alive; on a server the collection is gone and the reader is told to refresh.
+    # The reader is still on r1: edge keeps its open files (or private copy) alive; on a
+    # server the collection is gone and the reader is told to open the store again.
     if isinstance(reader, EdgeVectorStore):
         assert seen_run(reader) == "r1"
     else:
-        with pytest.raises(CollectionNotFoundError, match="refresh"):
+        with pytest.raises(CollectionNotFoundError, match="open the store again"):
             seen_run(reader)
-    assert reader.refresh() is True and seen_run(reader) == "r4"
+    assert served(opener) == "r4"
     assert writer.list_collections() == ["items__r3", "items__r4", "other__x"]
     assert writer.rollback("items") == ("items__r4", "items__r3")
     # r4 left the history but is younger than PRUNE_MIN_AGE_S: kept for a roll forward.
@@ -201,7 +202,7 @@ def test_prune_keeps_the_latest_collections(opener: Opener) -> None:
 
 def test_legacy_plain_collection_keeps_serving_then_is_adopted(opener: Opener) -> None:
     legacy = opener()
-    legacy.recreate(DIM, bool_fields=["in_stock"])  # how `recsys index` used to build it
+    legacy.create_collection("items", DIM, bool_fields=["in_stock"])  # as before aliases
     legacy.upsert(points_for("legacy"))
     legacy.finalize()
     legacy.close()
@@ -216,16 +217,13 @@ def test_legacy_plain_collection_keeps_serving_then_is_adopted(opener: Opener) -
     # The server cannot have a collection and an alias of one name: it keeps a copy.
     assert previous in {"items", "items__legacy"}
     assert writer.alias_history("items") == [previous, name]
-    assert reader.refresh() is True and seen_run(reader) == "r1"
-    with pytest.raises(AliasError, match="is an alias"):
-        writer.recreate(DIM)
+    assert served(opener) == "r1"
 
     assert writer.rollback("items") == (name, previous)
-    assert reader.refresh() is True and seen_run(reader) == "legacy"
-    assert reader.count() == N
+    assert served(opener) == "legacy" and opener(read_only=True).count() == N
 
 
-# -- names, read-only, cost of refresh ----------------------------------------------------------
+# -- names and read-only stores -----------------------------------------------------------------
 
 
 def test_collection_names(opener: Opener) -> None:
@@ -263,34 +261,6 @@ def test_read_only_stores_refuse_writes(opener: Opener) -> None:
     assert reader.alias_history("items") == ["items__r1", "items__r2"]  # reading is fine
 
 
-def test_refresh_costs_no_read_when_nothing_changed(
-    opener: Opener, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writer = opener()
-    index(writer, "r1")
-    reader = opener(read_only=True)
-    if isinstance(reader, QdrantServerVectorStore):
-        reader.alias_ttl_s = 60.0  # a server is asked at most this often
-    assert seen_run(reader) == "r1"
-    reads = []
-    for method in ("_read_alias", "list_aliases"):
-        original = getattr(reader, method)
-        monkeypatch.setattr(
-            reader, method, lambda *a, _o=original, _m=method: reads.append(_m) or _o(*a)
-        )
-    n = 2_000
-    started = time.perf_counter()
-    for _ in range(n):
-        assert reader.refresh() is False
-    per_call_us = (time.perf_counter() - started) / n * 1e6
-    assert reads == []
-    assert per_call_us < 200  # measured: ~2 us on edge (one stat), <1 us on the server's TTL
-    if isinstance(reader, QdrantServerVectorStore):
-        index(writer, "r2")
-        assert reader.refresh() is False  # within the TTL
-        assert reader.refresh(force=True) is True and seen_run(reader) == "r2"
-
-
 def test_open_vector_store_follows_the_configured_alias(tmp_path: Path) -> None:
     cfg = VectorStoreSettings(collection="catalogue")
     writer = open_vector_store(cfg, tmp_path)
@@ -303,10 +273,6 @@ def test_open_vector_store_follows_the_configured_alias(tmp_path: Path) -> None:
     assert pointer["target"] == "catalogue__r1" and pointer["run_id"] == "r1"
     writer.close()
     reader.close()
-    server = open_vector_store(
-        VectorStoreSettings(type="qdrant", url="http://localhost:6333"), tmp_path, read_only=True
-    )
-    assert isinstance(server, QdrantServerVectorStore) and server.read_only
 
 
 # -- several processes on one edge folder -------------------------------------------------------
@@ -349,22 +315,15 @@ def test_edge_several_processes_serve_one_collection(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     go = tmp_path / "go"
     modes = ("close", "killed")
+    command = [sys.executable, "-c", CHILD, str(root / "items")]
     children = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                CHILD,
-                str(root / "items"),
-                str(tmp_path / f"ready{i}"),
-                str(go),
-                mode,
-            ],
+            [*command, str(tmp_path / f"ready{i}"), str(go), mode],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-        )  # fmt: skip
+        )
         for i, mode in enumerate(modes)
     ]
     try:
@@ -399,43 +358,19 @@ def test_edge_several_processes_serve_one_collection(tmp_path: Path) -> None:
     assert remove_stale_readers(root / READERS_DIR) == [] and mine.is_dir()
 
 
-def test_edge_reader_switch_keeps_the_old_copy_briefly(tmp_path: Path) -> None:
+def test_edge_reader_copies_are_private_and_removed_on_close(tmp_path: Path) -> None:
     writer = EdgeVectorStore(tmp_path / "items")
     index(writer, "r1")
     reader = EdgeVectorStore(tmp_path / "items", read_only=True)
-    assert seen_run(reader) == "r1"
+    assert seen_run(reader) == "r1"  # while the writer has items__r1 open
     copies = reader_dir(tmp_path)
     assert len(list(copies.glob("items__r1.*"))) == 1
     index(writer, "r2")
-    assert reader.refresh() is True
-    # Searches in flight in other threads may still use r1's shard for a grace period.
-    assert len(list(copies.glob("items__r1.*"))) == 1
-    reader._retire_at = {name: 0.0 for name in reader._retire_at}  # the grace period is over
-    assert reader.refresh() is False
-    assert list(copies.glob("items__r1.*")) == [] and len(list(copies.glob("items__r2.*"))) == 1
     reader.close()
     assert list(copies.glob("items__*")) == []
     # The original folders were never locked by the reader: the writer can drop r1.
     assert writer.prune("items", keep=1) == ["items__r1"]
     writer.close()
-
-
-def test_edge_failed_switch_keeps_serving_and_retries(tmp_path: Path) -> None:
-    """A writable reader cannot open a collection the indexer still holds: it stays, retries."""
-    writer = EdgeVectorStore(tmp_path / "items")
-    index(writer, "r1")
-    writer.close()
-    reader = EdgeVectorStore(tmp_path / "items")  # writable: reads the folder directly
-    assert seen_run(reader) == "r1"
-    index(writer, "r2")  # the writer still has items__r2 open (its WAL is locked)
-    with pytest.raises(VectorStoreError, match="open elsewhere"):
-        reader.refresh()
-    assert seen_run(reader) == "r1" and reader.current_collection == "items__r1"
-    assert reader.refresh() is False  # backing off: not a failed load per request
-    writer.close()
-    reader._retry_at = time.monotonic() - 1  # the back-off is over
-    assert reader.refresh() is True and seen_run(reader) == "r2"
-    reader.close()
 
 
 # -- the index stage and `recsys rollback` ------------------------------------------------------
@@ -479,17 +414,20 @@ def test_build_index_and_cli_rollback(tmp_path: Path, monkeypatch: pytest.Monkey
     assert third.health["ok"] and third.health["collection"] == third.collection
     assert third.health["run_id"] == "20261122T100000" and third.points == N
 
-    serving = open_vector_store(settings.vector_store, settings.home, read_only=True)
-    hit = serving.search(QUERY, 1)[0]
+    def serving() -> VectorStore:  # what the API opens when the alias has moved
+        return open_vector_store(settings.vector_store, settings.home, read_only=True)
+
+    store = serving()
+    hit = store.search(QUERY, 1)[0]
+    store.close()
     assert hit.payload["title"] == "20261122T100000"
     assert hit.payload["item_id"] == item_ids[hit.id - 1]  # point id = vocabulary index + 1
 
     run_rollback(settings, None)
-    assert serving.refresh() is True and serving.current_run_id == "20261121T100000"
+    assert serving().current_run_id == "20261121T100000"
     assert (settings.artifacts_dir / "current").read_text() == "20261121T100000"
     with pytest.raises(typer.Exit):
         run_rollback(settings, None)  # the first collection was pruned
     run_rollback(settings, third.collection)
-    assert serving.refresh() is True and serving.current_collection == third.collection
+    assert serving().current_collection == third.collection
     assert (settings.artifacts_dir / "current").read_text() == "20261122T100000"
-    serving.close()

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
+from models.association_rules import load_rules
+from pipelines.embed import read_vectors
 from recsys.core.run import Run
 from recsys.core.schema import table_path
 from serving.app import create_app
-from tests.conftest import run_cli
+from tests.conftest import RECSYS, REPO, cli_env, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +139,6 @@ def test_unknown_item_is_a_404_naming_the_id(client) -> None:
 
 
 def test_bought_together_reports_support_confidence_and_lift(client, pipeline_settings) -> None:
-    from models.association_rules import load_rules
-
     rules = load_rules(Run.current(pipeline_settings.artifacts_dir))
     assert len(rules), "the generated baskets should give some rules"
     item = str(rules["antecedent"].iloc[0])
@@ -157,13 +163,10 @@ def test_popular_by_window_and_category(client, shop) -> None:
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "window"]
 
 
-def test_served_pipeline_is_scored_by_recsys_evaluate(
-    pipeline_home, pipeline_settings, tmp_path
-) -> None:
+def test_served_pipeline_is_scored_by_recsys_evaluate(pipeline_settings, tmp_path) -> None:
     """``recsys evaluate`` runs the API's pipeline for every test user, beside the peers."""
-    home, _ = pipeline_home
     out = tmp_path / "evaluation.json"
-    run_cli(home, "evaluate", "--no-tune", "--json", str(out))
+    run_cli(pipeline_settings.home, "evaluate", "--no-tune", "--json", str(out))
     result = json.loads(out.read_text())
     served = result["served"]
     assert "overall" in served, served
@@ -192,40 +195,35 @@ class _Slow:
         return self.inner.search(*args, **kwargs)
 
 
-def test_a_slow_dependency_costs_its_budget_not_the_answer(client, shop) -> None:
+def test_a_slow_dependency_costs_its_budget_not_the_answer(client, shop, monkeypatch) -> None:
     recommender = client.app.state.recommender
-    healthy, features = recommender.vectors, recommender.user_features
+    features = recommender.user_features
     budget_s = recommender.settings.serve.search_timeout_ms / 1e3
-    recommender.vectors = _Slow(healthy, 1.0)
-    try:
-        started = time.perf_counter()
-        body = client.get(f"/users/{shop['user']}/recommendations").json()
-        elapsed = time.perf_counter() - started
-        assert body["degraded"] is True and len(body["items"]) == 10
-        assert "two_tower" not in {s for i in body["items"] for s in i["sources"]}
-        assert not shop["bought"] & {i["item_id"] for i in body["items"]}
-        assert elapsed < budget_s + 0.5  # the budget, not the dependency's 1 s
-    finally:
-        recommender.vectors = healthy
+    monkeypatch.setattr(recommender, "vectors", _Slow(recommender.vectors, 1.0))
+    started = time.perf_counter()
+    body = client.get(f"/users/{shop['user']}/recommendations").json()
+    elapsed = time.perf_counter() - started
+    assert body["degraded"] is True and len(body["items"]) == 10
+    assert "two_tower" not in {s for i in body["items"] for s in i["sources"]}
+    assert not shop["bought"] & {i["item_id"] for i in body["items"]}
+    assert elapsed < budget_s + 0.5  # the budget, not the dependency's 1 s
+    monkeypatch.undo()
 
     def slow_features(user_id):
         time.sleep(1.0)
         return features(user_id)
 
-    recommender.user_features = slow_features
-    try:
-        body = client.get(f"/users/{shop['user']}/recommendations").json()
-        assert body["degraded"] is True and body["fallback"] is False and body["items"]
-    finally:
-        recommender.user_features = features
+    monkeypatch.setattr(recommender, "user_features", slow_features)
+    body = client.get(f"/users/{shop['user']}/recommendations").json()
+    assert body["degraded"] is True and body["fallback"] is False and body["items"]
+    monkeypatch.undo()
     assert client.get(f"/users/{shop['user']}/recommendations").json()["degraded"] is False
 
 
-def test_a_new_index_goes_live_without_a_restart_and_rolls_back(
-    client, pipeline_home, shop
-) -> None:
+def test_a_new_index_goes_live_without_a_restart_and_rolls_back(client, shop) -> None:
     """`recsys index` publishes a new collection behind the alias; the API follows it."""
-    home, _ = pipeline_home
+    recommender = client.app.state.recommender
+    home = recommender.settings.home
 
     def serving_collection() -> str:
         client.get(f"/users/{shop['user']}/recommendations")  # a request applies a switch
@@ -239,7 +237,6 @@ def test_a_new_index_goes_live_without_a_restart_and_rolls_back(
 
     before = serving_collection()
     run_cli(home, "index")
-    recommender = client.app.state.recommender
     after = recommender.vectors.alias_target(recommender.settings.vector_store.collection)
     assert after != before
     wait_for(after)
@@ -250,23 +247,15 @@ def test_a_new_index_goes_live_without_a_restart_and_rolls_back(
     wait_for(before)
 
 
-def test_a_live_server_with_two_workers_answers_every_endpoint(pipeline_home, shop) -> None:
+def test_a_live_server_with_two_workers_answers_every_endpoint(pipeline_settings, shop) -> None:
     """`recsys serve --workers 2` as a user starts it: each worker has its own index copy."""
-    import socket
-    import subprocess
-    from concurrent.futures import ThreadPoolExecutor
-
-    import httpx
-
-    from tests.conftest import RECSYS, REPO, cli_env
-
-    home, _ = pipeline_home
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [str(RECSYS), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        env=cli_env(home), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=cli_env(pipeline_settings.home), cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -297,11 +286,10 @@ def test_a_live_server_with_two_workers_answers_every_endpoint(pipeline_home, sh
             assert len(pids) == 2, pids  # each worker serves from its own index copy
             session = {"session_items": [item], "k": 3}
             assert len(http.post("/recommendations", json=session).json()["items"]) == 3
-            assert http.get(f"/items/{item}/similar").status_code == 200
-            assert http.get(f"/items/{item}/bought-together").status_code == 200
-            assert http.get("/popular", params={"window": "30d"}).status_code == 200
-            assert http.get("/items/nope/similar").status_code == 404
-            assert http.get("/metrics").status_code == 200
+            statuses = {f"/items/{item}/similar": 200, f"/items/{item}/bought-together": 200,
+                        "/popular?window=30d": 200, "/items/nope/similar": 404,
+                        "/metrics": 200}  # fmt: skip
+            assert {path: http.get(path).status_code for path in statuses} == statuses
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -309,11 +297,6 @@ def test_a_live_server_with_two_workers_answers_every_endpoint(pipeline_home, sh
 
 def test_content_similarity_ranks_by_the_item_text(client, shop, pipeline_settings) -> None:
     """The demo's model has text embeddings: method=content is their cosine, and says so."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from pipelines.embed import read_vectors
-
     path = pipeline_settings.item_embeddings_path("text")
     table = pq.read_table(path)
     ids, vectors = table.column("item_id").to_pylist(), read_vectors(table, path)

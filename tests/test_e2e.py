@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -19,13 +23,17 @@ from recsys.core.feast_store import open_store
 from recsys.core.run import Run
 from recsys.core.schema import table_path
 from recsys.core.settings import Settings
+from recsys.core.vectorstore import open_vector_store
 from serving.app import create_app
+from serving.events import EventLog
 from tests.conftest import REPO, cli_env, run_cli
 
 
-def _example_user(output: str) -> str:
-    match = re.search(r"/users/(\S+)/recommendations\?k=10", output)
-    assert match, output[-2000:]
+@pytest.fixture(scope="module")
+def user(pipeline_home) -> str:
+    """The shopper whose recommendations `recsys demo` suggests trying."""
+    match = re.search(r"/users/(\S+)/recommendations\?k=10", pipeline_home[1])
+    assert match, pipeline_home[1][-2000:]
     return match.group(1)
 
 
@@ -48,9 +56,8 @@ def test_demo_runs_every_stage_and_leaves_its_outputs(pipeline_home, pipeline_se
     assert "curl -s 'http://127.0.0.1:8000/users/" in output
 
 
-def test_recsys_item2vec_trains_scores_and_saves_a_run(pipeline_home, pipeline_settings) -> None:
-    home = pipeline_home[0]
-    out = run_cli(home, "item2vec", "--no-ray").stdout
+def test_recsys_item2vec_trains_scores_and_saves_a_run(pipeline_settings) -> None:
+    out = run_cli(pipeline_settings.home, "item2vec", "--no-ray").stdout
     for name in ("item2vec", "cooccurrence", "popularity"):
         assert name in out, out
     runs = sorted(pipeline_settings.artifacts_dir.glob("item2vec_*"))
@@ -98,19 +105,10 @@ def test_plain_feast_cli_works_from_the_feature_repo(pipeline_settings) -> None:
     yaml_path = pipeline_settings.feast_dir / "feature_store.yaml"
     env = cli_env(pipeline_settings.home)
     feast = str(REPO / ".venv" / "bin" / "feast")
-    for args in (
-        ["apply"],
-        ["materialize-incremental", datetime.now(UTC).isoformat()],
-        ["feature-views", "list"],
-    ):
-        proc = subprocess.run(
-            [feast, "-f", str(yaml_path), *args],
-            cwd=REPO / "feature_repo",
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    now = datetime.now(UTC).isoformat()
+    for args in (["apply"], ["materialize-incremental", now], ["feature-views", "list"]):
+        proc = subprocess.run([feast, "-f", str(yaml_path), *args], cwd=REPO / "feature_repo",
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "user_features" in proc.stdout
 
@@ -121,10 +119,7 @@ def client(pipeline_settings) -> TestClient:
         yield c
 
 
-def test_recommendations_exclude_what_the_user_bought(
-    client, pipeline_home, pipeline_settings
-) -> None:
-    user = _example_user(pipeline_home[1])
+def test_recommendations_exclude_what_the_user_bought(client, user, pipeline_settings) -> None:
     response = client.get(f"/users/{user}/recommendations", params={"k": 10})
     assert response.status_code == 200
     body = response.json()
@@ -140,12 +135,6 @@ def test_recommendations_exclude_what_the_user_bought(
     assert not bought & {i["item_id"] for i in items}
 
 
-def test_unknown_user_gets_popular_items_marked_fallback(client) -> None:
-    body = client.get("/users/nobody-at-all/recommendations", params={"k": 5}).json()
-    assert body["fallback"] is True and len(body["items"]) == 5
-    assert body["items"][0]["score"] >= body["items"][-1]["score"]
-
-
 @pytest.mark.parametrize("k", [0, 101, "ten"])
 def test_bad_k_is_rejected_naming_the_parameter(client, k) -> None:
     response = client.get("/users/u1/recommendations", params={"k": k})
@@ -155,11 +144,9 @@ def test_bad_k_is_rejected_naming_the_parameter(client, k) -> None:
 
 def test_health_reports_each_dependency(client) -> None:
     response = client.get("/health")
-    assert response.status_code == 200
     body = response.json()
-    assert body["ok"] is True
-    for dependency in ("model", "feature_store", "vector_store"):
-        assert body[dependency]["ok"] is True
+    assert response.status_code == 200 and body["ok"] is True
+    assert all(body[d]["ok"] is True for d in ("model", "feature_store", "vector_store")), body
     assert body["vector_store"]["backend"] == "edge" and body["vector_store"]["points"] > 0
 
 
@@ -167,9 +154,8 @@ def test_validate_stops_on_a_missing_column(tmp_path) -> None:
     raw = Settings(home=tmp_path).raw_dir
     raw.mkdir(parents=True)
     pd.DataFrame({"item_id": ["a"], "price": [1.0]}).to_parquet(table_path(raw, "items"))
-    pd.DataFrame({"user_id": ["u"], "item_id": ["a"], "event_type": ["view"]}).to_parquet(
-        table_path(raw, "interactions")
-    )
+    events = pd.DataFrame({"user_id": ["u"], "item_id": ["a"], "event_type": ["view"]})
+    events.to_parquet(table_path(raw, "interactions"))  # no timestamp column
     proc = run_cli(tmp_path, "validate", check=False)
     assert proc.returncode == 1
     assert "interactions" in proc.stdout and "timestamp" in proc.stdout
@@ -182,19 +168,12 @@ def test_push_source_updates_online_activity_at_once(pipeline_settings) -> None:
     store = open_store(pipeline_settings)
     services = {s.name for s in store.list_feature_services()}
     assert {"two_tower_training", "ranking", "user_serving"} <= services
-    row = pd.DataFrame(
-        {
-            "user_id": ["pushed-user"],
-            "event_timestamp": [pd.Timestamp.now(tz="UTC")],
-            "recent_views": [["i000001"]],
-            "recent_purchases": [["i000002", "i000001"]],
-            "session_events": [3],
-        }
-    )
+    row = pd.DataFrame({"user_id": ["pushed-user"], "event_timestamp": [pd.Timestamp.now(tz="UTC")],
+                        "recent_views": [["i000001"]], "recent_purchases": [["i000002", "i000001"]],
+                        "session_events": [3]})  # fmt: skip
     store.push("user_activity_push", row, to=PushMode.ONLINE)
     online = store.get_online_features(
-        features=store.get_feature_service("user_serving"),
-        entity_rows=[{"user_id": "pushed-user"}],
+        features=store.get_feature_service("user_serving"), entity_rows=[{"user_id": "pushed-user"}]
     ).to_dict()
     assert online["recent_purchases"] == [["i000002", "i000001"]]
     assert online["session_events"] == [3]
@@ -203,22 +182,14 @@ def test_push_source_updates_online_activity_at_once(pipeline_settings) -> None:
 
 def test_feast_ui_serves_the_repo(pipeline_settings) -> None:
     """`feast ui` from feature_repo/ starts and serves its page (loopback, bounded wait)."""
-    import socket
-    import time
-    import urllib.request
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     feast = str(REPO / ".venv" / "bin" / "feast")
     yaml_path = str(pipeline_settings.feast_dir / "feature_store.yaml")
-    proc = subprocess.Popen(
-        [feast, "-f", yaml_path, "ui", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO / "feature_repo",
-        env=cli_env(pipeline_settings.home),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = subprocess.Popen([feast, "-f", yaml_path, "ui", "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=REPO / "feature_repo", env=cli_env(pipeline_settings.home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -236,11 +207,8 @@ def test_feast_ui_serves_the_repo(pipeline_settings) -> None:
 
 
 def test_posted_purchase_leaves_the_next_recommendations_within_a_second(
-    client, pipeline_home, pipeline_settings
+    client, user, pipeline_settings
 ) -> None:
-    import time
-
-    user = _example_user(pipeline_home[1])
     first = client.get(f"/users/{user}/recommendations", params={"k": 10}).json()["items"]
     bought = first[0]["item_id"]
     started = time.monotonic()
@@ -256,8 +224,10 @@ def test_posted_purchase_leaves_the_next_recommendations_within_a_second(
 
 
 def test_a_new_visitor_who_buys_gets_personal_recommendations(client) -> None:
+    """Unknown at first: popular items, marked fallback; after a purchase, personal ones."""
     popular = client.get("/users/brand-new-visitor/recommendations", params={"k": 5}).json()
-    assert popular["fallback"] is True
+    assert popular["fallback"] is True and len(popular["items"]) == 5
+    assert popular["items"][0]["score"] >= popular["items"][-1]["score"]
     item = popular["items"][0]["item_id"]
     events = [{"user_id": "brand-new-visitor", "item_id": item, "event_type": "purchase"}]
     assert client.post("/events", json={"events": events}).status_code == 200
@@ -266,13 +236,12 @@ def test_a_new_visitor_who_buys_gets_personal_recommendations(client) -> None:
     assert item not in {i["item_id"] for i in body["items"]}
 
 
-def test_the_online_row_reader_reads_what_the_feast_sdk_reads(client, pipeline_home) -> None:
+def test_the_online_row_reader_reads_what_the_feast_sdk_reads(client, user) -> None:
     """The API's per-request read (straight through the online store) against
     ``get_online_features``: batch rows, pushed activity, a visitor known only by pushes and
     an id never seen."""
     recommender = client.app.state.recommender
     store, reader = recommender.feature_store, recommender.online_rows
-    user = _example_user(pipeline_home[1])
     item = client.get(f"/users/{user}/recommendations", params={"k": 1}).json()["items"][0]
     pushed = [{"user_id": u, "item_id": item["item_id"], "event_type": "view"}
               for u in (user, "reader-check-visitor")]  # fmt: skip
@@ -299,8 +268,6 @@ def test_a_retried_event_is_acknowledged_and_applied_once(client, pipeline_setti
     """An ``event_id`` makes retries idempotent (#14): a client that lost the answer (a
     SIGKILL, a timeout) sends the batch again; the event is acknowledged, logged and folded into
     the online row once, and a restarted API still knows it (the ids come back from the log)."""
-    from serving.events import EventLog
-
     recommender = client.app.state.recommender
     item = recommender.items.item_ids[120]
     event = {"event_id": "retry-1", "user_id": "retrying-buyer", "item_id": item,
@@ -318,8 +285,6 @@ def test_a_retried_event_is_acknowledged_and_applied_once(client, pipeline_setti
 def test_parallel_purchases_of_one_user_are_all_kept(client) -> None:
     """Concurrent POST /events for one new visitor: every request answered, every purchase in
     the online row (the read-fold-push once lost 8 of 10, and 1% of requests answered 500)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     items = client.app.state.recommender.items.item_ids[100:110]
 
     def buy(item: str) -> int:
@@ -353,8 +318,7 @@ def test_events_with_edge_values_are_refused_naming_the_field(client, field, raw
     assert response.json()["detail"][0]["loc"][-1] == field
 
 
-def test_items_carry_rank_and_reasons_and_metrics_count_requests(client, pipeline_home) -> None:
-    user = _example_user(pipeline_home[1])
+def test_items_carry_rank_and_reasons_and_metrics_count_requests(client, user) -> None:
     items = client.get(f"/users/{user}/recommendations", params={"k": 3}).json()["items"]
     assert [i["rank"] for i in items] == [1, 2, 3] and all(i["reasons"] for i in items)
     client.get("/users/somebody-new/recommendations")
@@ -364,34 +328,29 @@ def test_items_carry_rank_and_reasons_and_metrics_count_requests(client, pipelin
     assert 'recsys_fallbacks_total{reason="unknown_user"}' in text
 
 
-def test_vector_store_failure_degrades_to_the_other_sources(client, pipeline_home,
-                                                            pipeline_settings) -> None:  # fmt: skip
+def test_vector_store_failure_degrades_to_the_other_sources(
+    client, user, pipeline_settings, monkeypatch
+) -> None:
     """A missing collection (the real edge backend failing) -> 200, degraded: a shopper gets
     the other sources' items (nothing bought), a new visitor the popular source's best sellers."""
-    from recsys.core.vectorstore import open_vector_store
-
     recommender = client.app.state.recommender
-    healthy = recommender.vectors
-    recommender.vectors = open_vector_store(
-        pipeline_settings.vector_store, pipeline_settings.home, collection="missing"
-    )
-    try:
-        user = _example_user(pipeline_home[1])
-        response = client.get(f"/users/{user}/recommendations", params={"k": 10})
-        assert response.status_code == 200
-        body = response.json()
-        assert body["degraded"] is True and body["fallback"] is False and len(body["items"]) == 10
-        bought = set(recommender.user_features(user)["purchased_items"])
-        assert not bought & {i["item_id"] for i in body["items"]}
-        assert all(i["sources"] and "two_tower" not in i["sources"] for i in body["items"])
-        # nothing known about a new visitor: exactly the popular source's candidates
-        popular = recommender.pipeline.generator.source("popular")
-        best_sellers = {i for i, _ in popular.table.top(popular.cfg.k, window=popular.cfg.window)}
-        new = client.get("/users/somebody-new/recommendations", params={"k": 10}).json()
-        assert len(new["items"]) == 10 and new["fallback"] is True
-        assert all(i["sources"] == ["popular"] for i in new["items"])
-        assert {i["item_id"] for i in new["items"]} <= best_sellers
-        assert client.get("/health").status_code == 503
-    finally:
-        recommender.vectors = healthy
+    s = pipeline_settings
+    missing = open_vector_store(s.vector_store, s.home, collection="missing")
+    monkeypatch.setattr(recommender, "vectors", missing)
+    response = client.get(f"/users/{user}/recommendations", params={"k": 10})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["degraded"] is True and body["fallback"] is False and len(body["items"]) == 10
+    bought = set(recommender.user_features(user)["purchased_items"])
+    assert not bought & {i["item_id"] for i in body["items"]}
+    assert all(i["sources"] and "two_tower" not in i["sources"] for i in body["items"])
+    # nothing known about a new visitor: exactly the popular source's candidates
+    popular = recommender.pipeline.generator.source("popular")
+    best_sellers = {i for i, _ in popular.table.top(popular.cfg.k, window=popular.cfg.window)}
+    new = client.get("/users/somebody-new/recommendations", params={"k": 10}).json()
+    assert len(new["items"]) == 10 and new["fallback"] is True
+    assert all(i["sources"] == ["popular"] for i in new["items"])
+    assert {i["item_id"] for i in new["items"]} <= best_sellers
+    assert client.get("/health").status_code == 503
+    monkeypatch.undo()
     assert client.get("/health").status_code == 200

@@ -19,14 +19,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+import models.image_encoder as image_encoder
 from models.image_encoder import ImageEncoder
 from models.text_encoder import ModelFolderError, TextEncoder, default_model_path, item_text
 from pipelines.embed import EmbedSummary, embed_items, read_vectors
 from recsys.core.settings import RaySettings, Settings
 
-HAS_PIL = importlib.util.find_spec("PIL") is not None
 needs_pil = pytest.mark.skipif(
-    not HAS_PIL, reason="Pillow is not installed: CLIPImageProcessor and image files need it"
+    importlib.util.find_spec("PIL") is None,
+    reason="Pillow is not installed: CLIPImageProcessor and image files need it",
 )
 
 COLOURS = ("navy", "white", "red", "green", "grey", "beige")
@@ -65,7 +66,8 @@ def _items() -> pd.DataFrame:
     return frame
 
 
-def _vectors(path: Path) -> tuple[list[str], np.ndarray]:
+def read_embeddings(path: Path) -> tuple[list[str], np.ndarray]:
+    """The item ids and vectors of an embeddings Parquet file."""
     table = pq.read_table(path)
     return table.column("item_id").to_pylist(), read_vectors(table, path)
 
@@ -114,7 +116,7 @@ def test_text_through_ray_is_unit_384d_and_sensible(ray_run: tuple) -> None:
     summary, out, _ = ray_run
     assert summary.backend == "ray"
     assert (summary.items, summary.hits, summary.misses, summary.dim) == (30, 0, 30, 384)
-    ids, vec = _vectors(out)
+    ids, vec = read_embeddings(out)
     assert ids == _items()["item_id"].tolist()
     assert vec.dtype == np.float32 and vec.shape == (30, 384)
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-5)
@@ -128,7 +130,7 @@ def test_rerun_is_all_cache_hits_with_identical_vectors(
     _, out, cache = ray_run
     again = embed_items(items_file, tmp_path / "again.parquet", cache, settings=settings)
     assert (again.hits, again.misses, again.encoded, again.backend) == (30, 0, 0, "cache")
-    assert np.array_equal(_vectors(out)[1], _vectors(tmp_path / "again.parquet")[1])
+    assert np.array_equal(read_embeddings(out)[1], read_embeddings(tmp_path / "again.parquet")[1])
 
 
 def test_changed_description_re_embeds_exactly_that_item(
@@ -138,16 +140,11 @@ def test_changed_description_re_embeds_exactly_that_item(
     shutil.copytree(cache, tmp_path / "cache")
     items = _items()
     items.loc[5, "description"] = "A completely different description about silk pyjamas."
-    items.to_parquet(tmp_path / "items.parquet", index=False)
-    summary = embed_items(
-        tmp_path / "items.parquet",
-        tmp_path / "text.parquet",
-        tmp_path / "cache",
-        use_ray=False,
-        progress=False,
-    )
+    edited = tmp_path / "items.parquet"
+    items.to_parquet(edited, index=False)
+    summary = embed_items(edited, tmp_path / "text.parquet", tmp_path / "cache", use_ray=False)
     assert (summary.hits, summary.misses, summary.encoded) == (29, 1, 1)
-    before, after = _vectors(out)[1], _vectors(tmp_path / "text.parquet")[1]
+    before, after = read_embeddings(out)[1], read_embeddings(tmp_path / "text.parquet")[1]
     changed = ~np.all(before == after, axis=1)
     assert changed.tolist() == [i == 5 for i in range(30)]
     # The cache now holds both versions: reverting the edit costs nothing.
@@ -158,21 +155,19 @@ def test_changed_description_re_embeds_exactly_that_item(
 def test_in_process_matches_ray_and_is_deterministic(
     ray_run: tuple, items_file: Path, tmp_path: Path
 ) -> None:
-    _, out, _ = ray_run
-    local = embed_items(
-        items_file, tmp_path / "local.parquet", tmp_path / "cache", use_ray=False, progress=False
-    )
+    expected = read_embeddings(ray_run[1])[1]
+    local = embed_items(items_file, tmp_path / "local.parquet", tmp_path / "cache", use_ray=False)
     assert (local.backend, local.misses, local.dim) == ("in-process", 30, 384)
-    np.testing.assert_allclose(_vectors(tmp_path / "local.parquet")[1], _vectors(out)[1], atol=1e-5)
+    np.testing.assert_allclose(read_embeddings(tmp_path / "local.parquet")[1], expected, atol=1e-5)
     encoder = TextEncoder(default_model_path(), batch_size=7)
     texts = [item_text(r) for r in _items().to_dict("records")]
     first, second = encoder.encode(texts), encoder.encode(texts)
     assert np.array_equal(first, second)
-    np.testing.assert_allclose(first, _vectors(out)[1], atol=1e-5)
+    np.testing.assert_allclose(first, expected, atol=1e-5)
 
 
 def test_bad_model_path_names_the_folder_and_what_it_needs(
-    tmp_path: Path, items_file: Path
+    tmp_path: Path, items_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelFolderError, match=r"no-such-model does not exist.*config\.json"):
@@ -188,18 +183,12 @@ def test_bad_model_path_names_the_folder_and_what_it_needs(
     assert not (tmp_path / "o.parquet").exists()
     with pytest.raises(ValueError, match="kind='image' needs model_path"):
         embed_items(items_file, tmp_path / "o.parquet", tmp_path / "c", kind="image")
-
-
-def test_image_encoder_without_pillow_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import models.image_encoder as image_encoder
-
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "preprocessor_config.json").write_text("{}")
+    # a complete image model folder, but no Pillow to read images with
+    (empty / "config.json").write_text("{}")
+    (empty / "preprocessor_config.json").write_text("{}")
     monkeypatch.setattr(image_encoder.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="Pillow"):
-        ImageEncoder(tmp_path)
+        ImageEncoder(empty)
 
 
 def _tiny_clip_config(full: bool) -> Any:
@@ -259,7 +248,7 @@ def test_image_embeddings_with_tiny_clip(tmp_path: Path) -> None:
     first = embed_items(*args, kind="image", model_path=model_dir, use_ray=False, batch_size=3,
                         progress=False)  # fmt: skip
     assert (first.backend, first.items, first.misses, first.dim) == ("in-process", 4, 4, 16)
-    ids, vec = _vectors(tmp_path / "img.parquet")
+    ids, vec = read_embeddings(tmp_path / "img.parquet")
     assert ids == ["i0", "i1", "i2", "i3"] and vec.shape == (4, 16)
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(vec[0], vec[1])
@@ -268,4 +257,4 @@ def test_image_embeddings_with_tiny_clip(tmp_path: Path) -> None:
 
     again = embed_items(*args, kind="image", model_path=model_dir, use_ray=False)
     assert (again.hits, again.misses, again.backend) == (4, 0, "cache")
-    assert np.array_equal(_vectors(tmp_path / "img.parquet")[1], vec)
+    assert np.array_equal(read_embeddings(tmp_path / "img.parquet")[1], vec)

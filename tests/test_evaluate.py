@@ -7,17 +7,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.baselines import (
-    ALS,
-    EASE,
-    InteractionMatrix,
-    ItemKNN,
-)
+from models.baselines import ALS, EASE, InteractionMatrix, ItemKNN
 from models.popularity import Popularity, RecentPopularity
+from pipelines.evaluate import GRIDS, evaluate
+from pipelines.synth import generate
 from recsys.core.settings import Settings
+from tests.conftest import run_cli
 
 
 def _two_tastes() -> sp.csr_matrix:
@@ -25,19 +24,11 @@ def _two_tastes() -> sp.csr_matrix:
 
     User 0 lacks item 3 and user 6 lacks item 7: every CF model should fill that gap first.
     """
-    rows, cols = [], []
-    for u in range(12):
-        group = range(0, 4) if u < 6 else range(4, 8)
-        for i in group:
-            if (u, i) in {(0, 3), (6, 7)}:
-                continue
-            rows.append(u)
-            cols.append(i)
-        if u % 2 == 0 or u == 11:
-            rows.append(u)
-            cols.append(8)
-    data = np.ones(len(rows), dtype=np.float32)
-    return sp.csr_matrix((data, (rows, cols)), shape=(12, 10), dtype=np.float32)
+    x = np.zeros((12, 10), dtype=np.float32)
+    x[:6, :4] = x[6:, 4:8] = 1
+    x[0, 3] = x[6, 7] = 0
+    x[[0, 2, 4, 6, 8, 10, 11], 8] = 1
+    return sp.csr_matrix(x)
 
 
 @pytest.mark.parametrize(
@@ -93,8 +84,6 @@ def test_ease_refuses_a_matrix_over_its_memory_budget() -> None:
 
 
 def test_interaction_matrix_counts_pairs_and_maps_ids() -> None:
-    import pandas as pd
-
     frame = pd.DataFrame({"user_id": ["b", "a", "a"], "item_id": ["x", "y", "y"]})
     m = InteractionMatrix.from_frame(frame)
     assert m.user_ids.tolist() == ["a", "b"] and m.item_ids.tolist() == ["x", "y"]
@@ -105,8 +94,6 @@ def test_interaction_matrix_counts_pairs_and_maps_ids() -> None:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A small generated shop whose canonical tables are copied straight to ``validated/``."""
-    from pipelines.synth import generate
-
     home = tmp_path_factory.mktemp("eval_home")
     settings = Settings(home=home)
     generate(settings.raw_dir, 500, 150, 30, 3, progress=False)
@@ -118,8 +105,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.mark.e2e
 def test_harness_temporal_split_writes_every_model(shop: Settings) -> None:
-    from pipelines.evaluate import GRIDS, evaluate
-
     result = evaluate(shop, split="temporal", test_fraction=0.2, k_max=100, tune=True)
     assert "no trained run" in result["served"]["error"]  # nothing trained in this home
     assert result["protocol"]["split"] == "temporal"
@@ -150,10 +135,6 @@ def test_harness_temporal_split_writes_every_model(shop: Settings) -> None:
 
 @pytest.mark.e2e
 def test_harness_with_a_holdout_file_and_no_tuning(shop: Settings, tmp_path: Path) -> None:
-    import pandas as pd
-
-    from pipelines.evaluate import evaluate
-
     events = pd.read_parquet(shop.validated_dir / "interactions.parquet")
     purchases = events[events["event_type"] == "purchase"]
     holdout = tmp_path / "holdout.parquet"
@@ -168,8 +149,6 @@ def test_harness_with_a_holdout_file_and_no_tuning(shop: Settings, tmp_path: Pat
 
 @pytest.mark.e2e
 def test_cli_evaluate(shop: Settings, tmp_path: Path) -> None:
-    from tests.conftest import run_cli
-
     out = tmp_path / "eval.json"
     proc = run_cli(shop.home, "evaluate", "--split", "temporal", "--no-tune", "--json", str(out))
     assert "ease" in proc.stdout

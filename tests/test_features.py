@@ -1,9 +1,13 @@
 """Feature snapshots on a hand-made history, where every value can be checked by hand."""
 
+from datetime import date
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from pipelines.features import compute_features
+from pipelines.synth import generate
 from recsys.core.schema import table_path
 
 
@@ -28,35 +32,30 @@ ROWS = [  # user, item, day, hour, event, price, session
 ]
 
 
+def write_validated(folder: Path, rows: list[tuple], items: dict, users: dict) -> Path:
+    """The validated tables: interactions from ``rows`` (as in :data:`ROWS`), items, users."""
+    columns = ["user_id", "item_id", "day", "hour", "event_type", "price", "session_id"]
+    events = pd.DataFrame(rows, columns=columns).drop(columns=["day", "hour"])
+    events = events.assign(value=1.0, timestamp=[_ts(r[2], r[3]) for r in rows])
+    events.to_parquet(table_path(folder, "interactions"))
+    pd.DataFrame(items).to_parquet(table_path(folder, "items"))
+    pd.DataFrame(users).to_parquet(table_path(folder, "users"))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def features(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
-    validated = tmp_path_factory.mktemp("validated")
-    pd.DataFrame(
-        {
-            "user_id": [r[0] for r in ROWS],
-            "item_id": [r[1] for r in ROWS],
-            "timestamp": [_ts(r[2], r[3]) for r in ROWS],
-            "event_type": [r[4] for r in ROWS],
-            "value": 1.0,
-            "price": [r[5] for r in ROWS],
-            "session_id": [r[6] for r in ROWS],
-        }
-    ).to_parquet(table_path(validated, "interactions"))
-    pd.DataFrame(
-        {
-            "item_id": ["A", "B", "C"],
-            "category": ["tops", "bottoms", "tops"],
-            "colour": ["red", None, "black"],
-            "price": [10.0, 50.0, 30.0],
-            "fabric": ["cotton", None, "leather"],  # a retailer's own column
-        }
-    ).to_parquet(table_path(validated, "items"))
-    pd.DataFrame({"user_id": ["u1", "u2"], "age": [30, 17]}).to_parquet(
-        table_path(validated, "users")
-    )
+    items = {
+        "item_id": ["A", "B", "C"],
+        "category": ["tops", "bottoms", "tops"],
+        "colour": ["red", None, "black"],
+        "price": [10.0, 50.0, 30.0],
+        "fabric": ["cotton", None, "leather"],  # a retailer's own column
+    }
+    users = {"user_id": ["u1", "u2"], "age": [30, 17]}
+    validated = write_validated(tmp_path_factory.mktemp("validated"), ROWS, items, users)
     out = tmp_path_factory.mktemp("features")
-    summary = compute_features(validated, out)
-    assert summary.activity_rows == 3
+    assert compute_features(validated, out).activity_rows == 3
     return {
         name: pd.read_parquet(out / f"{name}.parquet")
         for name in ("user_features", "item_features", "item_attributes", "user_activity")
@@ -92,9 +91,8 @@ def test_user_tastes_and_age_bucket(features) -> None:
     assert users.loc["u1", "age_bucket"] == "25-34"
     assert users.loc["u2", "age_bucket"] == "13-17"
     assert users.loc["u3", "age_bucket"] == "unknown"  # not in the users table
-    assert (
-        users.loc["u3", "purchases_total"] == 0 and list(users.loc["u3", "purchased_items"]) == []
-    )
+    assert users.loc["u3", "purchases_total"] == 0
+    assert list(users.loc["u3", "purchased_items"]) == []
 
 
 def test_item_snapshots_are_dense_and_windows_expire(features) -> None:
@@ -135,10 +133,6 @@ def _sorted(frame: pd.DataFrame, key: str) -> pd.DataFrame:
 
 def test_incremental_run_equals_a_full_recompute(tmp_path) -> None:
     """Append days to a generated shop: computing only the new days gives the full result."""
-    from datetime import date
-
-    from pipelines.synth import generate
-
     full_dir, inc_dir, out_full, out_inc = (tmp_path / n for n in ("v1", "v2", "f1", "f2"))
     generate(full_dir, users=300, items=120, days=40, seed=5, end_date=date(2026, 5, 1),
              progress=False)  # fmt: skip
@@ -175,23 +169,9 @@ def test_a_crafted_catalogue_column_name_stays_a_name(tmp_path) -> None:
     )
     validated = tmp_path / "it's validated"  # a quote in a path must not break the SQL either
     validated.mkdir()
-    pd.DataFrame(
-        {
-            "user_id": ["u1", "u2"],
-            "item_id": ["A", "B"],
-            "timestamp": [_ts(1), _ts(2)],
-            "event_type": ["purchase", "purchase"],
-            "value": 1.0,
-            "price": 10.0,
-            "session_id": ["s1", "s2"],
-        }
-    ).to_parquet(table_path(validated, "interactions"))
-    pd.DataFrame({"item_id": ["A", "B"], "x": ["1", "2"], crafted: ["p", "q"]}).to_parquet(
-        table_path(validated, "items")
-    )
-    pd.DataFrame({"user_id": ["u1", "u2"], "age": [30, 40]}).to_parquet(
-        table_path(validated, "users")
-    )
+    rows = [("u1", "A", 1, 12, "purchase", 10.0, "s1"), ("u2", "B", 2, 12, "purchase", 10.0, "s2")]
+    items = {"item_id": ["A", "B"], "x": ["1", "2"], crafted: ["p", "q"]}
+    write_validated(validated, rows, items, {"user_id": ["u1", "u2"], "age": [30, 40]})
     out = tmp_path / "features"
     compute_features(validated, out)
     attributes = pd.read_parquet(out / "item_attributes.parquet")

@@ -20,13 +20,12 @@ from models.item2vec import (
     SessionVocabulary,
     build_sessions,
     load_item2vec,
-    negative_cdf,
     save_item2vec,
     skipgram_pairs,
     subsample_keep_prob,
 )
 from models.metrics import next_item_metrics
-from pipelines.item2vec import cooccurrence_topk, next_item_steps, run_epochs
+from pipelines.item2vec import cooccurrence_topk, next_item_steps, train_plain
 from pipelines.synth import generate
 from recsys.core.run import Run
 from recsys.core.settings import RaySettings, Settings, TrainSettings
@@ -39,7 +38,7 @@ def _events(rows: list[tuple]) -> pd.DataFrame:
 
 
 def _decode(sessions: Sessions, vocab: SessionVocabulary) -> list[list[str]]:
-    return [[str(vocab.item_ids[i - 1]) for i in sessions.session(s)] for s in range(len(sessions))]
+    return [[vocab.id(i) for i in s] for s in np.split(sessions.items, sessions.offsets[1:-1])]
 
 
 def _csr(*sessions: list[int]) -> Sessions:
@@ -71,15 +70,14 @@ def test_sessions_are_time_ordered_collapsed_and_fall_back_to_user_day() -> None
     )
     sessions, vocab = build_sessions(events)
     # Sessions come in order of their first event; ties keep input order.
-    assert sorted(map(tuple, _decode(sessions, vocab))) == sorted(
-        [("A", "B", "A"), ("X", "Y"), ("Z",), ("X", "Z")]
-    )
-    assert _decode(sessions, vocab)[-1] == ["Z"]  # u2's second day starts last
-    assert "C" not in set(vocab.item_ids)
+    decoded = _decode(sessions, vocab)
+    assert sorted(map(tuple, decoded)) == [("A", "B", "A"), ("X", "Y"), ("X", "Z"), ("Z",)]
+    assert decoded[-1] == ["Z"]  # u2's second day starts last
+    assert "C" not in vocab.ids
     assert np.all(np.diff(sessions.start) >= np.timedelta64(0))
     # Vocabulary: index 0 is padding, ids by training frequency, unknowns map to 0.
-    assert vocab.counts[0] == 0 and vocab.item_ids[0] in {"A", "X", "Z"}
-    assert vocab.index_of("never-seen") == 0
+    assert vocab.counts[0] == 0 and vocab.ids[0] in {"A", "X", "Z"}
+    assert vocab.index("never-seen") == 0
     # With a fixed vocabulary, unknown items stay as 0 unless dropped (then neighbours join).
     held_out = _events(
         [
@@ -89,9 +87,9 @@ def test_sessions_are_time_ordered_collapsed_and_fall_back_to_user_day() -> None
         ]
     )
     kept, _ = build_sessions(held_out, vocab, drop_unknown=False)
-    assert kept.items.tolist() == [vocab.index_of("A"), 0, vocab.index_of("A")]
+    assert kept.items.tolist() == [vocab.index("A"), 0, vocab.index("A")]
     dropped, _ = build_sessions(held_out, vocab)
-    assert dropped.items.tolist() == [vocab.index_of("A")]  # A, A collapsed again
+    assert dropped.items.tolist() == [vocab.index("A")]  # A, A collapsed again
 
 
 def test_sessions_without_a_session_column_use_user_day() -> None:
@@ -135,33 +133,26 @@ def test_subsampling_drops_frequent_items_more() -> None:
     assert (subsample_keep_prob(counts, 0.0)[1:] == 1.0).all()
 
 
-def test_loss_decreases_and_clusters_separate_on_a_toy_corpus() -> None:
+def test_loss_decreases_and_clusters_separate_on_a_toy_corpus(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     clusters = [np.arange(1, 11), np.arange(11, 21)]
     sessions = _csr(*[rng.permutation(clusters[s % 2])[:6].tolist() for s in range(400)])
     counts = np.bincount(sessions.items, minlength=21)
     center, context = skipgram_pairs(sessions, 3, rng)
+    path = tmp_path / "pairs.npz"
+    np.savez(path, center=center, context=context, counts=counts)
     cfg = Item2VecConfig(dim=16, epochs=4, batch_size=128, lr=0.05)
-    torch.manual_seed(0)
-    model = Item2Vec(21, cfg.dim)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: extra threads only spin on a busy shared machine
-    try:
-        history = run_epochs(
-            model, torch.as_tensor(center), torch.as_tensor(context), negative_cdf(counts), cfg, 0
-        )
-    finally:
-        torch.set_num_threads(threads)
-    losses = [h["loss"] for h in history]
+    # one thread: tiny ops, extra threads only spin on a busy shared machine
+    config = {"arrays": path, "n_items": 21, "threads": 1, "model": cfg.model_dump()}
+    state, metrics = train_plain(config)
+    losses = metrics["loss_history"]
     # Zero output vectors at start: every logit is 0 and the loss (1 + K) log 2.
     assert losses[0] < (1 + cfg.negatives) * np.log(2)
     assert losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0]
-    vectors = model.item_vectors().numpy()
+    vectors = torch.nn.functional.normalize(state["input.weight"], dim=-1).numpy()
     sims = vectors[1:] @ vectors[1:].T
-    same = np.equal.outer(np.arange(20) // 10, np.arange(20) // 10) & ~np.eye(20, dtype=bool)
-    assert (
-        sims[same].mean() > sims[~np.equal.outer(np.arange(20) // 10, np.arange(20) // 10)].mean()
-    )
+    same = np.equal.outer(np.arange(20) // 10, np.arange(20) // 10)
+    assert sims[same & ~np.eye(20, dtype=bool)].mean() > sims[~same].mean()
     assert np.allclose(np.linalg.norm(vectors[1:], axis=1), 1.0, atol=1e-5)
 
 
@@ -182,9 +173,8 @@ def test_cooccurrence_baseline_and_hit_metrics() -> None:
 # --------------------------------------------------------------------------- planted structure
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory):
-    """A small generated shop fitted once through Ray Train (1 worker, small object store).
-
-    One thread: the batches are tiny, and on a shared 2-core machine a second OpenMP thread
+    """A small generated shop fitted once through Ray Train (1 worker, small object store), on
+    one thread: the batches are tiny, and on a shared 2-core machine a second OpenMP thread
     spins against other processes (measured 10-20x slower steps under load)."""
     import ray
 
@@ -232,11 +222,11 @@ def test_ray_fit_predicts_next_items_well_above_random(planted) -> None:
 def test_neighbours_share_style_and_department(planted) -> None:
     result, items = planted
     run = result.run
-    attrs = items.set_index("item_id").loc[run.vocab.item_ids.astype(str)]
+    attrs = items.set_index("item_id").loc[run.vocab.ids]
     group = (attrs["department"] + "/" + attrs["style"]).to_numpy()
     shared = []
-    for item_id, g in zip(run.vocab.item_ids, group, strict=True):
-        neighbours = [n for n, _ in run.similar_items(str(item_id), k=5)]
+    for item_id, g in zip(run.vocab.ids, group, strict=True):
+        neighbours = [n for n, _ in run.similar_items(item_id, k=5)]
         shared.append(np.mean(group[run.vocab.encode(neighbours) - 1] == g))
     _, sizes = np.unique(group, return_counts=True)
     chance = float(((sizes - 1) * sizes).sum() / (len(group) * (len(group) - 1)))
@@ -247,7 +237,7 @@ def test_saved_run_round_trips_without_pickle(planted, tmp_path: Path) -> None:
     result, _ = planted
     loaded = load_item2vec(Run(result.out_dir))
     np.testing.assert_array_equal(loaded.vectors, result.run.vectors)
-    some = str(loaded.vocab.item_ids[3])
+    some = loaded.vocab.ids[3]
     assert loaded.similar_items(some, 5) == result.run.similar_items(some, 5)
     manifest = Run(result.out_dir).read_json(MANIFEST)
     assert manifest["metrics"]["item2vec"] == result.metrics["item2vec"]
@@ -262,7 +252,7 @@ def test_saved_run_round_trips_without_pickle(planted, tmp_path: Path) -> None:
     again = load_item2vec(save_item2vec(Run(tmp_path), model, vocab, cfg, {"note": 1}))
     for key, value in model.state_dict().items():
         assert torch.equal(again.model.state_dict()[key], value)
-    assert again.vocab.item_ids.tolist() == ["a", "b", "c"]
+    assert again.vocab.ids == ["a", "b", "c"]
     assert again.vocab.counts.tolist() == [0, 5, 3, 1]
     assert again.config == cfg and again.manifest["metrics"] == {"note": 1}
     with pytest.raises(ValueError, match="vocabulary"):

@@ -87,12 +87,13 @@ def test_labels_are_each_users_latest_purchase_and_leave_history() -> None:
 
 # --------------------------------------------------------------------------- candidates
 ITEMS = [f"i{n}" for n in range(1, 13)]
+CATEGORIES = ["dress"] * 6 + ["shoes"] * 6
 
 
 def _catalog() -> ItemCatalog:
     frame = pd.DataFrame({
         "item_id": ITEMS,
-        "category": ["dress"] * 6 + ["shoes"] * 6,
+        "category": CATEGORIES,
         "department": ["women"] * 12,
         "price": [10.0, 20, 30, 40, 50, 60, 15, 25, 35, 45, 55, 65],
         "in_stock": [True] * 11 + [False],
@@ -114,7 +115,8 @@ def _generator(search=None, item_vectors=None) -> CandidateGenerator:
                                    ("u2", "i1", "2026-10-02"), ("u2", "i10", "2026-10-02")]),
                        min_pair_baskets=2)  # fmt: skip
     sales = _purchases([(f"u{j}", ITEMS[j % 12], "2026-10-30") for j in range(40)])
-    popular = segment_popularity(sales, catalog_items(), None, end=END)
+    items = pd.DataFrame({"item_id": ITEMS, "category": CATEGORIES})
+    popular = segment_popularity(sales, items, None, end=END)
     cfg = Settings().sources
     return CandidateGenerator(catalog, [
         ItemItemSource(cfg.item_item, neighbours),
@@ -122,10 +124,6 @@ def _generator(search=None, item_vectors=None) -> CandidateGenerator:
         BoughtTogetherSource(cfg.bought_together, rules),
         PopularSource(cfg.popular, popular),
     ])  # fmt: skip
-
-
-def catalog_items() -> pd.DataFrame:
-    return pd.DataFrame({"item_id": ITEMS, "category": ["dress"] * 6 + ["shoes"] * 6})
 
 
 def test_candidates_merge_every_source_and_never_propose_what_was_bought() -> None:
@@ -201,15 +199,10 @@ def test_exact_search_respects_exclusions_and_filters() -> None:
 # --------------------------------------------------------------------------- ranker
 def test_ranker_learns_a_planted_signal_and_round_trips(tmp_path) -> None:
     rng = np.random.default_rng(0)
-    groups, xs, ys = [], [], []
-    for _ in range(300):
-        x = rng.random((20, 3)).astype(np.float32)
-        y = np.zeros(20, dtype=np.float32)
-        y[np.argmax(x[:, 1] + 0.05 * rng.random(20))] = 1  # feature 1 decides
-        xs.append(x)
-        ys.append(y)
-        groups.append(20)
-    x, y, g = np.concatenate(xs), np.concatenate(ys), np.array(groups)
+    x = rng.random((300, 20, 3)).astype(np.float32)  # 300 groups of 20 rows
+    y = np.zeros((300, 20), dtype=np.float32)
+    y[np.arange(300), np.argmax(x[:, :, 1] + 0.05 * rng.random((300, 20)), axis=1)] = 1
+    x, y, g = x.reshape(-1, 3), y.ravel(), np.full(300, 20)  # feature 1 decides
     ranker = Ranker.fit(x[:4000], y[:4000], g[:200], ["a", "b", "c"],
                         valid=(x[4000:], y[4000:], g[200:]), rounds=50)  # fmt: skip
     assert max(ranker.info["importance_gain"], key=ranker.info["importance_gain"].get) == "b"

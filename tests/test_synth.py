@@ -8,13 +8,13 @@ import pytest
 from pipelines import synth
 from recsys.core.schema import TABLES, table_path
 
+SHOP = {"users": 1500, "items": 400, "days": 60, "end_date": date(2026, 6, 1), "progress": False}
+
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    synth.generate(
-        out, users=1500, items=400, days=60, seed=3, end_date=date(2026, 6, 1), progress=False
-    )
+    synth.generate(out, seed=3, **SHOP)
     return out
 
 
@@ -27,18 +27,12 @@ def test_tables_follow_the_canonical_schema(shop: Path) -> None:
         assert pq.read_schema(table_path(shop, name)).remove_metadata() == schema
 
 
-def test_same_seed_and_end_date_give_identical_files(
-    shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    synth.generate(
-        tmp_path, users=1500, items=400, days=60, seed=3, end_date=date(2026, 6, 1), progress=False
-    )
+def test_same_seed_and_end_date_give_identical_files(shop: Path, tmp_path: Path) -> None:
+    synth.generate(tmp_path, seed=3, **SHOP)
     for name in TABLES:
         pd.testing.assert_frame_equal(_read(shop, name), _read(tmp_path, name))
     other = tmp_path / "other"
-    synth.generate(
-        other, users=1500, items=400, days=60, seed=4, end_date=date(2026, 6, 1), progress=False
-    )
+    synth.generate(other, seed=4, **SHOP)
     assert not _read(shop, "interactions").equals(_read(other, "interactions"))
 
 
@@ -53,10 +47,9 @@ def test_events_are_consistent(shop: Path) -> None:
     # every purchase follows an add_to_cart of the same item in the same session
     buys = inter[inter["event_type"] == "purchase"]
     carts = inter[inter["event_type"] == "add_to_cart"]
-    pairs = buys.merge(carts, on=["session_id", "item_id"], suffixes=("", "_cart"))
-    assert len(pairs.drop_duplicates(["session_id", "item_id"])) == len(
-        buys.drop_duplicates(["session_id", "item_id"])
-    )
+    key = ["session_id", "item_id"]
+    pairs = buys.merge(carts, on=key, suffixes=("", "_cart"))
+    assert len(pairs.drop_duplicates(key)) == len(buys.drop_duplicates(key))
     assert (pairs["timestamp_cart"] < pairs["timestamp"]).all()
 
 

@@ -31,20 +31,18 @@ from models.two_tower import (
     save_two_tower,
     to_tensors,
 )
-from pipelines.embed import read_vectors
 from pipelines.train import item_text_table, zero_untrained_ids
 from pipelines.two_tower_fit import train_plain
+from recsys.core.arrays import unit_rows
 from recsys.core.run import MANIFEST, Run
-from recsys.core.schema import ITEM_NUMERIC, USER_NUMERIC, table_path
+from recsys.core.schema import USER_NUMERIC, table_path
 from recsys.core.settings import Settings, TrainSettings
 from tests.conftest import run_cli, tiny_catalog
+from tests.test_embed import read_embeddings
+from tests.test_training_speed import fit_config
 
 CLUSTERS, PER_CLUSTER, TEXT_DIM = 3, 20, 16
 COLD = "i060"  # in the catalogue, never bought: its text is a copy of i000's
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +52,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> dict:
     n_items = CLUSTERS * PER_CLUSTER
     catalog = tiny_catalog(n_items + 1)  # random attributes; the last row is the cold item
     cluster = np.arange(n_items + 1) % CLUSTERS
-    centres = _unit(rng.normal(size=(CLUSTERS, TEXT_DIM)))
-    text = _unit(centres[cluster] + 0.35 * rng.normal(size=(n_items + 1, TEXT_DIM)))
+    centres = unit_rows(rng.normal(size=(CLUSTERS, TEXT_DIM))).astype(np.float32)
+    text = unit_rows(centres[cluster] + 0.35 * rng.normal(size=(n_items + 1, TEXT_DIM)))
     text[n_items] = text[0]  # the cold item is described exactly as i000
     cluster[n_items] = cluster[0]
 
@@ -74,21 +72,17 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> dict:
     user_enc = UserEncoder.fit(frame, history=4)
     assert item_enc.item_ids == catalog["item_id"].tolist()  # vocabulary order = catalogue
     table = np.zeros((item_enc.n_items, TEXT_DIM), dtype=np.float32)
-    table[1:] = text
+    table[1:] = text  # float32, as the embedding files hold them
     arrays = user_enc.encode(frame, item_enc) | item_enc.encode(rows)
     counts = np.bincount(arrays["item_idx"], minlength=item_enc.n_items).astype(float)
     assert counts[item_enc.index(COLD)] == 0
     path = tmp_path_factory.mktemp("text_tower") / "train_arrays.npz"
-    np.savez(path, log_q=np.log((counts + 1) / (counts + 1).sum()).astype(np.float32),
-             item_table=item_enc.attribute_table(catalog), item_text=table, **arrays)  # fmt: skip
-    cfg = TwoTowerConfig(user_enc.n_users, item_enc.n_items, item_enc.attr_sizes(),
-                         len(USER_NUMERIC), len(ITEM_NUMERIC), dim=16, id_dropout=0.5,
-                         text_dim=TEXT_DIM)  # fmt: skip
-    config = {"arrays": str(path), "model": cfg.to_dict(), "epochs": 6, "batch_size": 64,
-              "lr": 0.02, "weight_decay": 0.0, "temperature": 0.1, "threads": 1,
-              "seed": 0}  # fmt: skip
+    arrays["item_text"] = table
+    config = fit_config(
+        path, user_enc, item_enc, arrays, catalog, 6, dim=16, id_dropout=0.5, text_dim=TEXT_DIM
+    )
     state, metrics = train_plain(config)
-    model = TwoTower(cfg)
+    model = TwoTower(TwoTowerConfig(**config["model"]))
     model.load_state_dict(state)
     model.eval()
     zero_untrained_ids(model, counts)
@@ -192,10 +186,8 @@ def test_a_text_run_round_trips_and_old_runs_still_load(shop: dict, tmp_path: Pa
 
 def _write_embeddings(path: Path, ids: list[str], vectors: np.ndarray, kind: str = "text") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {"item_id": ids, "vector": pa.array(vectors.tolist(), pa.list_(pa.float32()))}
-    ).replace_schema_metadata({"recsys.embed.kind": kind})
-    pq.write_table(table, path)
+    table = pa.table({"item_id": ids, "vector": pa.array(vectors.tolist(), pa.list_(pa.float32()))})
+    pq.write_table(table.replace_schema_metadata({"recsys.embed.kind": kind}), path)
 
 
 def test_the_text_table_follows_the_vocabulary(
@@ -207,7 +199,7 @@ def test_the_text_table_follows_the_vocabulary(
     assert item_text_table(settings, vocab) is None
     assert "recsys embed" in caplog.text  # says how to add them
     path = settings.item_embeddings_path("text")
-    vectors = _unit(np.random.default_rng(0).normal(size=(4, 8)))
+    vectors = unit_rows(np.random.default_rng(0).normal(size=(4, 8))).astype(np.float32)
     _write_embeddings(path, ["c", "a", "zz", "b"], vectors)  # file order != vocabulary
     caplog.clear()
     table = item_text_table(settings, vocab)
@@ -232,14 +224,13 @@ def test_recsys_embed_writes_every_item_and_reruns_from_the_cache(
     assert "✓ embed text (Ray Data)" in output  # the demo embeds before it trains
     path = pipeline_settings.item_embeddings_path("text")
     items = pd.read_parquet(table_path(pipeline_settings.validated_dir, "items"))
-    table = pq.read_table(path)
-    vectors = read_vectors(table, path)
-    assert table.column("item_id").to_pylist() == items["item_id"].tolist()
+    ids, vectors = read_embeddings(path)
+    assert ids == items["item_id"].tolist()
     assert vectors.shape == (len(items), 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     again = run_cli(home, "embed", "--no-ray")
     assert f"{len(items):,} items: {len(items):,} cached, 0 encoded" in again.stdout
-    assert np.array_equal(read_vectors(pq.read_table(path), path), vectors)
+    assert np.array_equal(read_embeddings(path)[1], vectors)
 
 
 def test_train_feeds_the_text_embeddings_to_both_towers(
@@ -251,10 +242,8 @@ def test_train_feeds_the_text_embeddings_to_both_towers(
     assert run.manifest["model_config"]["text_dim"] == 384
     assert run.manifest["train_config"]["text_embeddings"] == "auto"
     model, _, items = load_two_tower(run)
-    path = pipeline_settings.item_embeddings_path("text")
-    table = pq.read_table(path)
-    row = {item: i for i, item in enumerate(table.column("item_id").to_pylist())}
-    vectors = read_vectors(table, path)
+    ids, vectors = read_embeddings(pipeline_settings.item_embeddings_path("text"))
+    row = {item: i for i, item in enumerate(ids)}
     expected = vectors[[row[i] for i in items.item_ids]]
     np.testing.assert_array_equal(model.item_text[1:].numpy(), expected)  # vocabulary order
     assert not model.item_text[0].any()

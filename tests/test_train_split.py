@@ -1,30 +1,30 @@
 """How `recsys train` chooses what to train on and what to score against."""
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from pipelines.train import split_for_training
+from models.encoding import ItemEncoder
+from models.two_tower import TwoTower, TwoTowerConfig
+from pipelines import train
 from recsys.core.schema import table_path
 from recsys.core.settings import Settings
 
 
 def _events(timestamps: list[str]) -> pd.DataFrame:
     n = len(timestamps)
-    return pd.DataFrame(
-        {
-            "user_id": [f"u{i % 3}" for i in range(n)],
-            "item_id": [f"i{i}" for i in range(n)],
-            "timestamp": pd.to_datetime(timestamps, utc=True),
-            "event_type": ["purchase"] * n,
-        }
-    )
+    return pd.DataFrame({"user_id": [f"u{i % 3}" for i in range(n)],
+                         "item_id": [f"i{i}" for i in range(n)],
+                         "timestamp": pd.to_datetime(timestamps, utc=True),
+                         "event_type": ["purchase"] * n})  # fmt: skip
 
 
 def test_temporal_split_holds_out_the_last_days(tmp_path) -> None:
     settings = Settings(home=tmp_path)
     days = [f"2026-03-{d:02d} 12:00" for d in range(1, 21)] * 2
     events = _events(days)
-    split = split_for_training(settings, events, events.drop(columns="event_type"))
+    split = train.split_for_training(settings, events, events.drop(columns="event_type"))
     assert split.mode == "temporal" and not split.undated
     assert split.cutoff == pd.Timestamp("2026-03-14", tz="UTC")  # 7 whole days before the end
     assert (split.test["timestamp"] >= split.cutoff).all() and len(split.test) == 14
@@ -38,7 +38,7 @@ def test_a_holdout_file_is_the_test_set_and_undated_data_is_detected(tmp_path) -
     holdout.loc[3, "event_type"] = "view"  # only purchases are predicted
     holdout.to_parquet(table_path(settings.validated_dir, "holdout"))
     events = _events(["2020-01-01"] * 10)
-    split = split_for_training(settings, events, events.drop(columns="event_type"))
+    split = train.split_for_training(settings, events, events.drop(columns="event_type"))
     assert split.mode == "holdout" and split.undated
     assert len(split.test) == 3 and len(split.train) == 10 and len(split.positives) == 10
     assert split.cutoff == split.end == pd.Timestamp("2020-01-02", tz="UTC")
@@ -48,41 +48,30 @@ def test_a_holdout_file_is_the_test_set_and_undated_data_is_detected(tmp_path) -
 def test_too_little_data_says_what_to_do(tmp_path) -> None:
     events = _events(["2026-03-01 12:00"] * 3)
     with pytest.raises(ValueError, match="TEST_DAYS"):
-        split_for_training(Settings(home=tmp_path), events, events.drop(columns="event_type"))
+        train.split_for_training(Settings(home=tmp_path), events, events.drop(columns="event_type"))
 
 
 def test_items_never_trained_on_get_a_zero_id_embedding() -> None:
-    import numpy as np
-    import torch
-
-    from models.two_tower import TwoTower, TwoTowerConfig
-    from pipelines.train import zero_untrained_ids
-
     model = TwoTower(TwoTowerConfig(3, 5, {"category": 3}, 2, 2, 4))
-    zero_untrained_ids(model, np.array([0, 4, 0, 1, 2]))  # row 0 = padding, item 2 unseen
+    train.zero_untrained_ids(model, np.array([0, 4, 0, 1, 2]))  # row 0 = padding, item 2 unseen
     assert torch.all(model.item_id.weight[[0, 2]] == 0)
     assert torch.all(model.history_item.weight[[0, 2]] == 0)
     assert torch.all(model.item_id.weight[[1, 3, 4]].abs().sum(1) > 0)
 
 
-def test_cold_item_metrics_against_random(tmp_path) -> None:
-    import numpy as np
-
-    from models.encoding import ItemEncoder
-    from pipelines.train import _cold_item_metrics, _pick_cold_items
-
+def test_cold_item_metrics_against_random() -> None:
     items = ItemEncoder([f"i{n}" for n in range(20)], {}, [])
     item_vecs = np.eye(20, dtype=np.float32)
     user_vecs = np.zeros((2, 20), dtype=np.float32)
     user_vecs[0, 5] = 1.0  # user a points at i5 exactly
     user_vecs[1, 0] = 1.0  # user b points at i0, but bought i7
     truth = {"a": {"i5"}, "b": {"i7"}}
-    m = _cold_item_metrics(user_vecs, item_vecs, items, ["a", "b"], {}, truth,
-                           frozenset({"i5", "i6", "i7"}), k=1)  # fmt: skip
+    m = train._cold_item_metrics(user_vecs, item_vecs, items, ["a", "b"], {}, truth,
+                                 frozenset({"i5", "i6", "i7"}), k=1)  # fmt: skip
     assert m["users"] == 2 and m["pairs"] == 2 and m["items"] == 3
     assert m["recall@1_among_cold"] == 0.5 and m["random@1_among_cold"] == round(1 / 3, 4)
     assert m["recall@1_catalogue"] == 0.5 and m["random@1_catalogue"] == 0.05
     test = pd.DataFrame({"item_id": [f"i{n}" for n in range(10)]})
-    picked = _pick_cold_items(test, 0.2, seed=0)
-    assert len(picked) == 2 and picked == _pick_cold_items(test, 0.2, seed=0)
-    assert _pick_cold_items(test, 0.0, seed=0) == frozenset()
+    picked = train._pick_cold_items(test, 0.2, seed=0)
+    assert len(picked) == 2 and picked == train._pick_cold_items(test, 0.2, seed=0)
+    assert train._pick_cold_items(test, 0.0, seed=0) == frozenset()

@@ -1,7 +1,8 @@
-"""The two-tower epoch loop that Ray Train and plain PyTorch share (pipelines.train)."""
+"""The two-tower epoch loop that Ray Train and plain PyTorch share (pipelines.two_tower_fit)."""
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,33 +15,37 @@ from pipelines.two_tower_fit import _optimizers, fit_two_tower, train_plain
 from recsys.core.schema import ITEM_NUMERIC, USER_NUMERIC
 from tests.conftest import tiny_catalog, tiny_users
 
+LOOP = dict(batch_size=64, lr=0.02, weight_decay=0.0, temperature=0.1, threads=1, seed=0)
+
+
+def fit_config(
+    path: Path,
+    users: UserEncoder,
+    items: ItemEncoder,
+    arrays: dict[str, np.ndarray],
+    catalog: pd.DataFrame,
+    epochs: int,
+    **model: Any,
+) -> dict:
+    """A train_func config over the encoded ``arrays``, written to ``path`` as Ray's workers
+    read them (an ``item_text`` array among them is the text table); ``model``: config fields."""
+    counts = np.bincount(arrays["item_idx"], minlength=items.n_items) + 1.0
+    log_q = np.log(counts / counts.sum()).astype(np.float32)
+    np.savez(path, log_q=log_q, item_table=items.attribute_table(catalog), **arrays)
+    sizes = (users.n_users, items.n_items, items.attr_sizes(), len(USER_NUMERIC), len(ITEM_NUMERIC))
+    cfg = TwoTowerConfig(*sizes, **model)
+    return {"arrays": str(path), "model": cfg.to_dict(), "epochs": epochs, **LOOP}
+
 
 def _config(tmp_path: Path) -> dict:
-    """A train_func config over 600 encoded (user, item) examples written as Ray reads them."""
+    """A config over 600 encoded (user, item) examples."""
     catalog = tiny_catalog()
     frame = pd.concat([tiny_users(catalog)] * 20, ignore_index=True)
     items = ItemEncoder.fit(catalog, catalog)
     users = UserEncoder.fit(frame, history=4)
     bought = catalog.sample(len(frame), replace=True, random_state=0).reset_index(drop=True)
     arrays = users.encode(frame, items) | items.encode(bought)
-    counts = np.bincount(arrays["item_idx"], minlength=items.n_items) + 1.0
-    log_q = np.log(counts / counts.sum()).astype(np.float32)
-    path = tmp_path / "train_arrays.npz"
-    np.savez(path, log_q=log_q, item_table=items.attribute_table(catalog), **arrays)
-    model = TwoTowerConfig(
-        users.n_users, items.n_items, items.attr_sizes(), len(USER_NUMERIC), len(ITEM_NUMERIC), 8
-    )
-    return {
-        "arrays": str(path),
-        "model": model.to_dict(),
-        "epochs": 3,
-        "batch_size": 64,
-        "lr": 0.02,
-        "weight_decay": 0.0,
-        "temperature": 0.1,
-        "threads": 1,
-        "seed": 0,
-    }
+    return fit_config(tmp_path / "train_arrays.npz", users, items, arrays, catalog, 3, dim=8)
 
 
 def test_plain_fit_is_deterministic_and_reports_like_ray(tmp_path: Path) -> None:
@@ -55,16 +60,15 @@ def test_plain_fit_is_deterministic_and_reports_like_ray(tmp_path: Path) -> None
     # (what benchmarks/training_speed.py measures Ray's overhead against)
     reports: list[dict] = []
     started = time.perf_counter()
-    fit_two_tower(config, report=lambda m, _s, _last: reports.append(m))
+    _, final = fit_two_tower(config, report=reports.append)
     wall = time.perf_counter() - started
-    final = reports[-1]
-    epochs = sum(r["epoch_seconds"] for r in reports)
+    assert len(reports) == 2  # every epoch but the last, which comes back with the weights
+    epochs = sum(r["epoch_seconds"] for r in [*reports, final])
     assert final["loop_seconds"] == pytest.approx(epochs, abs=0.01)
     assert final["setup_seconds"] + final["loop_seconds"] <= wall
     # a second rank sees the other half of the examples and returns no weights
-    reports = []
-    assert fit_two_tower(config, 1, 2, lambda m, s, last: reports.append((m, s, last))) is None
-    assert reports[-1][0]["examples"] == 300 and reports[-1][1] is None and reports[-1][2]
+    state, final = fit_two_tower(config, 1, 2)
+    assert state is None and final["examples"] == 300
 
 
 def test_sparse_id_tables_train_to_a_similar_loss(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 The edge backend runs its real HNSW graph (small collections are indexed on purpose); the
 qdrant backend runs qdrant-client's local mode (``:memory:``), which goes through the same client
-calls as a server. Filters whose matching set is smaller than ``DEFAULT_EXACT_BELOW`` are scanned
-exactly by the engine, so on those both backends must return exactly numpy's ids.
+calls as a server. Filters whose matching set is smaller than ``EXACT_BELOW`` are scanned exactly
+by the engine, so on those both backends must return exactly numpy's ids.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from recsys.core.vectorstore import (
     VectorStoreError,
     open_vector_store,
 )
-from recsys.core.vectorstore.base import DEFAULT_EXACT_BELOW
+from recsys.core.vectorstore.base import EXACT_BELOW
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,21 +72,15 @@ class Data:
         keep = np.ones(N, dtype=bool)
         if flt is None:
             return keep
-        columns = {
-            "category": self.category,
-            "colour": self.colour,
-            "price": self.price,
-            "in_stock": self.in_stock,
-        }
-        for key, value in flt.equals.items():
-            keep &= columns[key] == value
+        for key, value in flt.equals.items():  # payload fields are attributes of the same name
+            keep &= getattr(self, key) == value
         for key, values in flt.any_of.items():
-            keep &= np.isin(columns[key], list(values))
+            keep &= np.isin(getattr(self, key), list(values))
         for key, (low, high) in flt.ranges.items():
             if low is not None:
-                keep &= columns[key] >= low
+                keep &= getattr(self, key) >= low
             if high is not None:
-                keep &= columns[key] <= high
+                keep &= getattr(self, key) <= high
         keep[list(flt.exclude_ids)] = False
         return keep
 
@@ -103,34 +97,36 @@ def data() -> Data:
     return Data()
 
 
+def fresh(backend: str, tmp_path: Path, name: str = "items") -> VectorStore:
+    """A store of either backend with nothing in it yet."""
+    if backend == "edge":
+        return EdgeVectorStore(tmp_path / name)
+    return QdrantServerVectorStore(name, location=":memory:")
+
+
 def build(store: VectorStore, data: Data) -> VectorStore:
-    store.recreate(DIM, KEYWORDS, FLOATS, BOOLS)
+    """A plain collection named like the store (an alias would lead to it the same way)."""
+    store.create_collection(store.name, DIM, KEYWORDS, FLOATS, BOOLS)
     store.upsert(data.points(), batch_size=500)
     store.finalize()
     return store
 
 
-@pytest.fixture(scope="module", params=["edge", "qdrant"])
-def store(request: pytest.FixtureRequest, data: Data, tmp_path_factory) -> Iterator[VectorStore]:
-    if request.param == "edge":
-        s: VectorStore = EdgeVectorStore(tmp_path_factory.mktemp("edge") / "items")
-    else:
-        s = QdrantServerVectorStore("items", location=":memory:")
-    build(s, data)
-    yield s
-    s.close()
-
-
 @pytest.fixture(scope="module")
-def both(data: Data, tmp_path_factory) -> Iterator[tuple[VectorStore, VectorStore]]:
-    edge = build(EdgeVectorStore(tmp_path_factory.mktemp("edge_pair") / "items"), data)
-    server = build(QdrantServerVectorStore("items", location=":memory:"), data)
-    yield edge, server
+def stores(data: Data, tmp_path_factory) -> Iterator[dict[str, VectorStore]]:
+    edge = build(fresh("edge", tmp_path_factory.mktemp("edge")), data)
+    server = build(fresh("qdrant", tmp_path_factory.mktemp("qdrant")), data)
+    yield {"edge": edge, "qdrant": server}
     edge.close()
     server.close()
 
 
-# Filters small enough (< DEFAULT_EXACT_BELOW matching points) to be searched exactly.
+@pytest.fixture(params=["edge", "qdrant"])
+def store(request: pytest.FixtureRequest, stores: dict[str, VectorStore]) -> VectorStore:
+    return stores[request.param]
+
+
+# Filters small enough (< EXACT_BELOW matching points) to be searched exactly.
 EXACT_FILTERS = {
     "equals_keyword": SearchFilter(equals={"category": "dresses"}),
     "equals_keyword_and_bool": SearchFilter(equals={"category": "tops", "in_stock": True}),
@@ -184,7 +180,7 @@ def test_top_k_matches_exact_cosine(store: VectorStore, data: Data) -> None:
     for q in data.queries[:5]:
         assert_valid_hits(store, data, q, None)
     r = recall(store, data)
-    # Local mode is exact; edge walks its HNSW graph (2,000 points > DEFAULT_EXACT_BELOW).
+    # Local mode is exact; edge walks its HNSW graph (2,000 points > EXACT_BELOW).
     assert r >= (0.9 if store.backend == "edge" else 1.0)
 
 
@@ -197,18 +193,14 @@ def test_search_without_payloads_finds_the_same_hits(store: VectorStore, data: D
         assert all(h.payload == {} for h in bare) and all(h.payload for h in full)
 
 
-def test_edge_indexes_small_collections_with_hnsw(both: tuple[VectorStore, VectorStore]) -> None:
-    edge, _ = both
-    assert N > DEFAULT_EXACT_BELOW  # otherwise searches would not touch the graph
-    assert edge.health()["indexed_vectors"] == N
-
-
 def test_count_and_health(store: VectorStore) -> None:
     assert store.count() == N
     health = store.health()
     assert health["ok"] is True
     assert health["backend"] == store.backend
     assert health["points"] == N
+    if store.backend == "edge":  # small collections are indexed with HNSW on purpose
+        assert N > EXACT_BELOW and health["indexed_vectors"] == N
 
 
 # -- filters ----------------------------------------------------------------------------------
@@ -217,7 +209,7 @@ def test_count_and_health(store: VectorStore) -> None:
 @pytest.mark.parametrize("name", sorted(EXACT_FILTERS))
 def test_small_filters_are_exact(store: VectorStore, data: Data, name: str) -> None:
     flt = EXACT_FILTERS[name]
-    assert 0 < data.mask(flt).sum() < DEFAULT_EXACT_BELOW
+    assert 0 < data.mask(flt).sum() < EXACT_BELOW
     for q in data.queries[:3]:
         assert_valid_hits(store, data, q, flt)
     for q in data.queries:
@@ -254,8 +246,8 @@ def test_filter_matching_nothing(store: VectorStore, data: Data) -> None:
     assert store.search(q, K, SearchFilter(ranges={"price": (200.0, None)})) == []
 
 
-def test_backends_agree(both: tuple[VectorStore, VectorStore], data: Data) -> None:
-    edge, server = both
+def test_backends_agree(stores: dict[str, VectorStore], data: Data) -> None:
+    edge, server = stores["edge"], stores["qdrant"]
     for flt in EXACT_FILTERS.values():
         for q in data.queries[:10]:
             a, b = edge.search(q, K, flt), server.search(q, K, flt)
@@ -279,15 +271,14 @@ def test_edge_reopens_from_disk_in_a_new_process(data: Data, tmp_path: Path) -> 
     ]
     store.close()
 
-    np.save(tmp_path / "queries.npy", data.queries[:5])
     script = f"""
-import json, numpy as np
+import json
 from pathlib import Path
-from recsys.core.vectorstore import EdgeVectorStore, SearchFilter
-store = EdgeVectorStore(Path({str(path)!r}))
-queries = np.load({str(tmp_path / "queries.npy")!r})
-flt = SearchFilter(**{{k: v for k, v in json.loads({json.dumps(_filter_json(flt))!r}).items()}})
-out = [[(h.id, h.score) for h in store.search(q, {K}, f)] for f in (None, flt) for q in queries]
+from recsys.core.vectorstore import EdgeVectorStore
+from tests.test_vectorstore import EXACT_FILTERS, K, Data
+store, queries = EdgeVectorStore(Path({str(path)!r})), Data().queries[:5]
+out = [[(h.id, h.score) for h in store.search(q, K, f)]
+       for f in (None, EXACT_FILTERS["combined"]) for q in queries]
 print(json.dumps({{"hits": out, "count": store.count(), "health": store.health()}}))
 store.close()
 """
@@ -306,18 +297,9 @@ store.close()
     store.close()
 
 
-def _filter_json(flt: SearchFilter) -> dict:
-    return {
-        "equals": dict(flt.equals),
-        "any_of": {k: list(v) for k, v in flt.any_of.items()},
-        "ranges": {k: list(v) for k, v in flt.ranges.items()},
-        "exclude_ids": sorted(flt.exclude_ids),
-    }
-
-
-def test_edge_folder_is_locked_while_open(data: Data, tmp_path: Path) -> None:
+def test_edge_folder_is_locked_while_open(tmp_path: Path) -> None:
     store = EdgeVectorStore(tmp_path / "items")
-    store.recreate(DIM, KEYWORDS)
+    store.create_collection("items", DIM, KEYWORDS)
     with pytest.raises(VectorStoreError, match="open elsewhere"):
         EdgeVectorStore(tmp_path / "items").count()
     store.close()
@@ -325,13 +307,9 @@ def test_edge_folder_is_locked_while_open(data: Data, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["edge", "qdrant"])
-def test_upsert_replaces_and_recreate_empties(backend: str, tmp_path: Path) -> None:
-    store: VectorStore = (
-        EdgeVectorStore(tmp_path / "items")
-        if backend == "edge"
-        else QdrantServerVectorStore("small", location=":memory:")
-    )
-    store.recreate(3, ["colour"], bool_fields=["flag"])
+def test_upsert_replaces_and_replace_empties(backend: str, tmp_path: Path) -> None:
+    store = fresh(backend, tmp_path)
+    store.create_collection(store.name, 3, ["colour"], bool_fields=["flag"])
     store.upsert([ItemPoint(i, [1.0, i, 0.0], {"colour": "red", "flag": True}) for i in range(5)])
     store.upsert([ItemPoint(np.int64(2), np.array([0.0, 0.0, 1.0]), {"colour": "blue"})])
     store.finalize()
@@ -345,30 +323,26 @@ def test_upsert_replaces_and_recreate_empties(backend: str, tmp_path: Path) -> N
         store.search([1.0, 0.0], 1)
     with pytest.raises(ValueError, match=">= 0"):
         store.upsert([ItemPoint(-1, [1.0, 0.0, 0.0], {})])
-    store.recreate(3)
+    store.create_collection(store.name, 3, replace=True)
     assert store.count() == 0
     store.close()
 
 
-def test_missing_collection_errors_name_the_place(tmp_path: Path) -> None:
-    edge = EdgeVectorStore(tmp_path / "nowhere")
+@pytest.mark.parametrize("backend", ["edge", "qdrant"])
+def test_missing_collection_errors_name_the_place(backend: str, tmp_path: Path) -> None:
+    store = fresh(backend, tmp_path, "nowhere")
     with pytest.raises(CollectionNotFoundError, match=r"nowhere.*recsys index"):
-        edge.search([1.0, 0.0], 1)
-    health = edge.health()
-    assert health["ok"] is False and health["points"] is None and "recsys index" in health["error"]
-
-    server = QdrantServerVectorStore("ghost", location=":memory:")
-    with pytest.raises(CollectionNotFoundError, match=r"'ghost'.*recsys index"):
-        server.search([1.0, 0.0], 1)
+        store.search([1.0, 0.0], 1)
     with pytest.raises(CollectionNotFoundError):
-        server.count()
-    assert server.health()["ok"] is False
+        store.count()
+    health = store.health()
+    assert health["ok"] is False and health["points"] is None and "recsys index" in health["error"]
 
 
 def test_edge_refuses_to_wipe_a_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(VectorStoreError, match="Refusing"):
-        EdgeVectorStore(tmp_path).recreate(4)
+        EdgeVectorStore(tmp_path).create_collection(tmp_path.name, 4)
     assert (tmp_path / "precious.txt").exists()
 
 
@@ -394,8 +368,9 @@ def test_open_vector_store(tmp_path: Path) -> None:
     with pytest.raises(VectorStoreConfigError, match="RECSYS_VECTOR_STORE__URL"):
         open_vector_store(VectorStoreSettings(type="qdrant"), tmp_path)
     server = open_vector_store(
-        VectorStoreSettings(type="qdrant", url="http://localhost:6333"), tmp_path
+        VectorStoreSettings(type="qdrant", url="http://localhost:6333"), tmp_path, read_only=True
     )
-    assert isinstance(server, QdrantServerVectorStore) and server.collection == "items"
+    assert isinstance(server, QdrantServerVectorStore) and server.name == "items"
+    assert server.read_only
     with pytest.raises(VectorStoreConfigError, match="collection name"):
         open_vector_store(VectorStoreSettings(), tmp_path, collection="../etc")

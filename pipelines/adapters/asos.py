@@ -27,7 +27,7 @@ from pipelines.adapters.base import (
     require_dir,
     require_file,
 )
-from recsys.core.sql import ident, sql_str
+from recsys.core.sql import ident, parquet, sql_str
 
 TRAIN = "dsf_asos_train_with_alphanumeric_dummy_ids.parquet"
 VALID = "dsf_asos_valid_with_alphanumeric_dummy_ids.parquet"
@@ -39,8 +39,7 @@ DEFAULT_REFERENCE_TIME = "2020-01-01T00:00:00Z"
 
 def parse_reference_time(value: str | datetime | None) -> datetime:
     """ISO-8601 (``Z`` allowed) -> an aware UTC datetime; naive means UTC."""
-    if value is None:
-        value = DEFAULT_REFERENCE_TIME
+    value = DEFAULT_REFERENCE_TIME if value is None else value
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -49,14 +48,6 @@ def parse_reference_time(value: str | datetime | None) -> datetime:
                 f"--reference-time {value!r}: expected ISO-8601, e.g. {DEFAULT_REFERENCE_TIME}"
             ) from exc
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _id_list(path: Path, column: str) -> str:
-    """A headerless one-id-per-line file, read as text (no sniffing that could drop zeros)."""
-    return (
-        f"(SELECT {column} FROM read_csv({sql_str(path)}, header=false, auto_detect=false, "
-        f"columns={{{sql_str(column)}: 'VARCHAR'}}) WHERE {column} IS NOT NULL)"
-    )
 
 
 class AsosAdapter(DatasetAdapter):
@@ -81,18 +72,14 @@ class AsosAdapter(DatasetAdapter):
         ):
             self._write_pairs(writer, table, files[name], stamp)
 
-        items = _id_list(files[PRODUCTS], "item_id")
-        writer.write(
-            "items",
-            f"SELECT {canonical_select('items', {'item_id': 'item_id'})} FROM {items}",
-            source=files[PRODUCTS],
-        )
-        users = _id_list(files[USERS], "user_id")
-        writer.write(
-            "users",
-            f"SELECT {canonical_select('users', {'user_id': 'user_id'})} FROM {users}",
-            source=files[USERS],
-        )
+        for table, key, name in (("items", "item_id", PRODUCTS), ("users", "user_id", USERS)):
+            # A headerless one-id-per-line file, read as text (no sniffing that could drop zeros)
+            ids = (
+                f"read_csv({sql_str(files[name])}, header=false, auto_detect=false, "
+                f"columns={{{sql_str(key)}: 'VARCHAR'}}) WHERE {key} IS NOT NULL"
+            )
+            query = f"SELECT {canonical_select(table, {key: key})} FROM {ids}"
+            writer.write(table, query, source=files[name])
         writer.note(
             f"no timestamps in the source: all {writer.counts['interactions']:,} train pairs "
             f"are stamped {reference:%Y-%m-%dT%H:%M:%SZ} (no order is known: time-windowed "
@@ -106,7 +93,7 @@ class AsosAdapter(DatasetAdapter):
 
     @staticmethod
     def _write_pairs(writer: TableWriter, table: str, path: Path, stamp: datetime) -> None:
-        types = writer.columns(f"read_parquet({sql_str(path)})", path)
+        types = writer.columns(parquet(path), path)
         for column in (USER_COLUMN, ITEM_COLUMN):
             if column not in types:
                 raise DatasetImportError(
@@ -120,13 +107,13 @@ class AsosAdapter(DatasetAdapter):
             "event_type": "'purchase'",
             "value": "1.0",
         }
-        query = f"SELECT {canonical_select(table, exprs)} FROM read_parquet({sql_str(path)})"
+        query = f"SELECT {canonical_select(table, exprs)} FROM {parquet(path)}"
         writer.write(table, query, source=path)
 
     @staticmethod
     def _audit(writer: TableWriter) -> None:
         """Count what validation would quarantine, so nothing disappears unexplained."""
-        paths = {t: f"read_parquet({sql_str(writer.path(t))})" for t in writer.counts}
+        paths = {t: writer.output(t) for t in writer.counts}
         for table in ("interactions", "holdout"):
             dups = writer.scalar(
                 f"SELECT count(*) - count(DISTINCT (user_id, item_id)) FROM {paths[table]}"

@@ -31,7 +31,7 @@ from recsys.core.schema import INTERACTIONS, TABLES, table_path
 
 if TYPE_CHECKING:
     from recsys.core.settings import Settings
-from recsys.core.sql import ident, sql_str
+from recsys.core.sql import ident, parquet, sql_str
 
 # The tables an import may write; the holdout is interaction data kept out of training.
 CANONICAL: dict[str, pa.Schema] = {**TABLES, "holdout": INTERACTIONS}
@@ -119,7 +119,7 @@ def source_relation(path: Path, varchar: Sequence[str] = (), **csv_options: str)
     """
     name = path.name.lower()
     if name.endswith(_PARQUET_SUFFIXES):
-        return f"read_parquet({sql_str(path)})"
+        return parquet(path)
     if name.endswith(_CSV_SUFFIXES):
         options = {"header": "true", **csv_options}
         if varchar:
@@ -166,6 +166,10 @@ class TableWriter:
     def path(self, table: str) -> Path:
         return table_path(self.out_dir, table)
 
+    def output(self, table: str) -> str:
+        """The relation that reads back a table written earlier in this import."""
+        return parquet(self.path(table))
+
     def note(self, text: str) -> None:
         self.notes.append(text)
 
@@ -182,14 +186,14 @@ class TableWriter:
         return None if row is None else row[0]
 
     @staticmethod
-    def checked(try_expr: str, source_expr: str, label: str) -> str:
+    def checked(try_expr: str, source_expr: str, label: str | None = None) -> str:
         """``try_expr`` (a TRY_ cast or parse of ``source_expr``), failing on the first bad value.
 
         NULL stays NULL (validation quarantines nulls in key columns with a reason); a value that
-        does not parse raises an error tagged with ``label`` so :meth:`write` can say which column
-        and which option fixes it, instead of silently importing a NULL.
+        does not parse raises an error tagged with ``label`` (default ``source_expr``) so
+        :meth:`write` can say which column and which option fixes it, not silently import a NULL.
         """
-        tag = sql_str(f"{_BAD_VALUE_TAG}[{label}]:")
+        tag = sql_str(f"{_BAD_VALUE_TAG}[{label or source_expr}]:")
         return (
             f"CASE WHEN {source_expr} IS NULL THEN NULL "
             f"WHEN ({try_expr}) IS NULL THEN error({tag} || CAST({source_expr} AS VARCHAR)) "
@@ -197,11 +201,7 @@ class TableWriter:
         )
 
     def write(
-        self,
-        table: str,
-        query: str,
-        source: Path | str,
-        fixes: Mapping[str, str] | None = None,
+        self, table: str, query: str, source: Path | str, fixes: Mapping[str, str] | None = None
     ) -> int:
         """``COPY (query) TO <out_dir>/<table>.parquet``; returns the rows written.
 
@@ -218,9 +218,8 @@ class TableWriter:
             tmp.unlink(missing_ok=True)
             raise self._explain(exc, table, source, fixes or {}) from exc
         tmp.replace(target)
-        rows = int(row[0]) if row else 0
-        self.counts[table] = rows
-        return rows
+        self.counts[table] = int(row[0]) if row else 0
+        return self.counts[table]
 
     @staticmethod
     def _explain(
@@ -279,13 +278,8 @@ class DatasetAdapter(ABC):
             if table not in counts and stale.exists():
                 stale.unlink()
                 writer.note(f"removed {stale.name} left from a previous data set")
-        return ImportSummary(
-            format=self.name,
-            counts=counts,
-            seconds=time.perf_counter() - started,
-            notes=writer.notes,
-            out_dir=Path(out_dir),
-        )
+        seconds = time.perf_counter() - started
+        return ImportSummary(self.name, counts, seconds, writer.notes, Path(out_dir))
 
     @abstractmethod
     def write(self, writer: TableWriter, **options: Any) -> None:

@@ -43,24 +43,33 @@ _PLAUSIBLE_FROM = datetime(1990, 1, 1, tzinfo=UTC)  # earlier events hint at a w
 _EPOCH_LIMIT = {"s": 1e11, "ms": 1e14, "us": 1e17}
 
 
-def parse_pairs(value: str | Mapping[str, str] | None, option: str) -> list[tuple[str, str]]:
-    """``"a=b,c=d"`` (or a mapping) -> ``[("a", "b"), ("c", "d")]``, with an error on bad syntax."""
-    if value is None:
-        return []
+def parse_pairs(
+    value: str | Mapping[str, str] | None, option: str, allowed: Sequence[str], what: str
+) -> list[tuple[str, str]]:
+    """``"a=b,c=d"`` (or a mapping) -> ``[("a", "b"), ("c", "d")]``.
+
+    Bad syntax is an error, and so is a left-hand side outside ``allowed`` (``what`` it must be).
+    """
     if isinstance(value, Mapping):
-        return [(str(k), str(v)) for k, v in value.items()]
-    example = _EXAMPLES.get(option, "a=b,c=d")
-    pairs = []
-    for part in value.split(","):
-        if not part.strip():
-            continue
-        key, sep, val = part.partition("=")
-        if not sep or not key.strip() or not val.strip():
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        pairs = []
+        for part in (value or "").split(","):
+            if not part.strip():
+                continue
+            key, sep, val = part.partition("=")
+            if not sep or not key.strip() or not val.strip():
+                raise DatasetImportError(
+                    f"--{option} {value!r}: expected comma-separated canonical=source pairs, "
+                    f"e.g. --{option} {_EXAMPLES.get(option, 'a=b,c=d')}"
+                )
+            pairs.append((key.strip(), val.strip()))
+    for canonical, source in pairs:
+        if canonical not in allowed:
             raise DatasetImportError(
-                f"--{option} {value!r}: expected comma-separated canonical=source pairs, "
-                f"e.g. --{option} {example}"
+                f"--{option} {canonical}={source}: '{canonical}' is not {what}; "
+                f"use one of {', '.join(allowed)} on the left of '='"
             )
-        pairs.append((key.strip(), val.strip()))
     return pairs
 
 
@@ -149,8 +158,10 @@ class GenericAdapter(DatasetAdapter):
                 "--interactions FILE [--items FILE] [--users FILE] [--holdout FILE] "
                 "[--map user_id=<your column>,...]"
             )
-        mapping = self._mapping(options.get("map"))
-        events = self._event_map(options.get("event_map"))
+        known = sorted({c for schema in CANONICAL.values() for c in schema.names})
+        mapping = dict(parse_pairs(options.get("map"), "map", known, "a canonical column"))
+        pairs = parse_pairs(options.get("event_map"), "event-map", EVENT_TYPES, "an event type")
+        events = {source: canonical for canonical, source in pairs}  # many values may map to one
         constant = options.get("event_type")
         if constant is not None and constant not in EVENT_TYPES:
             raise DatasetImportError(
@@ -165,20 +176,16 @@ class GenericAdapter(DatasetAdapter):
             )
         rule = TimestampRule(fmt, unit)
 
-        files = {t: options.get(t) for t in ("interactions", "holdout", "items", "users")}
         plans = {
-            table: self._plan(writer, table, Path(path), mapping, constant is not None)
-            for table, path in files.items()
-            if path is not None
+            table: self._plan(writer, table, Path(options[table]), mapping, constant is not None)
+            for table in ("interactions", "holdout", "items", "users")
+            if options.get(table) is not None
         }
         self._check_mapping_used(mapping, plans)
 
-        for table in ("interactions", "holdout"):
-            if table in plans:
-                self._write_events(writer, plans[table], rule, events, constant)
-        if "items" in plans:
-            self._write_table(writer, plans["items"], rule)
-        else:
+        for plan in plans.values():
+            self._write(writer, plan, rule, events, constant)
+        if "items" not in plans:
             sources = [writer.path(t) for t in ("interactions", "holdout") if t in plans]
             listed = "[" + ", ".join(sql_str(p) for p in sources) + "]"
             n = writer.write(
@@ -191,44 +198,12 @@ class GenericAdapter(DatasetAdapter):
                 f"no --items: items = the {n:,} distinct item ids of the interactions, "
                 "without attributes (shown as 'unknown')"
             )
-        if "users" in plans:
-            self._write_table(writer, plans["users"], rule)
         self._describe_events(writer, plans)
 
     # ------------------------------------------------------------------ planning
     @staticmethod
-    def _checked_pairs(
-        value: str | Mapping[str, str] | None, option: str, allowed: Sequence[str], what: str
-    ) -> list[tuple[str, str]]:
-        """``canonical=source`` pairs of ``--option``, refusing an unknown left-hand side."""
-        pairs = list(parse_pairs(value, option))
-        for canonical, source in pairs:
-            if canonical not in allowed:
-                raise DatasetImportError(
-                    f"--{option} {canonical}={source}: '{canonical}' is not {what}; "
-                    f"use one of {', '.join(allowed)} on the left of '='"
-                )
-        return pairs
-
-    @classmethod
-    def _mapping(cls, value: str | Mapping[str, str] | None) -> dict[str, str]:
-        """Canonical column -> source column."""
-        known = sorted({c for schema in CANONICAL.values() for c in schema.names})
-        return dict(cls._checked_pairs(value, "map", known, "a canonical column"))
-
-    @classmethod
-    def _event_map(cls, value: str | Mapping[str, str] | None) -> dict[str, str]:
-        """Source value -> canonical event type (several source values may map to one type)."""
-        pairs = cls._checked_pairs(value, "event-map", EVENT_TYPES, "an event type")
-        return {source: canonical for canonical, source in pairs}
-
     def _plan(
-        self,
-        writer: TableWriter,
-        table: str,
-        path: Path,
-        mapping: dict[str, str],
-        constant_event: bool,
+        writer: TableWriter, table: str, path: Path, mapping: dict[str, str], constant_event: bool
     ) -> _Plan:
         require_file(path, f"--{table} file")
         sniffed = writer.columns(source_relation(path), path)
@@ -261,7 +236,8 @@ class GenericAdapter(DatasetAdapter):
         used = set(columns.values())
         extras = [c for c in sniffed if c not in used]
         # Re-read CSV ids and timestamps as text: keeps leading zeros, feeds strptime verbatim.
-        text = [c for k, c in columns.items() if k in _ID_COLUMNS or _is_time(schema, k)]
+        as_text = {*_ID_COLUMNS, *(f.name for f in schema if sql_type(f.type) == "TIMESTAMPTZ")}
+        text = [c for k, c in columns.items() if k in as_text]
         relation = source_relation(path, text)
         types = writer.columns(relation, path) if text else sniffed
         return _Plan(table, path, relation, types, columns, extras)
@@ -292,8 +268,7 @@ class GenericAdapter(DatasetAdapter):
         fixes: dict[str, str] = {}
         for name, source in plan.columns.items():
             col, duck_type = ident(source), plan.types[source]
-            dtype = schema.field(name).type
-            target = sql_type(dtype)
+            target = sql_type(schema.field(name).type)
             if target == "VARCHAR":
                 exprs[name] = as_varchar(col, duck_type.upper())
                 continue
@@ -309,7 +284,7 @@ class GenericAdapter(DatasetAdapter):
             exprs[name] = TableWriter.checked(attempt, col, source)
         return exprs, fixes
 
-    def _write_events(
+    def _write(
         self,
         writer: TableWriter,
         plan: _Plan,
@@ -317,26 +292,17 @@ class GenericAdapter(DatasetAdapter):
         events: dict[str, str],
         constant: str | None,
     ) -> None:
+        """Write one canonical table: mapped expressions, then the source's extra columns.
+
+        Event tables get their ``event_type`` from ``--event-map`` or ``--event-type``.
+        """
         exprs, fixes = self._exprs(plan, rule)
-        if "event_type" in plan.columns:
-            if events:
-                cases = " ".join(
-                    f"WHEN {sql_str(src)} THEN {sql_str(dst)}" for src, dst in events.items()
-                )
-                value = exprs["event_type"]
-                exprs["event_type"] = f"CASE {value} {cases} ELSE {value} END"
-        else:
+        if "event_type" in plan.columns and events:
+            cases = " ".join(f"WHEN {sql_str(s)} THEN {sql_str(d)}" for s, d in events.items())
+            value = exprs["event_type"]
+            exprs["event_type"] = f"CASE {value} {cases} ELSE {value} END"
+        elif "event_type" in CANONICAL[plan.table].names and "event_type" not in plan.columns:
             exprs["event_type"] = sql_str(constant or "")
-        self._emit(writer, plan, exprs, fixes)
-
-    def _write_table(self, writer: TableWriter, plan: _Plan, rule: TimestampRule) -> None:
-        self._emit(writer, plan, *self._exprs(plan, rule))
-
-    @staticmethod
-    def _emit(
-        writer: TableWriter, plan: _Plan, exprs: dict[str, str], fixes: dict[str, str]
-    ) -> None:
-        """Write one canonical table: mapped expressions, then the source's extra columns."""
         extras = {c: ident(c) for c in plan.extras}
         writer.write(
             plan.table,
@@ -351,9 +317,9 @@ class GenericAdapter(DatasetAdapter):
         for table in ("interactions", "holdout"):
             if table not in plans:
                 continue
-            path = sql_str(writer.path(table))
+            path = writer.output(table)
             low, high = writer.con.execute(
-                f'SELECT min("timestamp"), max("timestamp") FROM read_parquet({path})'
+                f'SELECT min("timestamp"), max("timestamp") FROM {path}'
             ).fetchone() or (None, None)
             if low is not None:
                 writer.note(
@@ -367,7 +333,7 @@ class GenericAdapter(DatasetAdapter):
                     )
             known = ", ".join(sql_str(e) for e in EVENT_TYPES)
             odd = writer.con.execute(
-                f"SELECT event_type, count(*) AS n FROM read_parquet({path}) "
+                f"SELECT event_type, count(*) AS n FROM {path} "
                 f"WHERE event_type NOT IN ({known}) OR event_type IS NULL "
                 "GROUP BY ALL ORDER BY n DESC LIMIT 5"
             ).fetchall()
@@ -377,7 +343,3 @@ class GenericAdapter(DatasetAdapter):
                     f"{table}: event types outside {'/'.join(EVENT_TYPES)}: {listed}; validation "
                     "quarantines these rows: map them with --event-map view=<value>,..."
                 )
-
-
-def _is_time(schema: Any, column: str) -> bool:
-    return sql_type(schema.field(column).type) == "TIMESTAMPTZ"

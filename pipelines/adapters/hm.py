@@ -87,8 +87,8 @@ class HMAdapter(DatasetAdapter):
     ) -> None:
         required = ("t_dat", "customer_id", "article_id", "price")
         relation, columns = self._relation(writer, path, required)
-        day = TableWriter.checked("try_strptime(t_dat, '%Y-%m-%d')", "t_dat", "t_dat")
-        price = TableWriter.checked("TRY_CAST(price AS DOUBLE)", "price", "price")
+        day = TableWriter.checked("try_strptime(t_dat, '%Y-%m-%d')", "t_dat")
+        price = TableWriter.checked("TRY_CAST(price AS DOUBLE)", "price")
         channel = "sales_channel_id" in columns
         merged = f"""
             SELECT customer_id, article_id, CAST({day} AS DATE) AS day,
@@ -114,8 +114,7 @@ class HMAdapter(DatasetAdapter):
         table = "interactions" if holdout_days is None else "_transactions"
         query = f"SELECT {canonical_select('interactions', exprs, extras)} FROM ({merged})"
         rows = writer.write(table, query, source=path, fixes=fixes)
-        written = sql_str(writer.path(table))
-        units = int(writer.scalar(f"SELECT sum(value) FROM read_parquet({written})") or 0)
+        units = int(writer.scalar(f"SELECT sum(value) FROM {writer.output(table)}") or 0)
         if units > rows:
             writer.note(
                 f"{units - rows:,} of {units:,} transaction rows repeat a (customer, article, day) "
@@ -128,8 +127,7 @@ class HMAdapter(DatasetAdapter):
     @staticmethod
     def _split(writer: TableWriter, days: int) -> None:
         """Move the last ``days`` days of transactions to the holdout, the rest to interactions."""
-        staged = writer.path("_transactions")
-        src = f"read_parquet({sql_str(staged)})"
+        staged, src = writer.path("_transactions"), writer.output("_transactions")
         last = writer.scalar(f'SELECT max("timestamp") FROM {src}')
         if last is None:
             raise DatasetImportError(f"{TRANSACTIONS}: no transactions to hold out")
@@ -159,12 +157,11 @@ class HMAdapter(DatasetAdapter):
         used = {"article_id", *ITEM_COLUMNS.values()}
         extras = {c: f"a.{ident(c)}" for c in columns if c not in used}
         # Articles carry no price: the median price paid (before any holdout) stands in for it.
-        inter = sql_str(writer.path("interactions"))
         exprs["price"] = "p.price"
         query = f"""
             SELECT {canonical_select("items", exprs, extras)}
             FROM {relation} a
-            LEFT JOIN (SELECT item_id, median(price) AS price FROM read_parquet({inter})
+            LEFT JOIN (SELECT item_id, median(price) AS price FROM {writer.output("interactions")}
                        GROUP BY item_id) p ON p.item_id = a.article_id
         """
         writer.write("items", query, source=path)
@@ -176,7 +173,7 @@ class HMAdapter(DatasetAdapter):
         fixes = {}
         if "age" in columns:
             attempt = "TRY_CAST(round(TRY_CAST(age AS DOUBLE)) AS INTEGER)"
-            exprs["age"] = TableWriter.checked(attempt, "age", "age")
+            exprs["age"] = TableWriter.checked(attempt, "age")
             fixes["age"] = "H&M's age is a number or empty; fix the row"
         extras = {c: ident(c) for c in columns if c not in ("customer_id", "age")}
         query = f"SELECT {canonical_select('users', exprs, extras)} FROM {relation}"

@@ -27,8 +27,11 @@ GENRES_100K = (
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
     "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
-FILES_100K = ("u.data", "u.item", "u.user")
-FILES_1M = ("ratings.dat", "movies.dat", "users.dat")
+# The ratings file that identifies a release -> (release, its other files, field separator).
+RELEASES = {
+    "u.data": ("100k", ("u.item", "u.user"), "\t"),
+    "ratings.dat": ("1M", ("movies.dat", "users.dat"), "::"),
+}
 
 
 def _read(path: Path, delim: str, columns: list[str]) -> str:
@@ -49,16 +52,19 @@ class MovieLensAdapter(DatasetAdapter):
 
     def write(self, writer: TableWriter, **options: Any) -> None:
         folder = require_dir(options.get("path"), self.name, ("u.data", "or ratings.dat"))
-        if (folder / "u.data").is_file():
-            self._write_100k(writer, folder)
-        elif (folder / "ratings.dat").is_file():
-            self._write_1m(writer, folder)
-        else:
+        ratings = next((name for name in RELEASES if (folder / name).is_file()), None)
+        if ratings is None:
             raise DatasetImportError(
                 f"{folder}: neither u.data (MovieLens 100k) nor ratings.dat (MovieLens 1M) found; "
                 "pass the unzipped ml-100k or ml-1m folder (newer releases with ratings.csv "
                 "import with the 'generic' format)"
             )
+        release, others, delim = RELEASES[ratings]
+        for name in others:
+            if not (folder / name).is_file():
+                raise DatasetImportError(f"{folder}: MovieLens {release} file {name} not found")
+        self._write_ratings(writer, folder / ratings, delim)
+        (self._write_100k if release == "100k" else self._write_1m)(writer, folder)
         writer.note(
             f"value = the rating; event_type = 'purchase' for ratings >= {LIKED_RATING} "
             "(liked), 'view' below (seen, not liked); no prices or sessions"
@@ -68,8 +74,8 @@ class MovieLensAdapter(DatasetAdapter):
     @staticmethod
     def _write_ratings(writer: TableWriter, path: Path, delim: str) -> None:
         relation = _read(path, delim, ["user_id", "item_id", "rating", "epoch"])
-        rating = TableWriter.checked("TRY_CAST(rating AS DOUBLE)", "rating", "rating")
-        stamp = TableWriter.checked("to_timestamp(TRY_CAST(epoch AS BIGINT))", "epoch", "epoch")
+        rating = TableWriter.checked("TRY_CAST(rating AS DOUBLE)", "rating")
+        stamp = TableWriter.checked("to_timestamp(TRY_CAST(epoch AS BIGINT))", "epoch")
         exprs = {
             "user_id": "user_id",
             "item_id": "item_id",
@@ -86,30 +92,19 @@ class MovieLensAdapter(DatasetAdapter):
 
     # ------------------------------------------------------------------ 100k
     def _write_100k(self, writer: TableWriter, folder: Path) -> None:
-        for name in FILES_100K[1:]:
-            if not (folder / name).is_file():
-                raise DatasetImportError(f"{folder}: MovieLens 100k file {name} not found")
-        self._write_ratings(writer, folder / "u.data", "\t")
-
         genres = self._genres_100k(writer, folder)
         flags = [f"g{k}" for k in range(len(genres))]
         base = ["item_id", "title", "release_date", "video_release_date", "imdb_url"]
         relation = _read(folder / "u.item", "|", base + flags)
-        first = " ".join(
-            f"WHEN {f} = '1' THEN {sql_str(g)}" for f, g in zip(flags, genres, strict=True)
-        )
-        listed = ", ".join(
-            f"CASE WHEN {f} = '1' THEN {sql_str(g)} END" for f, g in zip(flags, genres, strict=True)
-        )
-        released = TableWriter.checked(
-            "try_strptime(release_date, '%d-%b-%Y')", "release_date", "release_date"
-        )
+        whens = [f"WHEN {f} = '1' THEN {sql_str(g)}" for f, g in zip(flags, genres, strict=True)]
+        released = TableWriter.checked("try_strptime(release_date, '%d-%b-%Y')", "release_date")
         exprs = {
             "item_id": "item_id",
             "title": "title",
-            "category": f"CASE {first} END",
+            "category": f"CASE {' '.join(whens)} END",  # the first genre flagged
             "launch_date": released,
         }
+        listed = ", ".join(f"CASE {w} END" for w in whens)
         extras = {"genres": f"concat_ws('|', {listed})", "imdb_url": "imdb_url"}
         query = f"SELECT {canonical_select('items', exprs, extras)} FROM {relation}"
         fixes = {"release_date": "u.item release dates are DD-Mon-YYYY (01-Jan-1995)"}
@@ -118,7 +113,7 @@ class MovieLensAdapter(DatasetAdapter):
         relation = _read(folder / "u.user", "|", ["user_id", "age", "gender", "occupation", "zip"])
         exprs = {
             "user_id": "user_id",
-            "age": TableWriter.checked("TRY_CAST(age AS INTEGER)", "age", "age"),
+            "age": TableWriter.checked("TRY_CAST(age AS INTEGER)", "age"),
             "gender": _GENDER,
         }
         extras = {"occupation": "occupation", "zip_code": "zip"}
@@ -140,11 +135,6 @@ class MovieLensAdapter(DatasetAdapter):
 
     # ------------------------------------------------------------------ 1M
     def _write_1m(self, writer: TableWriter, folder: Path) -> None:
-        for name in FILES_1M[1:]:
-            if not (folder / name).is_file():
-                raise DatasetImportError(f"{folder}: MovieLens 1M file {name} not found")
-        self._write_ratings(writer, folder / "ratings.dat", "::")
-
         relation = _read(folder / "movies.dat", "::", ["item_id", "title", "genres"])
         exprs = {"item_id": "item_id", "title": "title", "category": "split_part(genres, '|', 1)"}
         query = f"SELECT {canonical_select('items', exprs, {'genres': 'genres'})} FROM {relation}"
@@ -152,18 +142,15 @@ class MovieLensAdapter(DatasetAdapter):
 
         columns = ["user_id", "gender", "age_group", "occupation", "zip"]
         relation = _read(folder / "users.dat", "::", columns)
-        code = TableWriter.checked("TRY_CAST(age_group AS INTEGER)", "age_group", "age_group")
+        code = TableWriter.checked("TRY_CAST(age_group AS INTEGER)", "age_group")
         exprs = {
             "user_id": "user_id",
             # Age is a bucket code; its lower bound is an age, except code 1 ("under 18").
             "age": f"CASE WHEN {code} = 1 THEN NULL ELSE {code} END",
             "gender": _GENDER,
         }
-        extras = {
-            "age_group": "CAST(age_group AS INTEGER)",
-            "occupation": "CAST(occupation AS INTEGER)",
-            "zip_code": "zip",
-        }
+        extras = {c: f"CAST({c} AS INTEGER)" for c in ("age_group", "occupation")}
+        extras["zip_code"] = "zip"
         query = f"SELECT {canonical_select('users', exprs, extras)} FROM {relation}"
         writer.write("users", query, source=folder / "users.dat")
         writer.note(

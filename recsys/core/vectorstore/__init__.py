@@ -6,13 +6,13 @@ collections and aliases the same way, so code above this package never needs to 
 it got::
 
     store = open_vector_store(settings.vector_store, settings.home, read_only=True)
+    load_model(store.current_run_id)          # the model that matches the pinned vectors
     hits = store.search(user_vector, k=10, flt=SearchFilter(exclude_ids=frozenset(bought)))
-    if store.refresh():                       # the alias moved (recsys index / rollback)
-        load_model(store.current_run_id)      # serve the model that matches the new vectors
 
 ``recsys index`` builds a collection per model run and moves the alias
 (``settings.vector_store.collection``, default ``items``) to it; ``recsys rollback`` moves it
-back. Several serving processes on the edge backend need ``read_only=True`` (see ``edge.py``).
+back. A store keeps the collection it first resolved: to follow a move, open a new one (as the
+API does). Several serving processes on the edge backend need ``read_only=True`` (``edge.py``).
 """
 
 from __future__ import annotations
@@ -63,11 +63,6 @@ def open_vector_store(
     read_only: bool = False,
 ) -> VectorStore:
     """Build the configured store on ``collection`` (default ``cfg.collection``, the alias).
-
-    The store searches whatever the alias points at when first used (or the plain collection
-    of that name, for a data root indexed before aliases) and follows it on ``refresh()``.
-    ``read_only=True`` refuses writes and, on the edge backend, searches a private copy so that
-    several processes (uvicorn workers) can serve at once.
 
     Nothing is opened or contacted here: stores connect on first use, so a missing collection
     surfaces as :class:`CollectionNotFoundError` from ``search``/``count`` (or ``ok=False`` from

@@ -10,16 +10,18 @@ Serving must switch to a new index without a restart, and back when a new model 
 Qdrant's collection aliases, a store tells *collections* (one per model run, never rewritten once
 published: ``items__20261122T203000``) from *aliases* (``items``, the configured name) that point
 at one of them. ``recsys index`` builds a new collection and then moves the alias in one atomic
-step; a reader pins the collection the alias pointed at when it first used it, so that a request
-never mixes one run's user tower with another run's item vectors, and switches only when it
-calls :meth:`VectorStore.refresh`. The alias remembers its targets and their model runs, so that
-``recsys rollback`` can move it back and say which model to serve with it.
+step; a store pins the collection the alias pointed at when it was first used and keeps it, so
+that a request never mixes one run's user tower with another run's item vectors: the API opens a
+new store (and loads the matching model) when the alias moves. The alias remembers its targets
+and their model runs, so that ``recsys rollback`` can move it back and say which model to serve.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -36,11 +38,11 @@ INDEX_HINT = "run `recsys index` to build it"
 #: catalogue of a few thousand items un-indexed, so its serving path would never be exercised.
 INDEXING_THRESHOLD_KB = 1
 
-#: Default for ``exact_below``: a search whose candidate set (the whole collection, or the points
-#: that pass the filter) is smaller than this many points is scanned exactly. A scan of 1,000
+#: A search whose candidate set (the whole collection, or the points that pass the filter) is
+#: smaller than this many points is scanned exactly, on both backends. A scan of 1,000
 #: vectors takes tens of microseconds and is never wrong, whereas filtered HNSW loses recall on
 #: narrow filters; larger candidate sets go through the graph.
-DEFAULT_EXACT_BELOW = 1_000
+EXACT_BELOW = 1_000
 
 
 class VectorStoreError(RuntimeError):
@@ -53,6 +55,14 @@ class CollectionNotFoundError(VectorStoreError):
 
 class VectorStoreConfigError(VectorStoreError, ValueError):
     """The vector store settings are incomplete or inconsistent."""
+
+
+class AliasError(VectorStoreError):
+    """An alias cannot be moved as asked (nothing to roll back to, a live collection...)."""
+
+
+class ReadOnlyStoreError(VectorStoreError):
+    """A store opened with ``read_only=True`` (serving) was asked to write."""
 
 
 @dataclass(frozen=True)
@@ -156,14 +166,6 @@ MAX_HISTORY = 50
 PRUNE_MIN_AGE_S = 600.0
 
 
-class AliasError(VectorStoreError):
-    """An alias cannot be moved as asked (nothing to roll back to, a live collection...)."""
-
-
-class ReadOnlyStoreError(VectorStoreError):
-    """A store opened with ``read_only=True`` (serving) was asked to write."""
-
-
 def check_name(name: str, what: str = "collection") -> str:
     """Validate a collection or alias name, so it is safe as a folder and as a URL segment."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name or len(name) > 200:
@@ -226,19 +228,16 @@ class VectorStore(ABC):
     """Item vectors in named collections, searched by cosine similarity, behind aliases.
 
     A store is opened on one ``name``: an alias (``items``, the configured name) or a plain
-    collection. Readers (``search``, ``count``, ``health``) pin the collection that the name
-    resolved to on first use, so the vectors they search always match the model that was loaded
-    with them, and move only when :meth:`refresh` sees that the alias moved. Writers build a new
+    collection. Reads and writes without ``collection=`` go to the collection that the name
+    resolved to on first use (:attr:`current_collection`), for the life of the store, so the
+    vectors it searches always match the model that was loaded with them. Writers build a new
     collection and publish it::
 
         store.create_collection(name, dim, keyword_fields=..., run_id=run_id)
         store.upsert(points, collection=name)
         store.finalize(collection=name)
-        previous = store.set_alias("items", name)   # atomic; readers follow on refresh()
+        previous = store.set_alias("items", name)   # atomic; new stores open the new target
         store.prune("items", keep=3)                 # drop collections nobody can roll back to
-
-    ``recreate`` then ``upsert``/``finalize`` without ``collection=`` is the older life cycle
-    of one plain collection named ``name``; it is kept for tools and tests.
 
     Stores opened with ``read_only=True`` refuse every write; on the edge backend they also
     search a private copy, so that several processes can serve from one folder.
@@ -246,23 +245,15 @@ class VectorStore(ABC):
 
     backend: str = "abstract"
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        read_only: bool = False,
-        hnsw_ef: int = 64,
-        exact_below: int = DEFAULT_EXACT_BELOW,
-    ) -> None:
-        """``hnsw_ef`` and ``exact_below`` tune searches alike on every backend (see theirs)."""
+    def __init__(self, name: str, *, read_only: bool = False, hnsw_ef: int = 64) -> None:
+        """``hnsw_ef``: size of the HNSW candidate list at search time (slower, more exact)."""
         if hnsw_ef < 1:
             raise ValueError(f"hnsw_ef must be >= 1, got {hnsw_ef}")
         self.name = name
         self.read_only = bool(read_only)
         self.hnsw_ef = int(hnsw_ef)
-        self.exact_below = int(exact_below)
-        #: The collection reads go to, once resolved (see :attr:`current_collection`).
         self._pinned: str | None = None
+        self._lock = threading.RLock()
 
     # -- backend primitives ----------------------------------------------------------------
 
@@ -306,12 +297,35 @@ class VectorStore(ABC):
         """Point the alias at ``history[-1].collection`` atomically and store the history."""
 
     @abstractmethod
-    def _pin(self, name: str) -> None:
-        """Make ``name`` the collection this store reads and writes by default."""
+    def _upsert(self, points: Iterable[ItemPoint], batch_size: int, name: str) -> None: ...
+
+    @abstractmethod
+    def _finalize(self, name: str) -> None: ...
+
+    @abstractmethod
+    def _search(
+        self, name: str, vector: Any, k: int, flt: SearchFilter | None, with_payload: bool
+    ) -> list[Hit]: ...
+
+    @abstractmethod
+    def _count(self, name: str) -> int: ...
+
+    @abstractmethod
+    def _address(self) -> dict[str, Any]:
+        """Where the store keeps its collections, as a :meth:`health` entry (path or URL)."""
+
+    @abstractmethod
+    def _describe(self, name: str, out: dict[str, Any]) -> None:
+        """Fill in :meth:`health` for collection ``name``: ``points``, then the backend's
+        details; raise when the collection cannot be reached."""
 
     @abstractmethod
     def where(self, name: str | None = None) -> str:
         """Human-readable address of a collection (default: this store's name), for messages."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files, locks and connections; the store may be reopened by using it again."""
 
     def _alias_lock(self, alias: str) -> AbstractContextManager[Any]:
         """Serialise read-modify-write of an alias between processes, where the backend can."""
@@ -323,23 +337,24 @@ class VectorStore(ABC):
         return None
 
     def _ending_at(self, history: list[AliasEntry], target: str) -> list[AliasEntry]:
-        """``history`` as stored, with ``target`` appended unless it is already the last entry.
-
-        For :meth:`_read_alias`: where the alias points is authoritative over the recorded
-        history, since someone may have edited the pointer by hand or moved the alias with
-        another tool.
-        """
+        """``history`` with ``target`` appended unless it already ends there, for
+        :meth:`_read_alias`: where the alias points is authoritative over the recorded history
+        (someone may have edited the pointer by hand or moved the alias with another tool)."""
         if not history or history[-1].collection != target:
             history.append(AliasEntry(target, self.run_id_of(target), None))
         return history
 
-    # -- reading (follows the alias on refresh) ----------------------------------------------
+    # -- reading (the pinned collection) -----------------------------------------------------
 
     @property
-    @abstractmethod
     def current_collection(self) -> str | None:
-        """The physical collection this store searches, resolving (and pinning) the alias on
-        first use; ``None`` when neither an alias nor a collection of that name exists."""
+        """The physical collection this store searches: where :attr:`name` led on first use
+        (see :meth:`alias_target`), pinned from then on; ``None`` while it leads nowhere."""
+        if self._pinned is None:
+            with self._lock:
+                if self._pinned is None:
+                    self._pinned = self.alias_target(self.name)
+        return self._pinned
 
     @property
     def current_run_id(self) -> str | None:
@@ -348,25 +363,12 @@ class VectorStore(ABC):
         return None if current is None else self.run_id_of(current)
 
     def _current(self) -> str:
-        """The pinned collection (resolving the alias on first use), which reads and writes
-        without ``collection=`` go to; raises when there is neither alias nor collection."""
+        """The pinned collection; raises when there is neither alias nor collection."""
         name = self._pinned or self.current_collection
         if name is None:
             raise CollectionNotFoundError(f"No vector {self.where()}: {INDEX_HINT}.")
         return name
 
-    @abstractmethod
-    def refresh(self, *, force: bool = False) -> bool:
-        """Follow the alias if it moved since the store pinned its collection.
-
-        Returns ``True`` when the store switched to another collection: the caller must then
-        serve with the model of :attr:`current_run_id`. Cheap when nothing changed, so that an
-        API may call it on every request; a store that has not pinned anything yet returns
-        ``False`` (its first use resolves the alias anyway). When the new target cannot be
-        opened, the store keeps the old one and raises :class:`VectorStoreError`.
-        """
-
-    @abstractmethod
     def search(
         self, vector: Any, k: int, flt: SearchFilter | None = None, with_payload: bool = True
     ) -> list[Hit]:
@@ -375,10 +377,12 @@ class VectorStore(ABC):
         ``with_payload=False``: hits with empty payloads, for callers that need only ids and
         scores (the API's candidates: converting 100 payloads took ~0.3 ms of a 1 ms search).
         """
+        k = check_k(k)
+        return self._search(self._current(), vector, k, flt, with_payload)
 
-    @abstractmethod
     def count(self, collection: str | None = None) -> int:
-        """Number of points in ``collection`` (default: the current one)."""
+        """Exact number of points in ``collection`` (default: the current one)."""
+        return self._count(collection or self._current())
 
     def health(self, collection: str | None = None) -> dict[str, Any]:
         """Describe ``collection`` (default: the current one) for health checks; never raises.
@@ -397,30 +401,13 @@ class VectorStore(ABC):
             "read_only": self.read_only,
         }
         try:
-            self._describe(collection, out)
+            name = out["collection"] = collection or self._current()
+            self._describe(name, out)
+            out.update(ok=True, run_id=self.run_id_of(name), hnsw_ef=self.hnsw_ef)
         except Exception as exc:  # a health check reports, it does not raise
             out.setdefault("points", None)
             out["error"] = str(exc)
         return out
-
-    @abstractmethod
-    def _address(self) -> dict[str, Any]:
-        """Where the store keeps its collections, as a :meth:`health` entry (path or URL)."""
-
-    @abstractmethod
-    def _describe(self, collection: str | None, out: dict[str, Any]) -> None:
-        """Fill in :meth:`health`: ``collection``, ``points``, then ``ok=True`` and details;
-        raise when the collection cannot be reached."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release files, locks and connections; the store may be reopened by using it again."""
-
-    def __enter__(self) -> VectorStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- building collections ----------------------------------------------------------------
 
@@ -463,45 +450,12 @@ class VectorStore(ABC):
         )
         self._create(name, dim, indexes, metadata)
 
-    def recreate(
-        self,
-        dim: int,
-        keyword_fields: Sequence[str] = (),
-        float_fields: Sequence[str] = (),
-        bool_fields: Sequence[str] = (),
-    ) -> None:
-        """Drop and create the plain collection called :attr:`name`, and use it from now on.
-
-        The single-collection life cycle from before aliases. It refuses when :attr:`name` is
-        an alias, since that would rebuild the collection that serves traffic in place.
-        """
-        self._check_writable("recreate a collection")
-        history = self._read_alias(self.name)
-        if history is not None:
-            raise AliasError(
-                f"{self.name!r} is an alias (-> {history[-1].collection!r}): build a new "
-                "collection with create_collection() and move the alias with set_alias(), as "
-                "`recsys index` does."
-            )
-        self.create_collection(
-            self.name, dim, keyword_fields, float_fields, bool_fields, replace=True
-        )
-        self._pin(self.name)
-
     def upsert(
-        self,
-        points: Iterable[ItemPoint],
-        batch_size: int = 1024,
-        *,
-        collection: str | None = None,
+        self, points: Iterable[ItemPoint], batch_size: int = 1024, *, collection: str | None = None
     ) -> None:
         """Insert or replace points in ``collection`` (default: the current one), in batches."""
         self._check_writable("write points")
-        self._upsert(points, batch_size, collection)
-
-    @abstractmethod
-    def _upsert(self, points: Iterable[ItemPoint], batch_size: int, collection: str | None) -> None:
-        """:meth:`upsert` on a writable store."""
+        self._upsert(points, batch_size, collection or self._current())
 
     def finalize(self, *, collection: str | None = None) -> None:
         """Build the HNSW index and persist everything, so that a later open sees it all.
@@ -509,11 +463,7 @@ class VectorStore(ABC):
         Indexing after the bulk load is much cheaper than maintaining the graph point by point.
         """
         self._check_writable("index a collection")
-        self._finalize(collection)
-
-    @abstractmethod
-    def _finalize(self, collection: str | None) -> None:
-        """:meth:`finalize` on a writable store."""
+        self._finalize(collection or self._current())
 
     def drop_collection(self, name: str) -> bool:
         """Delete a collection; ``False`` if there was none. Refuses one that an alias uses."""
@@ -566,10 +516,8 @@ class VectorStore(ABC):
         A missing alias falls back to a plain collection of that name (a data root indexed
         before aliases existed keeps working); ``None`` if there is neither.
         """
-        history = self._read_alias(alias)
-        if history:
-            return history[-1].collection
-        return alias if self.collection_exists(alias) else None
+        entries = self.alias_entries(alias)
+        return entries[-1].collection if entries else None
 
     def alias_entries(self, alias: str) -> list[AliasEntry]:
         """The alias's moves, oldest first, the last one being the current target."""
@@ -587,7 +535,7 @@ class VectorStore(ABC):
     def set_alias(self, alias: str, collection: str, *, run_id: str | None = None) -> str | None:
         """Point ``alias`` at ``collection`` in one atomic step; return the previous target.
 
-        Readers keep the collection they pinned until they call :meth:`refresh`. The move is
+        Open stores keep the collection they pinned; new ones open the new target. The move is
         recorded with the collection's model run (``run_id``, else :meth:`run_id_of`), so that
         :meth:`rollback` can undo it and the API can load the matching model.
         """
@@ -673,14 +621,9 @@ class VectorStore(ABC):
             history = self._read_alias(alias) or []
             if not history:
                 return []
-            kept: list[str] = []
-            for entry in reversed(history):
-                if len(kept) >= keep:
-                    break
-                if entry.collection not in kept:
-                    kept.append(entry.collection)
-            protected = set(kept) | set(self.list_aliases().values())
-            used = {entry.collection for entry in history}
+            # Every collection the alias used, latest first.
+            used = list(dict.fromkeys(entry.collection for entry in reversed(history)))
+            protected = set(used[:keep]) | set(self.list_aliases().values())
             dropped = []
             for name in self.list_collections():
                 ours = name.startswith(alias + RUN_SEPARATOR) or (name == alias and name in used)
@@ -755,7 +698,10 @@ def point_batches(
     points: Iterable[ItemPoint], batch_size: int, dim: int | None
 ) -> Iterator[list[tuple[int, list[float], dict[str, Any]]]]:
     """Validated ``(id, vector, payload)`` of each point, in lists of at most ``batch_size``."""
-    for batch in batched(points, batch_size):
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    it = iter(points)
+    while batch := list(itertools.islice(it, batch_size)):
         yield [
             (
                 _point_id(p.id),
@@ -768,9 +714,10 @@ def point_batches(
 
 def to_hits(points: Iterable[Any], with_payload: bool) -> list[Hit]:
     """Hits from either client's scored points (``id``, ``score`` and ``payload`` attributes)."""
-    if not with_payload:
-        return [Hit(int(p.id), float(p.score), {}) for p in points]
-    return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in points]
+    return [
+        Hit(int(p.id), float(p.score), dict(p.payload or {}) if with_payload else {})
+        for p in points
+    ]
 
 
 def check_k(k: int) -> int:
@@ -780,20 +727,6 @@ def check_k(k: int) -> int:
     return int(k)
 
 
-def full_scan_threshold_kb(exact_below: int, dim: int) -> int:
-    """Qdrant's ``full_scan_threshold`` is in KB of vectors; convert from a point count."""
-    return max(1, math.ceil(exact_below * dim * 4 / 1024))
-
-
-def batched(points: Iterable[ItemPoint], batch_size: int) -> Iterator[list[ItemPoint]]:
-    """Yield lists of at most ``batch_size`` points."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batch: list[ItemPoint] = []
-    for point in points:
-        batch.append(point)
-        if len(batch) >= batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def full_scan_threshold_kb(dim: int) -> int:
+    """:data:`EXACT_BELOW` as Qdrant's ``full_scan_threshold``, which is in KB of vectors."""
+    return max(1, math.ceil(EXACT_BELOW * dim * 4 / 1024))

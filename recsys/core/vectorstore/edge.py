@@ -12,10 +12,9 @@ Layout under the store root (``RECSYS_HOME/qdrant``)::
                                 replaced atomically (temporary file + os.replace)
     .readers/<host>-<pid>/      private copies that read-only stores search (see below)
 
-qdrant-edge has no aliases; the pointer file is ours. A reader notices a move by comparing the
-file's ``stat`` (inode, mtime_ns, size) with what it saw, so ``refresh()`` costs one ``stat`` when
-nothing changed. A missing pointer means "the plain collection of that name", so a data root
-indexed before aliases keeps working and its collection becomes the first rollback target.
+qdrant-edge has no aliases; the pointer file is ours. A missing pointer means "the plain
+collection of that name", so a data root indexed before aliases keeps working and its collection
+becomes the first rollback target.
 
 Several processes, one folder (measured with qdrant-edge-py 0.9.0, 30,000 x 64 collection):
 
@@ -79,7 +78,6 @@ import numpy as np
 import qdrant_edge as qe
 
 from recsys.core.vectorstore.base import (
-    DEFAULT_EXACT_BELOW,
     INDEX_HINT,
     INDEXING_THRESHOLD_KB,
     RESERVED_NAMES,
@@ -91,7 +89,6 @@ from recsys.core.vectorstore.base import (
     VectorStore,
     VectorStoreError,
     as_vector,
-    check_k,
     full_scan_threshold_kb,
     point_batches,
     to_hits,
@@ -115,19 +112,9 @@ ALIASES_DIR = "aliases"
 READERS_DIR = ".readers"
 READER_LOCK = "lock"
 
-#: A collection a reader switched away from stays open this long for searches in flight.
-RETIRE_GRACE_S = 10.0
-
-#: After a failed switch (e.g. the indexer still had the new collection open), ``refresh``
-#: tries again after this long rather than on every call.
-REFRESH_RETRY_S = 1.0
-
 #: HNSW graph parameters (Qdrant's defaults).
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
-
-#: Identifies the current state of an alias pointer file: (inode, mtime_ns, size), or None.
-Signature = tuple[int, int, int] | None
 
 #: The engine's payload index type for each kind that ``VectorStore._create`` names.
 PAYLOAD_SCHEMAS = {
@@ -191,11 +178,6 @@ _READER_DIRS_LOCK = threading.Lock()
 _COPY_IDS = itertools.count(1)
 
 
-def _reader_dir_name() -> str:
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}"
-
-
 def reader_dir(root: Path) -> Path:
     """This process's folder for private copies under ``root``, locked while the process lives.
 
@@ -208,7 +190,8 @@ def reader_dir(root: Path) -> Path:
             return known[0]
         base = Path(root) / READERS_DIR
         base.mkdir(parents=True, exist_ok=True)
-        name = _reader_dir_name()
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "host"
+        name = f"{host}-{os.getpid()}"
         remove_stale_readers(base, keep=name)
         mine = base / name
         shutil.rmtree(mine, ignore_errors=True)  # a dead process that had our pid
@@ -272,34 +255,16 @@ def _remove_own_reader_dirs() -> None:
 class EdgeCollection:
     """One qdrant-edge shard folder, loaded lazily, optionally through a private copy.
 
-    Args:
-        path: The collection's folder.
-        hnsw_ef: Size of the HNSW candidate list at search time: higher is slower and more exact.
-        exact_below: Candidate sets (the collection, or the points passing a filter) smaller
-            than this many points are scanned exactly instead of walking the graph.
-        copy_to: Load a hard-linked copy made here instead of ``path`` (read-only stores); the
-            copy is made on every open and deleted on :meth:`close`.
+    ``copy_to``: load a hard-linked copy made there instead of ``path`` (read-only stores); the
+    copy is made on every open and deleted on :meth:`close`.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        hnsw_ef: int = 64,
-        *,
-        exact_below: int = DEFAULT_EXACT_BELOW,
-        copy_to: Path | None = None,
-    ) -> None:
+    def __init__(self, path: Path, copy_to: Path | None = None) -> None:
         self.path = Path(path)
-        self.hnsw_ef = int(hnsw_ef)
-        self.exact_below = int(exact_below)
         self.copy_to = copy_to
         self.dim: int | None = None
         self._shard: qe.EdgeShard | None = None
         self._lock = threading.Lock()
-
-    def exists(self) -> bool:
-        """Whether the folder holds a collection built by :meth:`create`."""
-        return (self.path / CONFIG_FILE).is_file()
 
     def open(self) -> qe.EdgeShard:
         """The open shard, loading it from disk (or from a fresh private copy) on first use."""
@@ -308,7 +273,7 @@ class EdgeCollection:
             return shard
         with self._lock:
             if self._shard is None:
-                if not self.exists():
+                if not (self.path / CONFIG_FILE).is_file():
                     raise CollectionNotFoundError(
                         f"No vector collection at {self.path}: {INDEX_HINT}."
                     )
@@ -386,7 +351,7 @@ class EdgeCollection:
             hnsw_config=qe.HnswIndexConfig(
                 m=HNSW_M,
                 ef_construct=HNSW_EF_CONSTRUCT,
-                full_scan_threshold=full_scan_threshold_kb(self.exact_below, dim),
+                full_scan_threshold=full_scan_threshold_kb(dim),
             ),
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
         )
@@ -402,61 +367,12 @@ class EdgeCollection:
             self._shard, self.dim = shard, dim
 
     @contextmanager
-    def _wrap_errors(self, what: str) -> Iterator[None]:
+    def errors(self, what: str) -> Iterator[None]:
         """Report the engine's bare ``Exception`` as "``what`` <folder> failed: ..."."""
         try:
             yield
         except Exception as exc:
             raise VectorStoreError(f"{what} {self.path} failed: {exc}") from exc
-
-    def upsert(self, points: Iterable[ItemPoint], batch_size: int) -> None:
-        """Insert or replace points in batches; they are searchable at once (un-indexed)."""
-        shard = self.open()
-        for batch in point_batches(points, batch_size, self.dim):
-            edge_points = [qe.Point(*point) for point in batch]
-            with self._wrap_errors("Upsert into"):
-                shard.update(qe.UpdateOperation.upsert_points(edge_points))
-
-    def finalize(self) -> None:
-        """Build the HNSW graph and payload indexes (``optimize``), then flush to disk."""
-        shard = self.open()
-        with self._wrap_errors("Optimising"):
-            shard.optimize()
-            shard.flush()
-
-    def search(
-        self, vector: Any, k: int, flt: SearchFilter | None, with_payload: bool
-    ) -> list[Hit]:
-        """Top-``k`` points by cosine similarity that pass ``flt``, best first."""
-        k = check_k(k)
-        shard = self.open()
-        query = as_vector(vector, self.dim)
-        request = qe.SearchRequest(
-            query=qe.Query.Nearest(query.tolist()),
-            limit=k,
-            filter=edge_filter(flt),
-            params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, k)),
-            with_payload=with_payload,
-        )
-        try:
-            points = shard.search(request)
-        except Exception as exc:
-            if "dimension" in str(exc).lower():
-                raise ValueError(f"Search in {self.path}: {exc}") from exc
-            raise VectorStoreError(f"Search in {self.path} failed: {exc}") from exc
-        return to_hits(points, with_payload)
-
-    def count(self) -> int:
-        """Exact number of points."""
-        shard = self.open()
-        with self._wrap_errors("Counting points in"):
-            return int(shard.count(qe.CountRequest(exact=True)))
-
-    def info(self) -> Any:
-        """The engine's shard info (indexed vectors, segments)."""
-        shard = self.open()
-        with self._wrap_errors("Reading"):
-            return shard.info()
 
 
 # -- the store: collections and aliases under one root ------------------------------------------
@@ -465,15 +381,10 @@ class EdgeCollection:
 class EdgeVectorStore(VectorStore):
     """Collections and aliases under ``path.parent``, opened on the name ``path.name``.
 
-    Args:
-        path: ``<root>/<name>``: the folder of a plain collection, or where one named like the
-            alias would be (``RECSYS_HOME/qdrant/items``); collections and the ``aliases``
-            folder live beside it.
-        hnsw_ef: Size of the HNSW candidate list at search time: higher is slower and more exact.
-        exact_below: Candidate sets (the collection, or the points passing a filter) smaller
-            than this many points are scanned exactly instead of walking the graph.
-        read_only: Refuse writes and search a private hard-linked copy, so that any number of
-            processes can serve the same collections (see the module docstring).
+    ``path`` is ``<root>/<name>``: the folder of a plain collection, or where one named like the
+    alias would be (``RECSYS_HOME/qdrant/items``); collections and the ``aliases`` folder live
+    beside it. ``read_only=True`` refuses writes and searches a private hard-linked copy, so that
+    any number of processes can serve the same collections (see the module docstring).
 
     Shards are opened lazily and reopened after :meth:`close`, so one object can serve for the
     life of a process. Without ``read_only`` only one process may have a collection open.
@@ -481,25 +392,11 @@ class EdgeVectorStore(VectorStore):
 
     backend = "edge"
 
-    def __init__(
-        self,
-        path: Path,
-        hnsw_ef: int = 64,
-        *,
-        exact_below: int = DEFAULT_EXACT_BELOW,
-        read_only: bool = False,
-    ) -> None:
+    def __init__(self, path: Path, hnsw_ef: int = 64, *, read_only: bool = False) -> None:
         self.path = Path(path)
-        super().__init__(
-            self.path.name, read_only=read_only, hnsw_ef=hnsw_ef, exact_below=exact_below
-        )
+        super().__init__(self.path.name, read_only=read_only, hnsw_ef=hnsw_ef)
         self.root = self.path.parent
         self._handles: dict[str, EdgeCollection] = {}
-        self._sig: Signature = None
-        self._retire_at: dict[str, float] = {}
-        self._retry_at = 0.0
-        self._lock = threading.RLock()
-        self._pointer = self.root / ALIASES_DIR / f"{self.name}.json"
 
     # -- collections ---------------------------------------------------------------------------
 
@@ -522,14 +419,12 @@ class EdgeVectorStore(VectorStore):
         self, name: str, dim: int, indexes: Sequence[tuple[str, str]], metadata: dict[str, Any]
     ) -> None:
         with self._lock:
-            handle = self._handle(name)
-            handle.create(dim, indexes)
+            self._handle(name).create(dim, indexes)
             _write_json(self.root / name / META_FILE, metadata)
 
     def _drop(self, name: str) -> None:
         with self._lock:
             handle = self._handles.pop(name, None)
-            self._retire_at.pop(name, None)
             if self._pinned == name:
                 self._pinned = None
             if handle is not None:
@@ -557,11 +452,8 @@ class EdgeVectorStore(VectorStore):
         return self.root / ALIASES_DIR / f"{alias}.json"
 
     def list_aliases(self) -> dict[str, str]:
-        folder = self.root / ALIASES_DIR
-        if not folder.is_dir():
-            return {}
         out = {}
-        for path in sorted(folder.glob("*.json")):
+        for path in sorted((self.root / ALIASES_DIR).glob("*.json")):
             history = self._read_alias(path.stem)
             if history:
                 out[path.stem] = history[-1].collection
@@ -614,83 +506,7 @@ class EdgeVectorStore(VectorStore):
         finally:
             os.close(fd)
 
-    # -- which collection this store reads -------------------------------------------------
-
-    def _signature(self) -> Signature:
-        """What the alias pointer file looks like now; a move replaces it (new inode)."""
-        try:
-            st = os.stat(self._pointer)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _resolve(self) -> tuple[str | None, Signature]:
-        sig = self._signature()  # before reading: a move in between is seen next time
-        history = self._read_alias(self.name) if sig is not None else None
-        if history:
-            return history[-1].collection, sig
-        return (self.name if self.collection_exists(self.name) else None), sig
-
-    def _pin(self, name: str) -> None:
-        with self._lock:
-            self._pinned, self._sig = name, self._signature()
-
-    @property
-    def current_collection(self) -> str | None:
-        if self._pinned is None:
-            with self._lock:
-                if self._pinned is None:
-                    target, sig = self._resolve()
-                    if target is not None:
-                        self._pinned, self._sig = target, sig
-        return self._pinned
-
-    def refresh(self, *, force: bool = False) -> bool:
-        """Follow the alias if its pointer file changed: one ``stat`` when nothing did.
-
-        On a move the new collection is opened before the switch (for a read-only store, a new
-        private copy), and the old one stays open for :data:`RETIRE_GRACE_S` so that searches
-        in flight in other threads finish on it. If the new one cannot be opened, the store
-        stays where it was, raises, and tries again :data:`REFRESH_RETRY_S` later.
-        """
-        if self._retire_at:
-            self._close_retired()
-        if self._pinned is None:
-            return False
-        if not force and self._signature() == self._sig:
-            return False
-        if not force and self._retry_at and time.monotonic() < self._retry_at:
-            return False
-        with self._lock:
-            target, sig = self._resolve()
-            old = self._pinned
-            if target is None or target == old:
-                self._sig = sig
-                return False
-            try:
-                self._handle(target).open()
-            except VectorStoreError:
-                self._retry_at = time.monotonic() + REFRESH_RETRY_S
-                raise
-            self._pinned, self._sig, self._retry_at = target, sig, 0.0
-            self._retire_at.pop(target, None)
-            if old is not None:
-                self._retire_at[old] = time.monotonic() + RETIRE_GRACE_S
-            return True
-
-    def _close_retired(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            expired = [
-                name
-                for name, deadline in self._retire_at.items()
-                if deadline <= now and name != self._pinned
-            ]
-            for name in expired:
-                del self._retire_at[name]
-                handle = self._handles.pop(name, None)
-                if handle is not None:
-                    _close_quietly(handle)
+    # -- open collections ----------------------------------------------------------------------
 
     def _handle(self, name: str) -> EdgeCollection:
         """The (lazily opened) collection ``name``, shared by reads and writes in this store."""
@@ -702,17 +518,9 @@ class EdgeVectorStore(VectorStore):
                     copy_to = None
                     if self.read_only:
                         copy_to = reader_dir(self.root) / f"{name}.{next(_COPY_IDS)}"
-                    handle = EdgeCollection(
-                        self.root / name,
-                        self.hnsw_ef,
-                        exact_below=self.exact_below,
-                        copy_to=copy_to,
-                    )
+                    handle = EdgeCollection(self.root / name, copy_to)
                     self._handles[name] = handle
         return handle
-
-    def _target(self, collection: str | None) -> EdgeCollection:
-        return self._handle(self._current() if collection is None else collection)
 
     def where(self, name: str | None = None) -> str:
         return f"collection at {self.path if name is None else self.root / name}"
@@ -721,49 +529,70 @@ class EdgeVectorStore(VectorStore):
         """Close every open shard (deleting private copies); the pinned collection is kept."""
         with self._lock:
             handles, self._handles = list(self._handles.values()), {}
-            self._retire_at.clear()
         for handle in handles:
-            _close_quietly(handle)
+            try:
+                handle.close()
+            except Exception:  # e.g. its folder was pruned meanwhile: only worth a log line
+                log.warning("closing the vector collection %s failed", handle.path, exc_info=True)
 
-    # -- building ----------------------------------------------------------------------------
+    # -- reading and writing -------------------------------------------------------------------
 
-    def _upsert(self, points: Iterable[ItemPoint], batch_size: int, collection: str | None) -> None:
+    def _upsert(self, points: Iterable[ItemPoint], batch_size: int, name: str) -> None:
         """Insert or replace points in batches; they are searchable at once (un-indexed)."""
-        self._target(collection).upsert(points, batch_size)
+        handle = self._handle(name)
+        shard = handle.open()
+        for batch in point_batches(points, batch_size, handle.dim):
+            with handle.errors("Upsert into"):
+                shard.update(qe.UpdateOperation.upsert_points([qe.Point(*p) for p in batch]))
 
-    def _finalize(self, collection: str | None) -> None:
+    def _finalize(self, name: str) -> None:
         """Build the HNSW graph and payload indexes (``optimize``), then flush to disk."""
-        self._target(collection).finalize()
+        handle = self._handle(name)
+        shard = handle.open()
+        with handle.errors("Optimising"):
+            shard.optimize()
+            shard.flush()
 
-    # -- reading -----------------------------------------------------------------------------
-
-    def search(
-        self, vector: Any, k: int, flt: SearchFilter | None = None, with_payload: bool = True
+    def _search(
+        self, name: str, vector: Any, k: int, flt: SearchFilter | None, with_payload: bool
     ) -> list[Hit]:
-        """Top-``k`` points by cosine similarity that pass ``flt``, best first."""
-        return self._target(None).search(vector, k, flt, with_payload)
+        handle = self._handle(name)
+        shard = handle.open()
+        request = qe.SearchRequest(
+            query=qe.Query.Nearest(as_vector(vector, handle.dim).tolist()),
+            limit=k,
+            filter=edge_filter(flt),
+            params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, k)),
+            with_payload=with_payload,
+        )
+        try:
+            points = shard.search(request)
+        except Exception as exc:
+            if "dimension" in str(exc).lower():
+                raise ValueError(f"Search in {handle.path}: {exc}") from exc
+            raise VectorStoreError(f"Search in {handle.path} failed: {exc}") from exc
+        return to_hits(points, with_payload)
 
-    def count(self, collection: str | None = None) -> int:
-        """Exact number of points."""
-        return self._target(collection).count()
+    def _count(self, name: str) -> int:
+        handle = self._handle(name)
+        shard = handle.open()
+        with handle.errors("Counting points in"):
+            return int(shard.count(qe.CountRequest(exact=True)))
 
     def _address(self) -> dict[str, Any]:
         return {"path": str(self.path)}
 
-    def _describe(self, collection: str | None, out: dict[str, Any]) -> None:
-        """Open the collection if needed and report its size and index state."""
-        handle = self._target(collection)
-        name = collection or self._pinned
-        out.update(collection=name, path=str(handle.path))
-        out["points"] = handle.count()
-        info = handle.info()
+    def _describe(self, name: str, out: dict[str, Any]) -> None:
+        handle = self._handle(name)
+        out["path"] = str(handle.path)
+        out["points"] = self._count(name)
+        shard = handle.open()
+        with handle.errors("Reading"):
+            info = shard.info()
         out.update(
-            ok=True,
-            run_id=self.run_id_of(name) if name else None,
             dim=handle.dim,
             indexed_vectors=int(info.indexed_vectors_count),
             segments=int(info.segments_count),
-            hnsw_ef=self.hnsw_ef,
         )
 
     def __repr__(self) -> str:
@@ -771,14 +600,6 @@ class EdgeVectorStore(VectorStore):
             f"EdgeVectorStore(path={str(self.path)!r}, hnsw_ef={self.hnsw_ef}, "
             f"read_only={self.read_only})"
         )
-
-
-def _close_quietly(handle: EdgeCollection) -> None:
-    """Close a shard we are done with; a failure (its folder was pruned) is only logged."""
-    try:
-        handle.close()
-    except Exception:
-        log.warning("closing the vector collection at %s failed", handle.path, exc_info=True)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -33,7 +33,6 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 from qdrant_client.local.qdrant_local import QdrantLocal
 
 from recsys.core.vectorstore.base import (
-    DEFAULT_EXACT_BELOW,
     INDEX_HINT,
     INDEXING_THRESHOLD_KB,
     AliasEntry,
@@ -45,7 +44,6 @@ from recsys.core.vectorstore.base import (
     VectorStoreConfigError,
     VectorStoreError,
     as_vector,
-    check_k,
     full_scan_threshold_kb,
     now_iso,
     point_batches,
@@ -61,9 +59,8 @@ MEMORY = ":memory:"
 #: Metadata key, on the collection an alias points at, that holds the alias's history.
 HISTORY_KEY = "alias_history:"
 
-#: How often a store on a real server asks where its alias points (``refresh``): a round trip
-#: costs about a millisecond, too much for every request.
-DEFAULT_ALIAS_TTL_S = 1.0
+#: How long :meth:`QdrantServerVectorStore.finalize` waits for the server to finish indexing.
+FINALIZE_TIMEOUT_S = 600.0
 
 #: Suffix of the copy made of a plain pre-alias collection (see the module docstring).
 LEGACY_SUFFIX = "legacy"
@@ -94,23 +91,11 @@ def server_filter(flt: SearchFilter | None) -> qm.Filter | None:
 class QdrantServerVectorStore(VectorStore):
     """Collections and aliases on a Qdrant server (``url``) or in qdrant-client's local mode.
 
-    Args:
-        collection: The alias (or plain collection) this store reads, e.g. ``items``.
-        url: Server URL, e.g. ``http://localhost:6333``.
-        api_key: Server API key, if the server requires one.
-        location: ``":memory:"`` for qdrant-client's in-process local mode (tests).
-        hnsw_ef: Size of the HNSW candidate list at search time.
-        exact_below: Same meaning as for the edge backend: smaller candidate sets are scanned.
-        finalize_timeout_s: How long :meth:`finalize` waits for the server to finish indexing.
-        client: An existing client to share (e.g. one local-mode client between a writer and a
-            reader in tests); it is not closed by :meth:`close`.
-        alias_ttl_s: :meth:`refresh` asks the server at most this often (default 1 s on a
-            server, 0 in local mode where asking is an in-process call).
-        read_only: Refuse every write (serving).
-
-    The client is created on first use, so constructing a store never touches the network.
-    Searches go to the pinned collection, not to the alias, so that a request never meets item
-    vectors of another model run than the one the API loaded.
+    ``location=":memory:"`` runs qdrant-client's in-process local mode (tests); ``client`` shares
+    an existing client (e.g. one local-mode client between a writer and a reader in tests), which
+    :meth:`close` leaves open. The client is created on first use, so constructing a store never
+    touches the network. Searches go to the pinned collection, not to the alias, so that a
+    request never meets item vectors of another model run than the one the API loaded.
     """
 
     backend = "qdrant"
@@ -123,10 +108,7 @@ class QdrantServerVectorStore(VectorStore):
         location: str | None = None,
         hnsw_ef: int = 64,
         *,
-        exact_below: int = DEFAULT_EXACT_BELOW,
-        finalize_timeout_s: float = 600.0,
         client: QdrantClient | None = None,
-        alias_ttl_s: float | None = None,
         read_only: bool = False,
     ) -> None:
         if not url and not location and client is None:
@@ -134,30 +116,21 @@ class QdrantServerVectorStore(VectorStore):
                 "A Qdrant server URL is required: set RECSYS_VECTOR_STORE__URL "
                 "(e.g. http://localhost:6333), or use RECSYS_VECTOR_STORE__TYPE=edge."
             )
-        super().__init__(collection, read_only=read_only, hnsw_ef=hnsw_ef, exact_below=exact_below)
-        self.collection = collection
+        super().__init__(collection, read_only=read_only, hnsw_ef=hnsw_ef)
         self.url = url or None
         self.api_key = api_key
         self.location = None if url else location
-        self.finalize_timeout_s = finalize_timeout_s
         self._owns_client = client is None
         if client is not None:
             self._local = isinstance(getattr(client, "_client", None), QdrantLocal)
         else:
             self._local = self.url is None and self.location == MEMORY
-        self.alias_ttl_s = float(
-            alias_ttl_s
-            if alias_ttl_s is not None
-            else (0.0 if self._local else DEFAULT_ALIAS_TTL_S)
-        )
         self._client: QdrantClient | None = client
         self._dims: dict[str, int] = {}
-        self._checked_at = 0.0
 
     def where(self, name: str | None = None) -> str:
-        """Human-readable address of a collection (default: this store's name), for messages."""
-        name = name or self._pinned or self.collection
-        via = f" (alias {self.collection!r})" if name != self.collection else ""
+        name = name or self._pinned or self.name
+        via = f" (alias {self.name!r})" if name != self.name else ""
         return f"collection {name!r}{via} at {self.url or self.location or 'a shared client'}"
 
     @property
@@ -190,10 +163,10 @@ class QdrantServerVectorStore(VectorStore):
             )
             if not_found:
                 self._dims.pop(name or "", None)
-                if name is not None and name == self._pinned and name != self.collection:
+                if name is not None and name == self._pinned and name != self.name:
                     raise CollectionNotFoundError(
                         f"The {self.where(name)} is gone (pruned after the alias moved on): "
-                        f"call refresh() to follow alias {self.collection!r}."
+                        f"open the store again to follow alias {self.name!r}."
                     ) from exc
                 raise CollectionNotFoundError(
                     f"No vector {self.where(name)}: {INDEX_HINT}."
@@ -239,9 +212,7 @@ class QdrantServerVectorStore(VectorStore):
             client.create_collection(
                 name,
                 vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
-                hnsw_config=qm.HnswConfigDiff(
-                    full_scan_threshold=full_scan_threshold_kb(self.exact_below, dim)
-                ),
+                hnsw_config=qm.HnswConfigDiff(full_scan_threshold=full_scan_threshold_kb(dim)),
                 optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=0),
                 metadata=metadata,
             )
@@ -345,45 +316,10 @@ class QdrantServerVectorStore(VectorStore):
                 break
         self.finalize(collection=target)
 
-    # -- which collection this store reads -------------------------------------------------
-
-    def _resolve(self) -> str | None:
-        target = self.list_aliases().get(self.collection)
-        if target is not None:
-            return target
-        return self.collection if self.collection_exists(self.collection) else None
-
-    def _pin(self, name: str) -> None:
-        self._pinned, self._checked_at = name, time.monotonic()
-
-    @property
-    def current_collection(self) -> str | None:
-        if self._pinned is None:
-            target = self._resolve()
-            if target is not None:
-                self._pin(target)
-        return self._pinned
-
-    def refresh(self, *, force: bool = False) -> bool:
-        """Ask where the alias points, at most every ``alias_ttl_s`` seconds unless ``force``."""
-        if self._pinned is None:
-            return False
-        now = time.monotonic()
-        if not force and now - self._checked_at < self.alias_ttl_s:
-            return False
-        self._checked_at = now
-        target = self._resolve()
-        if target is None or target == self._pinned:
-            return False
-        self._collection_dim(target)  # proves the new target is readable before switching
-        self._pinned = target
-        return True
-
     # -- building ----------------------------------------------------------------------------
 
-    def _upsert(self, points: Iterable[ItemPoint], batch_size: int, collection: str | None) -> None:
+    def _upsert(self, points: Iterable[ItemPoint], batch_size: int, name: str) -> None:
         """Insert or replace points in batches, waiting for each batch to be applied."""
-        name = collection or self._current()
         for batch in point_batches(points, batch_size, self._collection_dim(name)):
             structs = [
                 qm.PointStruct(id=point_id, vector=vector, payload=payload)
@@ -395,9 +331,8 @@ class QdrantServerVectorStore(VectorStore):
                 name,
             )
 
-    def _finalize(self, collection: str | None) -> None:
+    def _finalize(self, name: str) -> None:
         """Turn indexing on and wait until the server reports the collection green."""
-        name = collection or self._current()
         self._call(
             "Enabling indexing",
             lambda: self.client.update_collection(
@@ -408,7 +343,7 @@ class QdrantServerVectorStore(VectorStore):
         )
         if self._local:
             return  # local mode has no optimizer: everything is searchable at once
-        deadline = time.monotonic() + self.finalize_timeout_s
+        deadline = time.monotonic() + FINALIZE_TIMEOUT_S
         greens = 0
         # The optimizer starts asynchronously: ask for green twice in a row to avoid reading
         # the status before it has switched to yellow.
@@ -419,18 +354,15 @@ class QdrantServerVectorStore(VectorStore):
                 if time.monotonic() > deadline:
                     raise VectorStoreError(
                         f"The {self.where(name)} is still {info.status} after "
-                        f"{self.finalize_timeout_s:.0f} s of indexing."
+                        f"{FINALIZE_TIMEOUT_S:.0f} s of indexing."
                     )
                 time.sleep(0.5)
 
     # -- reading -----------------------------------------------------------------------------
 
-    def search(
-        self, vector: Any, k: int, flt: SearchFilter | None = None, with_payload: bool = True
+    def _search(
+        self, name: str, vector: Any, k: int, flt: SearchFilter | None, with_payload: bool
     ) -> list[Hit]:
-        """Top-``k`` points by cosine similarity that pass ``flt``, best first."""
-        k = check_k(k)
-        name = self._current()
         query = as_vector(vector, self._collection_dim(name))
         # Local mode is brute force and warns that search params are ignored: leave them out.
         params = None if self._local else qm.SearchParams(hnsw_ef=max(self.hnsw_ef, k))
@@ -448,32 +380,24 @@ class QdrantServerVectorStore(VectorStore):
         )
         return to_hits(response.points, with_payload)
 
-    def count(self, collection: str | None = None) -> int:
-        """Exact number of points."""
-        name = collection or self._current()
+    def _count(self, name: str) -> int:
         result = self._call("Counting", lambda: self.client.count(name, exact=True), name)
         return int(result.count)
 
     def _address(self) -> dict[str, Any]:
         return {"url": self.url or self.location}
 
-    def _describe(self, collection: str | None, out: dict[str, Any]) -> None:
-        """Reach the server and describe the collection (default: the current one)."""
-        name = collection or self._current()
-        out["collection"] = name
-        out["points"] = self.count(name)
+    def _describe(self, name: str, out: dict[str, Any]) -> None:
+        out["points"] = self._count(name)
         info = self._info(name)
         out.update(
-            ok=True,
-            run_id=self.run_id_of(name),
             status=str(getattr(info.status, "value", info.status)),
             indexed_vectors=info.indexed_vectors_count,
-            hnsw_ef=self.hnsw_ef,
         )
 
     def __repr__(self) -> str:
         return (
-            f"QdrantServerVectorStore(collection={self.collection!r}, "
+            f"QdrantServerVectorStore(collection={self.name!r}, "
             f"url={self.url or self.location!r}, hnsw_ef={self.hnsw_ef}, "
             f"read_only={self.read_only})"
         )
