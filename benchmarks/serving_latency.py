@@ -17,25 +17,12 @@ import argparse
 import asyncio
 import os
 import random
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-
-RECSYS = Path(sys.executable).with_name("recsys")
-
-
-def _percentiles(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms, dtype=np.float64)
-    a = a[~np.isnan(a)]
-    if len(a) == 0:
-        return {"n": 0}
-    return {"n": len(a), **{f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)}}
+from loadgen import ApiServer, LoadClient, percentiles
 
 
 def floor(users: list[str]) -> dict[str, Any]:
@@ -59,7 +46,7 @@ def floor(users: list[str]) -> dict[str, Any]:
             vectors[u] = (vec, exclude)
         for u in users:
             t = time.perf_counter()
-            rec.feature_store.get_online_features(
+            rec.online.store.get_online_features(
                 features=["user_features:purchased_items"], entity_rows=[{"user_id": u}]
             )
             feature_ms.append((time.perf_counter() - t) * 1e3)
@@ -79,59 +66,14 @@ def floor(users: list[str]) -> dict[str, Any]:
             for stage, ms in answer.timings_ms.items():
                 stages.setdefault(stage, []).append(ms)
         return {
-            "feast_online_read": _percentiles(feature_ms),
-            "vector_search": _percentiles(search_ms),
+            "feast_online_read": percentiles(feature_ms),
+            "vector_search": percentiles(search_ms),
             "floor_p50_ms": round(float(both), 3),
-            "in_process_full_path": _percentiles(total_ms),
-            "in_process_stage_p50_ms": {s: _percentiles(ms)["p50_ms"] for s, ms in stages.items()},
+            "in_process_full_path": percentiles(total_ms),
+            "in_process_stage_p50_ms": {s: percentiles(ms)["p50_ms"] for s, ms in stages.items()},
         }
     finally:
         rec.close()
-
-
-class LoadClient:
-    """A minimal HTTP/1.1 keep-alive GET client on asyncio streams, one connection per request
-    in flight.
-
-    httpx spends about a millisecond of CPU per request here, on the same two cores as the
-    server, and that time lands in the measured latency; this client spends tens of
-    microseconds. It also reads the server's own time from the ``Server-Timing`` header.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def get(self, path: str) -> tuple[int, float]:
-        """(status, server milliseconds; NaN when the header is missing)."""
-        request = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
-        while self._idle:  # the server closes connections idle past its keep-alive timeout
-            reader, writer = self._idle.pop()
-            writer.write(request)
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-                break
-            except (asyncio.IncompleteReadError, ConnectionError):
-                writer.close()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-        status, length, server_ms = int(head[9:12]), 0, float("nan")
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"server-timing" and b"dur=" in value:
-                server_ms = float(value.split(b"dur=")[1].split(b";")[0])
-        await reader.readexactly(length)
-        self._idle.append((reader, writer))
-        return status, server_ms
-
-    def close(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
 
 
 def _path(user: str) -> str:
@@ -162,8 +104,8 @@ async def open_loop(host: str, port: int, users: list[str], rate: float,
         tasks.append(asyncio.create_task(one(users[i % len(users)])))
     await asyncio.gather(*tasks)
     client.close()
-    return {"rate_rps": rate, **_percentiles(latencies), "errors": errors,
-            "server_side": _percentiles(server)}  # fmt: skip
+    return {"rate_rps": rate, **percentiles(latencies), "errors": errors,
+            "server_side": percentiles(server)}  # fmt: skip
 
 
 async def closed_loop(host: str, port: int, users: list[str], concurrency: int,
@@ -185,7 +127,7 @@ async def closed_loop(host: str, port: int, users: list[str], concurrency: int,
     elapsed = time.perf_counter() - started
     client.close()
     return {"concurrency": concurrency, "throughput_rps": round(len(latencies) / elapsed, 1),
-            **_percentiles(latencies)}  # fmt: skip
+            **percentiles(latencies)}  # fmt: skip
 
 
 def main() -> None:
@@ -216,34 +158,13 @@ def main() -> None:
     report["floor"] = floor(users)
 
     host = "127.0.0.1"
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [str(RECSYS), "serve", "--host", host, "--port", str(port), "--workers", str(args.workers)],
-        env={**os.environ, "RECSYS_HOME": str(settings.home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://{host}:{port}"
-    try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("the API did not become healthy within 120 s")
+    with ApiServer(settings.home, workers=args.workers) as server:
+        port = server.port
         asyncio.run(open_loop(host, port, users, args.rate, 3))  # warm-up
         report["api_at_rate"] = asyncio.run(open_loop(host, port, users, args.rate, args.seconds))
         report["saturation"] = asyncio.run(
             closed_loop(host, port, users, args.concurrency, args.seconds)
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     report["api_p50_over_floor"] = round(
         report["api_at_rate"]["p50_ms"] / report["floor"]["floor_p50_ms"], 2
     )

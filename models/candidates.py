@@ -166,11 +166,13 @@ class CandidateGenerator:
         for source in self.sources:
             try:
                 proposals[source.name] = source.propose(req, source.cfg.k)
-            except Exception:
+            except Exception as exc:
                 if not source.degrades:
                     raise
-                log.exception("%s candidates failed: answering from the other sources",
-                              source.name)  # fmt: skip
+                # one line per request: the traceback only at debug level
+                log.warning("%s candidates failed (%s: %s): answering from the other sources",
+                            source.name, type(exc).__name__, exc)  # fmt: skip
+                log.debug("%s candidates failed", source.name, exc_info=True)
                 failed.append(source.name)
                 proposals[source.name] = None
             clock = _lap(ms, source.name, clock)

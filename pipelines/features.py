@@ -337,7 +337,8 @@ def _activity_sql(inter: Path) -> str:
            list(e.item_id ORDER BY e.ts DESC) FILTER (WHERE e.event_type = 'purchase')
                [1:{RECENT_ACTIVITY}] AS recent_purchases,
            CAST(count(*) FILTER (WHERE e.session_id = l.session_id) AS BIGINT)
-               AS session_events
+               AS session_events,
+           CAST(0 AS BIGINT) AS applied_seq  -- no API event folded in yet (serving/events.py)
     FROM ev e JOIN last_session l USING (user_id)
     GROUP BY e.user_id
     ORDER BY e.user_id

@@ -6,6 +6,7 @@ in the order raw -> validated -> features -> feature store -> model -> index -> 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -364,7 +365,12 @@ def run_serve(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     from serving.app import create_app
+    from serving.security import check_exposure
 
+    try:
+        check_exposure(settings.serve, host)
+    except ValueError as exc:
+        raise _fail(exc) from exc
     # One request is a tiny forward pass: intra-op threads only add overhead; concurrency
     # comes from requests (and uvicorn workers), not from parallel matrix kernels.
     torch.set_num_threads(1)
@@ -562,6 +568,28 @@ def serve(
 ) -> None:
     """Start the recommendation API."""
     run_serve(_override(get_settings(), "serve", workers=workers), host, port)
+
+
+@app.command("api-key")
+def api_key(
+    name: Annotated[str, typer.Argument(help="Who the key is for, e.g. the shop's backend.")],
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated: read, write, admin.")
+    ] = "read,write",
+) -> None:
+    """Make an API key: print it once, and the settings entry that lets it in (its hash)."""
+    from recsys.core.settings import ApiKey
+    from serving.security import new_key
+
+    try:
+        entry = ApiKey(sha256="0" * 64, scopes=frozenset(s.strip() for s in scopes.split(",")))
+    except ValueError as exc:
+        raise _fail(exc) from exc
+    key, digest = new_key()
+    entry = {name: {"sha256": digest, "scopes": sorted(entry.scopes)}}
+    console.print(f"key for {name!r} (shown once; give it to the client):\n{key}")
+    console.print("add to RECSYS_SERVE__API_KEYS (a JSON object of every client's entry):")
+    print(json.dumps(entry))
 
 
 @app.command()

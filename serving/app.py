@@ -10,23 +10,28 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool, StringConstraints
 
 from models.context import ItemFilters
 from models.sources import REGISTRY
 from recsys.core.settings import Settings, get_settings
-from serving.events import Event
+from serving.events import Event, EventsNotApplied
 from serving.metrics import ApiMetrics, MetricsMiddleware
 from serving.recommender import Recommender
+from serving.security import AUTH_ERRORS, TOO_LARGE, AccessControl, BodyLimitMiddleware
 
 log = logging.getLogger(__name__)
+
+#: An id or a label in a request: bounded, so no request makes the API hold or log megabytes.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 class RecommendedItem(BaseModel):
@@ -58,12 +63,12 @@ class BoughtTogetherItem(RecommendedItem):
 class SessionRequest(BaseModel):
     """A visitor without a user id: what they browsed, newest first, and optional context."""
 
-    session_items: list[str] = Field(default_factory=list, max_length=200,
-                                     examples=[["0108775015", "0110065001"]])  # fmt: skip
-    age_bucket: str | None = Field(default=None, examples=["25-34"])
+    session_items: list[Name] = Field(default_factory=list, max_length=200,
+                                      examples=[["0108775015", "0110065001"]])  # fmt: skip
+    age_bucket: Name | None = Field(default=None, examples=["25-34"])
     k: int = Field(default=10, ge=1, le=100)
-    category: str | None = None
-    department: str | None = None
+    category: Name | None = None
+    department: Name | None = None
     max_price: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     in_stock: StrictBool | None = None
 
@@ -74,7 +79,12 @@ class ErrorDetail(BaseModel):
 
 #: Error answers, documented on the routes that give them.
 UNKNOWN_ITEM = {404: {"model": ErrorDetail, "description": "Unknown item id (named)."}}
+BAD_BODY = {400: {"model": ErrorDetail, "description": "The body is not JSON (or not UTF-8)."},
+            **TOO_LARGE}  # fmt: skip
 DEPENDENCY_DOWN = {503: {"description": "A dependency is down (each one's state in the body)."}}
+EVENTS_PENDING = {503: {"model": ErrorDetail, "description": "The online store failed: the "
+                        "events are logged and applied once it answers (retry with the same "
+                        "event_id: it is acknowledged, not applied twice)."}}  # fmt: skip
 
 
 class ItemListResponse(BaseModel):
@@ -136,12 +146,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         in the body is not valid JSON, and once turned this answer into a 500)."""
         return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, 422)
 
+    @app.exception_handler(EventsNotApplied)
+    async def not_applied(request: Request, exc: EventsNotApplied) -> JSONResponse:
+        """503: the events are logged and will be applied; a retry with the same event_id is
+        acknowledged as a duplicate, never applied twice."""
+        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "1"})
+
     app.state.metrics = metrics = ApiMetrics()
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serve.max_body_bytes)
+    if settings.serve.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.serve.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+    access = AccessControl(settings.serve)
+    read = {"dependencies": [Depends(access("read"))], "responses": AUTH_ERRORS}
 
     max_k = settings.serve.max_k
 
-    @app.get("/users/{user_id}/recommendations", response_model=RecommendationResponse)
+    @app.get("/users/{user_id}/recommendations", response_model=RecommendationResponse, **read)
     async def recommendations(
         request: Request,
         user_id: str = Path(..., min_length=1, max_length=256),
@@ -163,7 +189,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
         return _json(RecommendationResponse.model_validate(rec, from_attributes=True))
 
-    @app.post("/recommendations", response_model=RecommendationResponse)
+    @app.post(
+        "/recommendations",
+        response_model=RecommendationResponse,
+        dependencies=read["dependencies"],
+        responses={**AUTH_ERRORS, **BAD_BODY},
+    )
     async def session_recommendations(body: SessionRequest, request: Request) -> Response:
         """For a visitor without a user id: session-based recommendations from the items they
         browsed; with nothing browsed, popular items for the context (``fallback: true``).
@@ -175,7 +206,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
         return _json(RecommendationResponse.model_validate(rec, from_attributes=True))
 
-    @app.get("/items/{item_id}/similar", response_model=ItemListResponse, responses=UNKNOWN_ITEM)
+    @app.get(
+        "/items/{item_id}/similar",
+        response_model=ItemListResponse,
+        dependencies=read["dependencies"],
+        responses={**UNKNOWN_ITEM, **AUTH_ERRORS},
+    )
     async def similar(
         request: Request,
         item_id: str = Path(..., min_length=1, max_length=256),
@@ -197,7 +233,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/items/{item_id}/bought-together",
         response_model=BoughtTogetherResponse,
-        responses=UNKNOWN_ITEM,
+        dependencies=read["dependencies"],
+        responses={**UNKNOWN_ITEM, **AUTH_ERRORS},
     )
     async def bought_together(
         request: Request,
@@ -211,7 +248,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version = recommender.model_version
         return _json(BoughtTogetherResponse(item_id=item_id, items=items, model_version=version))
 
-    @app.get("/popular", response_model=ItemListResponse)
+    @app.get("/popular", response_model=ItemListResponse, **read)
     async def popular(
         request: Request,
         window: Literal["7d", "30d", "all"] = Query("7d"),
@@ -223,7 +260,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items = recommender.popular(k, window, category)
         return _json(ItemListResponse(items=items, model_version=recommender.model_version))
 
-    @app.post("/events", response_model=EventsAccepted, responses=UNKNOWN_ITEM)
+    @app.post(
+        "/events",
+        response_model=EventsAccepted,
+        dependencies=[Depends(access("write"))],
+        responses={**UNKNOWN_ITEM, **AUTH_ERRORS, **BAD_BODY, **EVENTS_PENDING},
+    )
     def events(batch: EventBatch, request: Request) -> EventsAccepted:
         """Record shop events: logged durably, then visible to the next recommendation.
 
@@ -235,7 +277,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         accepted, duplicates = recommender.record_events(batch.events)
         return EventsAccepted(accepted=accepted, duplicates=duplicates)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(access("admin"))])
     def prometheus() -> Response:
         """Prometheus text format: requests, latency per endpoint and stage, fallbacks."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

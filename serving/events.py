@@ -1,25 +1,35 @@
-"""Durable intake of shop events posted to the API.
+"""Durable intake of shop events posted to the API, applied exactly once to the online store.
 
-An event is appended to a JSON-lines log and fsynced before the API answers, so an accepted
-event survives a crash; then it is pushed to Feast's ``user_activity_push`` source, so that the
-next recommendation for that user already knows it (bought items are excluded, the user tower's
-history includes them). The log is the record to fold into the next import.
+A batch is appended to the event log and fsynced before the API answers, so an accepted event
+survives a crash; then each user's activity row is folded forward and pushed to Feast's
+``user_activity_push`` source, so that the next recommendation already knows it (bought items
+are excluded, the user tower's history includes them). The log is the record to fold into the
+next import.
+
+Exactly once, across worker processes, crashes and a broken online store: a turn on the log is
+exclusive (one writer at a time, all processes), each row remembers the ``seq`` of the last
+event folded into it (``applied_seq``), and the log's watermark says up to where every event is
+in the store. A turn first folds whatever lies past the watermark (a push that failed, in any
+process, or one cut short by a crash), then its own events; an event a row already has is
+skipped by its ``seq``. The API also takes a turn at start-up, so a crash between the log and
+the push is repaired before the first request.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import threading
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
+from recsys.core.event_log import EventLog
 from recsys.core.schema import RECENT_ACTIVITY
+from serving.online import OnlineStore
+
+log = logging.getLogger(__name__)
 
 #: Event times the feature store can hold (pandas' nanosecond timestamps end in 2262).
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
@@ -39,7 +49,7 @@ class Event(BaseModel):
     timestamp: datetime | None = Field(
         default=None, description="Default: when received. Between 1970 and 2200 (UTC)."
     )
-    session_id: str | None = None
+    session_id: str | None = Field(default=None, min_length=1, max_length=256)
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     @field_validator("timestamp")
@@ -58,36 +68,8 @@ class Event(BaseModel):
         return utc
 
 
-class EventLog:
-    """Append-only JSON lines, one fsync per batch (thread-safe within a process)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def event_ids(self) -> set[str]:
-        """The ``event_id`` of every logged event: what a restarted API must not apply again.
-        A torn last line (a crash mid-write) is skipped."""
-        ids: set[str] = set()
-        if not self.path.exists():
-            return ids
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    event_id = json.loads(line).get("event_id")
-                except (json.JSONDecodeError, AttributeError):
-                    continue
-                if event_id:
-                    ids.add(event_id)
-        return ids
-
-    def append(self, events: Sequence[Event]) -> None:
-        lines = "".join(json.dumps(e.model_dump(mode="json")) + "\n" for e in events)
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+class EventsNotApplied(RuntimeError):
+    """Events are logged (they will be applied) but the online store refused them for now."""
 
 
 def stamp(events: Sequence[Event]) -> list[Event]:
@@ -98,27 +80,91 @@ def stamp(events: Sequence[Event]) -> list[Event]:
     ]
 
 
-def activity_rows(events: Sequence[Event], current: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """New ``user_activity`` rows: each user's online row with these events folded in.
+def fold(records: Iterable[dict[str, Any]], current: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """New ``user_activity`` rows: each user's row with the logged ``records`` it lacks folded in.
 
-    ``current`` maps user id -> the user's current online values (recent_views,
-    recent_purchases, session_events), possibly all None for a user never seen.
+    ``current`` maps user id -> the row's values (recent_views, recent_purchases,
+    session_events, applied_seq; all None for a user never seen). A record whose ``seq`` is not
+    above the row's ``applied_seq`` is already in it and skipped; the others are folded in time
+    order (then log order). Users with nothing to fold get no row.
     """
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if int(r["seq"]) > int(current.get(r["user_id"], {}).get("applied_seq") or 0):
+            by_user.setdefault(r["user_id"], []).append(r)
     rows = []
-    by_user: dict[str, list[Event]] = {}
-    for e in sorted(events, key=lambda e: e.timestamp):
-        by_user.setdefault(e.user_id, []).append(e)
     for user, evs in by_user.items():
+        evs.sort(key=lambda r: (pd.Timestamp(r["timestamp"]), r["seq"]))
         now = current.get(user, {})
         views = list(now.get("recent_views") or [])
         buys = list(now.get("recent_purchases") or [])
         for e in evs:
-            if e.event_type == "view":
-                views = [e.item_id, *[v for v in views if v != e.item_id]]
-            elif e.event_type == "purchase":
-                buys = [e.item_id, *buys]
-        rows.append({"user_id": user, "event_timestamp": evs[-1].timestamp,
+            if e["event_type"] == "view":
+                views = [e["item_id"], *[v for v in views if v != e["item_id"]]]
+            elif e["event_type"] == "purchase":
+                buys = [e["item_id"], *buys]
+        rows.append({"user_id": user, "event_timestamp": pd.Timestamp(evs[-1]["timestamp"]),
                      "recent_views": views[:RECENT_ACTIVITY],
                      "recent_purchases": buys[:RECENT_ACTIVITY],
-                     "session_events": int(now.get("session_events") or 0) + len(evs)})  # fmt: skip
+                     "session_events": int(now.get("session_events") or 0) + len(evs),
+                     "applied_seq": max(int(e["seq"]) for e in evs)})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+class EventIntake:
+    """Logs posted events and applies them to the online store, exactly once (see above)."""
+
+    def __init__(self, log_: EventLog, online: OnlineStore) -> None:
+        self.log = log_
+        self.online = online
+
+    def record(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Log and apply a batch; return (events acknowledged, of which duplicates).
+
+        An event whose ``event_id`` is in the log already (a retry) is acknowledged and not
+        logged or applied again. Raises :class:`EventsNotApplied` when the events are logged
+        but the online store failed: they are applied by a later turn.
+        """
+        with self.log.turn():
+            fresh, seen = [], set()  # seen: ids earlier in this batch
+            for e in events:
+                if e.event_id is not None:
+                    if e.event_id in self.log.event_ids or e.event_id in seen:
+                        continue
+                    seen.add(e.event_id)
+                fresh.append(e)
+            records = [e.model_dump(mode="json") for e in stamp(fresh)]
+            self._apply(self.log.append(records) if records else [])
+        return len(events), len(events) - len(fresh)
+
+    def replay(self) -> int:
+        """Apply what the log holds past its watermark (at start-up); return the events
+        folded. A failing online store is reported, not raised: the next turn tries again."""
+        with self.log.turn():
+            try:
+                return self._apply([])
+            except EventsNotApplied as exc:
+                log.error("%s", exc)
+                return 0
+
+    def _apply(self, logged: list[dict[str, Any]]) -> int:
+        """Fold into the store the events past the watermark, then ``logged`` (within a turn)."""
+        watermark, last = self.log.applied_through, self.log.last_seq
+        behind = watermark < last - len(logged)  # a failed push or a crash left events out
+        records = list(self.log.records_after(watermark)) if behind else logged
+        if not records:
+            return 0
+        try:
+            current = self.online.activity(sorted({r["user_id"] for r in records}))
+            rows = fold(records, current)
+            if len(rows):
+                self.online.push(rows)
+        except Exception as exc:
+            raise EventsNotApplied(
+                f"events up to #{last} are logged but not yet in the online store "
+                f"({type(exc).__name__}: {exc}); they are applied once it answers again"
+            ) from exc
+        self.log.applied_through = last
+        if behind:
+            log.warning("applied %d logged events past #%d", len(records) - len(logged), watermark)
+        return len(records)

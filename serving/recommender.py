@@ -26,13 +26,13 @@ from models.served_pipeline import ServedPipeline
 from models.sources.two_tower import store_search
 from recsys.core.arrays import top_k, unit_rows
 from recsys.core.catalog import item_payloads
-from recsys.core.feast_store import open_store
-from recsys.core.online_features import OnlineRowReader
+from recsys.core.event_log import EventLog
 from recsys.core.run import Run
 from recsys.core.settings import Settings
 from recsys.core.values import json_value
 from recsys.core.vectorstore import VectorStore, open_vector_store
-from serving.events import Event, EventLog, activity_rows, stamp
+from serving.events import Event, EventIntake
+from serving.online import OnlineStore
 from serving.stages import StageGuard
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ BY_TEXT = "similar description"
 BY_TOWER = "similar style and attributes"
 BY_SESSIONS = "viewed in the same sessions"
 BY_PURCHASES = "bought by the same shoppers"
-ACTIVITY = ("recent_views", "recent_purchases", "session_events")  # user_activity's features
 
 
 @dataclass
@@ -83,18 +82,11 @@ class Recommender:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.feature_store = open_store(settings)
-        # The `user_serving` feature service is the API's contract with the feature repo; its
-        # views are resolved once here and each request reads one row through the online store.
-        self.online_rows = OnlineRowReader(self.feature_store, "user_serving", "user_id")
-        self.online_rows.read("__warmup__")
-        self.event_log = EventLog(settings.home / "events" / "events.jsonl")
-        # one writer per process: the read-fold-push of a user's activity is not atomic in the
-        # online store, and requests share Feast's connection (concurrent pushes lost updates
-        # and failed with "cannot start a transaction within a transaction")
-        self._events_lock = threading.Lock()
-        # event ids already applied (idempotent retries), also across restarts: from the log
-        self._applied_event_ids = self.event_log.event_ids()
+        # the `user_serving` service's views are resolved once; each request reads one row
+        self.online = OnlineStore(settings)
+        log_ = EventLog(settings.home / "events", settings.serve.event_log_max_bytes)
+        self.intake = EventIntake(log_, self.online)
+        self.intake.replay()  # what a crash left logged but not applied
         self.guard = StageGuard({"features": settings.serve.features_timeout_ms,
                                  "search": settings.serve.search_timeout_ms})  # fmt: skip
         self.served = self._load(self._open_vectors())
@@ -199,7 +191,7 @@ class Recommender:
         Items bought since the last batch run (pushed by ``POST /events``) are put in front of
         ``purchased_items``: the already-bought filter and the user tower both see them.
         """
-        values = self.online_rows.read(user_id)
+        values = self.online.read(user_id)
         if all(v is None for k, v in values.items() if k != "user_id"):
             return None
         fresh = [b for b in (values.get("recent_purchases") or []) if b]
@@ -208,39 +200,9 @@ class Recommender:
         return values
 
     def record_events(self, events: list[Event]) -> tuple[int, int]:
-        """Log durably, then push each user's folded activity to the online store, one batch at
-        a time in this process (several API worker processes still race: see #14).
-
-        An event whose ``event_id`` was applied before (a retry) is acknowledged and skipped.
-        Returns (events acknowledged, of which duplicates).
-        """
-        from feast.data_source import PushMode
-
-        with self._events_lock:
-            fresh, ids = [], set()
-            for e in events:
-                if e.event_id is not None:
-                    if e.event_id in self._applied_event_ids or e.event_id in ids:
-                        continue
-                    ids.add(e.event_id)
-                fresh.append(e)
-            if not fresh:
-                return len(events), len(events)
-            fresh = stamp(fresh)
-            users = sorted({e.user_id for e in fresh})
-            self.event_log.append(fresh)
-            # logged is applied, as for a restarted API (it reads the ids back from the log):
-            # a retry after a failed push is not logged twice
-            self._applied_event_ids |= ids
-            rows = self.feature_store.get_online_features(
-                features=[f"user_activity:{c}" for c in ACTIVITY],
-                entity_rows=[{"user_id": u} for u in users],
-            ).to_dict()
-            current = {u: {c: rows[c][i] for c in ACTIVITY} for i, u in enumerate(rows["user_id"])}
-            self.feature_store.push(
-                "user_activity_push", activity_rows(fresh, current), to=PushMode.ONLINE
-            )
-        return len(events), len(events) - len(fresh)
+        """Log, then apply to the online store, exactly once (:class:`EventIntake`); return
+        (events acknowledged, of which retries of a logged ``event_id``)."""
+        return self.intake.record(events)
 
     def known_item(self, item_id: str) -> bool:
         return self.items.index(item_id) > 0
@@ -258,8 +220,10 @@ class Recommender:
         t0 = time.perf_counter()
         try:
             features = self.guard.call("features", self.user_features, user_id)
-        except Exception:
-            log.exception("online features failed for %s: answering without them", user_id)
+        except Exception as exc:  # one line per request: the traceback only at debug level
+            log.warning("online features failed for %s (%s: %s): answering without them",
+                        user_id, type(exc).__name__, exc)  # fmt: skip
+            log.debug("online features failed", exc_info=True)
             return self._run(user_id, None, (), k, filters, timings, fallback=False,
                              degraded=True)  # fmt: skip
         finally:
@@ -382,16 +346,9 @@ class Recommender:
             "model": {"ok": True, "version": self.model_version, "sources": sources},
             "worker_pid": os.getpid(),  # which uvicorn worker answered
         }
-        try:
-            t0 = time.perf_counter()
-            self.user_features("__health__")
-            checks["feature_store"] = {
-                "ok": True,
-                "online_store": self.feature_store.config.online_store.type,
-                "latency_ms": round((time.perf_counter() - t0) * 1e3, 3),
-            }
-        except Exception as exc:  # health must report, never raise
-            checks["feature_store"] = {"ok": False, "error": str(exc)}
+        checks["feature_store"] = self.online.probe()  # a write and a read, as events do
+        if checks["feature_store"]["ok"]:
+            self.intake.replay()  # events a failed push left out go in now, not at the next post
         checks["vector_store"] = self.vectors.health()
         checks["ok"] = all(c.get("ok", False) for c in checks.values() if isinstance(c, dict))
         return checks

@@ -8,10 +8,18 @@ Every test is either ``unit`` (in-process, small data, seconds: ``make test-fast
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECSYS = Path(sys.executable).with_name("recsys")
 
 #: Fixtures that run the whole pipeline or a real Ray job: a test using one is end-to-end.
-E2E_FIXTURES = frozenset({"pipeline_home", "planted", "ray_run"})
+E2E_FIXTURES = frozenset({"pipeline_home", "planted", "ray_run", "live_home"})
 
 # Small but structured: enough purchases for a held-out week, fast enough for CI on 2 cores.
 E2E_SIZE = {"users": 800, "items": 300, "days": 40}
@@ -82,6 +90,78 @@ def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def pipeline_settings(pipeline_home: tuple[Path, str]) -> Settings:
     return Settings(home=pipeline_home[0])
+
+
+def copy_home(home: Path, to: Path) -> Path:
+    """A private copy of a data root (what serving needs), for a test that damages things."""
+    skip = shutil.ignore_patterns("ray_results", "reports", "cache")
+    return Path(shutil.copytree(home, to, ignore=skip))
+
+
+@pytest.fixture
+def live_home(pipeline_home: tuple[Path, str], tmp_path: Path) -> Path:
+    return copy_home(pipeline_home[0], tmp_path / "home")
+
+
+class LiveApi:
+    """``recsys serve`` in a child process on loopback, as a shop would run it."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        self.home, self.env = home, env
+        self.proc: subprocess.Popen | None = None
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180.0) -> LiveApi:
+        self.log = open(self.home / f"serve-{time.time_ns()}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(RECSYS), "serve", "--port", str(self.port)],
+            env=cli_env(self.home, **self.env), cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"recsys serve exited {self.proc.returncode}: {self.logs()}")
+            try:
+                self.request("GET", "/health")
+                return self
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"recsys serve did not answer in {timeout} s: {self.logs()}")
+
+    def logs(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-4000:]
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """(status, parsed JSON body) of one request; HTTP errors are answers, not raised."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, as in a crash or an OOM kill."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
 
 
 # --------------------------------------------------------------------------- tiny tables

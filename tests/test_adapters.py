@@ -139,6 +139,19 @@ def test_generic_parquet_without_items_or_event_column(tmp_path: Path) -> None:
     assert not table_path(out, "users").exists()  # would dangle against the new interactions
 
 
+def test_a_ragged_csv_names_its_first_bad_line(tmp_path: Path) -> None:
+    """Rows with more or fewer fields than the header: once "no column 'user_id'" (the sniffer
+    read the file as one column named after the header line)."""
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp,event_type\nu1,i1,2024-01-01,view\n"
+                      "u2,i2,2024-01-01,view,extra\nu3,i3\n")  # fmt: skip
+    with pytest.raises(DatasetImportError) as err:
+        get_adapter("generic").import_dataset(tmp_path / "raw", interactions=events)
+    message = str(err.value)
+    assert "events.csv: line 3 does not have the header's 4 fields" in message
+    assert "u2,i2,2024-01-01,view,extra" in message and "no column" not in message
+
+
 def test_missing_mapped_column_names_file_and_column(tmp_path: Path) -> None:
     files = write_generic(tmp_path / "src")
     with pytest.raises(DatasetImportError) as err:

@@ -179,7 +179,33 @@ class TableWriter:
             rows = self.con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
         except duckdb.Error as exc:
             raise DatasetImportError(f"{source}: cannot be read: {_first_line(exc)}") from exc
-        return {str(r[0]): str(r[1]) for r in rows}
+        columns = {str(r[0]): str(r[1]) for r in rows}
+        if len(columns) == 1 and source.name.lower().endswith(_CSV_SUFFIXES):
+            self._check_ragged(source, next(iter(columns)))
+        return columns
+
+    def _check_ragged(self, source: Path, header: str) -> None:
+        """A CSV whose rows have different numbers of fields sniffs as one column named after
+        the whole header line (the sniffer falls back to a delimiter that never occurs), and
+        the import then said "no column 'user_id'". Name the first ragged line instead."""
+        delim = next((d for d in (",", ";", "\t", "|") if d in header), None)
+        if delim is None:
+            return
+        with duckdb.connect() as con:
+            con.execute(
+                f"SELECT count(*) FROM read_csv({sql_str(source)}, header=true, "
+                f"delim={sql_str(delim)}, store_rejects=true)"
+            ).fetchall()  # the rejects are stored once the query is finished
+            bad = con.execute(
+                "SELECT line, error_message, csv_line FROM reject_errors ORDER BY line LIMIT 1"
+            ).fetchone()
+        if bad is not None:
+            line, message, text = bad
+            raise DatasetImportError(
+                f"{source}: line {line} does not have the header's {header.count(delim) + 1} "
+                f"fields ({message}): {str(text)[:200]!r}. Fix that row, or quote fields that "
+                f"contain {delim!r}"
+            )
 
     def scalar(self, sql: str) -> Any:
         row = self.con.execute(sql).fetchone()

@@ -30,8 +30,15 @@ def ensure_ray(settings: Settings) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return
-    # A private single-node runtime: no dashboard, nothing listening beyond this machine, so
-    # Ray's token authentication (on by default in 2.60) only adds a warning here.
+    # A private single-node runtime: no dashboard, and every port bound to loopback. On Linux
+    # Ray binds all interfaces unless told it is not a cluster (this variable; passing the
+    # node address 127.0.0.1 is not enough: Ray swaps it for the machine's address). Nothing
+    # then listens beyond this machine, so Ray's token authentication (on by default in 2.60)
+    # only adds a warning; joining a cluster above keeps it, since those ports are reachable.
+    if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") == "0":
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read when ray was imported: maybe before
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     num_cpus = settings.ray.num_cpus or os.cpu_count() or 1
     settings.ray.temp_dir.mkdir(parents=True, exist_ok=True)

@@ -264,6 +264,24 @@ class RaySettings(BaseModel):
     )
 
 
+class ApiKey(BaseModel):
+    """One client's key, as the API stores it: never the key itself.
+
+    ``recsys api-key NAME`` makes a key and prints this entry. Keys are 256-bit random tokens,
+    so a plain SHA-256 is enough to keep a leaked settings file from giving the key away (a slow
+    password hash guards guessable secrets, which these are not).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key.")
+    scopes: frozenset[Literal["read", "write", "admin"]] = Field(
+        default=frozenset({"read", "write"}),
+        description="read: recommendation routes (when keys are required for reads); write: "
+        "POST /events; admin: /metrics.",
+    )
+
+
 class ServeSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -284,6 +302,41 @@ class ServeSettings(BaseModel):
         default=50.0,
         description="Budget of the vector search (<= 0: none); past it the other "
         "candidate sources answer, degraded.",
+    )
+    api_keys: dict[str, ApiKey] = Field(
+        default_factory=dict,
+        description="Client name -> hashed key (`recsys api-key NAME` prints an entry). With "
+        "none, every route is open: `recsys serve` then refuses a non-loopback host.",
+    )
+    require_key_for_reads: bool = Field(
+        default=False, description="Also ask a key with the read scope on recommendation routes."
+    )
+    allow_open_writes: bool = Field(
+        default=False,
+        description="Serve on a non-loopback host without API keys (anyone reaching the port "
+        "may post events): for a private network that is guarded otherwise.",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Larger request bodies are refused (413)."
+    )
+    write_rate_per_s: float = Field(
+        default=50.0,
+        ge=0,
+        description="Write requests (event batches) per second per client (key, else address); "
+        "bursts of twice that; 0: unlimited. Per worker process.",
+    )
+    read_rate_per_s: float = Field(
+        default=0.0, ge=0, description="The same for read requests; 0 (default): unlimited."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (e.g. https://shop.example); "
+        "none by default.",
+    )
+    event_log_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=4096,
+        description="events.jsonl is rotated (renamed with its first write time) past this size.",
     )
 
 
