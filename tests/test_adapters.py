@@ -139,6 +139,20 @@ def test_generic_parquet_without_items_or_event_column(tmp_path: Path) -> None:
     assert not table_path(out, "users").exists()  # would dangle against the new interactions
 
 
+def test_one_source_column_can_fill_two_canonical_ones(tmp_path: Path) -> None:
+    """A click log whose session id is the visitor id: once a DuckDB binder error ("Duplicate
+    named argument")."""
+    events = tmp_path / "clicks.csv"
+    events.write_text("visitor,sku,ts,action\nv1,i1,2024-01-01T00:00:00Z,view\n"
+                      "v1,i2,2024-01-01T00:01:00Z,view\n")  # fmt: skip
+    get_adapter("generic").import_dataset(
+        tmp_path / "raw", interactions=events,
+        map="user_id=visitor,session_id=visitor,item_id=sku,timestamp=ts,event_type=action",
+    )  # fmt: skip
+    inter = read(tmp_path / "raw", "interactions")
+    assert inter["user_id"].tolist() == inter["session_id"].tolist() == ["v1", "v1"]
+
+
 def test_a_ragged_csv_names_its_first_bad_line(tmp_path: Path) -> None:
     """Rows with more or fewer fields than the header: once "no column 'user_id'" (the sniffer
     read the file as one column named after the header line)."""

@@ -123,7 +123,7 @@ def source_relation(path: Path, varchar: Sequence[str] = (), **csv_options: str)
     if name.endswith(_CSV_SUFFIXES):
         options = {"header": "true", **csv_options}
         if varchar:
-            types = ", ".join(f"{sql_str(c)}: 'VARCHAR'" for c in varchar)
+            types = ", ".join(f"{sql_str(c)}: 'VARCHAR'" for c in dict.fromkeys(varchar))
             options["types"] = "{" + types + "}"
         args = "".join(f", {k}={v}" for k, v in options.items())
         return f"read_csv({sql_str(path)}{args})"
