@@ -581,12 +581,12 @@ def api_key(
     from recsys.core.settings import ApiKey
     from serving.security import new_key
 
-    try:
-        entry = ApiKey(sha256="0" * 64, scopes=frozenset(s.strip() for s in scopes.split(",")))
-    except ValueError as exc:
-        raise _fail(exc) from exc
     key, digest = new_key()
-    entry = {name: {"sha256": digest, "scopes": sorted(entry.scopes)}}
+    try:
+        stored = ApiKey(sha256=digest, scopes=frozenset(s.strip() for s in scopes.split(",")))
+    except ValueError as exc:  # an unknown scope: the key is never shown
+        raise _fail(exc) from exc
+    entry = {name: {"sha256": stored.sha256, "scopes": sorted(stored.scopes)}}
     console.print(f"key for {name!r} (shown once; give it to the client):\n{key}")
     console.print("add to RECSYS_SERVE__API_KEYS (a JSON object of every client's entry):")
     print(json.dumps(entry))

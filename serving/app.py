@@ -163,11 +163,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
     access = AccessControl(settings.serve)
-    read = {"dependencies": [Depends(access("read"))], "responses": AUTH_ERRORS}
+    reads = [Depends(access("read"))]
+
+    def answer(rec: Any) -> Response:
+        """A recommendation answer, counted in the metrics."""
+        metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
+        return _json(RecommendationResponse.model_validate(rec, from_attributes=True))
 
     max_k = settings.serve.max_k
 
-    @app.get("/users/{user_id}/recommendations", response_model=RecommendationResponse, **read)
+    @app.get(
+        "/users/{user_id}/recommendations",
+        response_model=RecommendationResponse,
+        dependencies=reads,
+        responses=AUTH_ERRORS,
+    )
     async def recommendations(
         request: Request,
         user_id: str = Path(..., min_length=1, max_length=256),
@@ -186,13 +196,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """
         filters = ItemFilters(category, department, max_price, in_stock)
         rec = request.app.state.recommender.recommend(user_id, k, filters)
-        metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
-        return _json(RecommendationResponse.model_validate(rec, from_attributes=True))
+        return answer(rec)
 
     @app.post(
         "/recommendations",
         response_model=RecommendationResponse,
-        dependencies=read["dependencies"],
+        dependencies=reads,
         responses={**AUTH_ERRORS, **BAD_BODY},
     )
     async def session_recommendations(body: SessionRequest, request: Request) -> Response:
@@ -203,13 +212,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rec = request.app.state.recommender.recommend_session(
             body.session_items, body.k, filters, body.age_bucket
         )
-        metrics.observe_recommendation(rec.timings_ms, rec.fallback, rec.degraded)
-        return _json(RecommendationResponse.model_validate(rec, from_attributes=True))
+        return answer(rec)
 
     @app.get(
         "/items/{item_id}/similar",
         response_model=ItemListResponse,
-        dependencies=read["dependencies"],
+        dependencies=reads,
         responses={**UNKNOWN_ITEM, **AUTH_ERRORS},
     )
     async def similar(
@@ -233,7 +241,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/items/{item_id}/bought-together",
         response_model=BoughtTogetherResponse,
-        dependencies=read["dependencies"],
+        dependencies=reads,
         responses={**UNKNOWN_ITEM, **AUTH_ERRORS},
     )
     async def bought_together(
@@ -248,7 +256,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version = recommender.model_version
         return _json(BoughtTogetherResponse(item_id=item_id, items=items, model_version=version))
 
-    @app.get("/popular", response_model=ItemListResponse, **read)
+    @app.get("/popular", response_model=ItemListResponse, dependencies=reads, responses=AUTH_ERRORS)
     async def popular(
         request: Request,
         window: Literal["7d", "30d", "all"] = Query("7d"),
