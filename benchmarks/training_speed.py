@@ -1,7 +1,7 @@
 """Training-speed benchmark: two-tower and item2vec through Ray Train against plain PyTorch.
 
 Both sides run the same per-worker fit (``pipelines.two_tower_fit.fit_two_tower``,
-``pipelines.item2vec.fit_shard``) on the same arrays, built from a data root where `recsys
+``models.item2vec.fit_shard``) on the same arrays, built from a data root where `recsys
 validate`, `features` and `materialize` have run, for the configured (full-run) number of
 epochs. In one process and one Ray instance, ``--repeats`` rounds of: the plain loop,
 ``TorchTrainer`` with one worker using all cores (what `recsys train` does) and, with
@@ -36,8 +36,9 @@ from typing import Any
 
 import torch
 
-from models.item2vec import WEIGHTS as I2V_WEIGHTS
-from models.item2vec import Item2VecConfig, build_sessions
+from models import item2vec as i2v_fit
+from models.item2vec import Item2VecConfig
+from models.session.data import build_sessions
 from models.two_tower import WEIGHTS, TwoTower
 from pipelines import item2vec as i2v
 from pipelines import train as tt
@@ -86,7 +87,8 @@ def item2vec_data(settings: Settings, work: Path, cfg: Item2VecConfig) -> dict[s
     holdout = table_path(settings.validated_dir, "holdout").exists()
     cutoff = i2v.default_cutoff(events, 0 if holdout else settings.train.test_days)
     sessions, vocab = build_sessions(i2v.split_sessions(events, cutoff)[0], min_count=cfg.min_count)
-    n, config = i2v.write_pairs(sessions, vocab, cfg, work / i2v.PAIRS, worker_threads(settings))
+    arrays, threads = work / i2v.PAIRS, worker_threads(settings)
+    n, config = i2v_fit.write_pairs(sessions, vocab.counts, cfg, arrays, threads)
     return {"examples": n, "items": vocab.size - 1, "config": config}
 
 
@@ -169,7 +171,7 @@ def _rounds(
     """``args.repeats`` rounds of: plain, Ray 1 x all cores (and 2 x 1), then the ``extra`` plain
     fits (kind: config changes), in that order, so that a burst of other work on the machine
     hits every kind. Returns the fastest run of each kind and the weights of its last fit."""
-    module, weights = (fit, WEIGHTS) if name == "two_tower" else (i2v, I2V_WEIGHTS)
+    module, weights = (fit, WEIGHTS) if name == "two_tower" else (i2v_fit, i2v_fit.WEIGHTS)
     config, n = data["config"], data["examples"]
     threads = config["threads"]
     shapes = [(1, threads)] + ([(2, 1)] if args.two_workers else [])

@@ -27,7 +27,15 @@ import pandas as pd
 
 from models.context import NO_FILTERS, ItemCatalog, ItemFilters, UserContext, VectorSearch
 from models.popularity import top_items
-from models.sources import MISSING_RANK, CandidateSource, Request, SourceData, enabled_sources
+from models.session.data import Sessions
+from models.sources import (
+    MISSING_RANK,
+    CandidateSource,
+    Request,
+    SourceData,
+    Task,
+    enabled_sources,
+)
 from recsys.core.run import Run
 from recsys.core.settings import Settings
 from recsys.core.values import finite_float
@@ -35,9 +43,11 @@ from recsys.core.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
-#: Ranker columns after the sources' own: the item's demand and price, the visitor's history.
+#: Ranker columns after the sources' own: the item's demand and price, the visitor's history,
+#: and ``seen_recency``: 1 / steps back for an item already viewed in this visit (0: not seen),
+#: since going back to an item is a common next click when the visit's items may come back.
 CONTEXT_FEATURES: tuple[str, ...] = (
-    "n_sources",
+    "n_sources", "seen_recency",
     "item_log_count", "item_log_recent", "item_recent_share", "item_log_price",
     "user_log_history", "user_age", "user_days_since_purchase", "user_log_purchases_30d",
     "aff_category", "aff_colour", "aff_department", "price_ratio",
@@ -74,12 +84,15 @@ class CandidateGenerator:
         sources: list[CandidateSource],
         history_seeds: int = 50,
         catalog_rows: pd.DataFrame | None = None,
+        max_prefix: int = 20,
     ) -> None:
-        """``catalog_rows``: the frame ``catalog`` was built from (what :meth:`save` writes)."""
+        """``catalog_rows``: the frame ``catalog`` was built from (what :meth:`save` writes).
+        ``max_prefix``: the newest items of a visit the session models read."""
         self.catalog = catalog
         self.catalog_rows = catalog_rows
         self.sources = sources
         self.history_seeds = history_seeds
+        self.max_prefix = max_prefix
         self.features: tuple[str, ...] = (
             *(name for source in sources for name in source.features),
             *CONTEXT_FEATURES,
@@ -103,18 +116,23 @@ class CandidateGenerator:
         user_segments: pd.DataFrame | None,
         end: pd.Timestamp,
         item_vectors: np.ndarray | None,
+        task: Task = "user",
+        sessions: Sessions | None = None,
     ) -> CandidateGenerator:
-        """Fit every enabled source on ``purchases`` (user_id, item_id, timestamp).
+        """Fit every enabled source of ``task`` on ``purchases`` (user_id, item_id, timestamp:
+        the signal events) and ``sessions`` (coded in ``vocab``).
 
         ``items``: catalogue rows (:data:`CATALOG_COLUMNS`, any order); ``end``: where the
         recency windows end; ``item_vectors``: the run's two-tower item vectors.
         """
-        enabled = enabled_sources(settings)
+        enabled = enabled_sources(settings, task)
         frame = catalog_frame(items, purchases, end, settings.ranking.recent_days)
         catalog = ItemCatalog.from_frame(vocab, frame)
-        data = SourceData(settings, catalog, purchases, items, user_segments, end, item_vectors)
+        data = SourceData(settings, catalog, purchases, items, user_segments, end, item_vectors,
+                          sessions=sessions)  # fmt: skip
         sources = [cls_.fit(data, cfg) for cls_, cfg in enabled]
-        return cls(catalog, sources, settings.ranking.history_seeds, frame)
+        return cls(catalog, sources, settings.ranking.history_seeds, frame,
+                   settings.sessions.max_prefix)  # fmt: skip
 
     def save(self, run: Run) -> None:
         if self.catalog_rows is None:
@@ -131,15 +149,18 @@ class CandidateGenerator:
         vocab: Vocabulary,
         vector_search: VectorSearch | None,
         item_vectors: np.ndarray | None = None,
+        task: Task = "user",
     ) -> CandidateGenerator:
-        """The generator ``recsys train`` saved in ``run``, its two-tower source asking
-        ``vector_search``; ``item_vectors``: the run's, when the caller has read them."""
+        """The generator of ``task`` that ``recsys train`` saved in ``run``, its two-tower
+        source asking ``vector_search``; ``item_vectors``: the run's, when the caller has read
+        them."""
         frame = run.read_table(CATALOG)
         catalog = ItemCatalog.from_frame(vocab, frame)
         data = SourceData(settings, catalog, item_vectors=item_vectors,
                           vector_search=vector_search)  # fmt: skip
-        sources = [cls_.load(run, cfg, data) for cls_, cfg in enabled_sources(settings)]
-        return cls(catalog, sources, settings.ranking.history_seeds, frame)
+        sources = [cls_.load(run, cfg, data) for cls_, cfg in enabled_sources(settings, task)]
+        return cls(catalog, sources, settings.ranking.history_seeds, frame,
+                   settings.sessions.max_prefix)  # fmt: skip
 
     def describe(self) -> str:
         return ", ".join(f"{s.name} ({s.describe()})" if s.describe() else s.name
@@ -149,15 +170,18 @@ class CandidateGenerator:
     def generate(self, ctx: UserContext, filters: ItemFilters = NO_FILTERS) -> CandidateSet:
         cat = self.catalog
         allowed = cat.allowed(filters)
-        excluded = cat.indices([*ctx.history, *ctx.session])
+        hidden = [*ctx.history, *ctx.session] if filters.hide_seen else ctx.history
+        excluded = cat.indices(hidden)
         seeds = cat.indices(ctx.seeds(self.history_seeds))
         seeds = seeds[seeds > 0]
+        session = cat.indices(ctx.session[: self.max_prefix])[::-1]
+        session = session[session > 0]
         blocked = np.zeros(cat.n_items, dtype=bool)
         blocked[0] = True
         blocked[excluded] = True
         if allowed is not None:
             blocked |= ~allowed
-        req = Request(ctx, filters, cat, seeds, excluded, blocked)
+        req = Request(ctx, filters, cat, seeds, excluded, blocked, session)
 
         ms: dict[str, float] = {}
         failed: list[str] = []
@@ -198,6 +222,11 @@ class CandidateGenerator:
             masks[source.name] = mask
             seeds_of[source.name] = seed
         features[:, col["n_sources"]] = np.sum(list(masks.values()), axis=0)
+        recency = np.zeros(len(items), dtype=np.float32)
+        for back, index in enumerate(req.session[::-1].tolist(), start=1):
+            hit = items == index
+            recency[hit & (recency == 0)] = 1.0 / back
+        features[:, col["seen_recency"]] = recency
         self._item_and_user_features(features, col, items, seeds, ctx)
         _lap(ms, "candidate_features", clock)
         return CandidateSet(items, features, self.features, masks, seeds_of, failed, ms)

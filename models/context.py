@@ -21,12 +21,17 @@ UNKNOWN = "unknown"
 
 @dataclass(frozen=True)
 class ItemFilters:
-    """Business filters of a request; pushed into the vector search and applied to the rest."""
+    """Business filters of a request; pushed into the vector search and applied to the rest.
+
+    ``hide_seen``: items of this visit are not proposed again (a shop page); off, they may come
+    back (next-click prediction, where returning to an item is a common next step).
+    """
 
     category: str | None = None
     department: str | None = None
     max_price: float | None = None
     in_stock: bool | None = None
+    hide_seen: bool = True
 
     def is_empty(self) -> bool:
         return (self.category, self.department, self.max_price, self.in_stock) == (None,) * 4

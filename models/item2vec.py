@@ -3,31 +3,34 @@
 Items viewed, carted or bought close together in one session are substitutes or outfit
 companions; skip-gram turns that co-occurrence into item vectors whose cosine neighbours serve
 "similar items" and next-item suggestions, and which also exist for items no user tower has a
-feature row for yet. The pieces here are pure (no Ray, no DuckDB) so that the training pipeline,
-the tests and the serving process share one definition; a saved run is safetensors, Parquet and
-JSON, nothing pickled, so that a serving process can trust what it loads.
+feature row for yet. The pieces here (pairs, the network, the per-worker fit on the project's
+epoch loop, the saved run) take no data store and import no Ray at module level, so that the
+``recsys item2vec`` pipeline, the session model (:mod:`models.session.item2vec`), the benchmarks,
+the tests, the serving process and each Ray Train worker (which imports this module to run
+:func:`train_func`) share one definition; a saved run is safetensors, Parquet and JSON, nothing
+pickled, so that a serving process can trust what it loads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
+from models.session.data import PAD, Sessions, SessionVocabulary
 from recsys.core.arrays import top_k
+from recsys.core.epoch_loop import final_metrics, ray_worker, run_plain, train_epochs
 from recsys.core.run import Run
-from recsys.core.schema import EVENT_TYPES, REQUIRED_COLUMNS
-from recsys.core.vocab import Vocabulary
 
 WEIGHTS, VOCAB, MANIFEST = "item2vec", "item2vec_vocab", "item2vec_manifest"  # run parts
-PAD = 0  # index 0 of every table: padding, and where unknown items map
 
 
 class Item2VecConfig(BaseModel):
@@ -49,143 +52,6 @@ class Item2VecConfig(BaseModel):
         default=1, ge=1, description="Items seen fewer times in training sessions are dropped."
     )
     seed: int = 0
-
-
-# --------------------------------------------------------------------------- vocabulary
-class SessionVocabulary(Vocabulary):
-    """The items of the training sessions, most frequent first (ties by id), so that the
-    order is deterministic and a truncated table keeps the items that matter; ``counts[i]``
-    is how often index ``i`` occurred (``counts[0]``, the padding, is 0)."""
-
-    def __init__(self, item_ids: np.ndarray | list[str], counts: np.ndarray) -> None:
-        super().__init__(str(i) for i in item_ids)
-        if len(counts) != len(self.ids) + 1:
-            raise ValueError(
-                f"vocabulary has {len(self.ids)} ids but {len(counts)} counts; "
-                "counts must have one more entry (index 0 = padding)."
-            )
-        self.counts = np.asarray(counts, dtype=np.int64)
-
-    @classmethod
-    def fit(cls, tokens: np.ndarray, min_count: int = 1) -> SessionVocabulary:
-        """Vocabulary of the item ids in ``tokens`` seen at least ``min_count`` times."""
-        ids, counts = np.unique(np.asarray(tokens, dtype=object), return_counts=True)
-        keep = counts >= min_count
-        ids, counts = ids[keep], counts[keep]
-        order = np.lexsort((ids, -counts))
-        return cls(ids[order], np.concatenate([[0], counts[order]]).astype(np.int64))
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"index": np.arange(1, self.size, dtype=np.int64),
-                             "item_id": self.ids, "count": self.counts[1:]})  # fmt: skip
-
-    @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> SessionVocabulary:
-        frame = frame.sort_values("index")
-        if not np.array_equal(frame["index"].to_numpy(), np.arange(1, len(frame) + 1)):
-            raise ValueError("vocabulary file is corrupt: indices must be 1..V without gaps")
-        counts = np.concatenate([[0], frame["count"].to_numpy(np.int64)])
-        return cls(frame["item_id"].to_numpy(object), counts)
-
-
-# --------------------------------------------------------------------------- sessions
-@dataclass(frozen=True)
-class Sessions:
-    """Sessions in CSR form, session s = ``items[offsets[s]:offsets[s + 1]]``: a million
-    sessions in two arrays, and every step downstream (pairs, transitions) is a vectorised
-    comparison of neighbouring positions."""
-
-    items: np.ndarray  # int64 vocabulary indices (0 = unknown where kept)
-    offsets: np.ndarray  # int64, length n_sessions + 1
-    start: np.ndarray  # datetime64[ns] (UTC) of each session's first event
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def session_index(self) -> np.ndarray:
-        """Session number of every position in ``items``."""
-        return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.offsets))
-
-
-def session_keys(interactions: pd.DataFrame) -> np.ndarray:
-    """An integer session key per row: ``session_id``, or user + UTC calendar day without one
-    (null or empty: adapters for logs without sessions leave it so; a shopper's day is the usual
-    stand-in)."""
-    ts = _utc_ns(interactions["timestamp"])
-    sid = interactions.get("session_id", pd.Series(None, interactions.index, dtype=object))
-    has = (sid.notna() & (sid.astype(object) != "")).to_numpy()
-    key = np.empty(len(interactions), dtype=np.int64)
-    codes, uniques = pd.factorize(sid[has])
-    key[has] = codes
-    day = ts[~has].astype("datetime64[D]")
-    fallback = pd.DataFrame({"u": interactions["user_id"].to_numpy()[~has], "d": day})
-    key[~has] = len(uniques) + fallback.groupby(["u", "d"], sort=False).ngroup().to_numpy()
-    return key
-
-
-def _utc_ns(timestamps: pd.Series) -> np.ndarray:
-    ts = pd.to_datetime(timestamps, utc=True)
-    if ts.isna().any():
-        raise ValueError(
-            f"interactions have {int(ts.isna().sum())} null timestamps: sessions cannot be "
-            "ordered; validate the data first (`recsys validate`)."
-        )
-    return ts.dt.tz_convert(None).to_numpy().astype("datetime64[ns]")
-
-
-def _run_starts(*columns: np.ndarray) -> np.ndarray:
-    """Mask of the positions where any of ``columns`` differs from the position before (and of
-    the first): the first of each run of one item within one session, or of each session."""
-    starts = np.ones(len(columns[0]), dtype=bool)
-    starts[1:] = np.logical_or.reduce([col[1:] != col[:-1] for col in columns])
-    return starts
-
-
-def build_sessions(
-    interactions: pd.DataFrame,
-    vocab: SessionVocabulary | None = None,
-    *,
-    min_count: int = 1,
-    drop_unknown: bool = True,
-) -> tuple[Sessions, SessionVocabulary]:
-    """Ordered sessions of views, carts and purchases, and the vocabulary they are coded in:
-    events grouped by session (see :func:`session_keys`), sessions ordered by their first event
-    and events by timestamp (ties keep input order), a run of one item collapsed to one step
-    (view -> cart -> purchase of an item is one step of the journey, not three).
-
-    Without ``vocab`` one is fitted on these sessions (``min_count``). Items outside the
-    vocabulary become 0; ``drop_unknown`` removes them (training: they carry no signal, and the
-    neighbours on either side become adjacent), otherwise they stay in place (evaluation: a
-    step to an unseen item is a step no model could predict, and must count as a miss).
-    """
-    missing = set(REQUIRED_COLUMNS["interactions"]) - set(interactions.columns)
-    if missing:
-        raise ValueError(
-            f"interactions lack column(s) {sorted(missing)}: sessions need user_id, item_id, "
-            "timestamp and event_type (see recsys/core/schema.py)."
-        )
-    events = interactions[interactions["event_type"].isin(EVENT_TYPES)]
-    key = session_keys(events)
-    ts = _utc_ns(events["timestamp"]).astype(np.int64)
-    item_codes, item_uniques = pd.factorize(events["item_id"])
-    start_of_key = pd.Series(ts).groupby(key).transform("min").to_numpy()
-    order = np.lexsort((np.arange(len(events)), ts, key, start_of_key))
-    key, item_codes, start_of_key = key[order], item_codes[order], start_of_key[order]
-    keep = _run_starts(item_codes, key)
-    key, start_of_key = key[keep], start_of_key[keep]
-    tokens = np.asarray(item_uniques, dtype=object)[item_codes[keep]]
-    if vocab is None:
-        vocab = SessionVocabulary.fit(tokens, min_count)
-    codes = vocab.encode(tokens)
-    if drop_unknown:
-        known = codes != PAD
-        codes, key, start_of_key = codes[known], key[known], start_of_key[known]
-        keep = _run_starts(codes, key)
-        codes, key, start_of_key = codes[keep], key[keep], start_of_key[keep]
-    bounds = np.flatnonzero(_run_starts(key))
-    offsets = np.append(bounds, len(key)).astype(np.int64)
-    sessions = Sessions(codes, offsets, start_of_key[bounds].astype("datetime64[ns]"))
-    return sessions, vocab
 
 
 # --------------------------------------------------------------------------- pairs
@@ -302,6 +168,73 @@ def cosine_topk(
         out_idx[lo : lo + len(q)] = top
         out_score[lo : lo + len(q)] = np.take_along_axis(scores, top, axis=1)
     return out_idx, out_score
+
+
+# --------------------------------------------------------------------------- training
+def write_pairs(
+    sessions: Sessions, counts: np.ndarray, cfg: Item2VecConfig, arrays: Path, threads: int
+) -> tuple[int, dict[str, Any]]:
+    """Write the sub-sampled skip-gram pairs of the training ``sessions``, shuffled (iid shards
+    for ``rank::world`` slicing), and ``counts`` (occurrences per index, ``counts[0]`` = 0; one
+    entry per row of the model) to ``arrays``; return their number and the workers' config."""
+    rng = np.random.default_rng(cfg.seed)
+    keep = subsample_keep_prob(counts, cfg.subsample)
+    center, context = skipgram_pairs(sessions, cfg.window, rng, keep)
+    shuffle = rng.permutation(len(center))
+    center, context = center[shuffle].astype(np.int32), context[shuffle].astype(np.int32)
+    np.savez(arrays, center=center, context=context, counts=counts)
+    config = {"arrays": str(arrays), "n_items": len(counts), "threads": threads}
+    return len(center), config | {"model": cfg.model_dump()}
+
+
+def fit_shard(
+    config: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+    report: Callable[[dict[str, Any]], None] | None = None,
+    prepare: Callable[[nn.Module], nn.Module] | None = None,
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """Fit item2vec on this rank's shard (``rank::world``) of the pairs of ``config["arrays"]``
+    (:func:`write_pairs`), shuffling and drawing negatives each epoch: a fit as
+    :mod:`recsys.core.epoch_loop` runs them, under Ray Train or in plain PyTorch."""
+    cfg = Item2VecConfig(**config["model"])
+    torch.set_num_threads(max(1, int(config["threads"])))
+    torch.manual_seed(cfg.seed)
+    with np.load(config["arrays"], allow_pickle=False) as data:
+        center = torch.as_tensor(data["center"][rank::world].astype(np.int64))
+        context = torch.as_tensor(data["context"][rank::world].astype(np.int64))
+        cdf = negative_cdf(data["counts"])
+    n = len(center)
+    if n == 0:
+        raise ValueError("no skip-gram pairs to train on: sessions need at least two items.")
+    base = Item2Vec(int(config["n_items"]), cfg.dim)
+    model = prepare(base) if prepare is not None else base
+    optimizer = torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed + rank)
+    model.train()
+
+    def losses() -> Iterator[torch.Tensor]:
+        order = torch.randperm(n, generator=gen)
+        for lo in range(0, n, cfg.batch_size):
+            idx = order[lo : lo + cfg.batch_size]
+            negatives = draw_negatives(cdf, (len(idx), cfg.negatives), gen)
+            yield model(center[idx], context[idx], negatives)
+
+    history = train_epochs(cfg.epochs, losses, [optimizer], ("pairs", n), report, "item2vec")
+    state = {k: v.detach().clone() for k, v in base.state_dict().items()} if rank == 0 else None
+    return state, final_metrics(history)
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """One Ray Train worker: :func:`fit_shard` under 1 or N workers (DDP, which all-reduces the
+    sparse embedding gradients); rank 0 reports the weights with the last epoch."""
+    ray_worker(fit_shard, config, WEIGHTS)
+
+
+def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The same fit as :func:`train_func` without Ray: the baseline against which Ray Train's
+    overhead is measured. Also the sane choice for a small catalogue on one machine."""
+    return run_plain(fit_shard, config)
 
 
 # --------------------------------------------------------------------------- artifacts

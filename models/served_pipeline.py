@@ -31,6 +31,10 @@ from models.ranker import RANKER, Ranker
 from models.two_tower import NumpyUserTower, TwoTower, load_two_tower
 from recsys.core.run import Run
 from recsys.core.settings import Settings
+from recsys.core.vocab import Vocabulary
+
+#: The folder of a run that holds the session pipeline (its sources and ranker).
+SESSION_PIPELINE = "session"
 
 
 @dataclass
@@ -66,6 +70,7 @@ class ServedPipeline:
         users: UserEncoder | None = None,
         items: ItemEncoder | None = None,
         max_category_share: float = 0.5,
+        dedupe_titles: bool = True,
     ) -> None:
         if ranker.feature_names != list(generator.features):
             raise ValueError(
@@ -82,6 +87,7 @@ class ServedPipeline:
         self.users = users
         self.items = items
         self.max_category_share = max_category_share
+        self.dedupe_titles = dedupe_titles
 
     @classmethod
     def load(
@@ -106,6 +112,21 @@ class ServedPipeline:
             return cls(generator, ranker, model, users, items, settings.ranking.max_category_share)
         except ValueError as exc:
             raise ValueError(f"{run.part(RANKER, 'text')}: {exc}") from exc
+
+    @classmethod
+    def load_session(cls, run: Run, settings: Settings, vocab: Vocabulary) -> ServedPipeline | None:
+        """The session pipeline ``recsys train`` saved in ``run`` (sources and ranker over the
+        items of a visit), None when it has none (e.g. data without sessions)."""
+        sub = run.sub(SESSION_PIPELINE)
+        if not sub.has(RANKER, "text"):
+            return None
+        generator = CandidateGenerator.load(sub, settings, vocab, None, task="session")
+        try:
+            # a visit's next click is often the same kind of item, or the same one in another
+            # colour: the session answer is the ranker's order, without diversity rules
+            return cls(generator, Ranker.load(sub), max_category_share=1.0, dedupe_titles=False)
+        except ValueError as exc:
+            raise ValueError(f"{sub.part(RANKER, 'text')}: {exc}") from exc
 
     # ------------------------------------------------------------------ context
     def user_vector(self, features: Mapping[str, Sequence[Any]]) -> np.ndarray | None:
@@ -171,7 +192,7 @@ class ServedPipeline:
                 break
             item = int(cand.items[pos])
             category = int(self.catalog.category[item])
-            title = self.catalog.titles[item].strip().lower()
+            title = self.catalog.titles[item].strip().lower() if self.dedupe_titles else ""
             if title and title in titles:
                 skipped.append(pos)
                 continue

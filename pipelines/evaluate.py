@@ -346,9 +346,8 @@ def _split(
     events = _load(path)
     if events.empty:
         raise ValueError(f"{path} has no rows")
-    use = ["purchase"] if (events["event_type"] == "purchase").any() else None
-    if use:
-        events = events[events["event_type"].isin(use)]
+    signal = settings.events.signal(events["event_type"].unique(), where=str(path))
+    events = events[events["event_type"] == signal]
     default_holdout = table_path(settings.validated_dir, "holdout")
     if split == "holdout" or (split is None and (holdout is not None or default_holdout.exists())):
         hpath = holdout or default_holdout
@@ -357,8 +356,8 @@ def _split(
                 f"holdout {hpath} is missing: pass --holdout FILE, or --split temporal"
             )
         test = _load(hpath)
-        if use and (test["event_type"] == "purchase").any():
-            test = test[test["event_type"].isin(use)]
+        if (test["event_type"] == signal).any():
+            test = test[test["event_type"] == signal]
         protocol = {"split": "holdout", "holdout": str(hpath), "cutoff": None,
                     "test_fraction": None}  # fmt: skip
         train = events
@@ -378,7 +377,7 @@ def _split(
             )
         protocol = {"split": "temporal", "holdout": None, "cutoff": str(cutoff),
                     "test_fraction": test_fraction}  # fmt: skip
-    protocol["events"] = use or "all"
+    protocol["events"] = signal
     return train.reset_index(drop=True), test.reset_index(drop=True), protocol
 
 

@@ -74,9 +74,13 @@ def _latest(source: str, key: str) -> str:
 
 
 def _user_sql(
-    inter: Path, attributes: Path, users: Path | None, cap: int, since: date, base: str
-) -> str:
+    inter: Path, attributes: Path, users: Path | None, cap: int, since: date, base: str,
+    signal: str,
+) -> str:  # fmt: skip
     """User snapshots for the days after ``since``, continuing from ``base`` (SQL relation).
+
+    The history (``purchased_items``, newest first) holds the items of the ``signal`` event
+    type: purchases in a shop with orders, views in a click-only one (``EventSettings``).
 
     A full run is the same query with ``since`` = :data:`FULL_RUN` and an empty base, so the
     incremental path is the only path. Only events of the last 90 days before ``since`` are
@@ -181,7 +185,7 @@ def _user_sql(
         SELECT b.user_id, b.day, list(b.item_id ORDER BY b.ts DESC) AS history,
                {attr_lists.format(order="b.ts DESC")}
         FROM ev b LEFT JOIN {parquet(attributes)} a USING (item_id)
-        WHERE b.event_type = 'purchase' AND b.day > {since_sql}
+        WHERE b.event_type = {sql_str(signal)} AND b.day > {since_sql}
         GROUP BY b.user_id, b.day
     ),
     hist_new AS (  -- everything bought since ``since`` up to each purchase day, newest first
@@ -316,8 +320,9 @@ def _item_sql(inter: Path, since: date, base: str) -> str:
     """
 
 
-def _activity_sql(inter: Path) -> str:
-    """Each user's latest activity: the batch side of the ``user_activity`` push source.
+def _activity_sql(inter: Path, signal: str) -> str:
+    """Each user's latest activity: the batch side of the ``user_activity`` push source
+    (``recent_purchases``: the newest items of the ``signal`` event type).
 
     The API pushes the same columns on every event, so that the recommendation that follows
     already knows what was just viewed or bought; this table seeds it from the logs.
@@ -334,7 +339,7 @@ def _activity_sql(inter: Path) -> str:
            max(e.ts) AS event_timestamp,
            list(e.item_id ORDER BY e.ts DESC) FILTER (WHERE e.event_type = 'view')
                [1:{RECENT_ACTIVITY}] AS recent_views,
-           list(e.item_id ORDER BY e.ts DESC) FILTER (WHERE e.event_type = 'purchase')
+           list(e.item_id ORDER BY e.ts DESC) FILTER (WHERE e.event_type = {sql_str(signal)})
                [1:{RECENT_ACTIVITY}] AS recent_purchases,
            CAST(count(*) FILTER (WHERE e.session_id = l.session_id) AS BIGINT)
                AS session_events,
@@ -416,11 +421,13 @@ def _fingerprint(
 
 
 def _plan(
-    con: duckdb.DuckDBPyConnection, state: dict, inputs: dict[str, Path], cap: int, out_dir: Path
-) -> tuple[str, date | None]:
+    con: duckdb.DuckDBPyConnection, state: dict, inputs: dict[str, Path], cap: int, out_dir: Path,
+    signal: str,
+) -> tuple[str, date | None]:  # fmt: skip
     """("full" | "incremental" | "current", since): what the last run's state allows."""
     outputs_exist = all((out_dir / f"{n}.parquet").exists() for n in (USER_FEATURES, ITEM_FEATURES))
-    if not outputs_exist or state.get("version") != STATE_VERSION or state.get("cap") != cap:
+    same = (state.get("version"), state.get("cap"), state.get("signal", "purchase"))
+    if not outputs_exist or same != (STATE_VERSION, cap, signal):
         return "full", None
     since = date.fromisoformat(state["last_day"])
     for name, until in (("items", None), ("users", None), ("interactions", since)):
@@ -438,8 +445,11 @@ def compute_features(
     purchased_cap: int = 500,
     incremental: bool = True,
     memory_limit: str = "3GB",
+    signal: str = "purchase",
 ) -> FeatureSummary:
     """Read validated tables, write the feature Parquet files (one per Feast source).
+
+    ``signal``: the event type whose items make the users' histories (``EventSettings``).
 
     User and item snapshots are computed incrementally: when the interactions up to the last
     computed day (and the catalogue and users) are unchanged, only the new days are computed,
@@ -461,7 +471,7 @@ def compute_features(
     state_path = out_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     mode, since = (
-        _plan(con, state, inputs, purchased_cap, out_dir) if incremental else ("full", None)
+        _plan(con, state, inputs, purchased_cap, out_dir, signal) if incremental else ("full", None)
     )
     last_day = con.execute(
         f"""SELECT max(CAST("timestamp" AS DATE)) FROM {parquet(inter)}"""
@@ -476,12 +486,12 @@ def compute_features(
 
     queries = {  # in order: user tastes read the normalised attributes written first
         ITEM_ATTRIBUTES: _attributes_sql(items, inter, _columns(con, items)),
-        USER_ACTIVITY: _activity_sql(inter),
+        USER_ACTIVITY: _activity_sql(inter, signal),
     }
     if mode != "current":
         queries[USER_FEATURES] = _user_sql(
             inter, attributes, users if users.exists() else None, purchased_cap, start,
-            previous(USER_FEATURES, BASE_USER),
+            previous(USER_FEATURES, BASE_USER), signal,
         )  # fmt: skip
         queries[ITEM_FEATURES] = _item_sql(inter, start, previous(ITEM_FEATURES, BASE_ITEM))
     for name, sql in queries.items():
@@ -506,6 +516,6 @@ def compute_features(
         fingerprints["interactions"] = _fingerprint(con, "interactions", inter, last_day)
     con.close()
     state_path.write_text(json.dumps({"version": STATE_VERSION, "cap": purchased_cap,
-                                      "last_day": last_day.isoformat(),
+                                      "signal": signal, "last_day": last_day.isoformat(),
                                       "fingerprints": fingerprints}, indent=1))  # fmt: skip
     return FeatureSummary(*counts.values(), out_dir, mode, since)

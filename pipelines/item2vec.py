@@ -4,7 +4,8 @@ Flow: the validated interactions are read with DuckDB and split by time: events 
 cutoff make the training sessions, sessions that *start* at or after it are held out (a
 session straddling the cutoff is used only for its part before it, so nothing after the
 cutoff leaks into training). Training sessions become skip-gram pairs on the driver, in an
-``.npz`` that each Ray Train worker (:func:`train_func`) or :func:`train_plain` fits on.
+``.npz`` that each Ray Train worker (:func:`models.item2vec.train_func`) or
+:func:`models.item2vec.train_plain` fits on.
 
 Evaluation: for every step t >= 1 of a held-out session, predict item t from item t-1 and
 score HR@K and MRR@K for item2vec (cosine neighbours of item t-1) against a co-occurrence
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,29 +26,23 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
-import torch
 
 from models.item2vec import (
-    PAD,
     WEIGHTS,
     Item2Vec,
     Item2VecConfig,
     Item2VecRun,
-    Sessions,
-    SessionVocabulary,
-    build_sessions,
     cosine_topk,
-    draw_negatives,
     load_item2vec,
-    negative_cdf,
     save_item2vec,
-    session_keys,
     skipgram_pairs,
-    subsample_keep_prob,
+    train_func,
+    train_plain,
+    write_pairs,
 )
 from models.metrics import next_item_metrics
 from models.popularity import popularity_order
-from pipelines.epoch_metrics import final_metrics, ray_worker, run_plain, train_epochs
+from models.session.data import PAD, Sessions, build_sessions, session_keys
 from recsys.core.ray_runtime import ensure_ray, fit_torch, worker_threads
 from recsys.core.run import Run
 from recsys.core.schema import EVENT_TYPES, REQUIRED_COLUMNS, table_path
@@ -67,72 +61,6 @@ class Item2VecResult:
     out_dir: Path
     metrics: dict[str, Any]
     run: Item2VecRun
-
-
-# --------------------------------------------------------------------------- training
-def fit_shard(
-    config: dict[str, Any],
-    rank: int = 0,
-    world: int = 1,
-    report: Callable[[dict[str, Any]], None] | None = None,
-    prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
-    """Fit item2vec on this rank's shard (``rank::world``) of the pairs, shuffling and drawing
-    negatives each epoch: a fit as :mod:`pipelines.epoch_metrics` runs them, under Ray Train
-    or in plain PyTorch."""
-    cfg = Item2VecConfig(**config["model"])
-    torch.set_num_threads(max(1, int(config["threads"])))
-    torch.manual_seed(cfg.seed)
-    with np.load(config["arrays"], allow_pickle=False) as data:
-        center = torch.as_tensor(data["center"][rank::world].astype(np.int64))
-        context = torch.as_tensor(data["context"][rank::world].astype(np.int64))
-        cdf = negative_cdf(data["counts"])
-    n = len(center)
-    if n == 0:
-        raise ValueError("no skip-gram pairs to train on: sessions need at least two items.")
-    base = Item2Vec(int(config["n_items"]), cfg.dim)
-    model = prepare(base) if prepare is not None else base
-    optimizer = torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed + rank)
-    model.train()
-
-    def losses() -> Iterator[torch.Tensor]:
-        order = torch.randperm(n, generator=gen)
-        for lo in range(0, n, cfg.batch_size):
-            idx = order[lo : lo + cfg.batch_size]
-            negatives = draw_negatives(cdf, (len(idx), cfg.negatives), gen)
-            yield model(center[idx], context[idx], negatives)
-
-    history = train_epochs(cfg.epochs, losses, [optimizer], ("pairs", n), report, "item2vec")
-    state = {k: v.detach().clone() for k, v in base.state_dict().items()} if rank == 0 else None
-    return state, final_metrics(history)
-
-
-def train_func(config: dict[str, Any]) -> None:
-    """One Ray Train worker: :func:`fit_shard` under 1 or N workers (DDP, which all-reduces the
-    sparse embedding gradients); rank 0 reports the weights with the last epoch."""
-    ray_worker(fit_shard, config, WEIGHTS)
-
-
-def train_plain(config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The same fit as :func:`train_func` without Ray: the baseline against which Ray Train's
-    overhead is measured. Also the sane choice for a small catalogue on one machine."""
-    return run_plain(fit_shard, config)
-
-
-def write_pairs(
-    sessions: Sessions, vocab: SessionVocabulary, cfg: Item2VecConfig, arrays: Path, threads: int
-) -> tuple[int, dict[str, Any]]:
-    """Write the sub-sampled skip-gram pairs of the training ``sessions``, shuffled (iid shards
-    for ``rank::world`` slicing), to ``arrays``; return their number and the workers' config."""
-    rng = np.random.default_rng(cfg.seed)
-    keep = subsample_keep_prob(vocab.counts, cfg.subsample)
-    center, context = skipgram_pairs(sessions, cfg.window, rng, keep)
-    shuffle = rng.permutation(len(center))
-    center, context = center[shuffle].astype(np.int32), context[shuffle].astype(np.int32)
-    np.savez(arrays, center=center, context=context, counts=vocab.counts)
-    config = {"arrays": str(arrays), "n_items": vocab.size, "threads": threads}
-    return len(center), config | {"model": cfg.model_dump()}
 
 
 # --------------------------------------------------------------------------- data
@@ -286,7 +214,7 @@ def fit_item2vec(
     workers = settings.train.num_workers if use_ray else 1
     threads = worker_threads(settings, workers)
     arrays = run.file(PAIRS)
-    n_pairs, config = write_pairs(train_sessions, vocab, cfg, arrays, threads)
+    n_pairs, config = write_pairs(train_sessions, vocab.counts, cfg, arrays, threads)
     log.info(
         "item2vec: %d training events, %d sessions, %d items, %d pairs (cutoff %s)",
         len(train_events),

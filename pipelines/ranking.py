@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from models.candidates import CandidateGenerator, own_order
-from models.context import UserContext
+from models.context import NO_FILTERS, ItemFilters, UserContext
 from models.metrics import ndcg_at_k
 from models.ranker import Ranker
 from recsys.core.run import Run
@@ -69,16 +69,21 @@ def carve_labels(
 
 # --------------------------------------------------------------------------- ranker rows
 def training_rows(
-    generator: CandidateGenerator, contexts: list[UserContext], labels: dict[str, set[str]]
+    generator: CandidateGenerator,
+    cases: list[tuple[UserContext, set[str]]],
+    filters: ItemFilters = NO_FILTERS,
+    unit: str = "user",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
-    """(features, labels, group sizes, stats) over users whose label is among the candidates."""
+    """(features, labels, group sizes, stats) over the cases (a visitor and the items that
+    are their label) whose label is among the candidates."""
     from tqdm import tqdm
 
-    blocks, ys, groups = [], [], []  # of the users whose label is among their candidates
+    blocks, ys, groups = [], [], []  # of the cases whose label is among their candidates
     candidates = 0
-    for ctx in tqdm(contexts, desc="ranker rows", unit="user", mininterval=5, leave=False):
-        cand = generator.generate(ctx)
-        truth = generator.catalog.indices(sorted(labels[ctx.user_id]))
+    contexts = [ctx for ctx, _ in cases]
+    for ctx, label in tqdm(cases, desc="ranker rows", unit=unit, mininterval=5, leave=False):
+        cand = generator.generate(ctx, filters)
+        truth = generator.catalog.indices(sorted(label))
         y = np.isin(cand.items, truth).astype(np.float32)
         candidates += len(cand)
         if y.sum() > 0:
@@ -121,6 +126,47 @@ def histories(purchases: pd.DataFrame) -> dict[str, list[str]]:
     return {u: g.tolist() for u, g in ordered.groupby("user_id", sort=False)["item_id"]}
 
 
+def fit_ranker(
+    settings: Settings,
+    generator: CandidateGenerator,
+    cases: list[tuple[UserContext, set[str]]],
+    progress: Any,
+    unit: str,
+    more: str,
+    filters: ItemFilters = NO_FILTERS,
+) -> tuple[Ranker, dict[str, Any]]:
+    """The ranker on the rows of 90% of ``cases`` (a visitor, their label items), compared with
+    each source alone on the other 10%: (ranker, row statistics). ``unit``: what a case is (for
+    messages); ``more``: the setting that gives more cases when too few reach a candidate."""
+    cfg = settings.ranking
+    rng = np.random.default_rng(settings.train.seed)
+    is_valid = rng.random(len(cases)) < 0.1
+    t0 = time.perf_counter()
+    x, y, groups, stats = training_rows(
+        generator, [c for c, v in zip(cases, is_valid, strict=True) if not v], filters, unit
+    )
+    valid_rows = training_rows(
+        generator, [c for c, v in zip(cases, is_valid, strict=True) if v], filters, unit
+    )
+    progress(f"  ranker rows: {len(cases):,} label {unit}s, label among candidates for "
+             f"{stats['label_in_candidates']:.1%}, {stats['mean_candidates']:.0f} candidates "
+             f"per {unit} ({time.perf_counter() - t0:.1f}s)")  # fmt: skip
+    if len(groups) < 10 or len(valid_rows[2]) < 2:
+        raise ValueError(
+            f"too few label {unit}s reach the candidates ({len(groups)}): the ranker cannot be "
+            f"trained; generate more data or raise {more}"
+        )
+    ranker = Ranker.fit(x, y, groups, list(generator.features), valid=valid_rows[:3],
+                        rounds=cfg.rounds, seed=settings.train.seed,
+                        params={"objective": cfg.objective})  # fmt: skip
+    compared = compare_on_validation(ranker, generator, *valid_rows[:3])
+    ranker.info["valid_ndcg@10_vs_sources"] = compared
+    progress("  ranker: " + f"{ranker.info['rounds']} rounds; validation NDCG@10 " + ", ".join(
+        f"{name} {value:.4f}" for name, value in compared.items()))  # fmt: skip
+    return ranker, stats | {"train_rows": int(len(y)), "train_groups": int(len(groups)),
+                            "valid_groups": int(len(valid_rows[2]))}  # fmt: skip
+
+
 def fit_ranking(
     settings: Settings,
     fit_purchases: pd.DataFrame,
@@ -142,7 +188,6 @@ def fit_ranking(
     ``user_vectors_of(frame)``: two-tower user vectors for rows shaped like ``user_features``.
     ``item_vectors``: the run's item vectors (row = item index).
     """
-    cfg = settings.ranking
     started = time.perf_counter()
     segments = user_features[["user_id", "age_bucket"]] if "age_bucket" in user_features else None
 
@@ -165,27 +210,10 @@ def fit_ranking(
     records = feats.to_dict("records")
     contexts = [UserContext(u, history[u], (), rec, vector)
                 for u, rec, vector in zip(users, records, vectors, strict=True)]  # fmt: skip
-    rng = np.random.default_rng(settings.train.seed)
-    is_valid = rng.random(len(contexts)) < 0.1
-    t0 = time.perf_counter()
-    pairs = list(zip(contexts, is_valid.tolist(), strict=True))
-    x, y, groups, stats = training_rows(generator, [c for c, v in pairs if not v], truth)
-    valid_rows = training_rows(generator, [c for c, v in pairs if v], truth)
-    progress(f"  ranker rows: {len(contexts):,} label users, label among candidates for "
-             f"{stats['label_in_candidates']:.1%}, {stats['mean_candidates']:.0f} candidates "
-             f"per user ({time.perf_counter() - t0:.1f}s)")  # fmt: skip
-    if len(groups) < 10 or len(valid_rows[2]) < 2:
-        raise ValueError(
-            f"too few label users reach the candidates ({len(groups)}): the ranker cannot be "
-            "trained; generate more data or raise RECSYS_RANKING__LABEL_USERS"
-        )
-    ranker = Ranker.fit(x, y, groups, list(generator.features), valid=valid_rows[:3],
-                        rounds=cfg.rounds, seed=settings.train.seed,
-                        params={"objective": cfg.objective})  # fmt: skip
-    compared = compare_on_validation(ranker, generator, *valid_rows[:3])
-    ranker.info["valid_ndcg@10_vs_sources"] = compared
-    progress("  ranker: " + f"{ranker.info['rounds']} rounds; validation NDCG@10 " + ", ".join(
-        f"{name} {value:.4f}" for name, value in compared.items()))  # fmt: skip
+    ranker, stats = fit_ranker(
+        settings, generator, [(c, truth[c.user_id]) for c in contexts], progress, "user",
+        "RECSYS_RANKING__LABEL_USERS",
+    )  # fmt: skip
 
     t0 = time.perf_counter()
     final = fit_generator(all_purchases)
@@ -196,8 +224,7 @@ def fit_ranking(
     return {
         "features": list(final.features),
         "label_users": len(contexts),
-        "rows": stats | {"train_rows": int(len(y)), "train_groups": int(len(groups)),
-                         "valid_groups": int(len(valid_rows[2]))},
+        "rows": stats,
         "ranker": ranker.info,
         "sources": {s.name: s.summary() for s in final.sources},
         "seconds": round(time.perf_counter() - started, 2),

@@ -10,6 +10,14 @@ them measurably beats popularity:
   is what "frequently bought together" should find.
 * **Drift**: a share of the catalogue launches during the period, sessions favour items launched
   in the last weeks, and user taste moves slowly from one style mix to another.
+* **Sequential browsing**: every item has a fixed strip of related items ("you may also like":
+  similar items, with complete-the-look items of the outfit category), and a session mostly
+  moves from the product on screen to one of its related items, earlier slots more often. The
+  next item thus depends on the last one or two, which is what session-based recommenders learn
+  and what co-occurrence alone cannot see.
+
+``event_types`` keeps a subset of the events (a click-only shop: views alone) without changing
+the views, users or items a seed gives.
 
 Users are generated in fixed-size blocks with a per-block random stream, so output is identical
 for a seed and end date, and memory stays bounded: 10M interactions stream to Parquet block by
@@ -19,6 +27,7 @@ block.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -29,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recsys.core.schema import INTERACTIONS, ITEMS, USERS, table_path
+from recsys.core.schema import EVENT_TYPES, INTERACTIONS, ITEMS, USERS, table_path
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +85,25 @@ FITS = ("regular fit", "slim fit", "relaxed fit", "oversized fit")
 # Complementary categories: what an outfit adds to a purchase of the key category.
 OUTFIT_PAIRS = {"tops": "bottoms", "bottoms": "tops", "dresses": "shoes"}
 
+# Related-items strip of a product page: RELATED slots of similar items (same department, style
+# and category); for a category in OUTFIT_PAIRS the COMPLEMENT_SLOTS show complete-the-look
+# items of the paired category instead. A click on slot k is weighted RELATED_DECAY**k, so
+# which item follows which is learnable, not only which group. Strip members are drawn by
+# popularity**RELATED_POP_POWER: best sellers sit in more strips, but damped, so that the
+# strips of one group's items differ (with plain popularity they all show the same few best
+# sellers, and the last item says little more than its group).
+RELATED = 8
+COMPLEMENT_SLOTS = (2, 5)
+RELATED_DECAY = 0.7
+RELATED_POP_POWER = 0.5
+# How a view after the first is reached: a related item of the product on screen, or (back one
+# page) of the product before it; otherwise back on the listing, a fresh draw from the
+# session's group. Most steps follow a strip, so order carries signal that co-occurrence
+# cannot see, while a third stay group-level browsing, so co-occurrence remains a fair
+# baseline rather than a straw man.
+P_FROM_LAST = 0.5
+P_FROM_PREVIOUS = 0.15
+
 USER_BLOCK = 4_096
 SECONDS_PER_DAY = 86_400
 
@@ -105,6 +133,8 @@ class _Catalog:
     colour_idx: np.ndarray
     category_idx: np.ndarray
     price: np.ndarray
+    launch_day: np.ndarray  # -1: on sale before the window
+    related: np.ndarray  # (items, RELATED) sorted indices of the related strip, -1 = empty slot
     stride: int
 
 
@@ -183,17 +213,85 @@ def _make_catalog(rng: np.random.Generator, n_items: int, days: int, start: date
         .reset_index(drop=True)
     )
     sorted_group = group[order]
+    cum_weight = np.cumsum(popularity[order])
+    group_start = np.searchsorted(sorted_group, np.arange(n_groups), "left")
+    group_end = np.searchsorted(sorted_group, np.arange(n_groups), "right")
+    # Drawn last, so the items table is what the same seed gave before strips existed.
+    related = _related_items(rng, sorted_group, popularity[order], group_start, group_end)
     return _Catalog(
         frame=frame,
         group_key=key[order],
-        cum_weight=np.cumsum(popularity[order]),
-        group_start=np.searchsorted(sorted_group, np.arange(n_groups), "left"),
-        group_end=np.searchsorted(sorted_group, np.arange(n_groups), "right"),
+        cum_weight=cum_weight,
+        group_start=group_start,
+        group_end=group_end,
         colour_idx=colour[order],
         category_idx=cat[order],
         price=price[order],
+        launch_day=launch_day[order],
+        related=related,
         stride=stride,
     )
+
+
+def _draw_in_groups(
+    rng: np.random.Generator, cum_weight: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int
+) -> np.ndarray:
+    """``k`` draws (with replacement, weighted as ``cum_weight`` accumulates) per row among
+    sorted items ``lo .. hi-1``; one row per entry of ``lo``."""
+    base = np.where(lo > 0, cum_weight[np.maximum(lo - 1, 0)], 0.0)[:, None]
+    top = cum_weight[np.maximum(hi - 1, 0)][:, None]
+    u = base + rng.random((len(lo), k)) * (top - base)
+    return np.clip(np.searchsorted(cum_weight, u, "right"), lo[:, None], hi[:, None] - 1)
+
+
+def _first_distinct(draws: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarray:
+    """The first ``k`` distinct values of each row of ``draws``, in draw order, leaving out
+    ``exclude`` (one per row); -1 pads short rows. Skipping repeats of draws with replacement
+    is sampling without replacement: heavier items tend to come first."""
+    order = np.argsort(draws, axis=1, kind="stable")  # first occurrence first among equals
+    ranked = np.take_along_axis(draws, order, axis=1)
+    new = np.ones(draws.shape, dtype=bool)
+    new[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    first = np.empty_like(new)
+    np.put_along_axis(first, order, new, axis=1)
+    first &= draws != exclude[:, None]
+    rank = np.cumsum(first, axis=1) - 1
+    rows, cols = np.nonzero(first & (rank < k))
+    out = np.full((len(draws), k), -1, dtype=np.int64)
+    out[rows, rank[rows, cols]] = draws[rows, cols]
+    return out
+
+
+def _related_items(
+    rng: np.random.Generator,
+    group: np.ndarray,
+    popularity: np.ndarray,
+    group_start: np.ndarray,
+    group_end: np.ndarray,
+) -> np.ndarray:
+    """Each item's related strip (sorted indices, -1 = empty slot): distinct items of its
+    group, and in :data:`COMPLEMENT_SLOTS` items of the paired outfit category of the same
+    department and style when its category has one, drawn by damped popularity. Launch dates
+    are not looked at here: a strip may show an item before it is on sale, and sessions skip
+    such slots, as :func:`_sample_items` skips unlaunched items."""
+    # Four draws per slot: enough distinct items unless the group is small or one item
+    # dominates it, and then a shorter strip is what a shop would show too.
+    cum_weight = np.cumsum(popularity**RELATED_POP_POWER)
+    draws = _draw_in_groups(rng, cum_weight, group_start[group], group_end[group], 4 * RELATED)
+    similar = _first_distinct(draws, RELATED, exclude=np.arange(len(group)))
+    pair = np.array([CATEGORY_NAMES.index(OUTFIT_PAIRS.get(c, c)) for c in CATEGORY_NAMES])
+    cat = group % len(CATEGORY_NAMES)
+    pair_group = group - cat + pair[cat]
+    lo, hi = group_start[pair_group], group_end[pair_group]
+    outfit = np.flatnonzero((pair[cat] != cat) & (hi > lo))
+    n_comp = len(COMPLEMENT_SLOTS)
+    draws = _draw_in_groups(rng, cum_weight, lo[outfit], hi[outfit], 4 * n_comp)
+    complement = _first_distinct(draws, n_comp, exclude=np.full(len(outfit), -1))
+    related = similar.copy()
+    slots = [k for k in range(RELATED) if k not in COMPLEMENT_SLOTS]
+    related[outfit[:, None], slots] = similar[outfit, : len(slots)]
+    related[outfit[:, None], list(COMPLEMENT_SLOTS)] = complement
+    return related
 
 
 def _sample_items(
@@ -221,11 +319,53 @@ def _sample_items(
     return np.clip(idx, lo, hi - 1)
 
 
+def _browse(
+    rng: np.random.Generator,
+    cat: _Catalog,
+    v_item: np.ndarray,
+    v_seq: np.ndarray,
+    v_day: np.ndarray,
+    v_colour_taste: np.ndarray,
+) -> None:
+    """Turn views into a walk over related strips, in place: ``v_item`` holds every view's
+    fresh draw (sessions contiguous, ``v_seq`` the step in the session), and each view after
+    the first follows a related item of the last (:data:`P_FROM_LAST`) or the one before
+    (:data:`P_FROM_PREVIOUS`) product, picked by slot and colour taste among the slots
+    launched by the session's day. With no such slot the fresh draw stays.
+
+    One vectorised pass per step index: a step needs the final item of the steps before it.
+    """
+    u = rng.random(len(v_item))
+    from_last = (v_seq >= 1) & (u < P_FROM_LAST)
+    from_prev = (v_seq >= 2) & (u >= P_FROM_LAST) & (u < P_FROM_LAST + P_FROM_PREVIOUS)
+    steps = np.flatnonzero(from_last | from_prev)
+    steps = steps[np.argsort(v_seq[steps], kind="stable")]
+    back = np.where(from_last[steps], 1, 2)
+    gumbel = rng.gumbel(size=(len(steps), RELATED))
+    slot_weight = np.log(RELATED_DECAY) * np.arange(RELATED)
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(v_seq[steps])) + 1, [len(steps)]])
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        idx = steps[lo:hi]
+        strip = cat.related[v_item[idx - back[lo:hi]]]
+        ok = (
+            (strip >= 0)
+            & (cat.launch_day[strip] <= v_day[idx, None])
+            & (strip != v_item[idx - 1, None])  # back one page: not the product just left
+        )
+        taste = np.take_along_axis(v_colour_taste[idx], cat.colour_idx[strip], axis=1)
+        score = np.where(ok, np.log(taste + 1e-9) + slot_weight + gumbel[lo:hi], -np.inf)
+        pick = score.argmax(axis=1)
+        found = ok.any(axis=1)
+        v_item[idx[found]] = strip[found, pick[found]]
+
+
 def _user_block(
     rng: np.random.Generator, first_user: int, n: int, cat: _Catalog, cat_share: np.ndarray,
-    days: int, start: datetime,
+    days: int, start: datetime, keep_types: np.ndarray,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
-    """Users ``first_user .. first_user+n`` and all of their sessions."""
+    """Users ``first_user .. first_user+n`` and all of their sessions; ``keep_types`` masks
+    :data:`EVENT_TYPES` (events of the others are generated, then dropped, so that the views
+    do not depend on it)."""
     n_styles, n_colours = len(STYLES), len(COLOURS)
     age = np.clip(rng.normal(34, 11, n), 16, 80).astype(np.int32)
     female = rng.random(n) < 0.62
@@ -259,15 +399,18 @@ def _user_block(
     s_trending = rng.random(m) < 0.2
     n_views = 1 + rng.geometric(0.3, m)
 
-    # Views: 4 popularity-weighted candidates each, the user picks by colour taste.
+    # Views: 8 popularity-weighted candidates each, the user picks by colour taste; then each
+    # view after the first mostly follows the related strip of the product before (_browse).
     v_sess = np.repeat(np.arange(m), n_views)
     v_seq = np.arange(len(v_sess)) - np.repeat(np.cumsum(n_views) - n_views, n_views)
     n_cand = 8
     per_candidate = (np.repeat(a[v_sess], n_cand) for a in (s_group, s_day, s_trending))
     cands = _sample_items(rng, cat, *per_candidate).reshape(-1, n_cand)
-    pref = colour_taste[s_user[v_sess][:, None], cat.colour_idx[cands]]
+    v_colour_taste = colour_taste[s_user[v_sess]]
+    pref = np.take_along_axis(v_colour_taste, cat.colour_idx[cands], axis=1)
     choice = np.argmax(np.log(pref + 1e-9) + rng.gumbel(size=pref.shape), axis=1)
     v_item = cands[np.arange(len(cands)), choice]
+    _browse(rng, cat, v_item, v_seq, s_day[v_sess], v_colour_taste)
 
     # Purchase: a share of sessions buys one viewed item, preferring the favourite colour.
     buys = rng.random(m) < 0.45
@@ -294,7 +437,7 @@ def _user_block(
     ev_sess = np.concatenate([v_sess, b_sess, b_sess, o_sess, o_sess, o_sess])
     ev_item = np.concatenate([v_item, b_item, b_item, o_item, o_item, o_item])
     ev_seq = np.concatenate([v_seq, b_seq, b_seq + 1, o_seq, o_seq + 1, o_seq + 2])
-    ev_type = np.repeat(  # indices into event_names below
+    ev_type = np.repeat(  # indices into EVENT_TYPES: view, add_to_cart, purchase
         np.array([0, 1, 2, 0, 1, 2], np.int8), [len(v_sess)] + [len(b_sess)] * 2 + [len(o_sess)] * 3
     )
     # Steps are 90 s apart plus jitter below one step, so events keep their order in a session.
@@ -302,8 +445,9 @@ def _user_block(
     seconds = s_time[ev_sess] * SECONDS_PER_DAY + ev_seq * 90.0 + jitter
     seconds = np.minimum(seconds, days * SECONDS_PER_DAY - 1)
     order = np.lexsort((seconds, ev_sess))
+    order = order[keep_types[ev_type[order]]]
     ev_sess, ev_item, ev_type, seconds = (a[order] for a in (ev_sess, ev_item, ev_type, seconds))
-    event_names = np.array(["view", "add_to_cart", "purchase"], dtype=object)
+    event_names = np.array(EVENT_TYPES, dtype=object)
     users_global = first_user + s_user[ev_sess]
     ts = pd.Timestamp(start) + pd.to_timedelta(np.round(seconds * 1e6).astype(np.int64), "us")
     interactions = pd.DataFrame(
@@ -341,14 +485,25 @@ def generate(
     seed: int,
     end_date: date | None = None,
     progress: bool = True,
+    event_types: Sequence[str] = EVENT_TYPES,
 ) -> SynthSummary:
     """Write ``interactions``, ``items`` and ``users`` Parquet tables to ``out_dir``.
 
     ``end_date`` is the day after the last event (midnight UTC); it defaults to today so that
     a demo's data is "recent". The same seed and end date give identical files.
+    ``event_types`` are the events written: ``("view",)`` makes a click-only shop, like the
+    session logs of shops that export no orders, with the same views as the full shop.
     """
     if users < 1 or items < 20 or days < 2:
         raise ValueError("synth needs users >= 1, items >= 20 and days >= 2")
+    unknown = sorted(set(event_types) - set(EVENT_TYPES))
+    if unknown or not event_types:
+        wrong = f"unknown {', '.join(map(repr, unknown))}" if unknown else "none given"
+        raise ValueError(
+            f"synth event types: {wrong}; allowed are {', '.join(EVENT_TYPES)} "
+            "(a click-only shop: view)"
+        )
+    keep_types = np.isin(np.array(EVENT_TYPES), list(event_types))
     end_day = end_date or datetime.now(UTC).date()
     end = datetime(end_day.year, end_day.month, end_day.day, tzinfo=UTC)
     start = end - timedelta(days=days)
@@ -372,7 +527,9 @@ def generate(
         ):
             rng = np.random.default_rng([seed, 1, b])
             n = min(USER_BLOCK, users - first)
-            inter, user_frame = _user_block(rng, first, n, catalog, cat_share, days, start)
+            inter, user_frame = _user_block(
+                rng, first, n, catalog, cat_share, days, start, keep_types
+            )
             inter_writer.write_table(_arrow(inter, INTERACTIONS))
             user_writer.write_table(_arrow(user_frame, USERS))
             n_rows += len(inter)

@@ -37,7 +37,9 @@ from models.two_tower import (
     to_tensors,
 )
 from pipelines.embed import read_vectors
+from pipelines.item2vec import read_interactions
 from pipelines.ranking import carve_labels, fit_ranking
+from pipelines.session_training import fit_session_pipeline
 from pipelines.two_tower_fit import train_func
 from recsys.core.arrays import top_k
 from recsys.core.catalog import item_frame, item_titles, load_item_attributes
@@ -46,6 +48,7 @@ from recsys.core.ray_runtime import fit_torch, worker_threads
 from recsys.core.run import Run
 from recsys.core.schema import ITEM_NUMERIC, USER_NUMERIC, table_path
 from recsys.core.settings import Settings
+from recsys.core.signal import signal_event
 from recsys.core.sql import parquet
 
 log = logging.getLogger(__name__)
@@ -100,15 +103,16 @@ class TrainingSplit:
 
 
 def split_for_training(
-    settings: Settings, events: pd.DataFrame, purchases: pd.DataFrame
+    settings: Settings, events: pd.DataFrame, purchases: pd.DataFrame, signal: str = "purchase"
 ) -> TrainingSplit:
+    """``purchases``: the ``signal`` events (``EventSettings``), what is held out and scored."""
     cfg = settings.train
     holdout_path = table_path(settings.validated_dir, "holdout")
     end = purchases["timestamp"].max().floor("D") + pd.Timedelta(days=1)  # after the last day
     positives = events[events["event_type"].isin(cfg.train_events)]
     if holdout_path.exists():
         holdout = pd.read_parquet(holdout_path, columns=["user_id", "item_id", "event_type"])
-        test = holdout[holdout["event_type"] == "purchase"][["user_id", "item_id"]]
+        test = holdout[holdout["event_type"] == signal][["user_id", "item_id"]]
         undated = positives["timestamp"].nunique() == 1
         return TrainingSplit("holdout", purchases, test, positives, end, end, undated)
     cutoff = end - pd.Timedelta(days=cfg.test_days)  # the held-out window is [cutoff, end)
@@ -189,13 +193,14 @@ def train(settings: Settings, progress=print) -> TrainResult:
     """Build the Feast training set, fit through Ray Train, evaluate, save a run."""
     cfg = settings.train
     started = time.perf_counter()
-    events = load_events(settings, tuple({"purchase", *cfg.train_events}))
-    purchases = events[events["event_type"] == "purchase"].drop(columns="event_type")
-    if purchases.empty:
-        raise ValueError("no purchase events in the validated interactions: nothing to learn.")
-    split = split_for_training(settings, events, purchases)
+    signal = signal_event(settings)  # purchases; views in a click-only shop
+    events = load_events(settings, tuple(dict.fromkeys([signal, *cfg.train_events])))
+    purchases = events[events["event_type"] == signal].drop(columns="event_type")
+    split = split_for_training(settings, events, purchases, signal)
     cutoff, end, train_rows, test_rows = split.cutoff, split.end, split.train, split.test
     positives = split.positives
+    if signal != "purchase":
+        progress(f"  no purchases: the sources, labels and evaluation learn from {signal}s")
     progress(f"  evaluation: {split.describe()}")
     labels = None
     if settings.ranking.enabled:
@@ -259,6 +264,11 @@ def train(settings: Settings, progress=print) -> TrainResult:
             lambda frame: user_vectors(model, users, items, frame), vectors, cutoff, run,
             progress,
         )  # fmt: skip
+    sessions = None
+    if settings.sessions.enabled and not split.undated and split.mode == "temporal":
+        interactions = read_interactions(table_path(settings.validated_dir, "interactions"))
+        sessions = fit_session_pipeline(settings, interactions, signal, items.vocab, catalog,
+                                        cutoff, run, progress)  # fmt: skip
     save_two_tower(run, model, users, items)
     run.write_manifest({
         **manifest_entry(model),
@@ -268,6 +278,7 @@ def train(settings: Settings, progress=print) -> TrainResult:
         "data": {
             "home": str(settings.home),
             "evaluation": split.describe(),
+            "signal": signal,
             "purchases": len(purchases),
             "train_examples": len(examples),
             "test_purchases": len(test_rows),
@@ -277,6 +288,7 @@ def train(settings: Settings, progress=print) -> TrainResult:
         },
         "metrics": metrics,
         "ranking": ranking,
+        "sessions": sessions,
     })  # fmt: skip
     run.set_current()
     log.info("saved run %s: %s", run.path, json.dumps(metrics))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from models.two_tower import WEIGHTS, TwoTower, TwoTowerConfig, in_batch_softmax_loss
-from pipelines.epoch_metrics import final_metrics, ray_worker, run_plain, train_epochs
+from recsys.core.epoch_loop import final_metrics, ray_worker, run_plain, train_epochs
 
 # Sparse gradients for the id tables unless the config says ``"sparse": False``. Measured by
 # benchmarks/training_speed.py: on ASOS (43.6k users, 29.7k items) the loop runs 1.2-1.7x

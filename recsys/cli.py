@@ -79,11 +79,16 @@ def _table(title: str, first: str, *numeric: str) -> Table:
 
 # --------------------------------------------------------------------------- stages
 def run_synth(settings: Settings, users: int, items: int, days: int, seed: int,
-              end_date: date | None) -> None:  # fmt: skip
+              end_date: date | None,
+              event_types: tuple[str, ...] | None = None) -> None:  # fmt: skip
+    """Generate the shop; ``event_types`` (None: all) keeps a subset, e.g. ``("view",)`` for a
+    click-only shop. Bad sizes or event names stop with the generator's message."""
     from pipelines.synth import generate
+    from recsys.core.schema import EVENT_TYPES
 
-    with stage("data synth"):
-        s = generate(settings.raw_dir, users, items, days, seed, end_date)
+    with stage("data synth", ValueError):
+        kinds = EVENT_TYPES if event_types is None else event_types
+        s = generate(settings.raw_dir, users, items, days, seed, end_date, event_types=kinds)
         console.print(
             f"  {s.interactions:,} interactions ({s.purchases:,} purchases) from {s.users:,} users "
             f"on {s.items:,} items, {s.start:%Y-%m-%d} to {s.end:%Y-%m-%d} -> {s.out_dir}"
@@ -145,17 +150,20 @@ def run_validate(settings: Settings, max_bad_fraction: float) -> None:
 
 def run_features(settings: Settings) -> None:
     from pipelines.features import compute_features
+    from recsys.core.signal import signal_event
 
-    with stage("features", FileNotFoundError):
+    with stage("features", FileNotFoundError, ValueError):
+        signal = signal_event(settings)
         s = compute_features(settings.validated_dir, settings.features_dir,
                              settings.features.purchased_items_cap,
-                             memory_limit=settings.features.duckdb_memory_limit)  # fmt: skip
+                             memory_limit=settings.features.duckdb_memory_limit,
+                             signal=signal)  # fmt: skip
         how = {
             "full": "computed every day",
             "incremental": f"computed only the days after {s.since}",
             "current": "snapshots already up to date",
         }[s.mode]
-        console.print(f"  {how}")
+        console.print(f"  {how}; histories of {signal} events")
         console.print(
             f"  user snapshots {s.user_rows:,}, item snapshots {s.item_rows:,}, "
             f"item attributes {s.attribute_rows:,}, user activity {s.activity_rows:,} "
@@ -315,6 +323,37 @@ def run_evaluate(
         return result
 
 
+def run_evaluate_next_item(settings: Settings, json_path: Path | None, tune: bool) -> dict:
+    """Next-item HR/MRR@20 of the served session pipeline, its sources and the tuned peers."""
+    import json as json_lib
+
+    from pipelines.next_item_eval import evaluate_next_item
+
+    with stage("evaluate next item (session-rec protocol)", FileNotFoundError, ValueError):
+        result = evaluate_next_item(settings, tune_peers=tune, progress=console.print)
+        k, d = result["k"], result["dataset"]
+        table = _table(f"next item: {d['events']:,} events of {d['heldout_sessions']:,} held-out "
+                       "sessions", "model", f"HR@{k}", f"MRR@{k}")  # fmt: skip
+        rows = {**result["models"],
+                **{f"{n} (source)": m for n, m in result["served"]["sources_alone"].items()},
+                "[bold]served session pipeline[/]": result["served"]}  # fmt: skip
+        for name, m in rows.items():
+            table.add_row(name, f"{m[f'hr@{k}']:.4f}", f"{m[f'mrr@{k}']:.4f}")
+        console.print(table)
+        served = result["served"]
+        console.print(f"  served / best peer ({served['best_peer']}): MRR@{k} "
+                      f"{served[f'mrr@{k}_vs_best_peer']:.2f}x, HR@{k} "
+                      f"{served[f'hr@{k}_vs_best_peer']:.2f}x")  # fmt: skip
+        for name, m in result["models"].items():
+            if m.get("params"):
+                console.print(f"  {name}: " + ", ".join(f"{a}={b}" for a, b in m["params"].items()))
+        out = json_path or settings.reports_dir / "evaluation" / "next_item.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json_lib.dumps(result, indent=2, default=str))
+        console.print(f"  JSON -> {out}")
+        return result
+
+
 def run_index(settings: Settings) -> None:
     from pipelines.index import build_index
 
@@ -399,9 +438,17 @@ def data_synth(
     end_date: Annotated[
         str | None, typer.Option(help="Day after the last event, YYYY-MM-DD (default: today).")
     ] = get_settings().synth.end_date,
+    events: Annotated[
+        str,
+        typer.Option(
+            help="Event types to write, comma-separated, of view, add_to_cart, purchase "
+            "(a click-only shop: view)."
+        ),
+    ] = "view,add_to_cart,purchase",
 ) -> None:
     """Generate a synthetic fashion shop (catalogue, shoppers, sessions) as canonical Parquet."""
-    run_synth(get_settings(), users, items, days, seed, _parse_date(end_date))
+    kinds = tuple(name.strip() for name in events.split(",") if name.strip())
+    run_synth(get_settings(), users, items, days, seed, _parse_date(end_date), kinds)
 
 
 @data_app.command("import")
@@ -536,9 +583,22 @@ def evaluate(
     tune: Annotated[
         bool, typer.Option("--tune/--no-tune", help="Tune on a slice of the training data.")
     ] = True,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="user: a shopper's next purchases (popularity, item-kNN, ALS, EASE, the "
+            "served pipeline); next-item: the next click of held-out sessions (popularity, "
+            "co-occurrence, SR, V-SkNN, the served session pipeline)."
+        ),
+    ] = "user",
 ) -> None:
-    """Score popularity, item-kNN, ALS and EASE with one protocol (tuned on training data)."""
-    run_evaluate(get_settings(), holdout, split, test_fraction, json, tune)
+    """Score the served pipeline against tuned peers with one protocol per task."""
+    if task == "next-item":
+        run_evaluate_next_item(get_settings(), json, tune)
+    elif task == "user":
+        run_evaluate(get_settings(), holdout, split, test_fraction, json, tune)
+    else:
+        raise _fail(ValueError(f"--task must be 'user' or 'next-item', got {task!r}"))
 
 
 @app.command()
@@ -629,13 +689,14 @@ def demo(
 
 
 def example_user(settings: Settings) -> str:
-    """A real shopper of the data set with a purchase history (the most active one)."""
+    """A real shopper of the data set: the one who bought most (viewed most, without orders)."""
     import duckdb
 
     path = settings.features_dir / "user_features.parquet"
     with duckdb.connect() as con:
         row = con.execute(
-            f"SELECT user_id FROM {parquet(path)} ORDER BY purchases_total DESC, user_id LIMIT 1"
+            f"SELECT user_id FROM {parquet(path)} "
+            "ORDER BY purchases_total DESC, views_total DESC, user_id LIMIT 1"
         ).fetchone()
     if row is None:
         raise _fail(RuntimeError(f"no users in {path}"))

@@ -61,10 +61,20 @@ class BoughtTogetherItem(RecommendedItem):
 
 
 class SessionRequest(BaseModel):
-    """A visitor without a user id: what they browsed, newest first, and optional context."""
+    """A visit: what was browsed, newest first, and optional context."""
 
     session_items: list[Name] = Field(default_factory=list, max_length=200,
                                       examples=[["0108775015", "0110065001"]])  # fmt: skip
+    user_id: Name | None = Field(
+        default=None,
+        description="A known shopper: their current visit in the online store (views posted "
+        "to /events) is merged in after session_items.",
+    )
+    hide_seen: StrictBool = Field(
+        default=True,
+        description="Leave the visit's items out (a shop page); false lets them come back "
+        "(next-click prediction: going back to an item is a common next step).",
+    )
     age_bucket: Name | None = Field(default=None, examples=["25-34"])
     k: int = Field(default=10, ge=1, le=100)
     category: Name | None = None
@@ -205,12 +215,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={**AUTH_ERRORS, **BAD_BODY},
     )
     async def session_recommendations(body: SessionRequest, request: Request) -> Response:
-        """For a visitor without a user id: session-based recommendations from the items they
-        browsed; with nothing browsed, popular items for the context (``fallback: true``).
-        Unknown item ids in the session are ignored."""
-        filters = ItemFilters(body.category, body.department, body.max_price, body.in_stock)
+        """What this visit will look at next: the session pipeline (sequential rules, session
+        kNN, the linear session model, ... and its ranker) over the items browsed, merged with
+        a known shopper's current visit; with nothing browsed, popular items for the context
+        (``fallback: true``). Unknown item ids in the session are ignored."""
+        filters = ItemFilters(body.category, body.department, body.max_price, body.in_stock,
+                              body.hide_seen)  # fmt: skip
         rec = request.app.state.recommender.recommend_session(
-            body.session_items, body.k, filters, body.age_bucket
+            body.session_items, body.k, filters, body.age_bucket, body.user_id
         )
         return answer(rec)
 
@@ -226,8 +238,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         method: Literal["behaviour", "sessions", "content", "hybrid"] = Query("hybrid"),
         k: int = Query(settings.serve.default_k, ge=1, le=max_k),
     ) -> Response:
-        """Items like this one: bought by the same shoppers (behaviour), viewed in the same
-        browsing sessions (sessions: the newest `recsys item2vec` run), close in description
+        """Items like this one: bought by the same shoppers (behaviour), viewed next in the
+        same browsing sessions (sessions: the session pipeline, else the newest `recsys
+        item2vec` run), close in description
         or attributes (content), or all of these fused by reciprocal rank (hybrid). An item
         nobody has bought yet answers from sessions, then content (``method`` says what was
         used)."""

@@ -31,6 +31,8 @@ from serving.online import OnlineStore
 
 log = logging.getLogger(__name__)
 
+#: A visit ends after this long without an event (``SessionSettings.visit_gap_minutes``).
+VISIT_GAP = pd.Timedelta(minutes=30)
 #: Event times the feature store can hold (pandas' nanosecond timestamps end in 2262).
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
 
@@ -80,13 +82,23 @@ def stamp(events: Sequence[Event]) -> list[Event]:
     ]
 
 
-def fold(records: Iterable[dict[str, Any]], current: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def fold(
+    records: Iterable[dict[str, Any]],
+    current: dict[str, dict[str, Any]],
+    signal: str = "purchase",
+    visit_gap: pd.Timedelta = VISIT_GAP,
+) -> pd.DataFrame:
     """New ``user_activity`` rows: each user's row with the logged ``records`` it lacks folded in.
 
+    ``recent_purchases`` takes the items of ``signal`` events (purchases; views in a click-only
+    shop, whose histories are views), as ``recsys features`` fills it. ``session_events``
+    counts the events of the current visit: an event more than ``visit_gap`` after the one
+    before it (the row's ``event_timestamp``) starts a new visit at 1.
+
     ``current`` maps user id -> the row's values (recent_views, recent_purchases,
-    session_events, applied_seq; all None for a user never seen). A record whose ``seq`` is not
-    above the row's ``applied_seq`` is already in it and skipped; the others are folded in time
-    order (then log order). Users with nothing to fold get no row.
+    session_events, applied_seq, event_timestamp; all None for a user never seen). A record
+    whose ``seq`` is not above the row's ``applied_seq`` is already in it and skipped; the
+    others are folded in time order (then log order). Users with nothing to fold get no row.
     """
     by_user: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -98,15 +110,20 @@ def fold(records: Iterable[dict[str, Any]], current: dict[str, dict[str, Any]]) 
         now = current.get(user, {})
         views = list(now.get("recent_views") or [])
         buys = list(now.get("recent_purchases") or [])
+        visit = int(now.get("session_events") or 0)
+        last = now.get("event_timestamp")
         for e in evs:
+            at = pd.Timestamp(e["timestamp"])
+            visit = 1 if last is None or at - pd.Timestamp(last) > visit_gap else visit + 1
+            last = at
             if e["event_type"] == "view":
                 views = [e["item_id"], *[v for v in views if v != e["item_id"]]]
-            elif e["event_type"] == "purchase":
+            if e["event_type"] == signal:
                 buys = [e["item_id"], *buys]
         rows.append({"user_id": user, "event_timestamp": pd.Timestamp(evs[-1]["timestamp"]),
                      "recent_views": views[:RECENT_ACTIVITY],
                      "recent_purchases": buys[:RECENT_ACTIVITY],
-                     "session_events": int(now.get("session_events") or 0) + len(evs),
+                     "session_events": visit,
                      "applied_seq": max(int(e["seq"]) for e in evs)})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -114,9 +131,19 @@ def fold(records: Iterable[dict[str, Any]], current: dict[str, dict[str, Any]]) 
 class EventIntake:
     """Logs posted events and applies them to the online store, exactly once (see above)."""
 
-    def __init__(self, log_: EventLog, online: OnlineStore) -> None:
+    def __init__(
+        self,
+        log_: EventLog,
+        online: OnlineStore,
+        signal: str = "purchase",
+        visit_gap: pd.Timedelta = VISIT_GAP,
+    ) -> None:
+        """``signal``: the event type the served run learned from; ``visit_gap``: when a
+        visit ends (see :func:`fold`)."""
         self.log = log_
         self.online = online
+        self.signal = signal
+        self.visit_gap = visit_gap
 
     def record(self, events: Sequence[Event]) -> tuple[int, int]:
         """Log and apply a batch; return (events acknowledged, of which duplicates).
@@ -156,7 +183,7 @@ class EventIntake:
             return 0
         try:
             current = self.online.activity(sorted({r["user_id"] for r in records}))
-            rows = fold(records, current)
+            rows = fold(records, current, self.signal, self.visit_gap)
             if len(rows):
                 self.online.push(rows)
         except Exception as exc:

@@ -14,12 +14,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import pandas as pd
 
 from recsys.core.feast_store import open_store
-from recsys.core.online_features import OnlineRowReader
+from recsys.core.online_features import OnlineRowReader, read_rows
 from recsys.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,23 +82,25 @@ class OnlineStore:
             self._retry_at = None
             log.warning("online store reopened after a failure")
 
-    def read(self, user_id: str) -> dict[str, Any]:
-        """The user's row of :data:`SERVICE` (``None`` values when unknown)."""
-        return self._call(lambda: self.rows.read(user_id))
+    def read_timed(self, user_id: str) -> tuple[dict[str, Any], dict[str, datetime | None]]:
+        """The user's row of :data:`SERVICE` (``None`` values when unknown) and when each
+        view's row was written (see ``OnlineRowReader``)."""
+        return self._call(lambda: self.rows.read_timed(user_id))
 
     def activity(self, users: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Each user's :data:`ACTIVITY` values (``None`` for a user never seen)."""
-        refs = [f"{ACTIVITY_VIEW}:{name}" for name in ACTIVITY]
+        """Each user's :data:`ACTIVITY` values and ``event_timestamp`` (when the row was
+        written; ``None`` values for a user never seen)."""
 
         def read() -> dict[str, dict[str, Any]]:
+            view = self.store.get_feature_view(ACTIVITY_VIEW)
+            provider = self.store._get_provider()  # the public API returns no event times
             out: dict[str, dict[str, Any]] = {}
             for start in range(0, len(users), 1000):
                 chunk = users[start : start + 1000]
-                rows = self.store.get_online_features(
-                    features=refs, entity_rows=[{"user_id": u} for u in chunk]
-                ).to_dict()
-                for i, user in enumerate(rows["user_id"]):
-                    out[user] = {name: rows[name][i] for name in ACTIVITY}
+                rows = read_rows(provider, self.store.config, view, "user_id", chunk,
+                                 list(ACTIVITY))  # fmt: skip
+                for user, (written, values) in zip(chunk, rows, strict=True):
+                    out[user] = values | {"event_timestamp": written}
             return out
 
         return self._call(read)

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from models.context import NO_FILTERS, ItemFilters
+from models.context import NO_FILTERS, ItemFilters, UserContext
 from models.item2vec import load_item2vec
-from models.served_pipeline import ServedPipeline
+from models.served_pipeline import Ranking, ServedPipeline
 from models.sources.two_tower import store_search
 from recsys.core.arrays import top_k, unit_rows
 from recsys.core.catalog import item_payloads
@@ -32,7 +33,7 @@ from recsys.core.settings import Settings
 from recsys.core.values import json_value
 from recsys.core.vectorstore import VectorStore, open_vector_store
 from serving.events import Event, EventIntake
-from serving.online import OnlineStore
+from serving.online import ACTIVITY_VIEW, OnlineStore
 from serving.stages import StageGuard
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ BY_TEXT = "similar description"
 BY_TOWER = "similar style and attributes"
 BY_SESSIONS = "viewed in the same sessions"
 BY_PURCHASES = "bought by the same shoppers"
+#: The user row's key for when their activity row was written (their last event).
+VISIT_AT = "activity_at"
 
 
 @dataclass
@@ -70,6 +73,9 @@ class ServedRun:
     # this run's item order (zero rows: items it never saw), None without such a run
     session_vectors: np.ndarray | None = None
     session_run: str | None = None
+    # the run's session pipeline (`POST /recommendations`, `similar?method=sessions`), None
+    # when it has none: session answers then come from the user pipeline
+    session_pipeline: ServedPipeline | None = None
 
 
 class Recommender:
@@ -84,12 +90,14 @@ class Recommender:
         self.settings = settings
         # the `user_serving` service's views are resolved once; each request reads one row
         self.online = OnlineStore(settings)
-        log_ = EventLog(settings.home / "events", settings.serve.event_log_max_bytes)
-        self.intake = EventIntake(log_, self.online)
-        self.intake.replay()  # what a crash left logged but not applied
         self.guard = StageGuard({"features": settings.serve.features_timeout_ms,
                                  "search": settings.serve.search_timeout_ms})  # fmt: skip
         self.served = self._load(self._open_vectors())
+        log_ = EventLog(settings.home / "events", settings.serve.event_log_max_bytes)
+        signal = self.served.run.manifest.get("data", {}).get("signal", "purchase")
+        self.visit_gap = pd.Timedelta(minutes=settings.sessions.visit_gap_minutes)
+        self.intake = EventIntake(log_, self.online, signal, self.visit_gap)
+        self.intake.replay()  # what a crash left logged but not applied
         _freeze_loaded(collect=True)
         self._pending: ServedRun | None = None
         self._stop = threading.Event()
@@ -118,6 +126,8 @@ class Recommender:
         search = self.guard.wrap("search", store_search(lambda: served.vectors))
         served.pipeline = pipeline = ServedPipeline.load(run, self.settings, search, item_vectors)
         item_ids = pipeline.items.item_ids
+        served.session_pipeline = ServedPipeline.load_session(run, self.settings,
+                                                              pipeline.items.vocab)  # fmt: skip
         served.content_vectors, served.content_reason = _content_space(pipeline.model, item_vectors)
         served.session_vectors, served.session_run = _session_space(artifacts, item_ids)
         # response fields of every item, ready to copy: a pandas lookup per item costs ~0.1 ms
@@ -191,13 +201,27 @@ class Recommender:
         Items bought since the last batch run (pushed by ``POST /events``) are put in front of
         ``purchased_items``: the already-bought filter and the user tower both see them.
         """
-        values = self.online.read(user_id)
+        values, written = self.online.read_timed(user_id)
         if all(v is None for k, v in values.items() if k != "user_id"):
             return None
+        values[VISIT_AT] = written.get(ACTIVITY_VIEW)
         fresh = [b for b in (values.get("recent_purchases") or []) if b]
         batch = [b for b in (values.get("purchased_items") or []) if b]
         values["purchased_items"] = list(dict.fromkeys([*fresh, *batch]))
         return values
+
+    def visit(self, features: dict[str, Any] | None) -> list[str]:
+        """Items a known user viewed in their visit in progress, newest first: the newest of
+        their recent views, as many as the visit's events (``session_events``), capped at
+        ``sessions.max_prefix``; none when their last event is older than the visit gap (the
+        activity of ``recsys features`` is history, not a visit)."""
+        last = (features or {}).get(VISIT_AT)
+        if last is None or pd.Timestamp.now(tz="UTC") - pd.Timestamp(last) > self.visit_gap:
+            return []
+        assert features is not None
+        views = [v for v in (features.get("recent_views") or []) if v and self.known_item(v)]
+        events = int(features.get("session_events") or 0)
+        return views[: min(events, self.settings.sessions.max_prefix)]
 
     def record_events(self, events: list[Event]) -> tuple[int, int]:
         """Log, then apply to the online store, exactly once (:class:`EventIntake`); return
@@ -228,7 +252,9 @@ class Recommender:
                              degraded=True)  # fmt: skip
         finally:
             timings["features"] = (time.perf_counter() - t0) * 1e3
-        return self._run(user_id, features, (), k, filters, timings, fallback=features is None)
+        visit = self.visit(features)  # what they browse now steers the answer too
+        return self._run(user_id, features, visit, k, filters, timings,
+                         fallback=features is None)  # fmt: skip
 
     def recommend_session(
         self,
@@ -236,12 +262,36 @@ class Recommender:
         k: int,
         filters: ItemFilters = NO_FILTERS,
         age_bucket: str | None = None,
+        user_id: str | None = None,
     ) -> Recommendation:
-        """A visitor without an id: what they browsed (newest first) and optional context."""
+        """A visit: what was browsed (newest first) and optional context. ``user_id``: a known
+        shopper, whose current visit in the online store (views posted to ``/events``) is
+        merged in after the request's items.
+
+        The session pipeline ranks the session sources' candidates when the run has one; else
+        (or with nothing known browsed) the user pipeline answers as for an anonymous visitor.
+        """
         self._follow()
-        features = {"age_bucket": age_bucket} if age_bucket else None
+        timings: dict[str, float] = {}
+        if user_id:
+            t0 = time.perf_counter()
+            try:
+                features = self.guard.call("features", self.user_features, user_id)
+                session = list(dict.fromkeys([*session, *self.visit(features)]))
+            except Exception as exc:  # the request's own items still answer
+                log.warning("online features failed for %s (%s: %s): answering from the "
+                            "request's items", user_id, type(exc).__name__, exc)  # fmt: skip
+            timings["features"] = (time.perf_counter() - t0) * 1e3
         known = [i for i in session if self.known_item(i)]
-        return self._run(None, features, known, k, filters, {}, fallback=not known)
+        pipeline = self.served.session_pipeline
+        if pipeline is None or not known:
+            features = {"age_bucket": age_bucket} if age_bucket else None
+            return self._run(None, features, known, k, filters, timings, fallback=not known)
+        t1 = time.perf_counter()
+        ranking = pipeline.recommend(UserContext(user_id, (), known), k, filters)
+        timings.update(ranking.timings_ms)
+        timings["pipeline"] = (time.perf_counter() - t1) * 1e3
+        return self._answer(user_id, ranking, timings, fallback=False)
 
     def _run(
         self,
@@ -261,6 +311,16 @@ class Recommender:
         ranking = self.pipeline.recommend(ctx, k, filters)
         timings.update(ranking.timings_ms)
         timings["pipeline"] = (time.perf_counter() - t2) * 1e3
+        return self._answer(user_id, ranking, timings, fallback, degraded)
+
+    def _answer(
+        self,
+        user_id: str | None,
+        ranking: Ranking,
+        timings: dict[str, float],
+        fallback: bool,
+        degraded: bool = False,
+    ) -> Recommendation:
         items = [self._item(r.item_id, r.score, rank, reasons=r.reasons, sources=r.sources)
                  for rank, r in enumerate(ranking.items, start=1)]  # fmt: skip
         return Recommendation(user_id or "", items, fallback, self.model_version, timings,
@@ -290,8 +350,8 @@ class Recommender:
             if item_item is not None
             else (np.empty(0, dtype=np.int64), np.empty(0))
         )
-        sessions = served.session_vectors
-        has_sessions = sessions is not None and bool(sessions[index].any())
+        session_ids, session_scores = self._session_neighbours(index, k * 2)
+        has_sessions = len(session_ids) > 0
         bought = len(behaviour_ids) > 0
         used = method
         if method == "behaviour" and not bought:
@@ -302,8 +362,7 @@ class Recommender:
         if used in ("behaviour", "hybrid") and bought:
             lists.append((BY_PURCHASES, behaviour_ids, behaviour_scores))
         if used in ("sessions", "hybrid") and has_sessions:
-            assert sessions is not None
-            lists.append((BY_SESSIONS, *_nearest(sessions, index, k * 2)))
+            lists.append((BY_SESSIONS, session_ids, session_scores))
         if used in ("content", "hybrid"):
             vectors, reason = served.content_vectors, served.content_reason
             if vectors is None or not vectors[index].any():
@@ -318,6 +377,22 @@ class Recommender:
         ranked = sorted(fused.items(), key=lambda t: -t[1][0])[:k]
         return used, [self._item(self.items.item_ids[i - 1], v, r, reasons=reasons)
                       for r, (i, (v, reasons)) in enumerate(ranked, start=1)]  # fmt: skip
+
+    def _session_neighbours(self, index: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """What shoppers view next after item ``index``: the session pipeline's answer to a
+        visit of that one item (its session sources and ranker), else the newest item2vec
+        run's cosine neighbours; empty when neither knows the item."""
+        served = self.served
+        if served.session_pipeline is not None:
+            ctx = UserContext(None, (), [self.items.item_ids[index - 1]])
+            ranking = served.session_pipeline.recommend(ctx, n)
+            if not ranking.failed and any(r.sources != ["popular"] for r in ranking.items):
+                ids = np.array([r.index for r in ranking.items], dtype=np.int64)
+                return ids, np.array([r.score for r in ranking.items])
+        vectors = served.session_vectors
+        if vectors is not None and vectors[index].any():
+            return _nearest(vectors, index, n)
+        return np.empty(0, dtype=np.int64), np.empty(0)
 
     def bought_together(self, item_id: str, k: int) -> list[dict[str, Any]]:
         source = self.pipeline.generator.source("bought_together")

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.association_rules import load_rules
+from models.context import UserContext
 from pipelines.embed import read_vectors
 from recsys.core.run import Run
 from recsys.core.schema import table_path
@@ -81,7 +82,8 @@ def test_session_recommendations_for_a_visitor_without_an_id(client, shop) -> No
     body = client.post("/recommendations", json={"session_items": browsed, "k": 5}).json()
     assert body["fallback"] is False and len(body["items"]) == 5
     assert not set(browsed) & {i["item_id"] for i in body["items"]}
-    assert any("you viewed" in r for i in body["items"] for r in i["reasons"])
+    sources = {s for i in body["items"] for s in i["sources"]}
+    assert sources & {"sr", "vsknn", "slist", "cooccurrence"}, body  # the session pipeline
     empty = client.post("/recommendations", json={"session_items": [], "age_bucket": "25-34"})
     assert empty.status_code == 200 and empty.json()["fallback"] is True
     assert len(empty.json()["items"]) == 10
@@ -106,17 +108,31 @@ def test_similar_items_by_each_method(client, shop, method) -> None:
         assert {"bought by the same shoppers", "viewed in the same sessions"} < reasons, body
 
 
-def test_session_neighbours_come_from_the_demos_item2vec_run(client, shop) -> None:
-    """`recsys demo` trained item2vec; the API found that run and ranks by its cosine."""
-    served = client.app.state.recommender.served
-    assert served.session_run and served.session_run.startswith("item2vec_")
-    vectors, items = served.session_vectors, client.app.state.recommender.items
+def test_session_neighbours_are_the_session_pipelines_next_clicks(client, shop) -> None:
+    """`similar?method=sessions` answers what the session pipeline ranks next after a visit of
+    that one item; without a session pipeline, the demo's item2vec run's cosine neighbours."""
+    recommender = client.app.state.recommender
+    served = recommender.served
+    assert served.session_pipeline is not None
     item = str(shop["buys"]["item_id"].value_counts().index[0])
-    index = items.index(item)
     body = client.get(f"/items/{item}/similar", params={"method": "sessions", "k": 5}).json()
-    cosines = [float(vectors[items.index(i["item_id"])] @ vectors[index]) for i in body["items"]]
-    assert cosines == sorted(cosines, reverse=True) and cosines[0] > 0.3, cosines
-    assert [i["score"] for i in body["items"]] == pytest.approx(cosines, abs=1e-5)
+    visit = served.session_pipeline.recommend(UserContext(None, (), [item]), 10)
+    assert [i["item_id"] for i in body["items"]] == visit.item_ids()[:5]
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True), body
+
+    pipeline, served.session_pipeline = served.session_pipeline, None
+    try:
+        assert served.session_run and served.session_run.startswith("item2vec_")
+        vectors, items = served.session_vectors, recommender.items
+        index = items.index(item)
+        body = client.get(f"/items/{item}/similar", params={"method": "sessions", "k": 5}).json()
+        cosines = [float(vectors[items.index(i["item_id"])] @ vectors[index])
+                   for i in body["items"]]  # fmt: skip
+        assert cosines == sorted(cosines, reverse=True) and cosines[0] > 0.3, cosines
+        assert [i["score"] for i in body["items"]] == pytest.approx(cosines, abs=1e-5)
+    finally:
+        served.session_pipeline = pipeline
 
 
 def test_an_item_nobody_bought_gets_session_or_content_neighbours(client, shop) -> None:
@@ -124,10 +140,9 @@ def test_an_item_nobody_bought_gets_session_or_content_neighbours(client, shop) 
     if not never:
         pytest.skip("every generated item was bought")
     recommender = client.app.state.recommender
-    vectors = recommender.served.session_vectors
     for item in never[:5]:
         body = client.get(f"/items/{item}/similar", params={"method": "behaviour"}).json()
-        browsed = bool(vectors[recommender.items.index(item)].any())
+        browsed = len(recommender._session_neighbours(recommender.items.index(item), 10)[0]) > 0
         assert body["method"] == ("sessions" if browsed else "content"), (item, body)
         assert len(body["items"]) == 10
 

@@ -53,3 +53,30 @@ def test_a_line_torn_by_a_crash_loses_nothing_after_it(tmp_path: Path) -> None:
     assert record["seq"] == 2
     assert [r["event_id"] for r in EventLog(tmp_path).records()] == ["a", "b"]
     assert json.loads(log.path.read_text().splitlines()[-1])["event_id"] == "b"
+
+
+def test_fold_counts_the_visit_and_files_signal_events_as_history() -> None:
+    """A view within the visit gap extends the visit; one after it starts a new visit at 1.
+    In a click-only shop (signal ``view``) views also join the history list."""
+    from datetime import UTC, datetime, timedelta
+
+    from serving.events import fold
+
+    then = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    row = {"recent_views": ["a"], "recent_purchases": ["z"], "session_events": 4,
+           "applied_seq": 7, "event_timestamp": then}  # fmt: skip
+
+    def view(seq: int, item: str, minutes: float) -> dict:
+        at = (then + timedelta(minutes=minutes)).isoformat()
+        return {"seq": seq, "user_id": "u", "item_id": item, "event_type": "view", "timestamp": at}
+
+    same_visit = fold([view(8, "b", 10), view(7, "old", 11)], {"u": row})
+    assert same_visit["session_events"].tolist() == [5]  # seq 7 is in the row already
+    assert same_visit["recent_views"].tolist() == [["b", "a"]]
+    assert same_visit["recent_purchases"].tolist() == [["z"]]  # purchases are the signal
+    later = fold([view(8, "b", 90), view(9, "c", 95)], {"u": row}, signal="view")
+    assert later["session_events"].tolist() == [2]  # a new visit: two events
+    assert later["recent_purchases"].tolist() == [["c", "b", "z"]]
+    assert later["applied_seq"].tolist() == [9]
+    first = fold([view(1, "b", 0)], {})
+    assert first["session_events"].tolist() == [1]

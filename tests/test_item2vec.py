@@ -1,5 +1,6 @@
-"""item2vec: sessions, skip-gram pairs, the loss, planted structure through Ray Train, and the
-safetensors round trip. One Ray fit for the module (Ray's start-up dominates its cost)."""
+"""item2vec: sessions, skip-gram pairs, the loss, planted structure through Ray Train, the
+safetensors round trip, and item2vec as a session model. One Ray start for the module (Ray's
+start-up dominates its cost)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ from models.item2vec import (
     MANIFEST,
     Item2Vec,
     Item2VecConfig,
-    Sessions,
-    SessionVocabulary,
-    build_sessions,
     load_item2vec,
     save_item2vec,
     skipgram_pairs,
     subsample_keep_prob,
+    train_plain,
 )
 from models.metrics import next_item_metrics
-from pipelines.item2vec import cooccurrence_topk, next_item_steps, train_plain
+from models.session.base import MODELS, resolve_params
+from models.session.data import Sessions, SessionVocabulary, build_sessions
+from models.session.item2vec import Item2VecSession
+from pipelines.item2vec import cooccurrence_topk, next_item_steps
 from pipelines.synth import generate
 from recsys.core.run import Run
 from recsys.core.settings import RaySettings, Settings, TrainSettings
@@ -257,3 +259,119 @@ def test_saved_run_round_trips_without_pickle(planted, tmp_path: Path) -> None:
     assert again.config == cfg and again.manifest["metrics"] == {"note": 1}
     with pytest.raises(ValueError, match="vocabulary"):
         save_item2vec(Run(tmp_path), Item2Vec(7, 8), vocab, cfg)
+
+
+# --------------------------------------------------------------------------- session model
+# Two clusters of 10 items, sessions inside one; items 21 and 22 never appear. No sub-sampling:
+# on 20 items every one is "frequent" and would mostly be dropped.
+# decay 0: the last item alone, so that a cluster's items rank first whatever came before.
+TOY = {"dim": 16, "epochs": 4, "batch_size": 128, "lr": 0.05, "subsample": 0.0, "decay": 0.0}
+
+
+def _toy_sessions(n: int, seed: int = 0) -> Sessions:
+    rng = np.random.default_rng(seed)
+    clusters = [np.arange(1, 11), np.arange(11, 21)]
+    return _csr(*[rng.permutation(clusters[s % 2])[:6].tolist() for s in range(n)])
+
+
+@pytest.fixture(scope="module")
+def toy_model() -> Item2VecSession:
+    return Item2VecSession.fit(_toy_sessions(400), 23, **TOY)
+
+
+def test_session_model_learns_the_clusters(toy_model: Item2VecSession) -> None:
+    assert MODELS["item2vec"] is Item2VecSession
+    assert toy_model.fit_metrics["backend"] == "plain" and toy_model.fit_metrics["pairs"] > 0
+    assert toy_model.known.tolist() == [False] + [True] * 20 + [False, False]
+    prefixes = [np.array([3]), np.array([15, 12]), np.array([14, 2, 7])]
+    scores = toy_model.score(prefixes)
+    assert scores.shape == (3, 23) and scores.dtype == np.float32 and (scores >= 0).all()
+    for row, cluster in zip(scores, (0, 1, 0), strict=True):
+        top = np.argsort(-row, kind="stable")[:8]
+        assert ((top - 1) // 10 == cluster).all(), (top, row)
+        inside = row[1 + 10 * cluster : 11 + 10 * cluster]
+        outside = row[11 - 10 * cluster : 21 - 10 * cluster]
+        assert np.sort(inside)[1] > outside.max()  # all but the item just viewed
+    # The item just viewed is no evidence for itself (decay 0: only the last item counts).
+    assert scores[0, 3] == 0 and scores[1, 12] == 0 and scores[2, 7] == 0
+
+
+def test_session_model_scores_padding_unknown_items_and_empty_prefixes_0(
+    toy_model: Item2VecSession,
+) -> None:
+    scores = toy_model.score([np.array([4, 9]), np.array([], dtype=np.int64), np.array([0, 21])])
+    assert (scores[:, 0] == 0).all() and (scores[:, 21:] == 0).all()
+    assert (scores[1] == 0).all() and (scores[2] == 0).all()  # nothing known: no evidence
+    assert (scores[0, 1:21] > 0).sum() >= 9
+    # 0s and unknown items in a prefix are skipped: the last *known* item is scored from.
+    np.testing.assert_array_equal(
+        toy_model.score([np.array([4, 9, 0, 22])]), toy_model.score([np.array([9])])
+    )
+    with pytest.raises(ValueError, match="outside 0..22"):
+        toy_model.score([np.array([23])])
+
+
+def test_session_model_decay_weighs_older_items(toy_model: Item2VecSession) -> None:
+    last = toy_model
+    decayed = Item2VecSession(23, toy_model.params | {"decay": 0.5}, toy_model.vectors)
+    mixed = [np.array([12, 3])]  # an item of cluster 1, then one of cluster 0
+    np.testing.assert_array_equal(last.score(mixed), last.score([np.array([3])]))
+    a, b = last.score(mixed)[0], decayed.score(mixed)[0]
+    assert b[11:21].mean() > a[11:21].mean() and b[1:11].mean() < a[1:11].mean()
+    # The last item is no evidence for itself, an earlier one is (weight 0.5 of 1.5 here) ...
+    cos = float(decayed.vectors[3] @ decayed.vectors[5])
+    both = decayed.score([np.array([5, 3])])[0]
+    assert cos > 0 and both[3] == pytest.approx(cos * 0.5 / 1.5, abs=1e-6)
+    assert both[5] == pytest.approx((0.5 + cos) / 1.5, abs=1e-6)
+    # ... unless it is the last item again: 3 5 3 scores 3 from 5 alone (weights 0.25, 0.5, 1).
+    again = decayed.score([np.array([3, 5, 3])])[0]
+    assert again[3] == pytest.approx(cos * 0.5 / 1.75, abs=1e-6)
+
+
+def test_session_model_save_load_round_trip(toy_model: Item2VecSession, tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    toy_model.save(run, "session_item2vec")
+    again = Item2VecSession.load(run, "session_item2vec")
+    prefixes = [np.array(p) for p in ([3], [15, 12], [14, 2, 7], [], [0, 21], [5, 5, 18])]
+    np.testing.assert_array_equal(again.score(prefixes), toy_model.score(prefixes))
+    assert again.params == toy_model.params and again.n_items == toy_model.n_items
+    assert not list(tmp_path.glob("*.pkl")) and not list(tmp_path.glob("*.npz"))
+
+
+def test_session_model_parameters_are_checked() -> None:
+    defaults = Item2VecSession.defaults
+    assert {**Item2VecConfig().model_dump(), "decay": 1.0, "recent": 10} == defaults
+    for key, values in Item2VecSession.grid.items():
+        assert key in defaults and len(values) >= 2
+    with pytest.raises(ValueError, match="decy"):
+        resolve_params(Item2VecSession, {"decy": 0.5})
+    with pytest.raises(ValueError, match="decay"):
+        Item2VecSession.fit(_toy_sessions(10), 23, decay=2.0)
+    with pytest.raises(ValueError, match="n_items"):
+        Item2VecSession.fit(_toy_sessions(10), 15)
+    with pytest.raises(ValueError, match="nothing to learn"):
+        Item2VecSession.fit(_csr([3], [4, 4]), 23)
+
+
+def test_session_model_min_count_drops_rare_items() -> None:
+    sessions = _csr(*([[1, 2, 3]] * 30 + [[1, 4, 2]]))  # item 4 seen once
+    model = Item2VecSession.fit(sessions, 6, **(TOY | {"epochs": 1, "min_count": 2}))
+    assert model.known.tolist() == [False, True, True, True, False, False]
+    assert (model.score([np.array([1]), np.array([4])])[:, 4:] == 0).all()
+
+
+def test_session_model_fits_through_ray_like_the_plain_fit(planted, tmp_path: Path) -> None:
+    """After the planted fixture: Ray is already up, and goes down with it."""
+    settings = Settings(
+        home=tmp_path,
+        train=TrainSettings(num_workers=1, cpus_per_worker=1),
+        ray=RaySettings(object_store_memory=256 * 1024 * 1024),
+    )
+    sessions = _toy_sessions(200, seed=1)
+    params = TOY | {"epochs": 2}
+    on_ray = Item2VecSession.fit_ray(settings, sessions, 23, **params)
+    plain = Item2VecSession.fit(sessions, 23, threads=1, **params)
+    assert on_ray.fit_metrics["backend"] == "ray"
+    assert len(on_ray.fit_metrics["loss_history"]) == 2  # the metrics came back with weights
+    prefixes = [np.array([3]), np.array([15, 12]), np.array([14, 2, 7])]
+    np.testing.assert_allclose(on_ray.score(prefixes), plain.score(prefixes), atol=1e-5)

@@ -15,6 +15,7 @@ from models.sources.base import (
     Proposal,
     Request,
     SourceData,
+    Task,
 )
 from recsys.core.settings import Settings
 
@@ -31,8 +32,10 @@ def register(cls: S) -> S:
     return cls
 
 
-def enabled_sources(settings: Settings) -> list[tuple[type[CandidateSource], object]]:
-    """(class, validated settings) of every enabled source, in registry order.
+def enabled_sources(
+    settings: Settings, task: Task = "user"
+) -> list[tuple[type[CandidateSource], object]]:
+    """(class, validated settings) of every enabled source of ``task``, in registry order.
 
     A ``sources:`` entry that names no registered source is an error rather than silently
     ignored: a typo would otherwise drop a source from the ranker without a word.
@@ -46,6 +49,8 @@ def enabled_sources(settings: Settings) -> list[tuple[type[CandidateSource], obj
         )
     out = []
     for name, cls in REGISTRY.items():
+        if task not in cls.tasks:
+            continue
         raw = settings.sources.raw(name)
         if raw is None:  # a plug-in source is off until configured
             continue
@@ -57,6 +62,7 @@ def enabled_sources(settings: Settings) -> list[tuple[type[CandidateSource], obj
 
 # the built-in sources, in the order they run (and their features come in the ranker's rows)
 from models.sources import item_item, two_tower, bought_together, popular  # noqa: E402, I001
+from models.sources import session  # noqa: E402
 
 __all__ = [
     "MISSING_RANK",
@@ -65,10 +71,12 @@ __all__ = [
     "Proposal",
     "Request",
     "SourceData",
+    "Task",
     "bought_together",
     "enabled_sources",
     "item_item",
     "popular",
     "register",
+    "session",
     "two_tower",
 ]

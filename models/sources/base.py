@@ -13,17 +13,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import pandas as pd
 
 from models.context import ItemCatalog, ItemFilters, UserContext, VectorSearch
+from models.session.data import Sessions
 from recsys.core.run import Run
 from recsys.core.settings import Settings, SourceSettings
 
 #: The rank feature of an item its source did not propose (ranks start at 1).
 MISSING_RANK = 1000.0
+#: What a pipeline answers: ``user``, a known shopper's next purchases (their history, their
+#: profile); ``session``, the next click of this visit (what was browsed, in order).
+Task = Literal["user", "session"]
 
 
 @dataclass
@@ -45,6 +49,7 @@ class SourceData:
     end: pd.Timestamp | None = None
     item_vectors: np.ndarray | None = None
     vector_search: VectorSearch | None = None
+    sessions: Sessions | None = None
 
 
 @dataclass
@@ -55,8 +60,9 @@ class Request:
     filters: ItemFilters
     catalog: ItemCatalog
     seeds: np.ndarray  # known item indices the behavioural sources start from, newest first
-    excluded: np.ndarray  # item indices of the history and this visit: never proposed
+    excluded: np.ndarray  # item indices never proposed: the history (and this visit, hidden)
     blocked: np.ndarray  # bool over item indices: excluded, filtered out or unknown (row 0)
+    session: np.ndarray  # known item indices of this visit, oldest first (session models)
 
 
 @dataclass
@@ -84,7 +90,7 @@ class CandidateSource(ABC):
     candidates (the source alone, in evaluation). ``marker``: the column whose value tells its
     own candidates from the others in a feature row (finite and below ``MISSING_RANK``).
     ``degrades``: a failure while proposing is logged and the request answered by the other
-    sources (flagged ``degraded``) instead of failing.
+    sources (flagged ``degraded``) instead of failing. ``tasks``: the pipelines it runs in.
     """
 
     name: ClassVar[str]
@@ -95,6 +101,7 @@ class CandidateSource(ABC):
     marker: ClassVar[str]
     settings_model: ClassVar[type[SourceSettings]] = SourceSettings
     degrades: ClassVar[bool] = False
+    tasks: ClassVar[tuple[Task, ...]] = ("user",)
 
     def __init__(self, cfg: SourceSettings) -> None:
         self.cfg = cfg

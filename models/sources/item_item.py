@@ -32,6 +32,7 @@ class ItemItemSource(CandidateSource):
     order = ("ii_score", True)
     marker = "ii_rank"
     settings_model = ItemItemSourceSettings
+    tasks = ("user", "session")  # a visit's items are seeds as a history's are
 
     def __init__(self, cfg: ItemItemSourceSettings, neighbours: ItemNeighbors) -> None:
         super().__init__(cfg)

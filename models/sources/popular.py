@@ -29,6 +29,7 @@ class PopularSource(CandidateSource):
     order = ("pop_rank", False)
     marker = "pop_rank"
     settings_model = PopularSourceSettings
+    tasks = ("user", "session")
 
     def __init__(self, cfg: PopularSourceSettings, frame: pd.DataFrame) -> None:
         super().__init__(cfg)

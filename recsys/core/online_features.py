@@ -15,6 +15,8 @@ online either; a test checks the two agree, pushed rows included).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from feast import FeatureStore
@@ -48,12 +50,35 @@ class OnlineRowReader:
 
     def read(self, key: str) -> dict[str, Any]:
         """The row of ``key`` (a missing feature or an unknown key: ``None`` values)."""
-        entity = EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=key)])
+        return self.read_timed(key)[0]
+
+    def read_timed(self, key: str) -> tuple[dict[str, Any], dict[str, datetime | None]]:
+        """:meth:`read`, and when each view's row was written (its event time; None: no
+        row), e.g. to tell a visit in progress from last week's activity."""
         row: dict[str, Any] = {self.join_key: key}
+        times: dict[str, datetime | None] = {}
         for view, names in self._views:
-            [(_, values)] = self._provider.online_read(self._config, view, [entity], names)
-            values = values or {}
-            for name in names:
-                value = values.get(name)
-                row[name] = None if value is None else feast_value_type_to_python_type(value)
-        return row
+            [(written, values)] = read_rows(self._provider, self._config, view, self.join_key,
+                                            [key], names)  # fmt: skip
+            row |= values
+            times[view.name] = written
+        return row, times
+
+
+def read_rows(
+    provider: Any, config: Any, view: Any, join_key: str, keys: Sequence[str], names: list[str]
+) -> list[tuple[datetime | None, dict[str, Any]]]:
+    """(event time in UTC, ``{name: value}``) of each key's row of ``view``, through the
+    provider's ``online_read`` (any Feast online store); unknown keys: (None, None values)."""
+    entities = [EntityKey(join_keys=[join_key], entity_values=[Value(string_val=k)]) for k in keys]
+    out = []
+    for written, values in provider.online_read(config, view, entities, names):
+        values = values or {}
+        row = {}
+        for name in names:
+            value = values.get(name)
+            row[name] = None if value is None else feast_value_type_to_python_type(value)
+        if written is not None and written.tzinfo is None:
+            written = written.replace(tzinfo=UTC)  # stores keep UTC without a zone
+        out.append((written, row))
+    return out

@@ -75,6 +75,14 @@ class Run:
     def id(self) -> str:
         return self.path.name
 
+    def sub(self, name: str, create: bool = False) -> Run:
+        """A folder of parts inside this run (e.g. the session pipeline's sources and ranker,
+        whose part names would otherwise collide with the user pipeline's)."""
+        sub = Run(self.path / name)
+        if create:
+            sub.path.mkdir(parents=True, exist_ok=True)
+        return sub
+
     # ------------------------------------------------------------------ parts
     def file(self, name: str) -> Path:
         """The path of part ``name`` (with its extension), for writers that need a path (a

@@ -7,7 +7,7 @@ e.g. ``RECSYS_HOME=/data/recsys`` or ``RECSYS_TRAIN__EPOCHS=5``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -64,6 +64,32 @@ class FeatureSettings(BaseModel):
     materialize_chunk_rows: int = Field(
         default=1_000_000, description="Materialize in time windows of about this many rows."
     )
+
+
+class EventSettings(BaseModel):
+    """What each event type says about what a shopper wants (``RECSYS_EVENTS__WEIGHTS``).
+
+    The strongest type a data set has is its *signal*: the candidate sources fit on it, the
+    ranker's labels are the next event of that kind, and evaluation scores it. A fashion shop
+    with orders trains on purchases; a shop that sees only clicks trains on views, with the same
+    code, instead of falling back to popularity.
+    """
+
+    weights: dict[str, float] = Field(
+        default={"purchase": 1.0, "add_to_cart": 0.5, "view": 0.1},
+        description="Strength of each event type; the highest one present is the signal.",
+    )
+
+    def signal(self, present: Iterable[str], where: str = "the interactions") -> str:
+        """The strongest event type in ``present`` (``where`` names the data for the error)."""
+        found = [t for t in dict.fromkeys(present) if t in self.weights]
+        if not found:
+            raise ValueError(
+                f"{where} have none of the weighted event types {sorted(self.weights)}: "
+                "import events of one of them, or give their type a weight in "
+                "RECSYS_EVENTS__WEIGHTS"
+            )
+        return max(found, key=lambda t: self.weights[t])
 
 
 class TrainSettings(BaseModel):
@@ -161,6 +187,16 @@ class PopularSourceSettings(SourceSettings):
     window: Literal["7d", "30d", "all"] = "7d"
 
 
+class SessionSourceSettings(SourceSettings):
+    """A session model (``models/session/``) proposing what comes next in this visit.
+
+    ``params``: its hyper-parameters over the model's defaults (names as in its ``defaults``),
+    e.g. ``RECSYS_SOURCES__SR__PARAMS='{"steps": 10}'``.
+    """
+
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class SourcesSettings(BaseModel):
     """Candidate sources by name, in the order they run (``models/sources/``).
 
@@ -174,6 +210,13 @@ class SourcesSettings(BaseModel):
     two_tower: TwoTowerSourceSettings = TwoTowerSourceSettings()
     bought_together: BoughtTogetherSourceSettings = BoughtTogetherSourceSettings()
     popular: PopularSourceSettings = PopularSourceSettings()
+    # the session task's own sources (``SessionSettings``): what comes next in this visit
+    sr: SessionSourceSettings = SessionSourceSettings()
+    vsknn: SessionSourceSettings = SessionSourceSettings()
+    slist: SessionSourceSettings = SessionSourceSettings()
+    cooccurrence: SessionSourceSettings = SessionSourceSettings()
+    gru4rec: SessionSourceSettings = SessionSourceSettings(enabled=False)
+    item2vec: SessionSourceSettings = SessionSourceSettings(enabled=False)
 
     def raw(self, name: str) -> dict[str, Any] | None:
         """The entry for source ``name`` as a plain dict, None when it is not configured."""
@@ -219,6 +262,32 @@ class RankingSettings(BaseModel):
     )
     max_category_share: float = Field(
         default=0.5, description="Diversity: at most this share of a response in one category."
+    )
+
+
+class SessionSettings(BaseModel):
+    """The session pipeline: session sources + its own ranker, for ``POST /recommendations``
+    and ``similar?method=sessions`` (``recsys train`` fits it when the data has sessions)."""
+
+    enabled: bool = Field(default=True, description="Fit the session pipeline in `recsys train`.")
+    label_share: float = Field(
+        default=0.15,
+        gt=0,
+        lt=1,
+        description="The newest share of training sessions whose prefixes give the session "
+        "ranker its rows (its sources are fitted on the sessions before them).",
+    )
+    label_sessions: int = Field(
+        default=5_000, ge=10, description="At most this many label sessions (the newest)."
+    )
+    max_prefix: int = Field(
+        default=20, ge=1, description="Newest session items the session sources start from."
+    )
+    visit_gap_minutes: float = Field(
+        default=30.0,
+        gt=0,
+        description="A known user's visit ends after this long without an event: their views "
+        "steer recommendations while it lasts, and a later event starts a new one.",
     )
 
 
@@ -353,9 +422,11 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     features: FeatureSettings = FeatureSettings()
     embed: EmbedSettings = EmbedSettings()
+    events: EventSettings = EventSettings()
     train: TrainSettings = TrainSettings()
     sources: SourcesSettings = SourcesSettings()
     ranking: RankingSettings = RankingSettings()
+    sessions: SessionSettings = SessionSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     vector_store: VectorStoreSettings = VectorStoreSettings()
     ray: RaySettings = RaySettings()

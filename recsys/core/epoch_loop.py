@@ -1,6 +1,8 @@
-"""The epoch loop of the two-tower and item2vec fits, what it reports, and the two ways to run a
-fit, Ray Train and plain PyTorch: one loop, so that the two are timed on equal terms. Light to
-import (Ray workers import it): torch and Ray are imported where used.
+"""The epoch loop of every PyTorch fit (two-tower, item2vec, the session GRU), what it
+reports, and the two ways to run a fit, Ray Train and plain PyTorch: one loop, so that the two
+are timed on equal terms. In the core so that a model module can train itself through Ray Train
+(:func:`recsys.core.ray_runtime.fit_torch`). Light to import (Ray workers import it): torch and
+Ray are imported where used.
 
 A fit is ``fit(config, rank=0, world=1, report=None, prepare=None)``: it trains on shard
 ``rank::world`` of ``config["arrays"]``, its model wrapped by ``prepare`` (Ray's
