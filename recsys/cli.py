@@ -684,6 +684,9 @@ def demo(
     for path in (f"users/{user_id}/recommendations?k=10", "users/new-visitor/recommendations?k=5",
                  "health"):  # fmt: skip
         console.print(f"    curl -s 'http://{host}:{port}/{path}'")
+    visit = json.dumps({"session_items": example_visit(settings), "k": 5})
+    console.print(f"    curl -s -X POST 'http://{host}:{port}/recommendations' "
+                  f"-H 'Content-Type: application/json' -d '{visit}'")  # fmt: skip
     if serve:
         run_serve(settings, host, port)
 
@@ -701,6 +704,23 @@ def example_user(settings: Settings) -> str:
     if row is None:
         raise _fail(RuntimeError(f"no users in {path}"))
     return str(row[0])
+
+
+def example_visit(settings: Settings) -> list[str]:
+    """A real visit of the data set to replay: the last three items of its newest session of
+    three or more (newest first, as `POST /recommendations` takes them)."""
+    import duckdb
+
+    from recsys.core.schema import table_path
+
+    path = table_path(settings.validated_dir, "interactions")
+    with duckdb.connect() as con:
+        row = con.execute(
+            f"""SELECT list(item_id ORDER BY "timestamp" DESC) FROM {parquet(path)}
+                WHERE session_id IS NOT NULL GROUP BY session_id
+                HAVING count(DISTINCT item_id) >= 3 ORDER BY max("timestamp") DESC LIMIT 1"""
+        ).fetchone()
+    return list(dict.fromkeys(row[0]))[:3] if row else []
 
 
 def _override(settings: Settings, section: str, **values: Any) -> Settings:

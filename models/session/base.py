@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from models.session.data import Sessions
 from recsys.core.run import Run
@@ -76,6 +77,16 @@ class SessionModel(ABC):
         """Read what :meth:`save` wrote."""
         raise NotImplementedError(f"{cls.__name__} cannot be loaded")
 
+    def save_params(self, run: Run, part: str) -> None:
+        """The part every model writes beside its arrays: catalogue size and parameters."""
+        run.write_json(f"{part}_params", {"n_items": self.n_items, "params": self.params})
+
+    @staticmethod
+    def read_params(run: Run, part: str) -> tuple[int, dict[str, Any]]:
+        """(n_items, params) as :meth:`save_params` wrote them."""
+        meta = run.read_json(f"{part}_params")
+        return int(meta["n_items"]), dict(meta["params"])
+
     def describe(self) -> str:
         """What was fitted, in a few words for logs."""
         return ", ".join(f"{k}={v}" for k, v in self.params.items())
@@ -91,3 +102,20 @@ def resolve_params(model_cls: type[SessionModel], params: Mapping[str, Any]) -> 
             f"{', '.join(model_cls.defaults) or 'none'}."
         )
     return {**model_cls.defaults, **params}
+
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def parse_params(model: type[P], params: Mapping[str, Any], name: str) -> P:
+    """``params`` validated by a model's pydantic parameter class; a ValueError naming each
+    bad one and what the model accepts (``name``: the model, for the message)."""
+    try:
+        return model(**params)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'params'}={e.get('input')!r}: {e['msg']}"
+            for e in exc.errors()
+        )
+        known = ", ".join(model.model_fields)
+        raise ValueError(f"{name}: bad parameter(s): {problems}. Parameters: {known}.") from None

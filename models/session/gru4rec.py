@@ -29,11 +29,11 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models.item2vec import draw_negatives, negative_cdf
-from models.session.base import SessionModel, register_model
+from models.session.base import SessionModel, parse_params, register_model
 from models.session.data import PAD, Sessions
 from recsys.core.epoch_loop import final_metrics, ray_worker, run_plain, train_epochs
 from recsys.core.run import Run
@@ -66,19 +66,6 @@ class GRU4RecParams(BaseModel):
         default=1024, ge=0, description="Popular negatives per batch (sampled loss; 0: in-batch)."
     )
     seed: int = 0
-
-
-def parse_params(params: dict[str, Any]) -> GRU4RecParams:
-    """Validated parameters; a ValueError naming each bad one and what it accepts."""
-    try:
-        return GRU4RecParams(**params)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'params'}={e.get('input')!r}: {e['msg']}"
-            for e in exc.errors()
-        )
-        known = ", ".join(GRU4RecParams.model_fields)
-        raise ValueError(f"gru4rec: bad parameter(s): {problems}. Parameters: {known}.") from None
 
 
 # --------------------------------------------------------------------------- examples
@@ -293,7 +280,7 @@ class GRU4Rec(SessionModel):
         starving each other (see :func:`recsys.core.ray_runtime.worker_env`)."""
         if threads < 1:
             raise ValueError(f"gru4rec: threads must be >= 1, got {threads}")
-        p = parse_params(params)
+        p = parse_params(GRU4RecParams, params, "gru4rec")
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="gru4rec_") as tmp:
             config = write_examples(sessions, n_items, p, Path(tmp) / EXAMPLES, threads)
@@ -309,7 +296,7 @@ class GRU4Rec(SessionModel):
         a shared temporary directory)."""
         from recsys.core.ray_runtime import fit_torch, worker_threads
 
-        p = parse_params(params)
+        p = parse_params(GRU4RecParams, params, "gru4rec")
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="gru4rec_") as tmp:
             config = write_examples(
@@ -352,13 +339,13 @@ class GRU4Rec(SessionModel):
     def save(self, run: Run, part: str) -> None:
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_tensors(part, self.net.state_dict())
-        run.write_json(f"{part}_params", {"params": self.params, "n_items": self.n_items})
+        self.save_params(run, part)
 
     @classmethod
     def load(cls, run: Run, part: str) -> Self:
-        saved = run.read_json(f"{part}_params")
-        p = parse_params(saved["params"])
-        return cls._from_state(int(saved["n_items"]), p, run.read_tensors(part, "torch"))
+        n_items, params = cls.read_params(run, part)
+        p = parse_params(GRU4RecParams, params, "gru4rec")
+        return cls._from_state(n_items, p, run.read_tensors(part, "torch"))
 
 
 def _since(started: float) -> float:

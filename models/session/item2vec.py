@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
 from models.item2vec import WEIGHTS, Item2VecConfig, train_func, train_plain, write_pairs
-from models.session.base import SessionModel, register_model
+from models.session.base import SessionModel, parse_params, register_model
 from models.session.data import PAD, Sessions
 from recsys.core.run import Run
 from recsys.core.settings import Settings
@@ -65,19 +65,6 @@ class Item2VecSessionParams(Item2VecConfig):
 
 
 BASE_FIELDS = tuple(Item2VecConfig.model_fields)
-
-
-def parse_params(params: dict[str, Any]) -> Item2VecSessionParams:
-    """Validated parameters; a ValueError naming each bad one and what it accepts."""
-    try:
-        return Item2VecSessionParams(**params)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'params'}={e.get('input')!r}: {e['msg']}"
-            for e in exc.errors()
-        )
-        known = ", ".join(Item2VecSessionParams.model_fields)
-        raise ValueError(f"item2vec: bad parameter(s): {problems}. Parameters: {known}.") from None
 
 
 def training_sessions(
@@ -139,7 +126,7 @@ class Item2VecSession(SessionModel):
         """Pairs in a temporary ``.npz``, then ``ray(config)`` or the plain fit on it."""
         if n_items < 2:
             raise ValueError(f"item2vec: n_items={n_items} leaves no item (index 0 is padding)")
-        p = parse_params(params)
+        p = parse_params(Item2VecSessionParams, params, "item2vec")
         started = time.perf_counter()
         cfg = Item2VecConfig(**p.model_dump(include=set(BASE_FIELDS)))
         sessions, counts = training_sessions(sessions, n_items, cfg.min_count)
@@ -229,11 +216,11 @@ class Item2VecSession(SessionModel):
     def save(self, run: Run, part: str) -> None:
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_tensors(part, {"vectors": self.vectors})
-        run.write_json(f"{part}_params", {"params": self.params, "n_items": self.n_items})
+        self.save_params(run, part)
 
     @classmethod
     def load(cls, run: Run, part: str) -> Self:
-        saved = run.read_json(f"{part}_params")
-        p = parse_params(saved["params"])
+        n_items, params = cls.read_params(run, part)
+        p = parse_params(Item2VecSessionParams, params, "item2vec")
         vectors = run.read_tensors(part)["vectors"]
-        return cls(int(saved["n_items"]), p.model_dump(), vectors)
+        return cls(n_items, p.model_dump(), vectors)

@@ -197,18 +197,17 @@ class VSkNN(SessionModel):
         run.write_tensors(part, {"indptr": self.sessions.indptr.astype(np.int64),
                                  "indices": self.sessions.indices.astype(np.int64),
                                  "idf": self.idf.astype(np.float64)})  # fmt: skip
-        run.write_json(f"{part}_params", {"n_items": self.n_items, "params": self.params})
+        self.save_params(run, part)
 
     @classmethod
     def load(cls, run: Run, part: str) -> Self:
-        meta = run.read_json(f"{part}_params")
+        n, params = cls.read_params(run, part)
         parts = run.read_tensors(part)
-        n = int(meta["n_items"])
         indptr, indices = parts["indptr"], parts["indices"]
         matrix = sparse.csr_array(
             (np.ones(len(indices)), indices, indptr), shape=(len(indptr) - 1, n)
         )
-        return cls(n, meta["params"], matrix, parts["idf"])
+        return cls(n, params, matrix, parts["idf"])
 
     def describe(self) -> str:
         return f"{super().describe()}, {self.sessions.shape[0]} sessions"

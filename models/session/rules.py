@@ -111,15 +111,14 @@ class RowRules(SessionModel):
         run.write_tensors(part, {"indptr": rules.indptr.astype(np.int64),
                                  "indices": rules.indices.astype(np.int64),
                                  "data": rules.data.astype(np.float32)})  # fmt: skip
-        run.write_json(f"{part}_params", {"n_items": self.n_items, "params": self.params})
+        self.save_params(run, part)
 
     @classmethod
     def load(cls, run: Run, part: str) -> Self:
-        meta = run.read_json(f"{part}_params")
+        n, params = cls.read_params(run, part)
         parts = run.read_tensors(part)
-        n = int(meta["n_items"])
         rules = sparse.csr_array((parts["data"], parts["indices"], parts["indptr"]), shape=(n, n))
-        return cls(n, meta["params"], rules)
+        return cls(n, params, rules)
 
     def describe(self) -> str:
         return f"{super().describe()}, {self.rules.nnz} rules"

@@ -117,12 +117,12 @@ class SLIST(SessionModel):
 
     def save(self, run: Run, part: str) -> None:
         run.write_tensors(part, {"weights": self.weights})
-        run.write_json(f"{part}_params", {"n_items": self.n_items, "params": self.params})
+        self.save_params(run, part)
 
     @classmethod
     def load(cls, run: Run, part: str) -> Self:
-        meta = run.read_json(f"{part}_params")
-        return cls(int(meta["n_items"]), meta["params"], run.read_tensors(part)["weights"])
+        n, params = cls.read_params(run, part)
+        return cls(n, params, run.read_tensors(part)["weights"])
 
 
 def _check(params: dict[str, Any], n_items: int) -> None:
