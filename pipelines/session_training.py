@@ -20,6 +20,7 @@ Everything is saved under the run's ``session`` folder (:data:`SESSION_PIPELINE`
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -38,6 +39,8 @@ from recsys.core.vocab import Vocabulary
 log = logging.getLogger(__name__)
 #: Next-click rows: the items of the visit stay candidates (going back is a common next click).
 NEXT_CLICK = ItemFilters(hide_seen=False)
+#: Fewer label sessions than this cannot train a ranker: the data gets no session pipeline.
+MIN_LABEL_SESSIONS = 20
 
 
 def next_click_cases(sessions: Sessions, vocab: Vocabulary) -> list[tuple[UserContext, set[str]]]:
@@ -71,9 +74,11 @@ def fit_session_pipeline(
     lengths = np.diff(sessions.offsets)
     multi = np.flatnonzero(lengths >= 2)
     n_labels = min(cfg.label_sessions, int(cfg.label_share * len(multi)))
-    if n_labels < 20:
+    if n_labels < MIN_LABEL_SESSIONS:
+        needed = math.ceil(MIN_LABEL_SESSIONS / cfg.label_share)
         progress(f"  session pipeline skipped: {len(multi):,} training sessions have two or "
-                 "more items (it needs about 150)")  # fmt: skip
+                 f"more items; it needs {needed:,} (RECSYS_SESSIONS__LABEL_SHARE "
+                 f"{cfg.label_share} of them give its ranker's rows)")  # fmt: skip
         return None
     label_start = sessions.start[multi[-n_labels]]  # sessions are ordered by their start
     before = sessions.start < label_start
@@ -83,7 +88,9 @@ def fit_session_pipeline(
     signal_events = train_events[train_events["event_type"] == signal]
     fit_signal = signal_events[ts[signal_events.index] < pd.Timestamp(label_start, tz="UTC")]
 
-    def fit_generator(on: Sessions, purchases: pd.DataFrame, end: pd.Timestamp) -> Any:
+    def fit_generator(
+        on: Sessions, purchases: pd.DataFrame, end: pd.Timestamp
+    ) -> CandidateGenerator:
         return CandidateGenerator.fit(settings, vocab, purchases, catalog, None, end, None,
                                       task="session", sessions=on)  # fmt: skip
 
