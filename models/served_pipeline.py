@@ -6,12 +6,18 @@ so the offline numbers are the numbers of what is served.
 
 Business rules after ranking:
 
-* already bought or browsed in this visit: excluded before any source runs;
+* already bought or browsed in this visit: excluded before any source runs (the visit's items
+  may come back when the request says so: ``ItemFilters.hide_seen``);
 * the request's filters (category, department, max price, in stock): pushed into the vector
   search as payload filters and applied to every other source by the catalogue's masks;
 * diversity: at most ``max_category_share`` of the list from one category, and near-duplicates
   (the same title as an item already chosen, e.g. a product listed once per size or colour)
   removed; both are relaxed, in rank order, when too few items remain to fill ``k``.
+
+Two pipelines are served this way, each with its own sources and ranker: the user pipeline
+(:meth:`ServedPipeline.load`: a shopper's next purchases) and the session pipeline
+(:meth:`ServedPipeline.load_session`: the next click of a visit, ranked without the diversity
+rules, since a visit's next click is often the same kind of item).
 """
 
 from __future__ import annotations
