@@ -11,13 +11,14 @@ A source earns its place when leaving it out costs MRR@20.
     .venv/bin/python benchmarks/session_ablation.py --home /work/sess_demo \\
         --out benchmarks/results/session_ablation_demo.json
 
-Prints one JSON object (and writes it to ``--out``).
+Prints one JSON object (and writes it to ``--out``); a line per variant goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -95,7 +96,7 @@ def main() -> None:
                 "ranker_valid_ndcg@10": block["ranker"]["valid_ndcg@10_vs_sources"],
             }
             print(f"{name}: HR@{K} {metrics[f'hr@{K}']:.4f} MRR@{K} {metrics[f'mrr@{K}']:.4f}",
-                  flush=True)  # fmt: skip
+                  file=sys.stderr, flush=True)  # progress; stdout is the JSON  # fmt: skip
     base = results.get("all", {}).get(f"mrr@{K}")
     if base:
         for entry in results.values():
