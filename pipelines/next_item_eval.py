@@ -21,29 +21,28 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from models.context import ItemFilters, UserContext
+from models.context import UserContext
 from models.served_pipeline import ServedPipeline
 from models.session.base import MODELS
 from models.session.data import Sessions, build_sessions
-from models.session.protocol import NextItemCases, evaluate, next_item_cases, tune
+from models.session.protocol import NextItemCases, Scorer, evaluate, next_item_cases, tune
 from models.sources.session import SessionModelSource
 from models.two_tower import load_two_tower
 from pipelines.item2vec import read_interactions, split_sessions
 from pipelines.served_eval import served_run
+from pipelines.session_training import NEXT_CLICK
 from recsys.core.schema import table_path
 from recsys.core.settings import Settings
 from recsys.core.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 PEERS = ("cooccurrence", "sr", "vsknn")  # tuned session models; popularity is computed here
-NEXT_CLICK = ItemFilters(hide_seen=False)
-Scorer = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
 def ranked_scores(lists: Sequence[Sequence[int]], n_items: int) -> np.ndarray:

@@ -69,7 +69,8 @@ def fit_session_pipeline(
     data has too few sessions of two or more items for a session pipeline."""
     cfg = settings.sessions
     started = time.perf_counter()
-    train_events = events[pd.to_datetime(events["timestamp"], utc=True) < cutoff]
+    when = pd.to_datetime(events["timestamp"], utc=True)
+    train_events = events[when < cutoff]
     sessions, _ = build_sessions(train_events, vocab)
     lengths = np.diff(sessions.offsets)
     multi = np.flatnonzero(lengths >= 2)
@@ -84,9 +85,9 @@ def fit_session_pipeline(
     before = sessions.start < label_start
     labels = sessions.select((sessions.start >= label_start) & (lengths >= 2))
     fit_sessions = sessions.select(before)
-    ts = pd.to_datetime(train_events["timestamp"], utc=True)
     signal_events = train_events[train_events["event_type"] == signal]
-    fit_signal = signal_events[ts[signal_events.index] < pd.Timestamp(label_start, tz="UTC")]
+    label_time = pd.Timestamp(label_start, tz="UTC")
+    fit_signal = signal_events[when[signal_events.index] < label_time]
 
     def fit_generator(
         on: Sessions, purchases: pd.DataFrame, end: pd.Timestamp
@@ -94,7 +95,6 @@ def fit_session_pipeline(
         return CandidateGenerator.fit(settings, vocab, purchases, catalog, None, end, None,
                                       task="session", sessions=on)  # fmt: skip
 
-    label_time = pd.Timestamp(label_start, tz="UTC")
     generator = fit_generator(fit_sessions, fit_signal, label_time)
     progress(f"  session sources on {len(fit_sessions):,} sessions before "
              f"{label_time:%Y-%m-%d %H:%M}: {generator.describe()} "
