@@ -6,7 +6,12 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
 
-.PHONY: install demo test test-fast lint bench clean
+# The web console's browser test drives Debian's Chromium through Playwright (Playwright's own
+# browser download needs the internet, so `playwright install` is never run).
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -20,7 +25,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/recsys demo --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# idempotent: apt only runs when the browser is missing
+browser:
+	@test -x $(CHROMIUM) || { echo "installing chromium (apt) for tests/test_console.py"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q

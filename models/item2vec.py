@@ -220,7 +220,8 @@ def fit_shard(
             negatives = draw_negatives(cdf, (len(idx), cfg.negatives), gen)
             yield model(center[idx], context[idx], negatives)
 
-    history = train_epochs(cfg.epochs, losses, [optimizer], ("pairs", n), report, "item2vec")
+    history = train_epochs(cfg.epochs, losses, [optimizer], ("pairs", n), report, "item2vec",
+                           cfg.batch_size)  # fmt: skip
     state = {k: v.detach().clone() for k, v in base.state_dict().items()} if rank == 0 else None
     return state, final_metrics(history)
 

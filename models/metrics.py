@@ -7,7 +7,8 @@ Metrics are averaged over users that have at least one relevant item.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -128,6 +129,88 @@ def evaluate_all(
             )
     out["users"] = len(users)
     return out
+
+
+#: K points of the Recall@K / NDCG@K curves of ``recsys evaluate``'s report (capped at its k_max).
+CURVE_KS = (1, 5, 10, 20, 50, 100)
+
+
+def curve_ks(k_max: int, points: Sequence[int] = CURVE_KS) -> tuple[int, ...]:
+    """``points`` up to ``k_max``, plus ``k_max`` itself so that a curve always ends where the
+    rankings end (K=30 shows 1, 5, 10, 20, 30)."""
+    return tuple(sorted({k for k in points if k <= k_max} | {k_max}))
+
+
+def evaluate_with_curve(
+    rankings: Mapping[Hashable, Sequence[Hashable]],
+    truth: Mapping[Hashable, set[Hashable]],
+    ks: Sequence[int] = (10, 20, 100),
+    map_ks: Sequence[int] = (12,),
+    n_items: int | None = None,
+    curve: Sequence[int] = (),
+) -> dict[str, Any]:
+    """:func:`evaluate_all`'s flat metrics for ``ks`` / ``map_ks``, plus
+    ``"curve": {"k": [...], "recall": [...], "ndcg": [...]}`` at the K points of ``curve``.
+
+    One pass of :func:`evaluate_all` over the union of the Ks: the curve is the same
+    computation as the table, so its value at K=10 *is* ``recall@10`` (not a second
+    implementation that could drift). Only the keys of ``ks`` / ``map_ks`` stay flat, so the
+    output has exactly the keys :func:`evaluate_all` gives for them (older readers unchanged).
+    """
+    every_k = sorted(set(ks) | set(curve))
+    every = evaluate_all(rankings, truth, every_k, map_ks, n_items=n_items)
+    keep = {f"{name}@{k}" for k in ks for name in ("recall", "ndcg", "hit", "map", "coverage")}
+    keep |= {f"map@{k}" for k in map_ks} | {"users"}
+    out: dict[str, Any] = {key: value for key, value in every.items() if key in keep}
+    if curve:
+        points = sorted(set(curve))
+        out["curve"] = {
+            "k": points,
+            "recall": [every[f"recall@{k}"] for k in points],
+            "ndcg": [every[f"ndcg@{k}"] for k in points],
+        }
+    return out
+
+
+def popularity_deciles(
+    item_ids: Sequence[Hashable], counts: Sequence[float]
+) -> dict[Hashable, int]:
+    """Decile (0 = the least popular tenth of the catalogue, 9 = the most popular) of each item
+    by its training ``counts``.
+
+    Deciles of *items* (each holds a tenth of the catalogue), not of interactions, so that a
+    recommender spreading uniformly over the catalogue puts 10% in each: the reference a
+    popularity-biased model visibly departs from. Ties are broken by the order of ``item_ids``
+    (a stable sort), so equally popular items may straddle a boundary; items not given here
+    (never seen in training) count as decile 0 in :func:`decile_shares`.
+    """
+    n = len(item_ids)
+    if n != len(counts):
+        raise ValueError(f"{n} item ids but {len(counts)} counts")
+    order = np.argsort(np.asarray(counts, dtype=np.float64), kind="stable")
+    decile = np.empty(n, dtype=np.int64)
+    decile[order] = np.arange(n) * 10 // max(n, 1)
+    return dict(zip(item_ids, decile.tolist(), strict=True))
+
+
+def decile_shares(
+    lists: Iterable[Iterable[Hashable]], decile_of: Mapping[Hashable, int], k: int | None = 10
+) -> list[float]:
+    """Share of all (top-``k``, or all with ``k=None``) listed items in each popularity decile.
+
+    Shares are over item slots, so a user with a full top 10 weighs more than one with three
+    items; they sum to 1 (all zeros when nothing is listed). An item without a decile (not in
+    the training data, e.g. a new product the served pipeline reaches by content) counts in
+    decile 0: it is less popular than any trained item.
+    """
+    counts = np.zeros(10, dtype=np.float64)
+    for items in lists:
+        for i, item in enumerate(items):
+            if k is not None and i >= k:
+                break
+            counts[decile_of.get(item, 0)] += 1
+    total = counts.sum()
+    return (counts / total).tolist() if total else counts.tolist()
 
 
 def next_item_metrics(top: np.ndarray, target: np.ndarray, pad: int = 0) -> dict[str, float]:

@@ -83,7 +83,11 @@ class Ranker:
             )
         config = {**DEFAULT_PARAMS, **(params or {}), "seed": seed, "num_threads": threads}
         train = lgb.Dataset(features, labels, group=groups, feature_name=feature_names)
-        sets, names, callbacks = [train], ["train"], []
+        # Only the validation rows are scored each round: scoring the training rows as well
+        # cost a fifth of the fit (millions of rows on a session ranker) and informed nothing.
+        sets: list[Any] = []
+        names: list[str] = []
+        callbacks: list[Any] = []
         if valid is not None:
             sets.append(
                 lgb.Dataset(valid[0], valid[1], group=valid[2], feature_name=feature_names,
@@ -94,8 +98,8 @@ class Ranker:
                 callbacks.append(lgb.early_stopping(early_stopping, verbose=False))
         evals: dict[str, Any] = {}
         callbacks.append(lgb.record_evaluation(evals))
-        booster = lgb.train(config, train, rounds, valid_sets=sets, valid_names=names,
-                            callbacks=callbacks)  # fmt: skip
+        booster = lgb.train(config, train, rounds, valid_sets=sets or None,
+                            valid_names=names or None, callbacks=callbacks)  # fmt: skip
         best = booster.best_iteration or rounds
         info = {
             "rounds": int(best),

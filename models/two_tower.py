@@ -160,7 +160,11 @@ class TwoTower(nn.Module):
     def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hist = batch["history"]
         mask = (hist > 0).unsqueeze(-1).float()
-        pooled = (self._history_rows(hist) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        # each distinct item's row computed once, then gathered: a batch's histories name
+        # many repeats of the same popular items (as in :meth:`_text`)
+        items, inverse = torch.unique(hist, return_inverse=True)
+        rows = self._history_rows(items)[inverse]
+        pooled = (rows * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         x = torch.cat([self._id(self.user_id, batch["user_idx"]), pooled, batch["user_numeric"]], 1)
         return F.normalize(self.user_mlp(x), dim=-1)
 

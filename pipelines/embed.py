@@ -11,9 +11,9 @@ file's bytes for ``kind="image"``. Vectors are cached by that hash in
 encodes new or edited items; a different model gets a different cache file.
 
 The misses go through Ray Data (``map_batches`` with a callable class, one actor that loads the
-model once) so the same code scales from this laptop to a cluster (``RAY_ADDRESS``).
-``use_ray=False`` runs the very same callable class in-process: no Ray start-up, which is the
-quicker choice for small updates on one machine.
+model once) so the same code scales from this laptop to a cluster (``RAY_ADDRESS``), or run the
+very same callable class in this process: no Ray start-up, the quicker choice on one machine
+(``use_ray``; by default :func:`recsys.core.ray_runtime.ray_wanted`: Ray on a cluster).
 
 Output: ``out_path`` Parquet with ``item_id``, ``vector`` (list<float32>, unit length) and
 ``content_hash``, in the order of the items table.
@@ -25,10 +25,12 @@ the cache, when swapping weights in place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,8 +42,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from models.text_encoder import check_model_dir, default_model_path, item_text
-from recsys.core.ray_runtime import ensure_ray, local_cpus
+from recsys.core.ray_runtime import ensure_ray, local_cpus, ray_wanted
 from recsys.core.settings import Settings, get_settings
+from recsys.core.terminal import progress_bar
 from recsys.core.values import is_missing
 
 log = logging.getLogger(__name__)
@@ -64,15 +67,31 @@ class EmbedSummary:
     items_per_s: float
     encode_seconds: float
     backend: str
+    precision: str
     model_hash: str
     out_path: str
     cache_path: str
 
 
-def model_hash(model_path: str | Path) -> str:
-    """sha256 of the model folder's config.json: the model's identity in cache keys."""
+def model_hash(model_path: str | Path, precision: str = "float32") -> str:
+    """sha256 of the model folder's config.json (and of the precision when it is not float32,
+    so that float32 caches keep their names): the model's identity in cache keys."""
     path = check_model_dir(model_path)
-    return hashlib.sha256((path / "config.json").read_bytes()).hexdigest()
+    identity = (path / "config.json").read_bytes()
+    if precision != "float32":
+        identity += f"\0{precision}".encode()
+    return hashlib.sha256(identity).hexdigest()
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: bfloat16 where the CPU computes it natively, else float32 (emulated bfloat16
+    would be slower than float32, not faster)."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bfloat16" if native else "float32"
 
 
 def content_hash(model_digest: str, kind: str, payload: bytes) -> str:
@@ -92,7 +111,11 @@ class BatchEncoder:
         batch_size: int = 64,
         max_length: int = 128,
         num_threads: int = 0,
+        precision: str = "float32",
     ) -> None:
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
+        self.bfloat16 = precision == "bfloat16"
         if num_threads > 0:
             import torch
 
@@ -110,7 +133,13 @@ class BatchEncoder:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        vectors = self.encoder.encode([str(x) for x in batch["payload"]])
+        import torch
+
+        # bfloat16 matrix products under autocast; the encoders return float32 unit vectors
+        arithmetic = (torch.autocast("cpu", dtype=torch.bfloat16) if self.bfloat16
+                      else contextlib.nullcontext())  # fmt: skip
+        with arithmetic:
+            vectors = self.encoder.encode([str(x) for x in batch["payload"]])
         return {"content_hash": np.asarray(batch["content_hash"]), "vector": vectors}
 
 
@@ -197,20 +226,30 @@ def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- encoding back ends -------------------------------------------------------------------
+def _bar(todo: pd.DataFrame, ctor: dict[str, Any], progress: bool) -> Any:
+    """The progress bar of an encode (a no-op one when ``progress`` is off)."""
+    if not progress:
+        return contextlib.nullcontext(_NoBar())
+    return progress_bar(f"embed {ctor['kind']}", len(todo), "items")
+
+
+class _NoBar:
+    def advance(self, n: float = 1) -> None:
+        pass
+
+
 def _encode_in_process(
     todo: pd.DataFrame, ctor: dict[str, Any], batch_size: int, progress: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    from tqdm import tqdm
-
     encoder = BatchEncoder(**ctor)
     hashes, vectors = [], []
-    with tqdm(total=len(todo), desc=f"embed {ctor['kind']}", disable=not progress) as bar:
+    with _bar(todo, ctor, progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo.iloc[start : start + batch_size]
             out = encoder({c: chunk[c].to_numpy() for c in ("content_hash", "payload")})
             hashes.append(out["content_hash"])
             vectors.append(out["vector"])
-            bar.update(len(chunk))
+            bar.advance(len(chunk))
     return np.concatenate(hashes), np.concatenate(vectors).astype(np.float32, copy=False)
 
 
@@ -225,25 +264,40 @@ def _encode_ray(
     import ray.data
 
     ensure_ray(settings)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    # Ray Data's own bars (or, piped, its progress log lines) stay off: the batches are
+    # counted below, into the one bar every stage shows.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     # Several blocks rather than one, so progress moves and results stream back as they finish.
     frame = todo[["content_hash", "payload"]].reset_index(drop=True)
     rows_per_block = batch_size * 8
     blocks = [frame.iloc[i : i + rows_per_block] for i in range(0, len(frame), rows_per_block)]
     ds = ray.data.from_pandas(blocks)
-    ds = ds.map_batches(
-        BatchEncoder,
-        fn_constructor_kwargs=ctor,
-        batch_size=batch_size,
-        batch_format="numpy",
-        # One actor: the model loads once and owns the CPUs (``concurrency=1`` before Ray 2.51).
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=num_cpus,
-        udf_modifying_row_count=False,
-    )
-    out = ds.to_pandas()
-    vectors = np.stack([np.asarray(v, dtype=np.float32) for v in out["vector"]])
-    return out["content_hash"].to_numpy(dtype=object), vectors
+    with warnings.catch_warnings():
+        # Ray 2.60 (pinned) names max_restarts among the "ray_remote_args" it deprecates for
+        # 2.64, with no named replacement yet: revisit on upgrading Ray.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            BatchEncoder,
+            fn_constructor_kwargs=ctor,
+            batch_size=batch_size,
+            batch_format="numpy",
+            # One actor: the model loads once and owns the CPUs (``concurrency=1`` before 2.51).
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=num_cpus,
+            udf_modifying_row_count=False,
+            # No restarts: with restarts allowed and constructor arguments in the object store
+            # (where Ray Data puts them), Ray prints a C++ error line on the console, that a
+            # restart could lose them, which reads like a failure when nothing failed. A
+            # failed encode is run again; the cache keeps what was done.
+            max_restarts=0,
+        )
+    hashes, vectors = [], []
+    with _bar(todo, ctor, progress) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            hashes.append(np.asarray(batch["content_hash"], dtype=object))
+            vectors.append(np.asarray(batch["vector"], dtype=np.float32))
+            bar.advance(len(hashes[-1]))
+    return np.concatenate(hashes), np.concatenate(vectors)
 
 
 # --- the stage ----------------------------------------------------------------------------
@@ -253,18 +307,20 @@ def embed_items(
     cache_dir: Path,
     kind: Kind = "text",
     model_path: str | Path | None = None,
-    use_ray: bool = True,
+    use_ray: bool | None = None,
     batch_size: int = 64,
     settings: Settings | None = None,
     progress: bool = True,
 ) -> EmbedSummary:
     """Embed every item of ``items_path`` into ``out_path``, encoding only cache misses;
     ``model_path`` defaults to ``RECSYS_EMBED__TEXT_MODEL_PATH`` / ``..._IMAGE_MODEL_PATH``,
-    and for text to the bundled all-MiniLM-L6-v2; ``settings`` to the process settings."""
+    and for text to the bundled all-MiniLM-L6-v2; ``settings`` to the process settings;
+    ``use_ray`` (None: :func:`ray_wanted`) encodes through Ray Data or in this process."""
     t0 = time.perf_counter()
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     settings = settings or get_settings()
+    use_ray = ray_wanted(settings, use_ray)
     opts = settings.embed
     items_path, out_path, cache_dir = Path(items_path), Path(out_path), Path(cache_dir)
     if model_path is None:
@@ -278,7 +334,8 @@ def embed_items(
             )
         model_path = default_model_path()
     model_dir = check_model_dir(model_path, f"{kind} model")
-    digest = model_hash(model_dir)
+    precision = resolve_precision(opts.precision)
+    digest = model_hash(model_dir, precision)
     cache_path = cache_dir / f"{kind}_{digest[:12]}.parquet"
 
     inputs = _load_inputs(items_path, kind, digest, opts.image_column)
@@ -310,6 +367,7 @@ def embed_items(
             "max_length": opts.max_length,
             # Inside a Ray actor, match torch's threads to the CPUs the actor holds.
             "num_threads": num_cpus if use_ray else 0,
+            "precision": precision,
         }
         backend = "ray" if use_ray else "in-process"
         new_hashes, new_vectors = (
@@ -336,7 +394,8 @@ def embed_items(
     rows = np.fromiter((index[h] for h in inputs["content_hash"]), np.int64, len(inputs))
     vectors, dim = all_vectors[rows], all_vectors.shape[1]
 
-    meta = {"kind": kind, "model_path": str(model_dir), "model_hash": digest, "dim": str(dim)}
+    meta = {"kind": kind, "model_path": str(model_dir), "model_hash": digest, "dim": str(dim),
+            "precision": precision}  # fmt: skip
     columns = {
         "item_id": pa.array(inputs["item_id"].tolist(), pa.string()),
         "vector": _vector_array(vectors),
@@ -361,6 +420,7 @@ def embed_items(
         items_per_s=round(len(inputs) / seconds, 1) if seconds > 0 else 0.0,
         encode_seconds=round(encode_seconds, 3),
         backend=backend,
+        precision=precision,
         model_hash=digest,
         out_path=str(out_path),
         cache_path=str(cache_path),

@@ -24,17 +24,28 @@ Output JSON schema (``evaluation.json``)::
 
     {"dataset": {train_rows, test_rows, train_users, train_items, test_users, eval_users,
                  cold_test_users, cold_user_segment_users, cold_item_segment_users, ...},
-     "protocol": {split, events, holdout, test_fraction, cutoff, ks, map_ks, k_max,
+     "protocol": {split, events, holdout, test_fraction, cutoff, ks, map_ks, curve_ks, k_max,
                   cold_threshold, tuning: {metric, validation_users, grids, budget_s}},
-     "models": {name: {"overall": {metric: value}, "cold_users": {...} | null,
-                       "cold_items": {...} | null, "params": {...},
+     "models": {name: {"overall": {metric: value, "curve": {"k": [...], "recall": [...],
+                                                          "ndcg": [...]}},
+                       "cold_users": {...} | null, "cold_items": {...} | null,
+                       "popularity_deciles": [10 shares of the top-10 slots, D1 .. D10],
+                       "params": {...},
                        "tuning": [{"params": {...}, "recall@10": float, "seconds": float}],
                        "tuning_note": str | null, "fit_seconds": float,
                        "recommend_seconds": float}},
-     "served": {"overall": {...}, "cold_users": ..., "cold_items": ..., "run": str,
-                "as_of": str, "ranking": {...}, "ms_per_user": float,
+     "served": {"overall": {...}, "cold_users": ..., "cold_items": ..., "popularity_deciles":
+                [...], "sources_alone": {source: {...}}, "run": str, "as_of": str,
+                "ranking": {...}, "ms_per_user": float,
                 "top10_source_share": {source: share}} | {"error": str},
+     "popularity": {"k": 10, "definition": str, "item_count_range": [[lo, hi] x 10],
+                    "truth": [10 shares of the test pairs]},
      "seconds": float, "created_at": str}
+
+Every segment block (``overall``, ``cold_users``, ``cold_items``, ``sources_alone``'s) carries
+its ``curve`` (Recall@K and NDCG@K at ``curve_ks``: 1, 5, 10, 20, 50, 100 up to ``k_max``).
+``write_report`` renders it all as ``report.html`` (:mod:`pipelines.evaluation_report`, which
+also renders older files without ``curve`` / ``popularity_deciles`` / ``popularity``).
 """
 
 from __future__ import annotations
@@ -56,8 +67,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from models.baselines import ALS, EASE, BaselineModel, InteractionMatrix, ItemKNN
-from models.metrics import evaluate_all
+from models.metrics import (
+    curve_ks,
+    decile_shares,
+    evaluate_all,
+    evaluate_with_curve,
+    popularity_deciles,
+)
 from models.popularity import Popularity, RecentPopularity
+from pipelines.evaluation_report import metric_columns, recall_png, rows, write_html_report
 from pipelines.served_eval import evaluate_served, served_run
 from recsys.core.schema import table_path
 from recsys.core.settings import Settings
@@ -72,6 +90,7 @@ TUNE_METRIC = "recall@10"
 MAX_VALIDATION_USERS = 10_000
 DEFAULT_TEST_FRACTION = 0.1
 TOP10 = ("recall@10", "ndcg@10")  # the report's segment and per-source tables
+BIAS_K = 10  # the popularity-decile profile is of each model's top 10, like coverage@10
 
 # RecBole-style search spaces. ALS fits in seconds, so its whole grid (27 points) is tried: a
 # sample of 8 missed the best region on ASOS (0.0309 against ~0.035 published).
@@ -122,8 +141,9 @@ def evaluate(
         raise ValueError(f"--test-fraction must be in (0, 1), got {test_fraction}")
     ks = tuple(k for k in (10, 20, 100) if k <= k_max) or (k_max,)
     map_ks = tuple(k for k in (12,) if k <= k_max)
+    curve = curve_ks(k_max)
     train, test, protocol = _split(settings, holdout, split, test_fraction)
-    protocol |= {"ks": list(ks), "map_ks": list(map_ks), "k_max": k_max,
+    protocol |= {"ks": list(ks), "map_ks": list(map_ks), "curve_ks": list(curve), "k_max": k_max,
                  "cold_threshold": COLD_THRESHOLD}  # fmt: skip
 
     data = InteractionMatrix.from_frame(train)
@@ -164,12 +184,22 @@ def evaluate(
     )
 
     segments = {"overall": truth, "cold_users": cold_user_truth, "cold_items": cold_item_truth}
+    decile_of = popularity_deciles(data.item_ids.tolist(), item_counts)
+    popularity = _popularity_block(decile_of, item_count_of, truth)
 
     def scores(rankings: dict[str, list[str]], *names: str) -> dict[str, Any]:
-        """Metrics of ``rankings`` on each segment of ``names`` (default: all), None for an
-        empty one: every model and the served pipeline are scored by this one function."""
-        return {n: evaluate_all(rankings, segments[n], ks, map_ks, n_items=n_items)
-                if segments[n] else None for n in names or segments}  # fmt: skip
+        """Metrics (with the Recall/NDCG curve) of ``rankings`` on each segment of ``names``
+        (default: all, plus the top-10 popularity-decile profile of the evaluated users), None
+        for an empty segment: every model and the served pipeline are scored by this one
+        function."""
+        out: dict[str, Any] = {
+            n: evaluate_with_curve(rankings, segments[n], ks, map_ks, n_items, curve)
+            if segments[n] else None for n in names or segments
+        }  # fmt: skip
+        if not names:
+            lists = (rankings.get(u, ()) for u in eval_users)
+            out["popularity_deciles"] = decile_shares(lists, decile_of, BIAS_K)
+        return out
 
     val_matrix, val_rows, val_truth = _validation_slice(data.matrix, seed)
     protocol["tuning"] = {
@@ -179,8 +209,8 @@ def evaluate(
                      "per user with >= 2 items; refit on all training data",
     }  # fmt: skip
 
-    popularity = Popularity().fit(data.matrix)
-    cold_ranking = popularity.recommend(np.array([0]), k_max, exclude_seen=False)[0]
+    popular = Popularity().fit(data.matrix)
+    cold_ranking = popular.recommend(np.array([0]), k_max, exclude_seen=False)[0]
     cold_ranking_ids = data.item_ids[cold_ranking].tolist()
     item_cols = train["item_id"].map(data.item_index).to_numpy(np.int64)
     timestamps = train["timestamp"].to_numpy()
@@ -264,10 +294,10 @@ def evaluate(
         say(f"    {name}: recall@10 {o.get('recall@10', float('nan')):.4f} "
             f"(fit {fit_seconds:.1f}s)")  # fmt: skip
         del model
-        write_report(report_dir, _result(dataset, protocol, results, started))
+        write_report(report_dir, _result(dataset, protocol, results, started, popularity))
 
     served = _served(settings, protocol, eval_users, k_max, scores, say) if serve else None
-    out = _result(dataset, protocol, results, started, served)
+    out = _result(dataset, protocol, results, started, popularity, served)
     write_report(report_dir, out)
     return out
 
@@ -311,15 +341,42 @@ def _served(
     return {**scores(rankings), "sources_alone": sources, **info}
 
 
-def _result(dataset, protocol, results, started: float, served=None) -> dict[str, Any]:
+def _result(
+    dataset: dict[str, Any],
+    protocol: dict[str, Any],
+    results: dict[str, Any],
+    started: float,
+    popularity: dict[str, Any],
+    served: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The output document (also written after each model, so a long run leaves partials)."""
     return {
         "dataset": dataset,
         "protocol": protocol,
         "models": results,
         "served": served,
+        "popularity": popularity,
         "seconds": round(time.perf_counter() - started, 1),
         "created_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def _popularity_block(
+    decile_of: dict[Any, int], count_of: dict[Any, int], truth: dict[str, set[str]]
+) -> dict[str, Any]:
+    """The reference of the popularity-bias plot: how the test purchases themselves spread over
+    the training-popularity deciles (a model matching it is not biased, only accurate), and the
+    training counts each decile spans (to read "D10" as "bought by 40-130 users")."""
+    spans: list[list[int]] = [[] for _ in range(10)]
+    for item, d in decile_of.items():
+        spans[d].append(count_of[item])
+    return {
+        "k": BIAS_K,
+        "definition": "items cut into 10 equal groups by training popularity (users who had "
+        "the item; D1 least popular, D10 most); shares of top-k slots (models) or of test "
+        "pairs (truth) in each; items absent from training count in D1",
+        "item_count_range": [[min(c), max(c)] if c else None for c in spans],
+        "truth": decile_shares(truth.values(), decile_of, k=None),
     }
 
 
@@ -421,10 +478,11 @@ def _default_ease_memory_gb() -> float:
 
 # --------------------------------------------------------------------------- report
 def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
-    """``evaluation.json``, ``report.md`` and (with matplotlib) ``recall_at_k.png``."""
+    """``evaluation.json``, ``report.md``, ``report.html`` and (with matplotlib)
+    ``recall_at_k.png``; returns the Markdown report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, default=str))
-    columns = _columns(result["protocol"]["ks"])
+    columns = metric_columns(result["protocol"]["ks"])
     lines = [
         "# Offline evaluation",
         "",
@@ -437,7 +495,7 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
         "| model | " + " | ".join(columns) + " | params | fit s |",
         "|---" * (len(columns) + 3) + "|",
     ]
-    for name, m in _rows(result).items():
+    for name, m in rows(result).items():
         if "overall" not in m:
             lines.append(f"| {name} | {m.get('error', 'failed')} |")
             continue
@@ -446,7 +504,7 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
     for seg in ("cold_users", "cold_items"):
         lines += ["", f"## Segment: {seg.replace('_', ' ')}", "",
                   "| model | users | recall@10 | ndcg@10 |", "|---|---|---|---|"]  # fmt: skip
-        for name, m in _rows(result).items():
+        for name, m in rows(result).items():
             s = m.get(seg)
             if s:
                 lines.append(f"| {name} | {s['users']} | {_cells(s, TOP10)} |")
@@ -458,7 +516,7 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
         for name, o in {**served["sources_alone"], "ranker + rules": served["overall"]}.items():
             lines.append(f"| {name} | {_cells(o, TOP10)} |")
     lines += ["", "## Recall@K", ""]
-    if _plot(out_dir / "recall_at_k.png", result):
+    if recall_png(out_dir / "recall_at_k.png", result):
         lines.append("![Recall@K per model](recall_at_k.png)")
     else:
         lines.append("(matplotlib is not installed: no plot; the table above has Recall@K.)")
@@ -471,45 +529,13 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
             )
         if m.get("tuning_note"):
             lines.append(f"- {name}: {m['tuning_note']}")
+    lines += ["", "The full report, with every plot: [report.html](report.html)."]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
+    write_html_report(out_dir, result)
     return report
-
-
-def _rows(result: dict[str, Any]) -> dict[str, Any]:
-    """The peers, then the served pipeline when it was evaluated."""
-    rows = dict(result["models"])
-    if result.get("served") is not None:
-        rows["served pipeline"] = result["served"]
-    return rows
 
 
 def _cells(metrics: dict[str, float], columns: Sequence[str]) -> str:
     """Markdown cells of ``columns`` (NaN where a metric is missing)."""
     return " | ".join(f"{metrics.get(c, float('nan')):.4f}" for c in columns)
-
-
-def _columns(ks: list[int]) -> list[str]:
-    cols = [f"recall@{k}" for k in ks] + ["ndcg@10", "map@12", "hit@10", "coverage@10"]
-    return list(dict.fromkeys(cols))
-
-
-def _plot(path: Path, result: dict[str, Any]) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    ks = result["protocol"]["ks"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, m in _rows(result).items():
-        if "overall" in m:
-            ax.plot(ks, [m["overall"][f"recall@{k}"] for k in ks], marker="o", label=name)
-    ax.set(xscale="log", xlabel="K", ylabel="Recall@K")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True

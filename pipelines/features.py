@@ -35,6 +35,7 @@ from recsys.core.schema import (
     table_path,
 )
 from recsys.core.sql import ident, parquet, sql_str
+from recsys.core.terminal import track
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +495,7 @@ def compute_features(
             previous(USER_FEATURES, BASE_USER), signal,
         )  # fmt: skip
         queries[ITEM_FEATURES] = _item_sql(inter, start, previous(ITEM_FEATURES, BASE_ITEM))
-    for name, sql in queries.items():
+    for name, sql in track(queries.items(), "feature tables", len(queries), "tables"):
         target = out_dir / f"{name}.parquet"
         tmp = target.with_suffix(".parquet.tmp")
         if mode == "incremental" and name in (USER_FEATURES, ITEM_FEATURES):

@@ -33,17 +33,17 @@ from models.item2vec import (
     Item2VecConfig,
     Item2VecRun,
     cosine_topk,
+    fit_shard,
     load_item2vec,
     save_item2vec,
     skipgram_pairs,
     train_func,
-    train_plain,
     write_pairs,
 )
 from models.metrics import next_item_metrics
 from models.popularity import popularity_order
 from models.session.data import PAD, Sessions, build_sessions, session_keys
-from recsys.core.ray_runtime import ensure_ray, fit_torch, worker_threads
+from recsys.core.ray_runtime import ensure_ray, fit_torch, ray_wanted, worker_threads
 from recsys.core.run import Run
 from recsys.core.schema import EVENT_TYPES, REQUIRED_COLUMNS, table_path
 from recsys.core.settings import Settings
@@ -185,9 +185,10 @@ def fit_item2vec(
     out_dir: Path | None = None,
     cfg: Item2VecConfig | None = None,
     cutoff: pd.Timestamp | datetime | str | None = None,
-    use_ray: bool = True,
+    use_ray: bool | None = None,
 ) -> Item2VecResult:
-    """Sessions -> pairs -> fit (Ray Train or plain PyTorch) -> evaluate -> save to ``out_dir``
+    """Sessions -> pairs -> fit (Ray Train or in-process, :func:`ray_wanted` of ``use_ray``) ->
+    evaluate -> save to ``out_dir``
     (default ``artifacts/item2vec_<time>``), the cutoff by default ``settings.train.test_days``
     before the end of the data (as the two-tower model uses). The metrics hold ``item2vec`` and
     ``cooccurrence`` HR/MRR@20, ``pairs``, ``events`` (training events) and ``fit``."""
@@ -211,6 +212,7 @@ def fit_item2vec(
     heldout, _ = build_sessions(test_events, vocab, drop_unknown=False)
     run = Run(Path(out_dir)) if out_dir else Run.create(settings.artifacts_dir, "item2vec_")
     run.path.mkdir(parents=True, exist_ok=True)
+    use_ray = ray_wanted(settings, use_ray)
     workers = settings.train.num_workers if use_ray else 1
     threads = worker_threads(settings, workers)
     arrays = run.file(PAIRS)
@@ -227,14 +229,12 @@ def fit_item2vec(
     started = time.perf_counter()
     try:
         if use_ray:
-            ensure_ray(settings)
-            ray_started = time.perf_counter()
-            state, fit_metrics, _ = fit_torch(
-                settings, train_func, config, f"item2vec_{run.id}", WEIGHTS
-            )
+            ensure_ray(settings)  # timed apart from the fit
+        ray_started = time.perf_counter()
+        state, fit_metrics, _ = fit_torch(settings, train_func, config, f"item2vec_{run.id}",
+                                          WEIGHTS, plain=fit_shard, use_ray=use_ray)  # fmt: skip
+        if use_ray:
             fit_metrics["ray_init_seconds"] = round(ray_started - started, 2)
-        else:
-            state, fit_metrics = train_plain(config)
     finally:
         arrays.unlink(missing_ok=True)  # derived data; the sessions can always be rebuilt
     fit_seconds = time.perf_counter() - started
@@ -254,7 +254,6 @@ def fit_item2vec(
         "items": vocab.size - 1,
         "cutoff": str(cutoff),
         "fit": {
-            "backend": "ray" if use_ray else "plain",
             "workers": workers,
             "threads": threads,
             "seconds": round(fit_seconds, 2),

@@ -17,6 +17,7 @@ import duckdb
 from recsys.core.feast_store import apply, open_store
 from recsys.core.settings import Settings
 from recsys.core.sql import parquet
+from recsys.core.terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
     store = open_store(settings)
     end = end or datetime.now(UTC)
     rows: dict[str, int] = {}
+    windows: list[tuple[str, datetime]] = []  # (view, start) of the views with rows to load
     for view in store.list_feature_views():
         path = view.batch_source.path
         start = view.most_recent_end_time
@@ -63,17 +65,22 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
             "WHERE event_timestamp > ? AND event_timestamp <= ?",
             [start, end],
         )
-        # Feast loads a whole window into memory: walk a large range in time chunks of about
-        # `chunk_rows` rows to bound it (each call has a fixed cost, so small ones go at once).
-        # Feast prints its own progress bars, and ibis deprecation warnings under them.
-        chunk = (end - start) / max(1, math.ceil(rows[view.name] / chunk_rows))
-        lo = start
-        while lo < end:
-            hi = min(lo + chunk, end)
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                store.materialize(start_date=lo, end_date=hi, feature_views=[view.name])
-            lo = hi
+        windows.append((view.name, start))
+    with progress_bar("materialize", sum(rows.values()), "rows") as bar:
+        for name, start in windows:
+            # Feast loads a whole window into memory: walk a large range in time chunks of
+            # about `chunk_rows` rows to bound it (each call has a fixed cost, so small ones go
+            # at once). Feast prints its own progress bars, and ibis deprecation warnings.
+            chunks = max(1, math.ceil(rows[name] / chunk_rows))
+            step = (end - start) / chunks
+            lo = start
+            while lo < end:
+                hi = min(lo + step, end)
+                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    store.materialize(start_date=lo, end_date=hi, feature_views=[name])
+                bar.advance(rows[name] / chunks)
+                lo = hi
     seconds = time.perf_counter() - started
     log.info("materialized %s in %.1fs", rows, seconds)
     return MaterializeSummary(rows, seconds, end)

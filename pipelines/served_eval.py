@@ -21,6 +21,7 @@ from models.candidates import own_order
 from models.ranker import RANKER
 from recsys.core.run import Run
 from recsys.core.settings import Settings
+from recsys.core.terminal import track
 from recsys.core.values import is_missing
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,6 @@ def evaluate_served(
     settings: Settings, eval_users: list[str], k: int, as_of: pd.Timestamp, progress: Any = log.info
 ) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """Rankings of the served pipeline for ``eval_users`` and a description of the run."""
-    from tqdm import tqdm
-
     from models.served_pipeline import ServedPipeline
     from models.sources.two_tower import store_search
     from pipelines.train import RANKING_USER_REFS, user_vectors
@@ -71,8 +70,7 @@ def evaluate_served(
         per_source: dict[str, dict[str, list[str]]] = {}
         sources: Counter[str] = Counter()  # sources of each top-10 item
         t0 = time.perf_counter()
-        for i, user in enumerate(tqdm(eval_users, desc="served pipeline", unit="user",
-                                      mininterval=5, leave=False)):  # fmt: skip
+        for i, user in enumerate(track(eval_users, "served pipeline", unit="users")):
             if known[i]:
                 row = {key: value for key, value in records[i].items() if not is_missing(value)}
                 ctx = pipeline.context(user, row, vector=vectors[i])

@@ -101,7 +101,8 @@ def fit_session_pipeline(
              f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
     cases = next_click_cases(labels, vocab)
     ranker, stats = fit_ranker(settings, generator, cases, progress, "session step",
-                               "RECSYS_SESSIONS__LABEL_SESSIONS", NEXT_CLICK)  # fmt: skip
+                               "RECSYS_SESSIONS__LABEL_SESSIONS", NEXT_CLICK,
+                               settings.sessions.negative_share)  # fmt: skip
     t0 = time.perf_counter()
     final = fit_generator(sessions, signal_events, cutoff)
     out = run.sub(SESSION_PIPELINE, create=True)

@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from recsys.core.schema import EVENT_TYPES, INTERACTIONS, ITEMS, USERS, table_path
+from recsys.core.terminal import track
 
 log = logging.getLogger(__name__)
 
@@ -522,9 +522,7 @@ def generate(
         pq.ParquetWriter(inter_tmp, INTERACTIONS) as inter_writer,
         pq.ParquetWriter(users_tmp, USERS) as user_writer,
     ):
-        for b, first in enumerate(
-            tqdm(blocks, desc="synth users", unit="block", disable=not progress)
-        ):
+        for b, first in enumerate(track(blocks, "synth users", unit="blocks", enabled=progress)):
             rng = np.random.default_rng([seed, 1, b])
             n = min(USER_BLOCK, users - first)
             inter, user_frame = _user_block(

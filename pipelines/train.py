@@ -40,7 +40,7 @@ from pipelines.embed import read_vectors
 from pipelines.item2vec import read_interactions
 from pipelines.ranking import carve_labels, fit_ranking
 from pipelines.session_training import fit_session_pipeline
-from pipelines.two_tower_fit import train_func
+from pipelines.two_tower_fit import fit_two_tower, train_func
 from recsys.core.arrays import top_k
 from recsys.core.catalog import item_frame, item_titles, load_item_attributes
 from recsys.core.feast_store import historical_features, open_store
@@ -232,14 +232,16 @@ def train(settings: Settings, progress=print) -> TrainResult:
         progress(f"  item text embeddings: {model_cfg.text_dim}-d, in both towers")
     state, fit_metrics, fit_seconds = fit_torch(
         settings, train_func, fit_config(settings, run.file(ARRAYS), model_cfg),
-        f"two_tower_{run.id}", WEIGHTS,
+        f"two_tower_{run.id}", WEIGHTS, plain=fit_two_tower,
     )  # fmt: skip
     run.remove(ARRAYS)  # derived from Feast; not needed to serve
     model = TwoTower(model_cfg)
     model.load_state_dict(state)
     model.eval()
     zero_untrained_ids(model, counts)
-    progress(f"  Ray Train: {cfg.epochs} epochs, {cfg.num_workers} worker(s), "
+    where = (f"Ray Train, {cfg.num_workers} worker(s)" if fit_metrics["backend"] == "ray"
+             else "in-process")  # fmt: skip
+    progress(f"  two-tower: {cfg.epochs} epochs ({where}), "
              f"loss {fit_metrics.get('loss', float('nan')):.3f} ({fit_seconds:.1f}s)")  # fmt: skip
 
     # The run's item vectors, computed once as of the cutoff (the end of what the model and the

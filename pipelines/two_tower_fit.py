@@ -93,7 +93,8 @@ def fit_two_tower(
                 users, items, b["item_idx"], log_q[b["item_idx"]], config["temperature"]
             )
 
-    history = train_epochs(config["epochs"], losses, optimizers, ("examples", n), report)
+    history = train_epochs(config["epochs"], losses, optimizers, ("examples", n), report,
+                           "two-tower", batch)  # fmt: skip
     state = {k: v.contiguous() for k, v in base.state_dict().items()} if rank == 0 else None
     return state, final_metrics(history) | {"setup_seconds": round(setup_seconds, 3)}
 

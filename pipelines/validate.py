@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.core.schema import AGE_BOUNDS, EVENT_TYPES, REQUIRED_COLUMNS, TABLES, table_path
+from recsys.core.terminal import track
 
 # GX phones home and draws progress bars unless told otherwise; the variable must be set before
 # great_expectations is imported. GX itself is imported inside the functions that use it, because
@@ -535,7 +536,7 @@ def validate_dataset(
 
     docs_dir = reports_dir / "data_docs"
     context = _gx_context(reports_dir, docs_dir)
-    for name, table in checked.items():
+    for name, table in track(checked.items(), "expectation suites", len(checked), "tables"):
         params: dict[str, Any] = {"now": clock.to_pydatetime()}
         if _rules(name) == "interactions":
             params |= {f"{c}s": _referenced(table.frame, c, valid) for c, valid in keys.items()}

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -19,33 +18,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 
+from recsys.core.ray_runtime import ray_wanted
 from recsys.core.settings import Settings, get_settings
 from recsys.core.sql import parquet
+from recsys.core.terminal import console, quiet_libraries
+from recsys.core.terminal import table as _table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Create or import data sets.")
 app.add_typer(data_app, name="data")
-console = Console()
 
 
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Feature-store-backed fashion recommendations: Feast, PyTorch, Ray, Qdrant, FastAPI."""
-    os.environ.setdefault("FEAST_USAGE", "False")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("TQDM_DISABLE", "0")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_libraries(get_settings().home / "logs", verbose)
     logging.basicConfig(
         level=logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-    logging.getLogger("py.warnings").setLevel(logging.ERROR)  # libraries' deprecation chatter
     for name in ("recsys", "pipelines", "models", "serving"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
@@ -66,15 +60,6 @@ def stage(name: str, *expected: type[Exception]) -> Iterator[None]:
 def _fail(exc: Exception) -> typer.Exit:
     console.print(f"[red]error:[/] {exc}")
     return typer.Exit(code=1)
-
-
-def _table(title: str, first: str, *numeric: str) -> Table:
-    """A table whose ``first`` column names the row and the others are right-aligned numbers."""
-    table = Table(title=title)
-    table.add_column(first)
-    for name in numeric:
-        table.add_column(name, justify="right")
-    return table
 
 
 # --------------------------------------------------------------------------- stages
@@ -187,7 +172,7 @@ def run_embed(
     settings: Settings,
     kind: Literal["text", "image"] = "text",
     model_path: Path | None = None,
-    use_ray: bool = True,
+    use_ray: bool | None = None,
     batch_size: int = 64,
 ) -> None:
     """Embed the validated catalogue where ``recsys train`` looks for it; only edits re-encode."""
@@ -197,25 +182,24 @@ def run_embed(
 
     items_path = table_path(settings.validated_dir, "items")
     expected = (ModelFolderError, FileNotFoundError, ValueError, ImportError)
+    use_ray = ray_wanted(settings, use_ray)
     with stage(f"embed {kind} ({'Ray Data' if use_ray else 'in-process'})", *expected):
         if not items_path.exists():
             raise FileNotFoundError(f"{items_path} is missing: run `recsys validate` first.")
-        # Ray Data logs (hidden) progress lines when stdout is not a terminal and warns
-        # when progress is off; in-process tqdm bars would only clutter a log file
         s = embed_items(items_path, settings.item_embeddings_path(kind),
                         settings.embeddings_cache_dir, kind=kind, model_path=model_path,
-                        use_ray=use_ray, batch_size=batch_size, settings=settings,
-                        progress=use_ray or console.is_terminal)  # fmt: skip
+                        use_ray=use_ray, batch_size=batch_size, settings=settings)  # fmt: skip
         console.print(
             f"  {s.items:,} items: {s.hits:,} cached, {s.encoded:,} encoded ({s.backend}, "
-            f"{s.encode_seconds:.1f}s), dim {s.dim} -> {s.out_path}"
+            f"{s.precision}, {s.encode_seconds:.1f}s), dim {s.dim} -> {s.out_path}"
         )
 
 
 def run_train(settings: Settings) -> dict[str, Any]:
     from pipelines.train import train
 
-    with stage("train (two-tower, Ray Train)", FileNotFoundError, ValueError):
+    where = "Ray Train" if ray_wanted(settings) else "in-process"
+    with stage(f"train (two-tower, {where})", FileNotFoundError, ValueError):
         result = train(settings, progress=console.print)
         m = result.metrics
         recall, ndcg = f"recall@{m['k']}", f"ndcg@{m['k']}"
@@ -241,12 +225,15 @@ def run_train(settings: Settings) -> dict[str, Any]:
         return m
 
 
-def run_item2vec(settings: Settings, use_ray: bool = True, cutoff: str | None = None) -> dict:
+def run_item2vec(
+    settings: Settings, use_ray: bool | None = None, cutoff: str | None = None
+) -> dict:
     """Train item2vec on the validated sessions and score next-item prediction on the
     sessions after the cutoff, against co-occurrence and popularity."""
     from pipelines.item2vec import fit_item2vec
 
-    backend = "Ray Train" if use_ray else "plain PyTorch"
+    use_ray = ray_wanted(settings, use_ray)
+    backend = "Ray Train" if use_ray else "in-process"
     with stage(f"item2vec (skip-gram over sessions, {backend})", FileNotFoundError, ValueError):
         result = fit_item2vec(settings, cutoff=cutoff, use_ray=use_ray)
         m = result.metrics
@@ -359,8 +346,13 @@ def run_index(settings: Settings) -> None:
 
     with stage(f"index ({settings.vector_store.type} vector store)"):
         s = build_index(settings)
+        h = s.health
+        where = h.get("path") or h.get("url") or ""
         console.print(
-            f"  {s.points:,} item vectors (dim {s.dim}) from {s.run_dir.name}: {s.health}"
+            f"  {s.points:,} item vectors (dim {s.dim}) of model run {s.run_dir.name} -> "
+            f"collection {h.get('collection')} (alias {h.get('alias')}, "
+            f"{h.get('indexed_vectors', 0):,} indexed) {where}",
+            highlight=False,
         )
 
 
@@ -528,8 +520,13 @@ def embed(
         ),
     ] = None,
     ray: Annotated[
-        bool, typer.Option("--ray/--no-ray", help="Encode with Ray Data, or in this process.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--ray/--no-ray",
+            help="Encode with Ray Data, or in this process "
+            "(default: RECSYS_RAY__USE; auto takes Ray on a cluster).",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Inputs per forward pass.")] = 64,
 ) -> None:
     """Embed item text (title, description, attributes) or images; cached by content hash."""
@@ -542,16 +539,33 @@ def embed(
 def train(
     epochs: Annotated[int | None, typer.Option(help="Override RECSYS_TRAIN__EPOCHS.")] = None,
     num_workers: Annotated[int | None, typer.Option(help="Ray Train workers.")] = None,
+    ray: Annotated[
+        bool | None,
+        typer.Option(
+            "--ray/--no-ray",
+            help="Fit through Ray Train, or in this process "
+            "(default: RECSYS_RAY__USE; auto takes Ray on a cluster or with >1 worker).",
+        ),
+    ] = None,
 ) -> None:
-    """Train the two-tower model through Ray Train and compare it with popularity."""
-    run_train(_override(get_settings(), "train", epochs=epochs, num_workers=num_workers))
+    """Train the two-tower model (and the served pipelines) and compare it with popularity."""
+    settings = _override(get_settings(), "train", epochs=epochs, num_workers=num_workers)
+    if ray is not None:
+        use = "always" if ray else "never"
+        settings = settings.model_copy(update={"ray": settings.ray.model_copy(update={"use": use})})
+    run_train(settings)
 
 
 @app.command()
 def item2vec(
     ray: Annotated[
-        bool, typer.Option("--ray/--no-ray", help="Train through Ray Train, or in this process.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--ray/--no-ray",
+            help="Train through Ray Train, or in this process "
+            "(default: RECSYS_RAY__USE; auto takes Ray on a cluster).",
+        ),
+    ] = None,
     cutoff: Annotated[
         str | None,
         typer.Option(
@@ -597,6 +611,7 @@ def evaluate(
         run_evaluate_next_item(get_settings(), json, tune)
     elif task == "user":
         run_evaluate(get_settings(), holdout, split, test_fraction, json, tune)
+        console.print(f"  HTML report -> {get_settings().reports_dir / 'evaluation'}/report.html")
     else:
         raise _fail(ValueError(f"--task must be 'user' or 'next-item', got {task!r}"))
 
@@ -672,21 +687,27 @@ def demo(
     run_features(settings)
     run_materialize(settings)
     run_embed(settings, "text")
+    # `recsys item2vec` is not a demo stage: the session pipeline trained above is what serves
+    # sessions (`POST /recommendations`, `similar?method=sessions`); item2vec, weaker than its
+    # sources on next-item prediction, is an optional source and a command of its own.
     run_train(settings)
-    run_item2vec(settings)
     run_index(settings)
     console.rule("[bold]ready")
     console.print(
         f"  all stages in {time.perf_counter() - started:.1f}s; data root {settings.home}"
     )
     user_id = example_user(settings)
+    console.print(f"  console: http://{host}:{port}/   (API docs: http://{host}:{port}/docs)",
+                  soft_wrap=True, highlight=False)  # fmt: skip
     console.print("  try:")
     for path in (f"users/{user_id}/recommendations?k=10", "users/new-visitor/recommendations?k=5",
                  "health"):  # fmt: skip
-        console.print(f"    curl -s 'http://{host}:{port}/{path}'")
+        console.print(f"    curl -s 'http://{host}:{port}/{path}'", soft_wrap=True,
+                      highlight=False)  # fmt: skip
     visit = json.dumps({"session_items": example_visit(settings), "k": 5})
     console.print(f"    curl -s -X POST 'http://{host}:{port}/recommendations' "
-                  f"-H 'Content-Type: application/json' -d '{visit}'")  # fmt: skip
+                  f"-H 'Content-Type: application/json' -d '{visit}'", soft_wrap=True,
+                  highlight=False)  # fmt: skip
     if serve:
         run_serve(settings, host, port)
 

@@ -1,7 +1,8 @@
 """FastAPI app: personalised recommendations over HTTP.
 
 Run with ``recsys serve`` (uvicorn). The app loads the current model run, the Feast store and
-the vector store once at start-up (``lifespan``) and shares them across requests.
+the vector store once at start-up (``lifespan``) and shares them across requests. ``/`` serves
+the web console (``serving/console``: plain HTML, CSS and JavaScript over the JSON routes).
 """
 
 from __future__ import annotations
@@ -10,19 +11,22 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StrictBool, StringConstraints
 
 from models.context import ItemFilters
 from models.sources import REGISTRY
 from recsys.core.settings import Settings, get_settings
+from serving.console_data import DATA_DOCS_URL, docs_file
 from serving.events import Event, EventsNotApplied
 from serving.metrics import ApiMetrics, MetricsMiddleware
 from serving.recommender import Recommender
@@ -131,6 +135,148 @@ class RecommendationResponse(BaseModel):
         default=False, description="True when a dependency failed: the remaining sources answered."
     )
     model_version: str
+
+
+# --------------------------------------------------------------------------- the web console
+#: The console's static files (``/`` serves its page): shipped as package data of ``serving``.
+CONSOLE_DIR = FilePath(__file__).with_name("console")
+#: The console page fetches only from this origin: no CDN, no inline script or style.
+CONSOLE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+               "connect-src 'self'; base-uri 'none'; form-action 'self'; "
+               "frame-ancestors 'none'")  # fmt: skip
+
+
+class CatalogueItem(BaseModel):
+    """A catalogue item as the console shows it (its served run's catalogue)."""
+
+    item_id: str
+    title: str | None = None
+    category: str | None = None
+    colour: str | None = None
+    department: str | None = None
+    price: float | None = None
+    in_stock: bool | None = Field(default=None, description="None: not in the served catalogue.")
+    purchases: int | None = Field(
+        default=None, description="Purchases in the data the served run was fitted on."
+    )
+    recent_purchases: int | None = Field(
+        default=None, description="Of those, in the recent window of the popularity source."
+    )
+
+
+class CataloguePage(BaseModel):
+    total: int = Field(description="Items that match (this page is offset:offset + limit).")
+    offset: int
+    items: list[CatalogueItem] = Field(description="Most bought first.")
+    facets: dict[str, list[str]] = Field(
+        description="Values the filters can take: category, department, colour."
+    )
+    model_version: str
+
+
+class UserHistory(BaseModel):
+    user_id: str
+    purchases: list[CatalogueItem] = Field(
+        description="Bought, newest first (posted purchases in front of the batch history)."
+    )
+    recent_views: list[CatalogueItem] = Field(description="Viewed recently, newest first.")
+    visit: list[str] = Field(description="Items of the visit in progress, newest first.")
+    last_event_at: str | None = Field(description="When their activity row was last written.")
+    profile: dict[str, str | float | None] = Field(description="Their profile features.")
+    model_version: str
+
+
+class ExampleUser(BaseModel):
+    user_id: str
+    purchases: float | None = None
+    spend: float | None = None
+    fav_category: str | None = None
+    age_bucket: str | None = None
+
+
+class UserList(BaseModel):
+    users: list[ExampleUser] = Field(description="Most purchases first.")
+
+
+class AliasMove(BaseModel):
+    collection: str
+    run_id: str | None = None
+    at: str | None = Field(default=None, description="When the alias moved there (UTC).")
+    current: bool
+    exists: bool = Field(description="False once `recsys index` pruned the collection.")
+    rollback_command: str | None = Field(
+        default=None, description="The command that would point the alias back here (shown, "
+        "never run by the API)."
+    )  # fmt: skip
+
+
+class AliasHistory(BaseModel):
+    alias: str
+    current: str | None = None
+    serving: str | None = Field(default=None, description="The collection this API searches.")
+    history: list[AliasMove] = Field(description="Newest first.")
+    rollback_default: str | None = None
+    rollback_default_target: str | None = None
+    error: str | None = None
+
+
+class ValidationTable(BaseModel):
+    table: str
+    success: bool
+    validated_at: str | None = None
+    expectations: int | None = None
+    passed: int | None = None
+    failed: int | None = None
+    rows_valid: int | None = None
+    rows_quarantined: int | None = None
+    page: str | None = Field(default=None, description="Its page in the Data Docs.")
+
+
+class ValidationSummary(BaseModel):
+    validated_at: str | None = None
+    success: bool
+    tables: list[ValidationTable]
+    data_docs: str | None = Field(default=None, description="The Data Docs' URL on this API.")
+
+
+class EvaluationRow(BaseModel):
+    model: str
+    metrics: dict[str, float | None]
+    users: int | None = None
+    error: str | None = None
+
+
+class EvaluationSummary(BaseModel):
+    created_at: str | None = None
+    split: str | None = None
+    events: str | None = None
+    cutoff: str | None = None
+    eval_users: int | None = None
+    columns: list[str]
+    rows: list[EvaluationRow]
+    served_run: str | None = None
+    stale: bool = Field(description="It scored another run than the one served.")
+    top10_source_share: dict[str, float]
+    report: str
+
+
+class ModelOverview(BaseModel):
+    model_version: str = Field(description="The run this API serves.")
+    artifacts_current: str | None = Field(description="The run artifacts/current names.")
+    run: dict[str, Any] = Field(description="The served run's manifest: data, metrics, "
+                                "pipelines.")  # fmt: skip
+    sources: list[str]
+    session_sources: list[str]
+    item2vec_run: str | None = None
+    evaluation: EvaluationSummary | None = Field(
+        description="reports/evaluation/evaluation.json (`recsys evaluate`), if any."
+    )
+    validation: ValidationSummary | None = Field(description="The last `recsys validate`.")
+    aliases: AliasHistory
+
+
+UNKNOWN_USER = {404: {"model": ErrorDetail, "description": "Unknown user id (named)."}}
+FEATURES_DOWN = {503: {"model": ErrorDetail, "description": "The online store failed."}}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -309,7 +455,111 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         checks = request.app.state.recommender.health()
         return JSONResponse(checks, status_code=200 if checks["ok"] else 503)
 
+    _console_routes(app, reads, max_k, settings.reports_dir / "data_docs")
     return app
+
+
+def _console_routes(app: FastAPI, reads: list[Any], max_k: int, data_docs: FilePath) -> None:
+    """The web console (``/``) and the read-only JSON it needs beyond the recommendation
+    routes: catalogue, shoppers' history, the served model. The page and its files are public
+    (code, no data); the data routes, the Data Docs included, take the read scope like every
+    other read route."""
+
+    @app.get("/items", response_model=CataloguePage, dependencies=reads, responses=AUTH_ERRORS)
+    def catalogue(
+        request: Request,
+        q: str | None = Query(None, max_length=256, description="Part of a title or an id."),
+        category: str | None = Query(None, max_length=256),
+        department: str | None = Query(None, max_length=256),
+        max_price: float | None = Query(None, gt=0),
+        in_stock: bool | None = Query(None),
+        limit: int = Query(24, ge=1, le=max_k),
+        offset: int = Query(0, ge=0, le=10_000_000),
+    ) -> Response:
+        """Browse or search the served catalogue, most bought first, with the recommendation
+        routes' filters (the same matching); ``facets`` lists the filter values."""
+        recommender = request.app.state.recommender
+        filters = ItemFilters(category, department, max_price, in_stock)
+        total, items = recommender.catalogue(q, filters, limit, offset)
+        return _json(CataloguePage(total=total, offset=offset, items=items,
+                                   facets=recommender.facets(),
+                                   model_version=recommender.model_version))  # fmt: skip
+
+    @app.get(
+        "/items/{item_id}",
+        response_model=CatalogueItem,
+        dependencies=reads,
+        responses={**UNKNOWN_ITEM, **AUTH_ERRORS},
+    )
+    async def item(request: Request, item_id: str = Path(..., min_length=1, max_length=256)
+                   ) -> Response:  # fmt: skip
+        """One catalogue item: title, category, colour, department, price, stock, purchases."""
+        recommender = request.app.state.recommender
+        _require_items(recommender, [item_id])
+        return _json(CatalogueItem.model_validate(recommender.item_details(item_id)))
+
+    @app.get("/users", response_model=UserList, dependencies=reads, responses=AUTH_ERRORS)
+    def users(request: Request, limit: int = Query(12, ge=1, le=100)) -> Response:
+        """Example shoppers to look at: those with the most purchases in the feature table."""
+        found = request.app.state.recommender.example_users(limit)
+        return _json(UserList(users=found))
+
+    @app.get(
+        "/users/{user_id}/history",
+        response_model=UserHistory,
+        dependencies=reads,
+        responses={**UNKNOWN_USER, **FEATURES_DOWN, **AUTH_ERRORS},
+    )
+    def history(
+        request: Request,
+        user_id: str = Path(..., min_length=1, max_length=256),
+        limit: int = Query(50, ge=1, le=200, description="Items per list."),
+    ) -> Response:
+        """What the recommendations know of a shopper, newest first: purchases, recent views,
+        the visit in progress and profile features (the online store's row). A thread, not
+        the event loop: a slow store must not hold up the other requests."""
+        recommender = request.app.state.recommender
+        try:
+            found = recommender.history(user_id, limit)
+        except Exception as exc:
+            log.warning("history of %s: online store failed (%s: %s)", user_id,
+                        type(exc).__name__, exc)  # fmt: skip
+            raise HTTPException(503, "the online feature store failed; retry shortly") from exc
+        if found is None:
+            raise HTTPException(404, f"unknown user_id: {user_id}")
+        return _json(UserHistory(**found, model_version=recommender.model_version))
+
+    @app.get("/model", response_model=ModelOverview, dependencies=reads, responses=AUTH_ERRORS)
+    async def model(request: Request) -> Response:
+        """The served run: its manifest (data, metrics, pipelines), the last `recsys evaluate`
+        and `recsys validate`, and the collection alias's history with the command that would
+        roll back to each earlier collection (shown, not run: moving the alias is `recsys
+        rollback`'s job). ``async``: in the event loop, like the recommendation routes, so
+        that switching to a run the alias moved to happens on one thread only."""
+        return _json(ModelOverview.model_validate(request.app.state.recommender.overview()))
+
+    @app.get("/", include_in_schema=False)
+    def console() -> FileResponse:
+        """The console page (hash routes: ``#/user/ID``, ``#/item/ID``, ``#/session``,
+        ``#/model``)."""
+        headers = {"Content-Security-Policy": CONSOLE_CSP, "Cache-Control": "no-cache"}
+        return FileResponse(CONSOLE_DIR / "index.html", headers=headers)
+
+    app.mount("/console", StaticFiles(directory=CONSOLE_DIR), name="console")
+
+    @app.get(DATA_DOCS_URL.rstrip("/"), include_in_schema=False, dependencies=reads)
+    def docs_root() -> RedirectResponse:
+        """To the folder URL, so that the pages' relative links resolve below it."""
+        return RedirectResponse(DATA_DOCS_URL)
+
+    @app.get(DATA_DOCS_URL + "{path:path}", include_in_schema=False, dependencies=reads)
+    def data_docs_file(path: str) -> FileResponse:
+        """The Great Expectations Data Docs of the last ``recsys validate``, read-only: files
+        under ``reports/data_docs`` only (no listing, nothing outside it)."""
+        found = docs_file(data_docs, path)
+        if found is None:
+            raise HTTPException(404, "no such Data Docs page (run `recsys validate`)")
+        return FileResponse(found)
 
 
 def _json(body: BaseModel) -> Response:

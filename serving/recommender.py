@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.context import NO_FILTERS, ItemFilters, UserContext
+from models.context import NO_FILTERS, UNKNOWN, ItemFilters, UserContext
 from models.item2vec import load_item2vec
 from models.served_pipeline import Ranking, ServedPipeline
 from models.sources.two_tower import store_search
@@ -32,6 +32,7 @@ from recsys.core.run import Run
 from recsys.core.settings import Settings
 from recsys.core.values import json_value
 from recsys.core.vectorstore import VectorStore, open_vector_store
+from serving import console_data
 from serving.events import Event, EventIntake
 from serving.online import ACTIVITY_VIEW, OnlineStore
 from serving.stages import StageGuard
@@ -45,6 +46,10 @@ BY_SESSIONS = "viewed in the same sessions"
 BY_PURCHASES = "bought by the same shoppers"
 #: The user row's key for when their activity row was written (their last event).
 VISIT_AT = "activity_at"
+#: What the console's user page shows of a shopper's features.
+PROFILE_FIELDS = ("age_bucket", "fav_category", "fav_colour", "fav_department",
+                  "purchases_total", "views_total", "sessions_total", "spend_total",
+                  "mean_price_paid", "days_since_last_purchase")  # fmt: skip
 
 
 @dataclass
@@ -414,6 +419,123 @@ class Recommender:
         where = f" in {category}" if category else ""
         reasons = [f"among the most bought{where} ({window})"]
         return [self._item(i, s, r, reasons=reasons) for r, (i, s) in enumerate(top, start=1)]
+
+    # ------------------------------------------------------------------ the web console
+    def item_details(self, item_id: str) -> dict[str, Any]:
+        """A catalogue item as the console shows it: the answer fields (title, category,
+        colour, price) plus department, stock and purchases from the served run's catalogue,
+        the one the request filters read, so that what the console shows is what filters see.
+        ``item_id`` must be known (:meth:`known_item`)."""
+        return self._catalogue_item(self.pipeline.catalog.index(item_id))
+
+    def _catalogue_item(self, index: int) -> dict[str, Any]:
+        items = self.pipeline.catalog
+        item_id = items.item_id(index)
+        department = items.department_names[items.department[index]]
+        return {
+            **self.served.item_fields.get(item_id, {"item_id": item_id}),
+            "department": None if department == UNKNOWN else department,
+            "in_stock": bool(items.in_stock[index]),
+            "purchases": int(items.counts[index]),
+            "recent_purchases": int(items.recent_counts[index]),
+        }
+
+    def catalogue(
+        self, q: str | None, filters: ItemFilters, limit: int, offset: int = 0
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Catalogue items whose title or id contains ``q`` (any case) and that pass
+        ``filters`` (the recommendation filters' own mask), most bought first: the console's
+        item browser. Returns (how many match, the page ``offset:offset + limit``)."""
+        items = self.pipeline.catalog
+        mask = items.allowed(filters)
+        keep = np.ones(items.n_items, dtype=bool) if mask is None else mask.copy()
+        keep[0] = False
+        if q and q.strip():
+            needle = q.strip().casefold()
+            text = self._search_text()
+            keep &= np.fromiter((needle in t for t in text), dtype=bool, count=len(text))
+        rows = np.flatnonzero(keep)
+        # most bought first, then catalogue order: a stable page for the same query
+        rows = rows[np.lexsort((rows, -items.counts[rows]))]
+        page = rows[offset : offset + limit]
+        return len(rows), [self._catalogue_item(int(i)) for i in page]
+
+    def _search_text(self) -> list[str]:
+        """``title id`` per item index, case-folded, for :meth:`catalogue`; built once per
+        served run's catalogue (the run can change under the API: the cache follows it)."""
+        items = self.pipeline.catalog
+        cached = getattr(self, "_search_cache", None)
+        if cached is None or cached[0] is not items:
+            text = [""] + [f"{items.titles[i]} {items.item_id(i)}".casefold()
+                           for i in range(1, items.n_items)]  # fmt: skip
+            cached = self._search_cache = (items, text)
+        return cached[1]
+
+    def facets(self) -> dict[str, list[str]]:
+        """The values the console's filters offer: the served catalogue's categories,
+        departments and colours (what the filters can match)."""
+        items = self.pipeline.catalog
+        return {
+            "category": [n for n in items.category_names if n != UNKNOWN],
+            "department": [n for n in items.department_names if n != UNKNOWN],
+            "colour": [n for n in items.colour_names if n != UNKNOWN],
+        }
+
+    def history(self, user_id: str, limit: int) -> dict[str, Any] | None:
+        """What is known of a shopper, newest first: their purchases (the batch history with
+        purchases posted since in front, as the recommendations see it), their recent views,
+        the visit in progress and their profile features; None for a user never seen.
+
+        Not time-boxed like a recommendation's feature read: this is a page for a person, and
+        a failing store raises (the API answers 503) rather than showing an empty history.
+        """
+        features = self.user_features(user_id)
+        if features is None:
+            return None
+        views = [v for v in (features.get("recent_views") or []) if v]
+        written = features.get(VISIT_AT)
+        return {
+            "user_id": user_id,
+            "purchases": [self._history_item(i) for i in features["purchased_items"][:limit]],
+            "recent_views": [self._history_item(i) for i in views[:limit]],
+            "visit": self.visit(features),
+            "last_event_at": None if written is None else pd.Timestamp(written).isoformat(),
+            "profile": {k: json_value(features.get(k)) for k in PROFILE_FIELDS},
+        }
+
+    def _history_item(self, item_id: str) -> dict[str, Any]:
+        """A catalogue item, or the bare id of one the served run does not know (a purchase
+        of an item added after it was trained)."""
+        index = self.pipeline.catalog.index(item_id)
+        return self._catalogue_item(index) if index > 0 else {"item_id": item_id}
+
+    def example_users(self, limit: int) -> list[dict[str, Any]]:
+        """The top shoppers of the feature table, for the console's picker."""
+        return console_data.top_shoppers(self.settings, limit)
+
+    def overview(self) -> dict[str, Any]:
+        """The console's model page: the served run and its manifest, the last evaluation and
+        validation, and the collection alias's history with the rollback commands. Follows a
+        moved alias first (as a recommendation does): the page shows what is served now."""
+        self._follow()
+        served = self.served
+        try:
+            current: str | None = Run.current(self.settings.artifacts_dir).id
+        except (FileNotFoundError, OSError):
+            current = None
+        alias = self.settings.vector_store.collection
+        return {
+            "model_version": served.run.id,
+            "artifacts_current": current,
+            "run": console_data.run_summary(served.run),
+            "sources": [s.name for s in self.pipeline.generator.sources],
+            "session_sources": [s.name for s in served.session_pipeline.generator.sources]
+            if served.session_pipeline is not None else [],
+            "item2vec_run": served.session_run,
+            "evaluation": console_data.evaluation_summary(self.settings, served.run.id),
+            "validation": console_data.validation_summary(self.settings),
+            "aliases": console_data.alias_summary(served.vectors, alias, _current(served.vectors)),
+        }  # fmt: skip
 
     def health(self) -> dict[str, Any]:
         sources = [s.name for s in self.pipeline.generator.sources]

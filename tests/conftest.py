@@ -80,11 +80,15 @@ def run_cli(
 
 @pytest.fixture(scope="session")
 def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """Every stage of ``recsys demo --no-serve`` on a tiny generated shop: (data root, output)."""
+    """Every stage of ``recsys demo --no-serve`` on a tiny generated shop: (data root, output).
+    Through Ray (Ray Data, Ray Train) as on a cluster: the other pipelines here run in-process,
+    as one machine does by default."""
     home = tmp_path_factory.mktemp("recsys_home")
     size = [f"--{k}={v}" for k, v in E2E_SIZE.items()]
-    proc = run_cli(home, "demo", "--no-serve", *size)
-    return home, proc.stdout
+    proc = run_cli(home, "demo", "--no-serve", *size, RECSYS_RAY__USE="always")
+    # not a demo stage, but served as the session neighbours of runs without a session pipeline
+    run_cli(home, "item2vec", RECSYS_RAY__USE="always")
+    return home, proc.stdout + proc.stderr  # as a user sees it, piped: both streams
 
 
 @pytest.fixture(scope="session")

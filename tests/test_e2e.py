@@ -39,7 +39,7 @@ def user(pipeline_home) -> str:
 
 def test_demo_runs_every_stage_and_leaves_its_outputs(pipeline_home, pipeline_settings) -> None:
     _, output = pipeline_home
-    for stage in ("data synth", "validate", "features", "materialize", "train", "item2vec",
+    for stage in ("data synth", "validate", "features", "materialize", "embed text", "train",
                   "index"):  # fmt: skip
         assert f"✓ {stage}" in output
     s = pipeline_settings
@@ -56,15 +56,36 @@ def test_demo_runs_every_stage_and_leaves_its_outputs(pipeline_home, pipeline_se
     assert "curl -s 'http://127.0.0.1:8000/users/" in output
 
 
+#: Lines that only a library writes: log records, tqdm frames, C++ log lines, warnings.
+LIBRARY_LINE = re.compile(
+    r"\b(INFO|DEBUG|WARNING)\b|core_worker|logging_progress|Warning:|warnings\.warn|"
+    r"\d+%\||it/s\]|Loading weights"
+)
+
+
+def test_demo_output_piped_shows_only_the_platforms_lines(pipeline_home) -> None:
+    """Through Ray Data and Ray Train, piped: Ray's logs go to the data root's log folder (said
+    once), no library line reaches the output, and no table cuts a name short."""
+    home, output = pipeline_home
+    strays = [line for line in output.splitlines() if LIBRARY_LINE.search(line)]
+    assert not strays, "\n".join(strays[:20])
+    assert "…" not in output  # rich's ellipsis: a name cut to fit 80 columns
+    assert "popularity_recent" in output
+    assert output.count("Ray started; its logs:") == 1
+    logs = home / "logs"
+    assert (logs / "ray-data.log").stat().st_size > 0  # Ray Data's progress lines went here
+    assert (logs / "ray-session").is_symlink() and (logs / "ray-session").resolve().is_dir()
+
+
 def test_recsys_item2vec_trains_scores_and_saves_a_run(pipeline_settings) -> None:
     out = run_cli(pipeline_settings.home, "item2vec", "--no-ray").stdout
     for name in ("item2vec", "cooccurrence", "popularity"):
         assert name in out, out
     runs = sorted(pipeline_settings.artifacts_dir.glob("item2vec_*"))
-    assert len(runs) >= 2 and (runs[-1] / "item2vec.safetensors").exists(), out  # demo's + this
+    assert len(runs) >= 2 and (runs[-1] / "item2vec.safetensors").exists(), out  # fixture's + this
     manifest = json.loads((runs[-1] / "item2vec_manifest.json").read_text())
     m = manifest["metrics"]
-    assert m["fit"]["backend"] == "plain"
+    assert m["fit"]["backend"] == "in-process"
     assert m["item2vec"]["hr@20"] > 3 * m["random_hr"]  # far above random on held-out sessions
     assert (pipeline_settings.artifacts_dir / "current").read_text().strip() != runs[-1].name
 

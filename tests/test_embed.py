@@ -22,8 +22,8 @@ import pytest
 import models.image_encoder as image_encoder
 from models.image_encoder import ImageEncoder
 from models.text_encoder import ModelFolderError, TextEncoder, default_model_path, item_text
-from pipelines.embed import EmbedSummary, embed_items, read_vectors
-from recsys.core.settings import RaySettings, Settings
+from pipelines.embed import EmbedSummary, embed_items, read_vectors, resolve_precision
+from recsys.core.settings import EmbedSettings, RaySettings, Settings
 
 needs_pil = pytest.mark.skipif(
     importlib.util.find_spec("PIL") is None,
@@ -82,6 +82,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     s = Settings(
         home=tmp_path_factory.mktemp("embed_home"),
         ray=RaySettings(object_store_memory=256 * 1024 * 1024, temp_dir=ray_tmp),
+        embed=EmbedSettings(precision="float32"),  # compared with the float32 encoder below
     )
     ensure_ray(s)
     yield s
@@ -101,7 +102,7 @@ def ray_run(settings: Settings, items_file: Path) -> tuple[EmbedSummary, Path, P
     """The text embeddings of all items, computed through Ray Data: (summary, out, cache)."""
     root = items_file.parent
     summary = embed_items(
-        items_file, root / "text.parquet", root / "cache", settings=settings, progress=False
+        items_file, root / "text.parquet", root / "cache", settings=settings, use_ray=True
     )
     return summary, root / "text.parquet", root / "cache"
 
@@ -134,7 +135,7 @@ def test_rerun_is_all_cache_hits_with_identical_vectors(
 
 
 def test_changed_description_re_embeds_exactly_that_item(
-    ray_run: tuple, items_file: Path, tmp_path: Path
+    ray_run: tuple, items_file: Path, settings: Settings, tmp_path: Path
 ) -> None:
     _, out, cache = ray_run
     shutil.copytree(cache, tmp_path / "cache")
@@ -142,21 +143,24 @@ def test_changed_description_re_embeds_exactly_that_item(
     items.loc[5, "description"] = "A completely different description about silk pyjamas."
     edited = tmp_path / "items.parquet"
     items.to_parquet(edited, index=False)
-    summary = embed_items(edited, tmp_path / "text.parquet", tmp_path / "cache", use_ray=False)
+    summary = embed_items(edited, tmp_path / "text.parquet", tmp_path / "cache", use_ray=False,
+                          settings=settings)  # fmt: skip
     assert (summary.hits, summary.misses, summary.encoded) == (29, 1, 1)
     before, after = read_embeddings(out)[1], read_embeddings(tmp_path / "text.parquet")[1]
     changed = ~np.all(before == after, axis=1)
     assert changed.tolist() == [i == 5 for i in range(30)]
     # The cache now holds both versions: reverting the edit costs nothing.
-    back = embed_items(items_file, tmp_path / "b.parquet", tmp_path / "cache", use_ray=False)
+    back = embed_items(items_file, tmp_path / "b.parquet", tmp_path / "cache", use_ray=False,
+                       settings=settings)  # fmt: skip
     assert back.misses == 0
 
 
 def test_in_process_matches_ray_and_is_deterministic(
-    ray_run: tuple, items_file: Path, tmp_path: Path
+    ray_run: tuple, items_file: Path, settings: Settings, tmp_path: Path
 ) -> None:
     expected = read_embeddings(ray_run[1])[1]
-    local = embed_items(items_file, tmp_path / "local.parquet", tmp_path / "cache", use_ray=False)
+    local = embed_items(items_file, tmp_path / "local.parquet", tmp_path / "cache", use_ray=False,
+                        settings=settings)  # fmt: skip
     assert (local.backend, local.misses, local.dim) == ("in-process", 30, 384)
     np.testing.assert_allclose(read_embeddings(tmp_path / "local.parquet")[1], expected, atol=1e-5)
     encoder = TextEncoder(default_model_path(), batch_size=7)
@@ -164,6 +168,26 @@ def test_in_process_matches_ray_and_is_deterministic(
     first, second = encoder.encode(texts), encoder.encode(texts)
     assert np.array_equal(first, second)
     np.testing.assert_allclose(first, expected, atol=1e-5)
+
+
+def test_bfloat16_keeps_the_vectors_in_its_own_cache(
+    ray_run: tuple, items_file: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """bfloat16 arithmetic where the CPU has it: the same neighbours, nearly the same vectors,
+    a cache file of its own (float32's keeps its name)."""
+    fp32_summary, fp32_out, _ = ray_run
+    bf16 = settings.model_copy(update={"embed": EmbedSettings(precision="bfloat16")})
+    summary = embed_items(items_file, tmp_path / "bf16.parquet", tmp_path / "cache",
+                          use_ray=False, settings=bf16)  # fmt: skip
+    assert summary.precision == "bfloat16" and summary.misses == 30
+    assert summary.model_hash != fp32_summary.model_hash
+    assert Path(summary.cache_path).name != Path(fp32_summary.cache_path).name
+    a, b = read_embeddings(fp32_out)[1], read_embeddings(tmp_path / "bf16.parquet")[1]
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(axis=1).min() > 0.999
+    assert np.array_equal(np.argsort(-(a @ a.T), 1)[:, :3], np.argsort(-(b @ b.T), 1)[:, :3])
+    auto = resolve_precision("auto")
+    assert auto in ("float32", "bfloat16") and resolve_precision("float32") == "float32"
 
 
 def test_bad_model_path_names_the_folder_and_what_it_needs(
@@ -245,8 +269,9 @@ def test_image_embeddings_with_tiny_clip(tmp_path: Path) -> None:
     args = (tmp_path / "items.parquet", tmp_path / "img.parquet", tmp_path / "cache")
     # In-process: the batch function is the one Ray runs (tested above for text), and a second
     # Ray actor start-up would cost ~10 s of this file's budget.
+    fp32 = Settings(home=tmp_path, embed=EmbedSettings(precision="float32"))  # as `direct`
     first = embed_items(*args, kind="image", model_path=model_dir, use_ray=False, batch_size=3,
-                        progress=False)  # fmt: skip
+                        progress=False, settings=fp32)  # fmt: skip
     assert (first.backend, first.items, first.misses, first.dim) == ("in-process", 4, 4, 16)
     ids, vec = read_embeddings(tmp_path / "img.parquet")
     assert ids == ["i0", "i1", "i2", "i3"] and vec.shape == (4, 16)
@@ -255,6 +280,6 @@ def test_image_embeddings_with_tiny_clip(tmp_path: Path) -> None:
     direct = ImageEncoder(model_dir).encode([str(tmp_path / "img" / "i2.png")])
     np.testing.assert_allclose(direct[0], vec[2], atol=1e-5)
 
-    again = embed_items(*args, kind="image", model_path=model_dir, use_ray=False)
+    again = embed_items(*args, kind="image", model_path=model_dir, use_ray=False, settings=fp32)
     assert (again.hits, again.misses, again.backend) == (4, 0, "cache")
     assert np.array_equal(read_embeddings(tmp_path / "img.parquet")[1], vec)

@@ -12,8 +12,16 @@ import pytest
 import scipy.sparse as sp
 
 from models.baselines import ALS, EASE, InteractionMatrix, ItemKNN
+from models.metrics import (
+    curve_ks,
+    decile_shares,
+    evaluate_all,
+    evaluate_with_curve,
+    popularity_deciles,
+)
 from models.popularity import Popularity, RecentPopularity
 from pipelines.evaluate import GRIDS, evaluate
+from pipelines.evaluation_report import main, write_html_report
 from pipelines.synth import generate
 from recsys.core.settings import Settings
 from tests.conftest import run_cli
@@ -131,6 +139,7 @@ def test_harness_temporal_split_writes_every_model(shop: Settings) -> None:
     saved = json.loads((report / "evaluation.json").read_text())
     assert set(saved) >= {"dataset", "protocol", "models", "served"}
     assert "| ease |" in (report / "report.md").read_text()
+    assert "<td class='name'>als</td>" in (report / "report.html").read_text()
 
 
 @pytest.mark.e2e
@@ -153,3 +162,102 @@ def test_cli_evaluate(shop: Settings, tmp_path: Path) -> None:
     proc = run_cli(shop.home, "evaluate", "--split", "temporal", "--no-tune", "--json", str(out))
     assert "ease" in proc.stdout
     assert json.loads(out.read_text())["models"]["als"]["overall"]["users"] > 0
+
+
+# --------------------------------------------------------------------------- report.html
+def test_curve_is_the_table_at_each_k() -> None:
+    """The curve comes from the same pass as the flat metrics: equal at K=10, same flat keys."""
+    truth = {"u1": {"a", "b"}, "u2": {"z"}, "u3": {"c"}}
+    rankings = {"u1": ["a", "x", "b", "y", "c"], "u2": ["x", "y", "z", "w", "v"]}
+    assert curve_ks(100) == (1, 5, 10, 20, 50, 100) and curve_ks(30) == (1, 5, 10, 20, 30)
+    out = evaluate_with_curve(rankings, truth, (2, 4), (3,), n_items=8, curve=(1, 2, 3, 5))
+    flat = evaluate_all(rankings, truth, (2, 4), (3,), n_items=8)
+    assert {k: v for k, v in out.items() if k != "curve"} == flat
+    assert out["curve"]["k"] == [1, 2, 3, 5]
+    assert out["curve"]["recall"][1] == flat["recall@2"]
+    assert out["curve"]["ndcg"][1] == flat["ndcg@2"]
+
+
+def test_popularity_deciles_split_the_catalogue_in_tenths() -> None:
+    items = [f"i{n}" for n in range(20)]
+    decile_of = popularity_deciles(items, list(range(20)))  # i0 least popular, i19 most
+    assert decile_of["i0"] == decile_of["i1"] == 0 and decile_of["i19"] == 9
+    assert sorted(decile_of.values()) == [d for d in range(10) for _ in range(2)]
+    shares = decile_shares([["i19", "i18", "i0", "new"], ["i19"]], decile_of, k=3)
+    assert shares[9] == pytest.approx(3 / 4) and shares[0] == pytest.approx(1 / 4)  # "new" cut
+    assert decile_shares([["new"]], decile_of, k=None)[0] == 1.0  # not in training: D1
+    assert sum(decile_shares([], decile_of)) == 0.0
+
+
+@pytest.fixture(scope="module")
+def evaluated(shop: Settings) -> dict:
+    """Three fast peers, tuned, without a served run (its block is then an error); ``report``
+    is the page this run wrote (read now: other tests of the module share the data root)."""
+    result = evaluate(shop, split="temporal", test_fraction=0.2, tune=True,
+                      models=("popularity", "item_knn", "ease"))  # fmt: skip
+    report = shop.reports_dir / "evaluation"
+    return {"result": result, "html": (report / "report.html").read_text(),
+            "md": (report / "report.md").read_text()}  # fmt: skip
+
+
+def test_evaluation_json_has_curves_and_popularity_deciles(evaluated: dict) -> None:
+    result = evaluated["result"]
+    assert result["protocol"]["curve_ks"] == [1, 5, 10, 20, 50, 100]
+    assert len(result["popularity"]["truth"]) == 10
+    assert sum(result["popularity"]["truth"]) == pytest.approx(1.0)
+    for name, m in result["models"].items():
+        for segment in ("overall", "cold_users", "cold_items"):
+            s = m[segment]
+            curve = s["curve"]
+            at10 = curve["k"].index(10)
+            assert curve["recall"][at10] == s["recall@10"], (name, segment)
+            assert curve["ndcg"][at10] == s["ndcg@10"], (name, segment)
+        assert len(m["popularity_deciles"]) == 10
+        assert sum(m["popularity_deciles"]) == pytest.approx(1.0), name
+    # popularity recommends the head of the catalogue: its top 10 sits in the top decile(s)
+    assert result["models"]["popularity"]["popularity_deciles"][9] > 0.5
+
+
+def test_report_html_is_self_contained_with_every_section(evaluated: dict) -> None:
+    page = evaluated["html"]
+    for name in evaluated["result"]["models"]:
+        assert f"<td class='name'>{name}</td>" in page
+    assert page.count('<img class="plot"') >= 5  # curves, coverage, deciles, 2 cold panels
+    assert page.count('src="data:image/svg+xml;base64,') >= 5
+    assert "Cold users" in page and "Cold items" in page
+    assert "Hyper-parameters" in page and "<span class=tag>chosen</span>" in page
+    assert 'alt="Share of top-10 per popularity decile"' in page
+    assert "no trained run" in page  # the served pipeline's error is shown, not hidden
+    assert "http://" not in page and "https://" not in page  # nothing fetched
+    assert "[report.html](report.html)" in evaluated["md"]
+
+
+def test_report_renders_an_older_or_partial_evaluation_json(
+    evaluated: dict, tmp_path: Path
+) -> None:
+    """Files written before the curves and deciles existed (e.g. the committed ASOS run), and
+    the partial ones written after each model, render with a note instead of failing."""
+    old = json.loads(json.dumps(evaluated["result"]))
+    old.pop("popularity")
+    old["protocol"].pop("curve_ks")
+    for m in old["models"].values():
+        m.pop("popularity_deciles")
+        for segment in ("overall", "cold_users", "cold_items"):
+            if m[segment]:
+                m[segment].pop("curve")
+    old["served"] = {"overall": old["models"]["ease"]["overall"], "run": "r1",
+                     "sources_alone": {"item_item": old["models"]["ease"]["overall"]},
+                     "top10_source_share": {"item_item": 1.0}}  # fmt: skip
+    page = write_html_report(tmp_path / "old", old).read_text()
+    assert "No popularity deciles in this evaluation.json" in page
+    assert "their curves use only the table" in page
+    assert "served pipeline" in page and "Each candidate source alone" in page
+    partial = json.loads(json.dumps(evaluated["result"])) | {"served": None}
+    partial["models"] = {"popularity": partial["models"]["popularity"]}
+    page = write_html_report(tmp_path / "partial", partial).read_text()
+    assert "The served pipeline is not in this file" in page
+    assert "<td class='name'>ease</td>" not in page
+    saved = tmp_path / "evaluation.json"  # a script regenerates the page from a saved file
+    saved.write_text(json.dumps(partial))
+    assert main([str(saved)]) == tmp_path / "report.html"
+    assert (tmp_path / "report.html").read_text() == page  # deterministic: same JSON, same page

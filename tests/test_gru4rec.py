@@ -143,7 +143,7 @@ def ray_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]
     settings = Settings(
         home=tmp_path_factory.mktemp("gru4rec_home"),
         train=TrainSettings(num_workers=1, cpus_per_worker=1),
-        ray=RaySettings(object_store_memory=256 * 1024 * 1024, temp_dir=ray_tmp),
+        ray=RaySettings(use="always", object_store_memory=256 * 1024 * 1024, temp_dir=ray_tmp),
     )
     started_here = not ray.is_initialized()
     yield settings

@@ -188,7 +188,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(
         home=home,
         train=TrainSettings(num_workers=1, cpus_per_worker=1),
-        ray=RaySettings(object_store_memory=256 * 1024 * 1024),
+        ray=RaySettings(use="always", object_store_memory=256 * 1024 * 1024),
     )
     started_here = not ray.is_initialized()
     # Few pairs here (~2k): small batches and a higher rate give enough steps in 3 epochs.
@@ -281,7 +281,7 @@ def toy_model() -> Item2VecSession:
 
 def test_session_model_learns_the_clusters(toy_model: Item2VecSession) -> None:
     assert MODELS["item2vec"] is Item2VecSession
-    assert toy_model.fit_metrics["backend"] == "plain" and toy_model.fit_metrics["pairs"] > 0
+    assert toy_model.fit_metrics["backend"] == "in-process" and toy_model.fit_metrics["pairs"] > 0
     assert toy_model.known.tolist() == [False] + [True] * 20 + [False, False]
     prefixes = [np.array([3]), np.array([15, 12]), np.array([14, 2, 7])]
     scores = toy_model.score(prefixes)
@@ -365,7 +365,7 @@ def test_session_model_fits_through_ray_like_the_plain_fit(planted, tmp_path: Pa
     settings = Settings(
         home=tmp_path,
         train=TrainSettings(num_workers=1, cpus_per_worker=1),
-        ray=RaySettings(object_store_memory=256 * 1024 * 1024),
+        ray=RaySettings(use="always", object_store_memory=256 * 1024 * 1024),
     )
     sessions = _toy_sessions(200, seed=1)
     params = TOY | {"epochs": 2}

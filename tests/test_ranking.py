@@ -263,3 +263,21 @@ def test_a_ranker_trained_on_other_features_is_refused(tmp_path) -> None:
     Ranker.fit(x, y, np.full(10, 20), ["a", "b"], rounds=3).save(Run(tmp_path))
     with pytest.raises(ValueError, match="retrain"):
         ServedPipeline(_generator(), Ranker.load(Run(tmp_path)))
+
+
+def test_sampled_negatives_keep_every_label_and_the_groups_in_order() -> None:
+    from pipelines.ranking import sample_negatives
+
+    rng = np.random.default_rng(0)
+    groups = np.array([50, 120, 30, 200])
+    y = np.zeros(groups.sum(), dtype=np.float32)
+    y[np.cumsum(groups) - 1] = 1.0  # one label, last row of each group
+    x = np.arange(len(y), dtype=np.float32)[:, None]  # the row number as the only feature
+    xs, ys, gs = sample_negatives(x, y, groups, 0.5, rng)
+    assert ys.sum() == 4 and gs.sum() == len(ys) == len(xs) and len(gs) == 4
+    assert np.all(np.diff(xs[:, 0]) > 0)  # order kept
+    assert 0.4 < (len(ys) - 4) / (len(y) - 4) < 0.6
+    ends = np.cumsum(gs) - 1
+    assert ys[ends].tolist() == [1.0] * 4  # each label still closes its own group
+    same = sample_negatives(x, y, groups, 1.0, rng)
+    assert len(same[1]) == len(y)

@@ -301,6 +301,18 @@ def test_save_load_round_trip_scores_the_same(name: str, tmp_path: Path) -> None
     assert not list(tmp_path.glob("*.pkl"))
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["sr", "cooccurrence", "vsknn", "slist"])
+def test_a_prefix_scores_the_same_alone_or_in_a_batch(name: str) -> None:
+    """What lets the ranker's rows score all prefixes at once (``CandidateSource.prime``)."""
+    rng = np.random.default_rng(5)
+    model: SessionModel = MODELS[name].fit(sessions_of(random_sessions(rng, 300, 40, 8)), 40)
+    queries = [np.array(q, dtype=np.int64) for q in random_sessions(rng, 200, 40, 7)]
+    batch = model.score(queries)
+    alone = np.stack([model.score([q])[0] for q in queries])
+    np.testing.assert_array_equal(batch, alone)
+
+
 # --------------------------------------------------------------------------- protocol
 @pytest.mark.unit
 def test_cases_drop_unknown_targets_and_keep_repeats() -> None:

@@ -212,7 +212,8 @@ def fit_shard(
             else:
                 yield model(x[idx], y[idx], draw_negatives(cdf, (p.negatives,), gen), log_q)
 
-    history = train_epochs(p.epochs, losses, [optimizer], ("examples", n), report, "gru4rec")
+    history = train_epochs(p.epochs, losses, [optimizer], ("examples", n), report, "gru4rec",
+                           p.batch_size)  # fmt: skip
     state = {k: v.detach().clone() for k, v in base.state_dict().items()} if rank == 0 else None
     return state, final_metrics(history)
 
@@ -292,8 +293,9 @@ class GRU4Rec(SessionModel):
     @classmethod
     def fit_ray(cls, settings: Settings, sessions: Sessions, n_items: int, **params: Any) -> Self:
         """The same fit on ``settings.train.num_workers`` Ray Train workers (DDP when more than
-        one). The examples go through a local temporary file: a local Ray (or a cluster with
-        a shared temporary directory)."""
+        one), or in this process when Ray is not wanted
+        (:func:`recsys.core.ray_runtime.ray_wanted`). The examples go through a local
+        temporary file: a local Ray (or a cluster with a shared temporary directory)."""
         from recsys.core.ray_runtime import fit_torch, worker_threads
 
         p = parse_params(GRU4RecParams, params, "gru4rec")
@@ -303,9 +305,10 @@ class GRU4Rec(SessionModel):
                 sessions, n_items, p, Path(tmp) / EXAMPLES, worker_threads(settings)
             )
             name = f"gru4rec_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}"
-            state, metrics, _ = fit_torch(settings, train_func, config, name, WEIGHTS)
+            state, metrics, _ = fit_torch(settings, train_func, config, name, WEIGHTS,
+                                          plain=fit_shard)  # fmt: skip
         model = cls._from_state(n_items, p, state)
-        model.fit_metrics = metrics | {"backend": "ray", "seconds": _since(started)}
+        model.fit_metrics = metrics | {"seconds": _since(started)}
         return model
 
     def score(self, prefixes: Sequence[np.ndarray]) -> np.ndarray:

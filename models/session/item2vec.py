@@ -40,7 +40,14 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from pydantic import ConfigDict, Field
 
-from models.item2vec import WEIGHTS, Item2VecConfig, train_func, train_plain, write_pairs
+from models.item2vec import (
+    WEIGHTS,
+    Item2VecConfig,
+    fit_shard,
+    train_func,
+    train_plain,
+    write_pairs,
+)
 from models.session.base import SessionModel, parse_params, register_model
 from models.session.data import PAD, Sessions
 from recsys.core.run import Run
@@ -147,8 +154,8 @@ class Item2VecSession(SessionModel):
         vectors = np.where(known[:, None], vectors / np.maximum(norms, 1e-12), 0.0)
         model = cls(n_items, p.model_dump(), vectors.astype(np.float32))
         seconds = round(time.perf_counter() - started, 3)
-        backend = "plain" if ray is None else "ray"
-        model.fit_metrics = metrics | {"backend": backend, "seconds": seconds, "pairs": n_pairs}
+        model.fit_metrics = {"backend": "in-process"} | metrics | {"seconds": seconds,
+                                                                   "pairs": n_pairs}  # fmt: skip
         return model
 
     @classmethod
@@ -169,7 +176,8 @@ class Item2VecSession(SessionModel):
 
         def on_ray(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             name = f"item2vec_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}"
-            state, metrics, _ = fit_torch(settings, train_func, config, name, WEIGHTS)
+            state, metrics, _ = fit_torch(settings, train_func, config, name, WEIGHTS,
+                                          plain=fit_shard)  # fmt: skip
             return state, metrics
 
         return cls._fit(sessions, n_items, params, worker_threads(settings), on_ray)

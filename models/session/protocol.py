@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from models.metrics import next_item_metrics
 from models.session.base import resolve_params
 from models.session.data import PAD, Sessions
 from recsys.core.arrays import top_k
+from recsys.core.terminal import track
 
 if TYPE_CHECKING:
     from models.session.base import SessionModel
@@ -169,7 +169,7 @@ def tune(
     table: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_mrr = -1.0
-    for params in tqdm(points, desc=f"tune {model_cls.name}", leave=False):
+    for params in track(points, f"tune {model_cls.name}", unit="trials"):
         model = model_cls.fit(fit_part, n_items, **params)
         metrics = evaluate(model.score, cases, k)
         row = {"params": params, "hr": metrics[f"hr@{k}"], "mrr": metrics[f"mrr@{k}"]}

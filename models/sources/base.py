@@ -130,6 +130,11 @@ class CandidateSource(ABC):
         return {}
 
     # ------------------------------------------------------------------ request time
+    def prime(self, sessions: list[np.ndarray]) -> None:  # noqa: B027 - most need nothing
+        """Before a batch of requests (the ranker's training rows): work that is cheaper for
+        all of them at once, keyed by each request's ``Request.session`` (nothing by default).
+        What :meth:`propose` then returns must not change."""
+
     @abstractmethod
     def propose(self, req: Request, k: int) -> Proposal | None:
         """Up to ``k`` items not blocked in ``req``, best first; None: nothing to say."""

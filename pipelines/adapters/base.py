@@ -19,7 +19,7 @@ import re
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,6 +32,7 @@ from recsys.core.schema import INTERACTIONS, TABLES, table_path
 if TYPE_CHECKING:
     from recsys.core.settings import Settings
 from recsys.core.sql import ident, parquet, sql_str
+from recsys.core.terminal import progress_bar
 
 # The tables an import may write; the holdout is interaction data kept out of training.
 CANONICAL: dict[str, pa.Schema] = {**TABLES, "holdout": INTERACTIONS}
@@ -150,6 +151,7 @@ class TableWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.counts: dict[str, int] = {}
         self.notes: list[str] = []
+        self.written: Callable[[int], None] = lambda rows: None  # told each table's rows
         self._spill = self.out_dir / ".duckdb_tmp"
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone='UTC'")  # naive timestamps are UTC; TIMESTAMPTZ -> UTC
@@ -245,6 +247,7 @@ class TableWriter:
             raise self._explain(exc, table, source, fixes or {}) from exc
         tmp.replace(target)
         self.counts[table] = int(row[0]) if row else 0
+        self.written(self.counts[table])
         return self.counts[table]
 
     @staticmethod
@@ -295,7 +298,10 @@ class DatasetAdapter(ABC):
         started = time.perf_counter()
         writer = TableWriter(Path(out_dir), given.pop("memory_limit", DEFAULT_MEMORY_LIMIT))
         try:
-            self.write(writer, **given)
+            # a bar over the tables: each is one DuckDB COPY, which reports no progress itself
+            with progress_bar(f"import {self.name}", None, "rows") as bar:
+                writer.written = bar.advance
+                self.write(writer, **given)
         finally:
             writer.close()
         counts = {t: writer.counts[t] for t in TABLE_ORDER if t in writer.counts}

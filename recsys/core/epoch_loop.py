@@ -36,35 +36,55 @@ def train_epochs(
     counted: tuple[str, int],
     report: Callable[[dict[str, Any]], None] | None = None,
     log_as: str | None = None,
+    batch_size: int | None = None,
 ) -> list[dict[str, Any]]:
     """A step of every optimizer on each loss ``losses()`` yields (shuffled batches, drawn after
     the step before), ``epochs`` times; every epoch but the last is reported (the caller reports
-    the last with the weights) and logged as ``log_as``. Returns the metrics of every epoch."""
+    the last with the weights) and logged as ``log_as``. With ``batch_size`` (of the counted
+    unit) the steps show as one progress bar over all epochs. Returns the metrics of every
+    epoch."""
+    from recsys.core.terminal import progress_bar
+
     history: list[dict[str, Any]] = []
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        total, steps = 0.0, 0
-        for loss in losses():
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            total += float(loss.detach())
-            steps += 1
-        metrics = {
-            "epoch": epoch + 1,
-            "loss": total / max(steps, 1),  # the mean over the epoch's steps
-            counted[0]: counted[1],  # what the epoch went through, e.g. ("examples", n)
-            "epoch_seconds": round(time.perf_counter() - started, 3),
-        }
-        history.append(metrics)
-        if log_as is not None:
-            seconds = metrics["epoch_seconds"]
-            log.info("%s epoch %d: loss %.4f (%.1fs)", log_as, epoch + 1, metrics["loss"], seconds)
-        if report is not None and epoch + 1 < epochs:
-            report(metrics)
+    per_epoch = -(-counted[1] // batch_size) if batch_size else None
+    name = f"{log_as} fit" if log_as else "fit"
+    with progress_bar(name, per_epoch and epochs * per_epoch, "batches") as bar:
+        for epoch in range(epochs):
+            history.append(_epoch(epoch, losses, optimizers, counted, bar.advance))
+            if log_as is not None:
+                m = history[-1]
+                log.info("%s epoch %d: loss %.4f (%.1fs)", log_as, epoch + 1, m["loss"],
+                         m["epoch_seconds"])  # fmt: skip
+            if report is not None and epoch + 1 < epochs:
+                report(history[-1])
     return history
+
+
+def _epoch(
+    epoch: int,
+    losses: Callable[[], Iterator[Any]],
+    optimizers: list[Any],
+    counted: tuple[str, int],
+    step_done: Callable[[int], None],
+) -> dict[str, Any]:
+    """One pass over ``losses()``: its metrics."""
+    started = time.perf_counter()
+    total, steps = 0.0, 0
+    for loss in losses():
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        total += float(loss.detach())
+        steps += 1
+        step_done(1)
+    return {
+        "epoch": epoch + 1,
+        "loss": total / max(steps, 1),  # the mean over the epoch's steps
+        counted[0]: counted[1],  # what the epoch went through, e.g. ("examples", n)
+        "epoch_seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def ray_worker(fit: Fit, config: dict[str, Any], weights: str, **prepare_kwargs: Any) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import gc
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -60,16 +61,41 @@ def _close_ibis_backend() -> None:
         gc.collect()
 
 
+def import_feast() -> None:
+    """Import Feast with the process's warning filters put back afterwards: some of its modules
+    call ``warnings.simplefilter("once", DeprecationWarning)`` when imported, which puts every
+    library's deprecation warnings back on the console over the filters the CLI set."""
+    if "feast" in sys.modules:
+        return
+    with warnings.catch_warnings():
+        import feast  # noqa: F401 - imported for its side effects, undone on exit
+
+
+def _quiet_ibis_backend() -> None:
+    """Give ibis (Feast's DuckDB offline store) a default DuckDB connection that draws no
+    progress bar: DuckDB draws one on the console for any query over two seconds, a
+    point-in-time join on a loaded machine included, in the middle of the command's output."""
+    import ibis
+
+    if ibis.options.default_backend is None:
+        backend = ibis.duckdb.connect()
+        backend.raw_sql("SET enable_progress_bar = false")
+        ibis.options.default_backend = backend
+
+
 def open_store(settings: Settings):  # -> feast.FeatureStore (import is slow: keep it lazy)
     """A FeatureStore over ``feature_repo/`` with paths under the configured data root."""
+    import_feast()
     from feast import FeatureStore
 
+    _quiet_ibis_backend()
     atexit.register(_close_ibis_backend)  # registering twice is harmless: disconnect is idempotent
     return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=resolved_yaml(settings))
 
 
 def apply(settings: Settings) -> None:
     """``feast apply`` in-process: register the definitions in ``feature_repo/``."""
+    import_feast()
     from feast.repo_config import load_repo_config
     from feast.repo_operations import apply_total
 
@@ -89,8 +115,6 @@ def apply(settings: Settings) -> None:
 def historical_features(store, entity_df, features):  # -> pandas.DataFrame
     """Feast's point-in-time join (``get_historical_features``) as a frame with a fresh index,
     without the ibis deprecation chatter of Feast's DuckDB offline store."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         frame = store.get_historical_features(entity_df=entity_df, features=features).to_df()

@@ -7,6 +7,7 @@ it joins that cluster instead and the limits below are the cluster's business.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -14,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from recsys.core.epoch_loop import Fit, run_plain
 from recsys.core.run import Run
 from recsys.core.settings import Settings
+from recsys.core.terminal import note_ray_session, ray_logs_quieted
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,10 @@ def ensure_ray(settings: Settings) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    quiet = ray_logs_quieted()  # the command sends Ray's logs to the data root: keep them there
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False,
+                 configure_logging=not quiet)  # fmt: skip
         return
     # A private single-node runtime: no dashboard, and every port bound to loopback. On Linux
     # Ray binds all interfaces unless told it is not a cluster (this variable; passing the
@@ -48,10 +53,14 @@ def ensure_ray(settings: Settings) -> None:
         include_dashboard=False,
         _temp_dir=str(settings.ray.temp_dir),
         log_to_driver=False,
-        configure_logging=True,
+        configure_logging=not quiet,
         logging_level=logging.WARNING,
     )
     log.info("started local Ray with %d CPUs", num_cpus)
+    with contextlib.suppress(Exception):  # only a convenience link; Ray's layout may change
+        from ray._private import worker
+
+        note_ray_session(Path(worker._global_node.get_logs_dir_path()))
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -79,6 +88,18 @@ def train_run_config(settings: Settings, name: str, storage: Path | None = None)
     )
 
 
+def ray_wanted(settings: Settings, choice: bool | None = None) -> bool:
+    """Whether a job goes through Ray: ``choice`` when a command gives one (``--ray/--no-ray``),
+    else ``settings.ray.use``; ``auto`` takes Ray when ``RAY_ADDRESS`` names a cluster or more
+    than one training worker is asked for. One local worker gains nothing from Ray: the same
+    code then runs in this process and skips Ray's start-up (see ``RaySettings.use``)."""
+    if choice is not None:
+        return choice
+    if settings.ray.use != "auto":
+        return settings.ray.use == "always"
+    return bool(os.environ.get("RAY_ADDRESS")) or settings.train.num_workers > 1
+
+
 def local_cpus(settings: Settings) -> int:
     """CPUs Ray may hand out on this machine (the cluster decides when RAY_ADDRESS is set)."""
     return settings.ray.num_cpus or os.cpu_count() or 1
@@ -98,14 +119,22 @@ def fit_torch(
     name: str,
     weights: str | None,
     storage: Path | None = None,
+    plain: Fit | None = None,
+    use_ray: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], float]:
     """Run ``train_func`` on ``train.num_workers`` Ray Train workers of ``config["threads"]``
-    CPUs each: the one way every model (and the training benchmark) trains through Ray.
+    CPUs each: the one way every model (and the training benchmark) trains through Ray. With
+    ``plain`` (the fit that ``train_func`` wraps) and :func:`ray_wanted` false (``use_ray``, a
+    command's choice, else the settings), the same fit runs in this process instead.
 
     Returns (rank 0's weights read from part ``weights`` of its last checkpoint, the last
-    reported metrics, seconds of the fit). ``weights`` None: the loop reports no checkpoint
-    (the benchmark's empty loop) and no weights come back.
+    reported metrics with ``backend`` "ray" or "in-process", seconds of the fit). ``weights``
+    None: the loop reports no checkpoint (the benchmark's empty loop) and no weights come back.
     """
+    if plain is not None and not ray_wanted(settings, use_ray):
+        started = time.perf_counter()
+        state, metrics = run_plain(plain, config)
+        return state, metrics | {"backend": "in-process"}, time.perf_counter() - started
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -134,7 +163,7 @@ def fit_torch(
 
         with result.checkpoint.as_directory() as ckpt:
             state = load_file(Run(Path(ckpt)).part(weights, "tensors"))
-    return state, dict(result.metrics or {}), seconds
+    return state, dict(result.metrics or {}) | {"backend": "ray"}, seconds
 
 
 def report_last(metrics: dict[str, Any], state: dict[str, Any] | None, weights: str) -> None:
