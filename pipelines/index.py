@@ -18,6 +18,7 @@ from recsys.core.catalog import item_payloads
 from recsys.core.run import Run
 from recsys.core.schema import EXTRA_PREFIX
 from recsys.core.settings import Settings
+from recsys.core.terminal import track
 from recsys.core.values import is_missing
 from recsys.core.vectorstore import ItemPoint, open_vector_store
 
@@ -60,10 +61,10 @@ def build_index(settings: Settings) -> IndexSummary:
                                 float_fields=FLOAT_FIELDS, bool_fields=BOOL_FIELDS,
                                 run_id=run_id)  # fmt: skip
         try:
-            store.upsert(
-                (ItemPoint(i + 1, vectors[i], records[i]) for i in range(len(records))),
-                collection=name,
-            )  # point id = vocabulary index of the item
+            points = (ItemPoint(i + 1, vectors[i], records[i]) for i in range(len(records)))
+            store.upsert(  # point id = vocabulary index of the item
+                track(points, "index points", len(records), "points"), collection=name
+            )
             store.finalize(collection=name)
             health = store.health(collection=name)
         except BaseException:
