@@ -226,24 +226,12 @@ def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- encoding back ends -------------------------------------------------------------------
-def _bar(todo: pd.DataFrame, ctor: dict[str, Any], progress: bool) -> Any:
-    """The progress bar of an encode (a no-op one when ``progress`` is off)."""
-    if not progress:
-        return contextlib.nullcontext(_NoBar())
-    return progress_bar(f"embed {ctor['kind']}", len(todo), "items")
-
-
-class _NoBar:
-    def advance(self, n: float = 1) -> None:
-        pass
-
-
 def _encode_in_process(
     todo: pd.DataFrame, ctor: dict[str, Any], batch_size: int, progress: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     encoder = BatchEncoder(**ctor)
     hashes, vectors = [], []
-    with _bar(todo, ctor, progress) as bar:
+    with progress_bar(f"embed {ctor['kind']}", len(todo), "items", progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo.iloc[start : start + batch_size]
             out = encoder({c: chunk[c].to_numpy() for c in ("content_hash", "payload")})
@@ -292,7 +280,7 @@ def _encode_ray(
             max_restarts=0,
         )
     hashes, vectors = [], []
-    with _bar(todo, ctor, progress) as bar:
+    with progress_bar(f"embed {ctor['kind']}", len(todo), "items", progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             hashes.append(np.asarray(batch["content_hash"], dtype=object))
             vectors.append(np.asarray(batch["vector"], dtype=np.float32))

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -30,6 +30,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -58,6 +59,12 @@ console = _console()
 _progress: Progress | None = None  # the live display while a bar runs (bars may nest)
 
 
+class Bar(Protocol):
+    """What :func:`progress_bar` yields."""
+
+    def advance(self, n: float = 1) -> None: ...
+
+
 class _RateColumn(ProgressColumn):
     """Items per second in the bar's own unit ("1,204 rows/s")."""
 
@@ -68,13 +75,18 @@ class _RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None, unit: str = "it") -> Iterator[Progress]:
-    """A bar for one long step; call ``advance(n)`` on what this yields (a handle with
-    ``advance``). Piped, the bar prints one line when the step ends."""
+def progress_bar(
+    description: str, total: int | None, unit: str = "it", enabled: bool = True
+) -> Iterator[Bar]:
+    """A bar for one long step: call ``advance(n)`` on what this yields. Piped, the bar prints
+    one line when the step ends; ``enabled`` False: a bar that shows nothing."""
     global _progress
+    if not enabled:
+        yield _NoBar()
+        return
     if not console.is_terminal:
         handle = _LineBar(description, total, unit)
-        yield handle  # type: ignore[misc]
+        yield handle
         handle.finish()
         return
     owner = _progress is None
@@ -95,7 +107,7 @@ def progress_bar(description: str, total: int | None, unit: str = "it") -> Itera
     assert progress is not None
     task = progress.add_task(description, total=total, unit=unit)
     try:
-        yield _TaskBar(progress, task)  # type: ignore[misc]
+        yield _TaskBar(progress, task)
     finally:
         if owner:
             progress.stop()
@@ -104,12 +116,19 @@ def progress_bar(description: str, total: int | None, unit: str = "it") -> Itera
             progress.remove_task(task)
 
 
+class _NoBar:
+    def advance(self, n: float = 1) -> None:
+        pass
+
+
 class _TaskBar:
-    def __init__(self, progress: Progress, task: int) -> None:
+    """One task of the live display."""
+
+    def __init__(self, progress: Progress, task: TaskID) -> None:
         self.progress, self.task = progress, task
 
     def advance(self, n: float = 1) -> None:
-        self.progress.advance(self.task, n)  # type: ignore[arg-type]
+        self.progress.advance(self.task, n)
 
 
 class _LineBar:
@@ -145,15 +164,12 @@ def track(
 ) -> Iterator[T]:
     """``items`` with a progress bar (``total`` defaults to ``len(items)`` when it has one);
     ``enabled`` False: the items alone (a library call that should stay silent)."""
-    if not enabled:
-        yield from items
-        return
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    with progress_bar(description, total, unit) as bar:
+    with progress_bar(description, total, unit, enabled) as bar:
         for item in items:
             yield item
-            bar.advance(1)  # type: ignore[attr-defined]
+            bar.advance(1)
 
 
 def table(title: str, first: str, *numeric: str) -> Table:
