@@ -101,6 +101,7 @@ def training_rows(
             blocks.append(cand.features)
             ys.append(y)
             groups.append(len(y))
+    generator.prime([])  # let go of the last chunk's scores
     total = len(contexts)
     stats = {"users": total, "label_in_candidates": len(groups) / max(total, 1),
              "mean_candidates": candidates / max(total, 1)}  # fmt: skip

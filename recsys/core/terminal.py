@@ -228,10 +228,11 @@ def quiet_libraries(log_dir: Path | None, verbose: bool = False) -> None:
                               "filename": str(log_dir / "ray-data.log"), "delay": True}},
         "loggers": {"ray.data": {"level": "INFO", "handlers": ["file"], "propagate": False}},
     }  # fmt: skip
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / "ray-data-logging.yaml"
-    path.write_text(json.dumps(config, indent=1))  # JSON is YAML
-    os.environ["RAY_DATA_LOGGING_CONFIG"] = str(path)
+    if "RAY_DATA_LOGGING_CONFIG" not in os.environ:  # a user's own config wins
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / "ray-data-logging.yaml"
+        path.write_text(json.dumps(config, indent=1))  # JSON is YAML
+        os.environ["RAY_DATA_LOGGING_CONFIG"] = str(path)
     ray_file = logging.FileHandler(log_dir / "ray.log", delay=True)
     ray_file.setFormatter(logging.Formatter(config["formatters"]["plain"]["format"]))
     for name in ("ray", "ray.train", "ray.tune"):
