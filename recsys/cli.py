@@ -306,7 +306,9 @@ def run_evaluate(
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json_lib.dumps(result, indent=2, default=str))
             console.print(f"  JSON -> {json_path}")
-        console.print(f"  report -> {settings.reports_dir / 'evaluation' / 'report.md'}")
+        report_dir = settings.reports_dir / "evaluation"
+        console.print(f"  report -> {report_dir / 'report.md'}")
+        console.print(f"  HTML report -> {report_dir / 'report.html'}")
         return result
 
 
@@ -550,10 +552,8 @@ def train(
 ) -> None:
     """Train the two-tower model (and the served pipelines) and compare it with popularity."""
     settings = _override(get_settings(), "train", epochs=epochs, num_workers=num_workers)
-    if ray is not None:
-        use = "always" if ray else "never"
-        settings = settings.model_copy(update={"ray": settings.ray.model_copy(update={"use": use})})
-    run_train(settings)
+    use = None if ray is None else ("always" if ray else "never")
+    run_train(_override(settings, "ray", use=use))
 
 
 @app.command()
@@ -611,7 +611,6 @@ def evaluate(
         run_evaluate_next_item(get_settings(), json, tune)
     elif task == "user":
         run_evaluate(get_settings(), holdout, split, test_fraction, json, tune)
-        console.print(f"  HTML report -> {get_settings().reports_dir / 'evaluation'}/report.html")
     else:
         raise _fail(ValueError(f"--task must be 'user' or 'next-item', got {task!r}"))
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
+from scipy import sparse
 
 from models.session.data import Sessions
 from recsys.core.run import Run
@@ -119,3 +120,19 @@ def parse_params(model: type[P], params: Mapping[str, Any], name: str) -> P:
         )
         known = ", ".join(model.model_fields)
         raise ValueError(f"{name}: bad parameter(s): {problems}. Parameters: {known}.") from None
+
+
+def csr_parts(matrix: sparse.csr_array, with_data: bool = True) -> dict[str, np.ndarray]:
+    """A CSR matrix as the tensors of a run part (int64 structure, float32 values;
+    ``with_data`` False for a 0/1 matrix, whose values need not be stored)."""
+    parts = {"indptr": matrix.indptr.astype(np.int64), "indices": matrix.indices.astype(np.int64)}
+    if with_data:
+        parts["data"] = matrix.data.astype(np.float32)
+    return parts
+
+
+def csr_from_parts(parts: Mapping[str, np.ndarray], n_cols: int) -> sparse.csr_array:
+    """The matrix :func:`csr_parts` stored (ones where it stored no values)."""
+    indptr, indices = parts["indptr"], parts["indices"]
+    data = parts["data"] if "data" in parts else np.ones(len(indices))
+    return sparse.csr_array((data, indices, indptr), shape=(len(indptr) - 1, n_cols))

@@ -30,7 +30,13 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from scipy import sparse
 
-from models.session.base import SessionModel, register_model, resolve_params
+from models.session.base import (
+    SessionModel,
+    csr_from_parts,
+    csr_parts,
+    register_model,
+    resolve_params,
+)
 from models.session.data import Sessions
 from models.session.rules import DECAYS, check_choice, check_int, decay, known_items
 from recsys.core.run import Run
@@ -194,19 +200,15 @@ class VSkNN(SessionModel):
 
     # ------------------------------------------------------------------ persistence
     def save(self, run: Run, part: str) -> None:
-        run.write_tensors(part, {"indptr": self.sessions.indptr.astype(np.int64),
-                                 "indices": self.sessions.indices.astype(np.int64),
-                                 "idf": self.idf.astype(np.float64)})  # fmt: skip
+        run.write_tensors(part, csr_parts(self.sessions, with_data=False)
+                          | {"idf": self.idf.astype(np.float64)})  # fmt: skip
         self.save_params(run, part)
 
     @classmethod
     def load(cls, run: Run, part: str) -> Self:
         n, params = cls.read_params(run, part)
         parts = run.read_tensors(part)
-        indptr, indices = parts["indptr"], parts["indices"]
-        matrix = sparse.csr_array(
-            (np.ones(len(indices)), indices, indptr), shape=(len(indptr) - 1, n)
-        )
+        matrix = csr_from_parts(parts, n)
         return cls(n, params, matrix, parts["idf"])
 
     def describe(self) -> str:

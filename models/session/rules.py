@@ -19,7 +19,13 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from scipy import sparse
 
-from models.session.base import SessionModel, register_model, resolve_params
+from models.session.base import (
+    SessionModel,
+    csr_from_parts,
+    csr_parts,
+    register_model,
+    resolve_params,
+)
 from models.session.data import PAD, Sessions
 from recsys.core.run import Run
 
@@ -107,18 +113,13 @@ class RowRules(SessionModel):
         return out
 
     def save(self, run: Run, part: str) -> None:
-        rules = self.rules.tocsr()
-        run.write_tensors(part, {"indptr": rules.indptr.astype(np.int64),
-                                 "indices": rules.indices.astype(np.int64),
-                                 "data": rules.data.astype(np.float32)})  # fmt: skip
+        run.write_tensors(part, csr_parts(self.rules.tocsr()))
         self.save_params(run, part)
 
     @classmethod
     def load(cls, run: Run, part: str) -> Self:
         n, params = cls.read_params(run, part)
-        parts = run.read_tensors(part)
-        rules = sparse.csr_array((parts["data"], parts["indices"], parts["indptr"]), shape=(n, n))
-        return cls(n, params, rules)
+        return cls(n, params, csr_from_parts(run.read_tensors(part), n))
 
     def describe(self) -> str:
         return f"{super().describe()}, {self.rules.nnz} rules"
