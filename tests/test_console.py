@@ -476,6 +476,19 @@ def test_the_console_in_a_real_browser(console_home: Path, browser: Any, tmp_pat
         page.keyboard.press("Enter")
         expect(page).to_have_url(re.compile(re.escape(target) + "$"))
 
+        # a page whose answer comes after the user moved on does not replace the new page
+        page.evaluate(
+            """async (item) => {
+                const seen = new Promise((r) => addEventListener("hashchange", r, { once: true }));
+                location.hash = "#/item/" + encodeURIComponent(item);
+                await seen;  // the item page has asked the API and awaits its answer
+                location.hash = "#/session";
+            }""",
+            item_id,
+        )
+        page.wait_for_load_state("networkidle")
+        expect(page.locator("#page-title")).to_have_text("Session simulator")
+
         # an anonymous session of three clicks: the answer changes with each
         visit.go("#/session")
         page.click("#session-clear")

@@ -252,7 +252,17 @@ function select(name, label, values, current, anyLabel = "Any") {
 }
 
 // ------------------------------------------------------------------------------- pages
-const main = () => document.getElementById("main");
+// Each route renders into a view of its own inside <main>. A page's render awaits the API; a
+// render that a newer route overtook keeps writing into its own view, now detached, instead of
+// replacing the page the user moved on to.
+let currentView = null;
+const main = () => currentView || document.getElementById("main");
+
+function newView() {
+  currentView = h("div", { class: "view" });
+  replace(document.getElementById("main"), currentView);
+  return currentView;
+}
 
 function pageHead(title, lead) {
   return h("div", { class: "page-head" }, h("h1", { tabindex: "-1", id: "page-title" }, title), lead ? h("p", { class: "lead" }, lead) : null);
@@ -681,7 +691,9 @@ async function route() {
   };
   const render = pages[page] || (() => replace(main(), pageHead("Not found", `No page ${page}: use the links above.`)));
   document.title = `${page === "user" && id ? id : page[0].toUpperCase() + page.slice(1)} · Recommendations console`;
+  const view = newView();
   await render();
+  if (view !== currentView) return; // overtaken by a newer route: it moves the focus
   const title = document.getElementById("page-title");
   if (title && routed) title.focus({ preventScroll: false }); // keyboard users land on the new page
   routed = true;
@@ -723,7 +735,7 @@ function setupKey() {
 
 document.getElementById("skip-link").addEventListener("click", (ev) => {
   ev.preventDefault(); // the hash is the router's: move focus without changing it
-  main().focus();
+  document.getElementById("main").focus();
 });
 window.addEventListener("hashchange", route);
 setupKey();
