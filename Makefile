@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser demo test test-fast lint bench clean
+.PHONY: install browser redis compose demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -31,7 +31,23 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
 
-test: $(STAMP) browser
+# The Redis online store tests (tests/test_online_redis.py) start Debian's redis-server on a free
+# loopback port themselves, with a password and no persistence, and stop it after; idempotent.
+REDIS_SERVER := /usr/bin/redis-server
+redis:
+	@test -x $(REDIS_SERVER) || { echo "installing redis-server (apt) for tests/test_online_redis.py"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+
+# tests/test_infra.py reads infra/compose.yaml with Debian's docker-compose 1.29 (`config` needs
+# no daemon). --no-install-recommends: 16 small Python packages (~5 MB) instead of 46 with docker.io.
+DOCKER_COMPOSE := /usr/bin/docker-compose
+compose:
+	@test -x $(DOCKER_COMPOSE) || { echo "installing docker-compose (apt) for tests/test_infra.py"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+
+test: $(STAMP) browser redis compose
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q

@@ -9,15 +9,24 @@ User snapshots are written on the days a user was active and on the days one of 
 days leaves a 7-, 30- or 90-day window, so windowed counts are exact at every snapshot while the
 table stays a few times the number of active user-days (not users x days). Item snapshots are
 dense (every day from first sighting), so an item's momentum falls to zero when it stops selling.
+
+Every query computes each user's (or item's) rows from that entity's rows alone, so the same
+queries also run over entity shards, as Ray tasks across a cluster (``RECSYS_FEATURES__ENGINE=
+ray``, :func:`_run_sharded`, ``pipelines.features_ray``), and write the same files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 
@@ -49,6 +58,9 @@ class FeatureSummary:
     out_dir: Path
     mode: str = "full"  # "full", "incremental" (new days only) or "current" (nothing new)
     since: date | None = None  # last day computed before this run, for incremental runs
+    engine: str = "duckdb"  # "duckdb" (one process), or the runner of entity shards ("ray")
+    shards: int = 0  # entity shards of a Ray run
+    nodes: int = 1  # distinct nodes the shards ran on
 
 
 FULL_RUN = date(1900, 1, 1)  # "since" of a run with no earlier snapshots
@@ -76,7 +88,7 @@ def _latest(source: str, key: str) -> str:
 
 def _user_sql(
     inter: Path, attributes: Path, users: Path | None, cap: int, since: date, base: str,
-    signal: str,
+    signal: str, last_day: date,
 ) -> str:  # fmt: skip
     """User snapshots for the days after ``since``, continuing from ``base`` (SQL relation).
 
@@ -86,7 +98,9 @@ def _user_sql(
     A full run is the same query with ``since`` = :data:`FULL_RUN` and an empty base, so the
     incremental path is the only path. Only events of the last 90 days before ``since`` are
     re-read (the longest window); totals and the purchase history continue from the base.
-    ``attributes`` is the normalised ``item_attributes`` table.
+    ``attributes`` is the normalised ``item_attributes`` table. ``last_day`` is the data's last
+    day over every user, given rather than read from ``inter``: window exits are snapshotted up
+    to it, and a shard of the users (the Ray engine) must stop at the same day as the whole.
     """
     age_join = (
         f"LEFT JOIN (SELECT user_id, age FROM {parquet(users)}) u ON u.user_id = c.user_id"
@@ -151,7 +165,7 @@ def _user_sql(
                max(day) FILTER (WHERE event_type = 'purchase') AS purchase_day
         FROM ev GROUP BY user_id, day
     ),
-    last_day AS (SELECT max(day) AS hi FROM daily),
+    last_day AS (SELECT DATE '{last_day.isoformat()}' AS hi),
     snapshot_days AS (  -- new active days, and the days an active day leaves a window
         SELECT DISTINCT user_id, day FROM (
             SELECT user_id, day FROM daily UNION ALL {boundaries}
@@ -229,11 +243,12 @@ def _user_sql(
     """
 
 
-def _item_sql(inter: Path, since: date, base: str) -> str:
+def _item_sql(inter: Path, since: date, base: str, last_day: date) -> str:
     """Dense daily item snapshots for the days after ``since``, continuing from ``base``.
 
-    Items are snapshotted every day from their first sighting to the data's last day; only
-    the last 30 days before ``since`` (the longest window) are re-read besides purchases,
+    Items are snapshotted every day from their first sighting to the data's last day
+    (``last_day``, over every item: given, so that a shard of the items fills the same days);
+    only the last 30 days before ``since`` (the longest window) are re-read besides purchases,
     whose whole history decides who is a new or a repeat buyer.
     """
     since_sql = f"DATE '{since.isoformat()}'"
@@ -243,7 +258,7 @@ def _item_sql(inter: Path, since: date, base: str) -> str:
         FROM {parquet(inter)}
     ),
     ev AS (SELECT * FROM all_ev WHERE day > {since_sql} - INTERVAL 30 DAY),
-    last_day AS (SELECT max(day) AS hi FROM all_ev),
+    last_day AS (SELECT DATE '{last_day.isoformat()}' AS hi),
     grid AS (
         SELECT f.item_id, CAST(unnest(generate_series(
                    greatest(f.first_day, CAST({since_sql} - INTERVAL 29 DAY AS DATE)),
@@ -440,6 +455,238 @@ def _plan(
     return "incremental", since
 
 
+def connect(
+    memory_limit: str, temp_dir: Path, threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection as every feature query runs in, on the driver or in a Ray task: UTC,
+    no progress bar (the CLI prints its own stage timings), and bounded memory: beyond
+    ``memory_limit`` DuckDB spills window and join state to ``temp_dir``."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    con.execute(f"SET memory_limit = {sql_str(memory_limit)}")
+    con.execute(f"SET temp_directory = {sql_str(temp_dir)}")
+    con.execute("SET preserve_insertion_order = false")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the feature queries read: the validated tables and the previous snapshots that an
+    incremental run continues from (SQL relations; empty ones on a full run). The whole data,
+    or one entity shard of it (:func:`_run_sharded`)."""
+
+    inter: Path
+    items: Path
+    users: Path | None
+    user_base: str = BASE_USER
+    item_base: str = BASE_ITEM
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """What every query of one run shares, whatever part of the entities it reads."""
+
+    columns: frozenset[str]  # the catalogue's columns (a shard reads the same schema)
+    cap: int
+    since: date
+    last_day: date  # the data's last day, over every entity
+    signal: str
+
+
+def _queries(names: list[str], tables: Inputs, attributes: Path, p: RunParams) -> dict[str, str]:
+    """The SQL of each table of ``names`` over ``tables``: the one definition of every feature,
+    whether one DuckDB runs it over all the data or a Ray task over one shard of it."""
+    t = tables
+    build = {
+        ITEM_ATTRIBUTES: lambda: _attributes_sql(t.items, t.inter, set(p.columns)),
+        USER_ACTIVITY: lambda: _activity_sql(t.inter, p.signal),
+        USER_FEATURES: lambda: _user_sql(
+            t.inter, attributes, t.users, p.cap, p.since, t.user_base, p.signal, p.last_day
+        ),
+        ITEM_FEATURES: lambda: _item_sql(t.inter, p.since, t.item_base, p.last_day),
+    }
+    return {name: build[name]() for name in names}
+
+
+def _write(con: duckdb.DuckDBPyConnection, name: str, sql: str, out_dir: Path, mode: str) -> None:
+    """Write table ``name`` from ``sql`` (appended to the old snapshots on an incremental run)
+    through a temporary file, so a failed run leaves the previous file in place."""
+    target = out_dir / f"{name}.parquet"
+    tmp = target.with_suffix(".parquet.tmp")
+    if mode == "incremental" and name in (USER_FEATURES, ITEM_FEATURES):
+        sql = f"SELECT * FROM {parquet(target)} UNION ALL BY NAME ({sql})"
+    con.execute(f"COPY ({sql}) TO {sql_str(tmp)} (FORMAT PARQUET, COMPRESSION ZSTD)")
+    tmp.replace(target)
+
+
+# --- the same queries over entity shards (the Ray engine) ----------------------------------
+#: Which tables are computed per item and which per user. Every query partitions by its entity
+#: (window functions and groups by ``item_id`` / ``user_id``) and reads no other entity's rows,
+#: so a shard holding all the rows of some entities computes exactly their rows of the whole
+#: result. The few inputs that span entities are handled apart: the data's last day is given to
+#: every shard (``RunParams.last_day``), and the user queries read the catalogue attributes
+#: (one row per item, from the item shards, written first) whole.
+ENTITY_TABLES = {
+    "item_id": (ITEM_ATTRIBUTES, ITEM_FEATURES),
+    "user_id": (USER_ACTIVITY, USER_FEATURES),
+}
+#: Each table's row order as its query writes it (``ORDER BY``): the parts of the shards are
+#: gathered in this order, so both engines write the same files and later stages read rows in
+#: the same order.
+ORDER = {
+    ITEM_ATTRIBUTES: "item_id",
+    USER_ACTIVITY: "user_id",
+    USER_FEATURES: "user_id, event_timestamp",
+    ITEM_FEATURES: "item_id, event_timestamp",
+}
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard's share of a run: each table's query over the shard's inputs, copied to a part
+    file, in one DuckDB process (a Ray task). Plain data, so that it pickles to any node."""
+
+    label: str
+    parts: tuple[tuple[str, str, str], ...]  # (table, SQL, part file)
+    memory_limit: str
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    rows: dict[str, int]  # rows written per table
+    node: str  # where the job ran (a Ray node id; "local" in this process)
+
+
+def run_shard(job: ShardJob) -> dict[str, int]:
+    """Run one :class:`ShardJob`; the rows written per table. Spills go to a folder of this
+    node's own, not to the shared data root, and are removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="recsys-features-") as tmp:
+        con = connect(job.memory_limit, Path(tmp), job.threads)
+        try:
+            return {
+                name: con.execute(
+                    f"COPY ({sql}) TO {sql_str(part)} (FORMAT PARQUET, COMPRESSION ZSTD)"
+                ).fetchone()[0]
+                for name, sql, part in job.parts
+            }
+        finally:
+            con.close()
+
+
+class ShardRunner(Protocol):
+    """Runs the shard jobs of a run: Ray tasks across a cluster
+    (``pipelines.features_ray.RayShards``), or one after another here (:class:`InProcessShards`).
+    """
+
+    engine: str  # what the run summary names it
+    shards: int  # shards per entity
+    scratch: Path  # the shards' inputs and parts go under it: a folder every node shares
+
+    def run(self, jobs: list[ShardJob], what: str) -> list[ShardResult]: ...
+
+
+@dataclass
+class InProcessShards:
+    """The shard jobs one after another in this process: the sharded path without a cluster,
+    which the tests compare with the one-query path."""
+
+    shards: int
+    scratch: Path
+    engine: str = "in-process shards"
+
+    def run(self, jobs: list[ShardJob], what: str) -> list[ShardResult]:
+        return [ShardResult(run_shard(job), "local") for job in track(jobs, what, unit="shards")]
+
+
+def _partition(
+    con: duckdb.DuckDBPyConnection, source: Path, key: str, shards: int, folder: Path
+) -> list[Path]:
+    """Split ``source`` by the hash of ``key`` into ``shards`` folders in one pass; a glob of
+    each shard's files. Every shard gets a file, an empty one with the schema when no row
+    hashes to it, so that every shard's queries run (and write their part) alike.
+
+    The key is hashed as text: the catalogue's ``item_id`` may be typed otherwise than the
+    events' (the queries join them with a cast), and both must land in the same shard."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    shard = f"hash(CAST({ident(key)} AS VARCHAR)) % {shards}"
+    con.execute(
+        f"COPY (SELECT *, {shard} AS __shard FROM {parquet(source)}) "
+        f"TO {sql_str(folder)} (FORMAT PARQUET, COMPRESSION ZSTD, PARTITION_BY (__shard))"
+    )
+    globs = []
+    for k in range(shards):
+        part, hive = folder / str(k), folder / f"__shard={k}"
+        if hive.exists():
+            hive.rename(part)  # read back from a key=value folder, DuckDB would add a column
+        else:
+            part.mkdir(parents=True)
+            empty = f"SELECT * FROM {parquet(source)} LIMIT 0"
+            con.execute(f"COPY ({empty}) TO {sql_str(part / 'empty.parquet')} (FORMAT PARQUET)")
+        globs.append(part / "*.parquet")
+    return globs
+
+
+def _run_sharded(
+    con: duckdb.DuckDBPyConnection, runner: ShardRunner, names: list[str], inputs: Inputs,
+    p: RunParams, out_dir: Path, mode: str, memory_limit: str,
+) -> int:  # fmt: skip
+    """Compute ``names`` over entity shards (:data:`ENTITY_TABLES`): this process splits the
+    inputs by entity hash under the runner's shared scratch folder, ``runner`` runs the same
+    queries over each shard, and this process gathers the parts into the usual files.
+
+    Returns the number of distinct nodes the shards ran on. This process makes one streaming
+    pass over each input to split it and one over each result to gather it; the windows, joins
+    and groups (the work that grows with the data) run in the shards.
+    """
+    shards = runner.shards
+    work = runner.scratch / f"features-{os.getpid()}-{time.time_ns()}"
+    attributes = out_dir / f"{ITEM_ATTRIBUTES}.parquet"
+    nodes: set[str] = set()
+    try:
+        for key, tables in ENTITY_TABLES.items():  # items first: user tastes read attributes
+            wanted = [t for t in tables if t in names]
+            split_started = time.perf_counter()
+            inter = _partition(con, inputs.inter, key, shards, work / key / "interactions")
+            items = [inputs.items] * shards  # the user queries do not read the catalogue
+            users: list[Path | None] = [None] * shards  # nor the item queries the users
+            if key == "item_id":
+                items = _partition(con, inputs.items, key, shards, work / key / "items")
+            elif inputs.users is not None:
+                users = list(_partition(con, inputs.users, key, shards, work / key / "users"))
+            snapshots = USER_FEATURES if key == "user_id" else ITEM_FEATURES
+            bases: list[str] = [BASE_USER if key == "user_id" else BASE_ITEM] * shards
+            if mode == "incremental" and snapshots in wanted:
+                previous = _partition(con, out_dir / f"{snapshots}.parquet", key, shards,
+                                      work / key / "previous")  # fmt: skip
+                bases = [f"SELECT * FROM {parquet(glob)}" for glob in previous]
+            log.info("split the inputs by %s into %d shards in %.1fs", key, shards,
+                     time.perf_counter() - split_started)  # fmt: skip
+            jobs = []
+            for k in range(shards):
+                shard = Inputs(inter[k], items[k], users[k], bases[k], bases[k])
+                queries = _queries(wanted, shard, attributes, p)
+                parts = tuple(
+                    (t, queries[t], str(work / "parts" / t / f"{k}.parquet")) for t in wanted
+                )
+                jobs.append(ShardJob(f"{key} shard {k}/{shards}", parts, memory_limit))
+            for t in wanted:
+                (work / "parts" / t).mkdir(parents=True)
+            results = runner.run(jobs, f"feature shards by {key}")
+            nodes.update(r.node for r in results)
+            for t in wanted:
+                files = ", ".join(sql_str(part) for job in jobs for name, _, part in job.parts
+                                  if name == t)  # fmt: skip
+                _write(con, t, f"SELECT * FROM read_parquet([{files}]) ORDER BY {ORDER[t]}",
+                       out_dir, mode)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return len(nodes)
+
+
 def compute_features(
     validated_dir: Path,
     out_dir: Path,
@@ -447,6 +694,7 @@ def compute_features(
     incremental: bool = True,
     memory_limit: str = "3GB",
     signal: str = "purchase",
+    runner: ShardRunner | None = None,
 ) -> FeatureSummary:
     """Read validated tables, write the feature Parquet files (one per Feast source).
 
@@ -455,6 +703,10 @@ def compute_features(
     User and item snapshots are computed incrementally: when the interactions up to the last
     computed day (and the catalogue and users) are unchanged, only the new days are computed,
     continuing from each entity's last snapshot, and appended. Anything else recomputes all.
+
+    ``runner`` (the Ray engine: ``pipelines.features_ray.RayShards``) runs the same queries over
+    entity shards instead of in this one DuckDB, and writes the same files; planning and
+    state (full, incremental or current) are the same either way.
     """
     inputs = {n: table_path(validated_dir, n) for n in ("interactions", "items", "users")}
     inter, items, users = inputs.values()
@@ -462,13 +714,7 @@ def compute_features(
         if not required.exists():
             raise FileNotFoundError(f"{required} is missing: run `recsys validate` first.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")  # the CLI prints its own stage timings
-    # Bounded memory: beyond the limit DuckDB spills window and join state to disk.
-    con.execute(f"SET memory_limit = {sql_str(memory_limit)}")
-    con.execute(f"SET temp_directory = {sql_str(out_dir / '.duckdb_tmp')}")
-    con.execute("SET preserve_insertion_order = false")
+    con = connect(memory_limit, out_dir / ".duckdb_tmp")
     state_path = out_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     mode, since = (
@@ -480,28 +726,27 @@ def compute_features(
     if mode == "incremental" and since is not None and last_day <= since:
         mode = "current"
     attributes = out_dir / f"{ITEM_ATTRIBUTES}.parquet"
-    start = since if mode != "full" else FULL_RUN
-
-    def previous(name: str, empty: str) -> str:
-        return f"SELECT * FROM {parquet(out_dir / f'{name}.parquet')}" if mode != "full" else empty
-
-    queries = {  # in order: user tastes read the normalised attributes written first
-        ITEM_ATTRIBUTES: _attributes_sql(items, inter, _columns(con, items)),
-        USER_ACTIVITY: _activity_sql(inter, signal),
-    }
+    params = RunParams(frozenset(_columns(con, items)), purchased_cap,
+                       since if mode != "full" else FULL_RUN, last_day, signal)  # fmt: skip
+    # in order: user tastes read the normalised attributes written first
+    names = [ITEM_ATTRIBUTES, USER_ACTIVITY]
     if mode != "current":
-        queries[USER_FEATURES] = _user_sql(
-            inter, attributes, users if users.exists() else None, purchased_cap, start,
-            previous(USER_FEATURES, BASE_USER), signal,
-        )  # fmt: skip
-        queries[ITEM_FEATURES] = _item_sql(inter, start, previous(ITEM_FEATURES, BASE_ITEM))
-    for name, sql in track(queries.items(), "feature tables", len(queries), "tables"):
-        target = out_dir / f"{name}.parquet"
-        tmp = target.with_suffix(".parquet.tmp")
-        if mode == "incremental" and name in (USER_FEATURES, ITEM_FEATURES):
-            sql = f"SELECT * FROM {parquet(target)} UNION ALL BY NAME ({sql})"
-        con.execute(f"COPY ({sql}) TO {sql_str(tmp)} (FORMAT PARQUET, COMPRESSION ZSTD)")
-        tmp.replace(target)
+        names += [USER_FEATURES, ITEM_FEATURES]
+    nodes = 1
+    if runner is None:
+
+        def previous(name: str, empty: str) -> str:
+            path = out_dir / f"{name}.parquet"
+            return f"SELECT * FROM {parquet(path)}" if mode != "full" else empty
+
+        bases = previous(USER_FEATURES, BASE_USER), previous(ITEM_FEATURES, BASE_ITEM)
+        whole = Inputs(inter, items, users if users.exists() else None, *bases)
+        queries = _queries(names, whole, attributes, params)
+        for name, sql in track(queries.items(), "feature tables", len(queries), "tables"):
+            _write(con, name, sql, out_dir, mode)
+    else:
+        whole = Inputs(inter, items, users if users.exists() else None)
+        nodes = _run_sharded(con, runner, names, whole, params, out_dir, mode, memory_limit)
     counts: dict[str, int] = {}  # in the order of the summary's fields
     for name in (USER_FEATURES, ITEM_FEATURES, ITEM_ATTRIBUTES, USER_ACTIVITY):
         target = out_dir / f"{name}.parquet"
@@ -519,4 +764,7 @@ def compute_features(
     state_path.write_text(json.dumps({"version": STATE_VERSION, "cap": purchased_cap,
                                       "signal": signal, "last_day": last_day.isoformat(),
                                       "fingerprints": fingerprints}, indent=1))  # fmt: skip
-    return FeatureSummary(*counts.values(), out_dir, mode, since)
+    if runner is None:
+        return FeatureSummary(*counts.values(), out_dir, mode, since)
+    return FeatureSummary(*counts.values(), out_dir, mode, since, runner.engine, runner.shards,
+                          nodes)  # fmt: skip

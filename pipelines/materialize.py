@@ -14,7 +14,8 @@ from typing import Any
 
 import duckdb
 
-from recsys.core.feast_store import apply, open_store
+from recsys.core.feast_store import apply, online_store_target, open_store
+from recsys.core.ray_runtime import ensure_ray
 from recsys.core.settings import Settings
 from recsys.core.sql import parquet
 from recsys.core.terminal import progress_bar
@@ -41,18 +42,31 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
 
     A view never materialized before starts at its earliest event timestamp (not at now - TTL,
     as ``feast materialize-incremental`` would), so historical data sets load completely; later
-    runs continue incrementally from where the last one ended.
+    runs continue incrementally from where the last one ended. Feast's registry keeps that
+    point per view, not per online store: after a switch of store (SQLite to Redis, another
+    Redis) every view loads from its start again, or the new store would stay empty.
+
+    With ``feast.materialize_engine`` "ray" each view's window goes to Ray tasks over key shards
+    (``recsys.core.feast_ray``), which bound their memory by shard: no time chunks then.
     """
     started = time.perf_counter()
     chunk_rows = settings.features.materialize_chunk_rows
+    on_ray = settings.feast.materialize_engine == "ray"
+    if on_ray:  # joined (RAY_ADDRESS) or started here as every command does, not by Feast
+        ensure_ray(settings)
     apply(settings)
     store = open_store(settings)
     end = end or datetime.now(UTC)
+    target = online_store_target(settings)
+    marker = settings.feast_dir / "materialized_into.txt"
+    same_store = marker.exists() and marker.read_text().strip() == target
+    if not same_store:
+        log.info("materializing every view from its start into %s", target)
     rows: dict[str, int] = {}
     windows: list[tuple[str, datetime]] = []  # (view, start) of the views with rows to load
     for view in store.list_feature_views():
         path = view.batch_source.path
-        start = view.most_recent_end_time
+        start = view.most_recent_end_time if same_store else None
         if start is None:
             earliest = _scalar(f"SELECT min(event_timestamp) FROM {parquet(path)}")
             if earliest is None:
@@ -71,7 +85,7 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
             # Feast loads a whole window into memory: walk a large range in time chunks of
             # about `chunk_rows` rows to bound it (each call has a fixed cost, so small ones go
             # at once). Feast prints its own progress bars, and ibis deprecation warnings.
-            chunks = max(1, math.ceil(rows[name] / chunk_rows))
+            chunks = 1 if on_ray else max(1, math.ceil(rows[name] / chunk_rows))
             step = (end - start) / chunks
             lo = start
             while lo < end:
@@ -81,6 +95,7 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
                     store.materialize(start_date=lo, end_date=hi, feature_views=[name])
                 bar.advance(rows[name] / chunks)
                 lo = hi
+    marker.write_text(target + "\n")
     seconds = time.perf_counter() - started
-    log.info("materialized %s in %.1fs", rows, seconds)
+    log.info("materialized %s into %s in %.1fs", rows, target, seconds)
     return MaterializeSummary(rows, seconds, end)

@@ -134,21 +134,28 @@ def run_validate(settings: Settings, max_bad_fraction: float) -> None:
 
 
 def run_features(settings: Settings) -> None:
-    from pipelines.features import compute_features
+    from pipelines.features import ShardRunner, compute_features
     from recsys.core.signal import signal_event
 
     with stage("features", FileNotFoundError, ValueError):
         signal = signal_event(settings)
+        runner: ShardRunner | None = None
+        if settings.features.engine == "ray":
+            from pipelines.features_ray import RayShards
+
+            runner = RayShards(settings)
         s = compute_features(settings.validated_dir, settings.features_dir,
                              settings.features.purchased_items_cap,
                              memory_limit=settings.features.duckdb_memory_limit,
-                             signal=signal)  # fmt: skip
+                             signal=signal, runner=runner)  # fmt: skip
         how = {
             "full": "computed every day",
             "incremental": f"computed only the days after {s.since}",
             "current": "snapshots already up to date",
         }[s.mode]
         console.print(f"  {how}; histories of {signal} events")
+        if s.engine != "duckdb":
+            console.print(f"  on {s.engine}: {s.shards} shards per entity, on {s.nodes} node(s)")
         console.print(
             f"  user snapshots {s.user_rows:,}, item snapshots {s.item_rows:,}, "
             f"item attributes {s.attribute_rows:,}, user activity {s.activity_rows:,} "
@@ -398,6 +405,7 @@ def run_serve(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     from serving.app import create_app
+    from serving.metrics import worker_metrics_dir
     from serving.security import check_exposure
 
     try:
@@ -416,10 +424,13 @@ def run_serve(settings: Settings, host: str, port: int) -> None:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
         return
     # several processes: each builds its own app (settings from the same environment) and
-    # serves from its own read-only copy of the index
+    # serves from its own read-only copy of the index; each counts its metrics into a file of
+    # one fresh directory, which /metrics adds up (the workers are spawned, not forked, so
+    # their prometheus_client is imported after the directory is named)
     os.environ["RECSYS_HOME"] = str(settings.home)
-    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level="warning")  # fmt: skip
+    with worker_metrics_dir():
+        uvicorn.run("serving.app:create_app", factory=True, host=host, port=port,
+                    workers=workers, log_level="warning")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- commands
@@ -500,15 +511,44 @@ def validate(
 
 
 @app.command()
-def features() -> None:
-    """Compute daily user and item feature snapshots with DuckDB."""
-    run_features(get_settings())
+def features(
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="duckdb (one process) or ray (the same queries over user and item shards as "
+            "Ray tasks: RAY_ADDRESS's cluster, else a local Ray). Default: "
+            "RECSYS_FEATURES__ENGINE, else duckdb."
+        ),
+    ] = None,
+) -> None:
+    """Compute daily user and item feature snapshots with DuckDB (on Ray: by entity shards)."""
+    settings = get_settings()
+    if engine is not None:
+        if engine not in ("duckdb", "ray"):
+            raise typer.BadParameter(f"{engine!r}: give duckdb or ray", param_hint="--engine")
+        features = settings.features.model_copy(update={"engine": engine})
+        settings = settings.model_copy(update={"features": features})
+    run_features(settings)
 
 
 @app.command()
-def materialize() -> None:
+def materialize(
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="local (Feast's engine, in this process) or ray (key shards of each view "
+            "loaded by Ray tasks). Default: RECSYS_FEAST__MATERIALIZE_ENGINE, else local."
+        ),
+    ] = None,
+) -> None:
     """Register the Feast repo and load the latest features into the online store."""
-    run_materialize(get_settings())
+    settings = get_settings()
+    if engine is not None:
+        if engine not in ("local", "ray"):
+            raise typer.BadParameter(f"{engine!r}: give local or ray", param_hint="--engine")
+        feast = settings.feast.model_copy(update={"materialize_engine": engine})
+        settings = settings.model_copy(update={"feast": feast})
+    run_materialize(settings)
 
 
 @app.command()

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -21,7 +17,7 @@ from pipelines.embed import read_vectors
 from recsys.core.run import Run
 from recsys.core.schema import table_path
 from serving.app import create_app
-from tests.conftest import RECSYS, REPO, cli_env, run_cli
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -260,54 +256,6 @@ def test_a_new_index_goes_live_without_a_restart_and_rolls_back(client, shop) ->
     rolled = run_cli(home, "rollback")
     assert before in rolled.stdout and after in rolled.stdout
     wait_for(before)
-
-
-def test_a_live_server_with_two_workers_answers_every_endpoint(pipeline_settings, shop) -> None:
-    """`recsys serve --workers 2` as a user starts it: each worker has its own index copy."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [str(RECSYS), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        env=cli_env(pipeline_settings.home), cwd=REPO, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the server did not become healthy"
-            time.sleep(0.5)
-        item = str(shop["buys"]["item_id"].value_counts().index[0])
-        with httpx.Client(base_url=base, timeout=10) as http:
-            for _ in range(3):  # on a busy machine a first answer may miss a stage budget
-                body = http.get(f"/users/{shop['user']}/recommendations").json()
-                if not body["degraded"]:
-                    break
-            assert len(body["items"]) == 10 and body["degraded"] is False
-            pids: set[int] = set()
-            with ThreadPoolExecutor(8) as pool:  # parallel fresh connections reach both
-                for _ in range(10):
-                    pids |= set(pool.map(lambda _: httpx.get(f"{base}/health").json()
-                                         ["worker_pid"], range(16)))  # fmt: skip
-                    if len(pids) == 2:
-                        break
-            assert len(pids) == 2, pids  # each worker serves from its own index copy
-            session = {"session_items": [item], "k": 3}
-            assert len(http.post("/recommendations", json=session).json()["items"]) == 3
-            statuses = {f"/items/{item}/similar": 200, f"/items/{item}/bought-together": 200,
-                        "/popular?window=30d": 200, "/items/nope/similar": 404,
-                        "/metrics": 200}  # fmt: skip
-            assert {path: http.get(path).status_code for path in statuses} == statuses
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_content_similarity_ranks_by_the_item_text(client, shop, pipeline_settings) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.features import compute_features
+from pipelines.features import ORDER, InProcessShards, compute_features
 from pipelines.synth import generate
 from recsys.core.schema import table_path
 
@@ -131,8 +131,12 @@ def _sorted(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     return frame.sort_values([key, "event_timestamp"]).reset_index(drop=True)
 
 
-def test_incremental_run_equals_a_full_recompute(tmp_path) -> None:
-    """Append days to a generated shop: computing only the new days gives the full result."""
+@pytest.mark.parametrize("sharded", [False, True], ids=["one-query", "entity-shards"])
+def test_incremental_run_equals_a_full_recompute(tmp_path, sharded) -> None:
+    """Append days to a generated shop: computing only the new days gives the full result, in
+    one DuckDB query per table or over entity shards as the Ray engine runs them (the shards'
+    runs are compared with the one-query full run)."""
+    runner = InProcessShards(3, tmp_path / "scratch") if sharded else None
     full_dir, inc_dir, out_full, out_inc = (tmp_path / n for n in ("v1", "v2", "f1", "f2"))
     generate(full_dir, users=300, items=120, days=40, seed=5, end_date=date(2026, 5, 1),
              progress=False)  # fmt: skip
@@ -143,9 +147,9 @@ def test_incremental_run_equals_a_full_recompute(tmp_path) -> None:
     cut = pd.Timestamp("2026-04-12", tz="UTC")
     before = inter[inter["timestamp"] < cut]
     before.to_parquet(table_path(inc_dir, "interactions"), index=False)
-    assert compute_features(inc_dir, out_inc).mode == "full"
+    assert compute_features(inc_dir, out_inc, runner=runner).mode == "full"
     inter.to_parquet(table_path(inc_dir, "interactions"))  # 19 more days arrive
-    step = compute_features(inc_dir, out_inc)
+    step = compute_features(inc_dir, out_inc, runner=runner)
     assert step.mode == "incremental" and str(step.since) == "2026-04-11"
     reference = compute_features(full_dir, out_full, incremental=False)
     assert (step.user_rows, step.item_rows) == (reference.user_rows, reference.item_rows)
@@ -153,9 +157,32 @@ def test_incremental_run_equals_a_full_recompute(tmp_path) -> None:
         got = _sorted(pd.read_parquet(out_inc / f"{name}.parquet"), key)
         want = _sorted(pd.read_parquet(out_full / f"{name}.parquet"), key)
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9)
-    assert compute_features(inc_dir, out_inc).mode == "current"  # nothing new: nothing redone
+    # nothing new: nothing redone
+    assert compute_features(inc_dir, out_inc, runner=runner).mode == "current"
     inter.iloc[1:].to_parquet(table_path(inc_dir, "interactions"), index=False)  # history changed
-    assert compute_features(inc_dir, out_inc).mode == "full"
+    assert compute_features(inc_dir, out_inc, runner=runner).mode == "full"
+    if sharded:
+        assert not any((tmp_path / "scratch").iterdir()), "the shards' files are removed"
+
+
+def test_entity_shards_write_the_same_files_as_one_query(tmp_path) -> None:
+    """The Ray engine's path on the hand-made history: every table of the users' and the items'
+    shards, gathered, is the one-query table row for row, in the same order. Eight shards for
+    three users and three items: most shards are empty, and still write their (empty) part."""
+    items = {"item_id": ["A", "B", "C"], "category": ["tops", "bottoms", "tops"],
+             "price": [10.0, 50.0, 30.0], "fabric": ["cotton", None, "leather"]}  # fmt: skip
+    users = {"user_id": ["u1", "u2"], "age": [30, 17]}
+    (tmp_path / "validated").mkdir()
+    validated = write_validated(tmp_path / "validated", ROWS, items, users)
+    one = compute_features(validated, tmp_path / "one")
+    sharded = compute_features(validated, tmp_path / "sharded",
+                               runner=InProcessShards(8, tmp_path / "scratch"))  # fmt: skip
+    assert (sharded.engine, sharded.shards, sharded.nodes) == ("in-process shards", 8, 1)
+    assert sharded.user_rows == one.user_rows and sharded.item_rows == one.item_rows
+    for name in ORDER:
+        got = pd.read_parquet(tmp_path / "sharded" / f"{name}.parquet")
+        want = pd.read_parquet(tmp_path / "one" / f"{name}.parquet")
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12, obj=name)
 
 
 def test_a_crafted_catalogue_column_name_stays_a_name(tmp_path) -> None:

@@ -294,13 +294,14 @@ class GRU4Rec(SessionModel):
     def fit_ray(cls, settings: Settings, sessions: Sessions, n_items: int, **params: Any) -> Self:
         """The same fit on ``settings.train.num_workers`` Ray Train workers (DDP when more than
         one), or in this process when Ray is not wanted
-        (:func:`recsys.core.ray_runtime.ray_wanted`). The examples go through a local
-        temporary file: a local Ray (or a cluster with a shared temporary directory)."""
+        (:func:`recsys.core.ray_runtime.ray_wanted`). The examples go through a temporary
+        file under the data root's scratch folder, which every node of a cluster sees
+        (``Settings.scratch_dir``)."""
         from recsys.core.ray_runtime import fit_torch, worker_threads
 
         p = parse_params(GRU4RecParams, params, "gru4rec")
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="gru4rec_") as tmp:
+        with tempfile.TemporaryDirectory(prefix="gru4rec_", dir=settings.scratch_dir) as tmp:
             config = write_examples(
                 sessions, n_items, p, Path(tmp) / EXAMPLES, worker_threads(settings)
             )

@@ -128,9 +128,16 @@ class Item2VecSession(SessionModel):
     # ------------------------------------------------------------------ fitting
     @classmethod
     def _fit(
-        cls, sessions: Sessions, n_items: int, params: dict[str, Any], threads: int, ray: Any
+        cls,
+        sessions: Sessions,
+        n_items: int,
+        params: dict[str, Any],
+        threads: int,
+        ray: Any,
+        scratch: Path | None = None,
     ) -> Self:
-        """Pairs in a temporary ``.npz``, then ``ray(config)`` or the plain fit on it."""
+        """Pairs in a temporary ``.npz`` (under ``scratch``: a folder every Ray worker sees),
+        then ``ray(config)`` or the plain fit on it."""
         if n_items < 2:
             raise ValueError(f"item2vec: n_items={n_items} leaves no item (index 0 is padding)")
         p = parse_params(Item2VecSessionParams, params, "item2vec")
@@ -143,7 +150,7 @@ class Item2VecSession(SessionModel):
                 "item2vec: no two different items within the window of each other in one "
                 "session: nothing to learn from. Give more (or longer) sessions."
             )
-        with tempfile.TemporaryDirectory(prefix="item2vec_") as tmp:
+        with tempfile.TemporaryDirectory(prefix="item2vec_", dir=scratch) as tmp:
             n_pairs, config = write_pairs(sessions, counts, cfg, Path(tmp) / PAIRS, threads)
             if ray is None:
                 state, metrics = train_plain(config)
@@ -170,8 +177,8 @@ class Item2VecSession(SessionModel):
     def fit_ray(cls, settings: Settings, sessions: Sessions, n_items: int, **params: Any) -> Self:
         """The same fit on ``settings.train.num_workers`` Ray Train workers
         (:func:`models.item2vec.train_func`; DDP all-reduces the sparse gradients when more than
-        one). The pairs go through a local temporary file: a local Ray (or a cluster with a
-        shared temporary directory)."""
+        one). The pairs go through a temporary file under the data root's scratch folder,
+        which every node of a cluster sees (``Settings.scratch_dir``)."""
         from recsys.core.ray_runtime import fit_torch, worker_threads
 
         def on_ray(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -180,7 +187,8 @@ class Item2VecSession(SessionModel):
                                           plain=fit_shard)  # fmt: skip
             return state, metrics
 
-        return cls._fit(sessions, n_items, params, worker_threads(settings), on_ray)
+        return cls._fit(sessions, n_items, params, worker_threads(settings), on_ray,
+                        settings.scratch_dir)  # fmt: skip
 
     # ------------------------------------------------------------------ scoring
     def prefix_weights(self, prefixes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

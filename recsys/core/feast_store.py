@@ -16,12 +16,17 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
 from recsys.core.settings import Settings, feast_repo_settings
 
 os.environ.setdefault("FEAST_USAGE", "False")
+
+#: Feast's ``batch_engine`` type of ``RECSYS_FEAST__MATERIALIZE_ENGINE=ray``: named, not imported
+#: (that module imports Feast, which this one leaves to the functions that need it).
+RAY_MATERIALIZE_ENGINE = "recsys.core.feast_ray.RayShardedEngine"
 
 
 def resolved_yaml(settings: Settings) -> Path:
@@ -36,17 +41,92 @@ def resolved_yaml(settings: Settings) -> Path:
     else:
         config["registry"] = registry_path
     online = config.get("online_store") or {}
-    if online.get("type", "sqlite") == "sqlite":
+    if settings.feast.online_store == "redis":
+        online = {"type": "redis", "connection_string": redis_connection_string(settings)}
+        if settings.feast.redis_key_ttl_seconds is not None:
+            online["key_ttl_seconds"] = settings.feast.redis_key_ttl_seconds
+    elif online.get("type", "sqlite") == "sqlite":
         online["path"] = str(settings.feast_dir / "online_store.db")
-        config["online_store"] = online
+    config["online_store"] = online
+    if settings.feast.materialize_engine == "ray":  # materialization as Ray tasks
+        config["batch_engine"] = {
+            "type": RAY_MATERIALIZE_ENGINE,
+            "shard_rows": settings.features.materialize_chunk_rows,
+            "memory_limit": settings.features.duckdb_memory_limit,
+        }
     target = settings.feast_dir / "feature_store.yaml"
     text = (
-        "# Generated from feature_repo/feature_store.yaml for this data root.\n"
+        "# Generated from feature_repo/feature_store.yaml for this data root"
+        f" (online store: {online_store_target(settings)}).\n"
         + yaml.safe_dump(config, sort_keys=False)
     )
     if not target.exists() or target.read_text() != text:
-        target.write_text(text)
+        # 0600 from the start: with a Redis password in it, the file is a credential. A temp
+        # name per process: API replicas starting at once on a shared volume write it together.
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, target)
     return target
+
+
+def redis_connection_string(settings: Settings) -> str:
+    """Feast's Redis ``connection_string`` (``host:port,db=N,password=...,ssl=true``) from
+    ``RECSYS_FEAST__REDIS_URL``, which may be a ``redis://`` / ``rediss://`` URL (the form
+    every other Redis client takes) or already Feast's own form."""
+    secret = settings.feast.redis_url
+    if secret is None:
+        raise ValueError(
+            "RECSYS_FEAST__ONLINE_STORE=redis needs RECSYS_FEAST__REDIS_URL, e.g. "
+            "redis://:password@127.0.0.1:6379/0"
+        )
+    url = secret.get_secret_value().strip()
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(
+            f"RECSYS_FEAST__REDIS_URL: {parts.scheme}://{parts.hostname or ''}... is not a "
+            "redis:// or rediss:// URL with a host; give redis://[:password@]host:port[/db] "
+            "or Feast's host:port,password=... form"
+        )
+    if ":" in parts.hostname:
+        raise ValueError(
+            "RECSYS_FEAST__REDIS_URL: Feast's Redis store splits host:port on ':', so an IPv6 "
+            "address cannot be given; use a host name that resolves to it"
+        )
+    fields = [f"{parts.hostname}:{parts.port or 6379}"]
+    db = parts.path.lstrip("/")
+    if db:
+        if not db.isdigit():
+            raise ValueError(f"RECSYS_FEAST__REDIS_URL: the database {db!r} is not a number")
+        fields.append(f"db={db}")
+    if parts.username:
+        fields.append(f"username={unquote(parts.username)}")
+    if parts.password:
+        password = unquote(parts.password)
+        if "," in password or "$" in password:
+            # Feast splits the string on ',' and expands $VARS in feature_store.yaml
+            raise ValueError(
+                "RECSYS_FEAST__REDIS_URL: the Redis password holds ',' or '$', which Feast's "
+                "connection string cannot carry; choose a password without them"
+            )
+        fields.append(f"password={password}")
+    if parts.scheme == "rediss":
+        fields.append("ssl=true")
+    return ",".join(fields)
+
+
+def online_store_target(settings: Settings) -> str:
+    """Which online store a materialization loads, without credentials: ``sqlite:<path>`` or
+    ``redis:<host:port>[/db]``. Feast's registry remembers how far each view was loaded but
+    not into which store, so ``recsys materialize`` compares this to the last run's."""
+    if settings.feast.online_store == "sqlite":
+        return f"sqlite:{settings.feast_dir / 'online_store.db'}"
+    fields = redis_connection_string(settings).split(",")
+    db = next((f.split("=", 1)[1] for f in fields if f.startswith("db=")), "0")
+    return f"redis:{fields[0]}/{db}"
 
 
 def _close_ibis_backend() -> None:

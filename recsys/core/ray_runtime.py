@@ -31,7 +31,7 @@ def ensure_ray(settings: Settings) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     quiet = ray_logs_quieted()  # the command sends Ray's logs to the data root: keep them there
-    if os.environ.get("RAY_ADDRESS"):
+    if on_cluster():
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False,
                  configure_logging=not quiet)  # fmt: skip
         return
@@ -97,19 +97,52 @@ def ray_wanted(settings: Settings, choice: bool | None = None) -> bool:
         return choice
     if settings.ray.use != "auto":
         return settings.ray.use == "always"
-    return bool(os.environ.get("RAY_ADDRESS")) or settings.train.num_workers > 1
+    return on_cluster() or settings.train.num_workers > 1
+
+
+def on_cluster() -> bool:
+    """Whether jobs join an existing Ray cluster (``RAY_ADDRESS``, as ``ray job submit`` sets
+    it) rather than a private runtime on this machine."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
+def node_cpus(settings: Settings) -> list[int]:
+    """CPUs of each node jobs run on: the alive nodes of the cluster when ``RAY_ADDRESS`` is
+    set (joined here if not yet), else this machine alone (``ray.num_cpus`` or its cores).
+
+    A cluster is sized from its own resources, not the driver's: the driver of a submitted
+    job may run on a small head node while the workers' nodes are large, or the reverse.
+    """
+    if not on_cluster():
+        return [settings.ray.num_cpus or os.cpu_count() or 1]
+    import ray
+
+    ensure_ray(settings)
+    cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    cpus = [c for c in cpus if c > 0]
+    if not cpus:
+        raise RuntimeError(
+            f"the Ray cluster at {os.environ['RAY_ADDRESS']} has no node with CPUs: start a "
+            "worker node (`ray start --address=<head>:6379 --num-cpus=N`) before the job"
+        )
+    return cpus
 
 
 def local_cpus(settings: Settings) -> int:
-    """CPUs Ray may hand out on this machine (the cluster decides when RAY_ADDRESS is set)."""
-    return settings.ray.num_cpus or os.cpu_count() or 1
+    """CPUs one Ray task or actor may hold: the largest node's (on this machine: all of it),
+    so that a request never exceeds what any node can grant and waits forever."""
+    return max(node_cpus(settings))
 
 
 def worker_threads(settings: Settings, workers: int | None = None) -> int:
-    """Threads (and Ray CPUs) per training worker: ``train.cpus_per_worker``, else this
-    machine's cores shared among the workers."""
+    """Threads (and Ray CPUs) per training worker: ``train.cpus_per_worker``, else the CPUs of
+    the nodes (this machine, or the cluster's when ``RAY_ADDRESS`` is set) shared among the
+    workers, capped at the largest node's so every worker fits on some node."""
     workers = workers or settings.train.num_workers
-    return settings.train.cpus_per_worker or max(1, local_cpus(settings) // workers)
+    if settings.train.cpus_per_worker:
+        return settings.train.cpus_per_worker
+    cpus = node_cpus(settings)
+    return max(1, min(max(cpus), sum(cpus) // workers))
 
 
 def fit_torch(
@@ -134,7 +167,8 @@ def fit_torch(
     if plain is not None and not ray_wanted(settings, use_ray):
         started = time.perf_counter()
         state, metrics = run_plain(plain, config)
-        return state, metrics | {"backend": "in-process"}, time.perf_counter() - started
+        metrics |= {"backend": "in-process", "workers": 1, "nodes": 1, "threads": config["threads"]}
+        return state, metrics, time.perf_counter() - started
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -163,7 +197,8 @@ def fit_torch(
 
         with result.checkpoint.as_directory() as ckpt:
             state = load_file(Run(Path(ckpt)).part(weights, "tensors"))
-    return state, dict(result.metrics or {}) | {"backend": "ray"}, seconds
+    metrics = dict(result.metrics or {}) | {"backend": "ray", "threads": config["threads"]}
+    return state, metrics, seconds
 
 
 def report_last(metrics: dict[str, Any], state: dict[str, Any] | None, weights: str) -> None:
@@ -173,8 +208,17 @@ def report_last(metrics: dict[str, Any], state: dict[str, Any] | None, weights: 
     is also what carries the metrics back to the driver."""
     import tempfile
 
+    import ray
     import ray.train
+    import torch.distributed as dist
 
+    # Where the workers ran, for the run's record (every rank takes part in the gather): a
+    # job meant for N nodes that landed on one says so in its metrics.
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if dist.is_available() and dist.is_initialized():
+        nodes = [None] * dist.get_world_size()
+        dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    metrics = metrics | {"workers": len(nodes), "nodes": len(set(nodes))}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if state is not None:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +63,54 @@ class FeatureSettings(BaseModel):
     )
     materialize_chunk_rows: int = Field(
         default=1_000_000, description="Materialize in time windows of about this many rows."
+    )
+    engine: Literal["duckdb", "ray"] = Field(
+        default="duckdb",
+        description="duckdb: every feature query in one DuckDB process (one machine). ray: the "
+        "same queries over entity shards (users and items split by hash) as Ray tasks, on the "
+        "cluster at RAY_ADDRESS or a local Ray; same files, for data past one machine. The "
+        "data root must then be one shared path on every node. `recsys features --engine`.",
+    )
+    ray_shards: int = Field(
+        default=0,
+        ge=0,
+        description="Shards per entity with engine=ray; 0: the cluster's CPUs (one task each). "
+        "More shards make smaller tasks (each one DuckDB with `duckdb_memory_limit`).",
+    )
+
+
+class FeastSettings(BaseModel):
+    """Which Feast online store the feature repo is rendered with (``RECSYS_FEAST__*``).
+
+    The committed ``feature_repo/feature_store.yaml`` keeps the embedded SQLite store, so the
+    plain ``feast`` CLI works on a fresh clone; ``recsys`` writes the copy it opens under
+    ``<home>/feast/`` with the store chosen here. The registry stays a file under the same
+    folder either way (one writer: ``recsys materialize``; the API only reads it).
+    """
+
+    online_store: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="sqlite: a file under <home>/feast (one machine). redis: Feast's Redis "
+        "online store at `redis_url`, shared by every API replica and the materialize job.",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Where Redis listens: redis://[:password@]host:port[/db] (rediss:// for "
+        "TLS), or Feast's own connection string (host:port,password=...,ssl=true). Secret: "
+        "never logged; written only to the 0600 feature_store.yaml under <home>/feast.",
+    )
+    redis_key_ttl_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Expire an entity's Redis keys this long after their last write (none: "
+        "keep). Bounds Redis memory by the active shoppers; an expired user is served as new.",
+    )
+    materialize_engine: Literal["local", "ray"] = Field(
+        default="local",
+        description="local: Feast's own engine, in the materializing process. ray: Ray tasks "
+        "(on the cluster at RAY_ADDRESS, else a local Ray), each loading the newest row of one "
+        "key shard of a view into the online store; rendered into feature_store.yaml as "
+        "`batch_engine` (recsys.core.feast_ray). Meant for Redis: SQLite takes one writer.",
     )
 
 
@@ -315,16 +363,86 @@ class EvaluationSettings(BaseModel):
 
 
 class VectorStoreSettings(BaseModel):
-    """Which vector store backend to use (``type``), Feast-style."""
+    """Which vector store backend to use (``type``), Feast-style, and how collections are
+    indexed.
+
+    The index settings (payload indexes, HNSW, quantization) apply to the collections that
+    `recsys index` builds from then on, on either backend (``recsys.core.vectorstore``): a
+    collection keeps what it was built with, so a change takes effect at the next index.
+    """
 
     type: Literal["edge", "qdrant"] = "edge"
     url: str | None = Field(default=None, description="Qdrant server URL for type=qdrant.")
     api_key: str | None = None
+    path: Path | None = Field(
+        default=None,
+        description="type=qdrant without url: qdrant-client's embedded local mode on this "
+        "folder (relative to RECSYS_HOME). It persists, but scans exactly in Python and "
+        "allows one process at a time: for tests and trying the qdrant backend without a "
+        "server, not for serving traffic.",
+    )
     collection: str = Field(
         default="items",
         description="Alias that serving reads; `recsys index` points it at a new collection.",
     )
-    hnsw_ef: int = 64
+    payload_indexes: dict[str, Literal["keyword", "integer", "float", "bool"]] = Field(
+        default_factory=lambda: {
+            "category": "keyword",
+            "department": "keyword",
+            "in_stock": "bool",
+            "price": "float",
+        },
+        description="Payload fields indexed in every new collection, with their kind (keyword "
+        "for categories, integer/float for numbers filtered by range, bool for flags), added "
+        "to those `recsys index` names itself. The default holds the fields the API filters "
+        "on (category, department, in_stock, max_price): without an index a server checks "
+        "each candidate's payload, and filtered HNSW cannot build its extra links. A value "
+        "(JSON, or RECSYS_VECTOR_STORE__PAYLOAD_INDEXES__<FIELD>=keyword) replaces the "
+        "default; `recsys index` indexes the API's fields in any case.",
+    )
+    hnsw_m: int = Field(
+        default=16,
+        ge=4,
+        le=128,
+        description="HNSW edges per node: better recall for more memory and build time.",
+    )
+    hnsw_ef_construct: int = Field(
+        default=100,
+        ge=4,
+        description="HNSW candidate list while building the graph: a better graph, slower "
+        "to build.",
+    )
+    hnsw_ef: int = Field(
+        default=64,
+        ge=1,
+        description="HNSW candidate list at search time (at least k): more exact, slower.",
+    )
+    quantization: Literal["none", "int8"] = Field(
+        default="none",
+        description="int8: keep a scalar-quantized copy of the vectors (4x smaller) that "
+        "searches scan first, on both backends (qdrant-client's local mode records it but "
+        "scans exactly). Off by default: a catalogue of a few hundred thousand items fits "
+        "in RAM as floats.",
+    )
+    quantization_quantile: float | None = Field(
+        default=0.99,
+        ge=0.5,
+        le=1.0,
+        description="Share of the values that sets the int8 range; outliers are clipped.",
+    )
+    quantization_always_ram: bool = Field(
+        default=True, description="Keep the quantized vectors in RAM (not memory-mapped)."
+    )
+    quantization_rescore: bool = Field(
+        default=True,
+        description="Re-score quantized candidates with the float vectors, so scores stay the "
+        "exact cosine similarity.",
+    )
+    quantization_oversampling: float | None = Field(
+        default=2.0,
+        ge=1.0,
+        description="Fetch this many times k quantized candidates before rescoring.",
+    )
     keep_collections: int = Field(
         default=3,
         ge=1,
@@ -444,6 +562,7 @@ class Settings(BaseSettings):
     synth: SynthSettings = SynthSettings()
     validation: ValidationSettings = ValidationSettings()
     features: FeatureSettings = FeatureSettings()
+    feast: FeastSettings = FeastSettings()
     embed: EmbedSettings = EmbedSettings()
     events: EventSettings = EventSettings()
     train: TrainSettings = TrainSettings()
@@ -495,6 +614,15 @@ class Settings(BaseSettings):
         the vectors of another catalogue.
         """
         return self.features_dir / f"item_{kind}_embeddings.parquet"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Temporary files a driver hands to its Ray workers (created on first use). Under the
+        data root because on a cluster that is the one path every node mounts (README: "How
+        data reaches the workers"); /tmp is each node's own."""
+        path = self.home / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     @property
     def embeddings_cache_dir(self) -> Path:

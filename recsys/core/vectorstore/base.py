@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,6 +43,14 @@ INDEXING_THRESHOLD_KB = 1
 #: vectors takes tens of microseconds and is never wrong, whereas filtered HNSW loses recall on
 #: narrow filters; larger candidate sets go through the graph.
 EXACT_BELOW = 1_000
+
+#: HNSW graph parameters when nothing is configured (Qdrant's defaults).
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 100
+
+#: Payload index kinds, as ``VectorStore._create`` names them: ``keyword`` for categorical
+#: fields, ``integer`` / ``float`` for numbers (range filters), ``bool`` for flags.
+PAYLOAD_KINDS = ("keyword", "integer", "float", "bool")
 
 
 class VectorStoreError(RuntimeError):
@@ -63,6 +71,85 @@ class AliasError(VectorStoreError):
 
 class ReadOnlyStoreError(VectorStoreError):
     """A store opened with ``read_only=True`` (serving) was asked to write."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How a store builds a new collection: payload indexes, HNSW graph, quantization.
+
+    One backend-neutral description (built from ``VectorStoreSettings``) that each backend turns
+    into its own classes, so that an edge folder and a server collection built from the same
+    settings are indexed the same way. A collection keeps what it was built with: these apply
+    to :meth:`VectorStore.create_collection` (``recsys index``), not to existing collections;
+    ``rescore`` / ``oversampling`` apply to every search of a quantized collection.
+
+    Attributes:
+        payload_indexes: field -> kind (:data:`PAYLOAD_KINDS`), created with every collection in
+            addition to the fields the caller names.
+        hnsw_m: edges per node of the HNSW graph (more: better recall, more memory).
+        hnsw_ef_construct: candidate list while building the graph (more: better graph,
+            slower build).
+        quantization: ``"int8"`` keeps a scalar-quantized copy of the vectors (4x smaller) that
+            searches scan first; ``"none"`` (default) searches the float vectors only.
+        quantile: share of values that sets the int8 range (outliers beyond are clipped).
+        always_ram: keep the quantized vectors in RAM (the float originals may stay on disk).
+        rescore: re-score the quantized candidates with the float vectors, so scores stay the
+            exact cosine similarity (the contract every backend keeps); off trades that for
+            speed.
+        oversampling: fetch ``oversampling * k`` quantized candidates before rescoring.
+    """
+
+    payload_indexes: Mapping[str, str] = field(default_factory=dict)
+    hnsw_m: int = HNSW_M
+    hnsw_ef_construct: int = HNSW_EF_CONSTRUCT
+    quantization: Literal["none", "int8"] = "none"
+    quantile: float | None = 0.99
+    always_ram: bool = True
+    rescore: bool = True
+    oversampling: float | None = 2.0
+
+    def __post_init__(self) -> None:
+        indexes = {}
+        for name, kind in dict(self.payload_indexes).items():
+            if kind not in PAYLOAD_KINDS:
+                raise VectorStoreConfigError(
+                    f"Payload index {name!r} has kind {kind!r}: use one of {list(PAYLOAD_KINDS)}."
+                )
+            indexes[str(name)] = kind
+        object.__setattr__(self, "payload_indexes", indexes)
+        if self.hnsw_m < 4 or self.hnsw_ef_construct < 4:
+            raise VectorStoreConfigError(
+                f"HNSW m ({self.hnsw_m}) and ef_construct ({self.hnsw_ef_construct}) must be >= 4."
+            )
+        if self.quantization not in ("none", "int8"):
+            raise VectorStoreConfigError(
+                f"Unknown quantization {self.quantization!r}: use 'none' or 'int8'."
+            )
+        if self.quantile is not None and not 0.5 <= self.quantile <= 1.0:
+            raise VectorStoreConfigError(f"quantile must be in [0.5, 1], got {self.quantile}")
+        if self.oversampling is not None and self.oversampling < 1.0:
+            raise VectorStoreConfigError(f"oversampling must be >= 1, got {self.oversampling}")
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization != "none"
+
+    def describe(self, payload_indexes: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The ``index`` entry of :meth:`VectorStore.health`, in the form every backend reports
+        (``payload_indexes`` overrides this config's, e.g. with the fields a caller added)."""
+        indexes = self.payload_indexes if payload_indexes is None else payload_indexes
+        quantization = None
+        if self.quantized:
+            quantization = {
+                "type": self.quantization,
+                "quantile": self.quantile,
+                "always_ram": self.always_ram,
+            }
+        return {
+            "hnsw": {"m": self.hnsw_m, "ef_construct": self.hnsw_ef_construct},
+            "quantization": quantization,
+            "payload_indexes": dict(sorted(indexes.items())),
+        }
 
 
 @dataclass(frozen=True)
@@ -245,13 +332,23 @@ class VectorStore(ABC):
 
     backend: str = "abstract"
 
-    def __init__(self, name: str, *, read_only: bool = False, hnsw_ef: int = 64) -> None:
-        """``hnsw_ef``: size of the HNSW candidate list at search time (slower, more exact)."""
+    def __init__(
+        self,
+        name: str,
+        *,
+        read_only: bool = False,
+        hnsw_ef: int = 64,
+        index: IndexConfig | None = None,
+    ) -> None:
+        """``hnsw_ef``: size of the HNSW candidate list at search time (slower, more exact);
+        ``index``: how :meth:`create_collection` builds collections (default: no extra payload
+        index, Qdrant's HNSW defaults, no quantization)."""
         if hnsw_ef < 1:
             raise ValueError(f"hnsw_ef must be >= 1, got {hnsw_ef}")
         self.name = name
         self.read_only = bool(read_only)
         self.hnsw_ef = int(hnsw_ef)
+        self.index = index or IndexConfig()
         self._pinned: str | None = None
         self._lock = threading.RLock()
 
@@ -275,8 +372,9 @@ class VectorStore(ABC):
     ) -> None:
         """Create an empty collection (the name is free) and store ``metadata`` with it.
 
-        ``indexes``: ``(field, kind)`` pairs, ``kind`` being ``"keyword"``, ``"float"`` or
-        ``"bool"``, in the order the payload indexes are to be created.
+        ``indexes``: ``(field, kind)`` pairs, ``kind`` one of :data:`PAYLOAD_KINDS`, in the
+        order the payload indexes are to be created. HNSW and quantization come from
+        :attr:`index`.
         """
 
     @abstractmethod
@@ -316,8 +414,10 @@ class VectorStore(ABC):
 
     @abstractmethod
     def _describe(self, name: str, out: dict[str, Any]) -> None:
-        """Fill in :meth:`health` for collection ``name``: ``points``, then the backend's
-        details; raise when the collection cannot be reached."""
+        """Fill in :meth:`health` for collection ``name``: ``points``, ``index`` (what the
+        engine reports it built: :meth:`IndexConfig.describe`'s keys plus ``applied``, false
+        where the engine records but does not use them), then the backend's details; raise when
+        the collection cannot be reached."""
 
     @abstractmethod
     def where(self, name: str | None = None) -> str:
@@ -418,21 +518,39 @@ class VectorStore(ABC):
         keyword_fields: Sequence[str] = (),
         float_fields: Sequence[str] = (),
         bool_fields: Sequence[str] = (),
+        integer_fields: Sequence[str] = (),
         *,
         run_id: str | None = None,
         replace: bool = False,
     ) -> None:
         """Create an empty collection (cosine distance) with payload indexes for the fields.
 
-        Payload indexes are created before any point arrives, so that filters stay fast and the
-        HNSW graph can be built with filter-aware links. ``run_id`` is stored with the
-        collection (see :meth:`run_id_of`). An existing collection is only replaced with
-        ``replace=True`` and never while an alias points at it: readers may be serving it.
+        The fields named here and the store's configured ones (:attr:`index`) are indexed;
+        one field with two kinds is refused. Payload indexes are created before any point
+        arrives, so that filters stay fast and the HNSW graph can be built with filter-aware
+        links. ``run_id`` and the index settings are stored with the collection (see
+        :meth:`run_id_of`). An existing collection is only replaced with ``replace=True`` and
+        never while an alias points at it: readers may be serving it.
         """
         self._check_writable("create a collection")
         check_name(name)
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
+        kinds: dict[str, str] = {}
+        named = [
+            *((f, "keyword") for f in keyword_fields),
+            *((f, "float") for f in float_fields),
+            *((f, "bool") for f in bool_fields),
+            *((f, "integer") for f in integer_fields),
+            *self.index.payload_indexes.items(),
+        ]
+        for field_name, kind in named:
+            if kinds.setdefault(field_name, kind) != kind:
+                raise VectorStoreConfigError(
+                    f"Payload field {field_name!r} of collection {name!r} is asked to be indexed "
+                    f"as {kinds[field_name]!r} and as {kind!r}: one field, one kind (check "
+                    "vector_store.payload_indexes)."
+                )
         if self.collection_exists(name):
             if not replace:
                 raise VectorStoreError(
@@ -440,15 +558,12 @@ class VectorStore(ABC):
                     "(new_collection_name) or pass replace=True."
                 )
             self.drop_collection(name)
-        metadata = {"created_at": now_iso()}
+        metadata: dict[str, Any] = {"created_at": now_iso()}
         if run_id is not None:
             metadata["run_id"] = str(run_id)
-        indexes = (
-            [(field_name, "keyword") for field_name in keyword_fields]
-            + [(field_name, "float") for field_name in float_fields]
-            + [(field_name, "bool") for field_name in bool_fields]
-        )
-        self._create(name, dim, indexes, metadata)
+        # what was asked, kept with the collection: the only record where an engine ignores it
+        metadata["index"] = self.index.describe(kinds)
+        self._create(name, dim, list(kinds.items()), metadata)
 
     def upsert(
         self, points: Iterable[ItemPoint], batch_size: int = 1024, *, collection: str | None = None
@@ -682,22 +797,33 @@ def clean_payload(payload: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def as_vector(vector: Any, dim: int | None, what: str = "query vector") -> np.ndarray:
-    """Check that ``vector`` is one finite float vector of the collection's dimension."""
+def as_vector(
+    vector: Any, dim: int | None, what: str = "query vector", where: str = "the collection"
+) -> np.ndarray:
+    """Check that ``vector`` is one finite float vector of the collection's dimension.
+
+    ``where`` names the collection (``VectorStore.where``), so that a model/index mismatch
+    says which collection expected what: the usual cause is a model retrained with another
+    dimension while the alias still points at the old collection.
+    """
     arr = np.asarray(vector, dtype=np.float32)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be one-dimensional, got shape {arr.shape}")
     if dim is not None and arr.shape[0] != dim:
-        raise ValueError(f"{what} has {arr.shape[0]} dimensions, the collection has {dim}")
+        raise ValueError(
+            f"{what} has {arr.shape[0]} dimensions, but {where} holds {dim}-dimensional "
+            "vectors (is the alias on another model run's collection?)"
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{what} contains NaN or inf")
     return arr
 
 
 def point_batches(
-    points: Iterable[ItemPoint], batch_size: int, dim: int | None
+    points: Iterable[ItemPoint], batch_size: int, dim: int | None, where: str = "the collection"
 ) -> Iterator[list[tuple[int, list[float], dict[str, Any]]]]:
-    """Validated ``(id, vector, payload)`` of each point, in lists of at most ``batch_size``."""
+    """Validated ``(id, vector, payload)`` of each point, in lists of at most ``batch_size``
+    (``where``: the collection, for :func:`as_vector`'s message)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     it = iter(points)
@@ -705,7 +831,7 @@ def point_batches(
         yield [
             (
                 _point_id(p.id),
-                as_vector(p.vector, dim, f"vector of point {p.id}").tolist(),
+                as_vector(p.vector, dim, f"vector of point {p.id}", where).tolist(),
                 clean_payload(p.payload),
             )
             for p in batch

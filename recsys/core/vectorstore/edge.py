@@ -54,6 +54,13 @@ Quirks of qdrant-edge-py 0.9.0 handled here:
 * Search results carry no payload unless ``SearchRequest(with_payload=True)``.
 * An open shard locks its write-ahead log (above).
 * Its errors are plain ``Exception`` instances; they are wrapped into :class:`VectorStoreError`.
+
+Index settings (``IndexConfig``: payload indexes, HNSW ``m`` / ``ef_construct``, int8 scalar
+quantization with its RAM placement, rescoring and oversampling at search) map one to one onto
+the engine's own classes (``HnswIndexConfig``, ``ScalarQuantizationConfig``,
+``QuantizationSearchParams``); the engine writes them to ``edge_config.json``, which
+:meth:`EdgeVectorStore.health` reports back, and builds the quantized vectors (``quantized.*``
+in each indexed segment) on :meth:`EdgeVectorStore.finalize`.
 """
 
 from __future__ import annotations
@@ -84,6 +91,7 @@ from recsys.core.vectorstore.base import (
     AliasEntry,
     CollectionNotFoundError,
     Hit,
+    IndexConfig,
     ItemPoint,
     SearchFilter,
     VectorStore,
@@ -112,16 +120,49 @@ ALIASES_DIR = "aliases"
 READERS_DIR = ".readers"
 READER_LOCK = "lock"
 
-#: HNSW graph parameters (Qdrant's defaults).
-HNSW_M = 16
-HNSW_EF_CONSTRUCT = 100
-
 #: The engine's payload index type for each kind that ``VectorStore._create`` names.
 PAYLOAD_SCHEMAS = {
     "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
     "float": qe.PayloadSchemaType.Float,
     "bool": qe.PayloadSchemaType.Bool,
 }
+PAYLOAD_KIND_OF = {schema: kind for kind, schema in PAYLOAD_SCHEMAS.items()}
+
+
+def edge_config(dim: int, index: IndexConfig) -> qe.EdgeConfig:
+    """The engine's configuration of a new collection: cosine vectors, HNSW and quantization
+    from ``index``, and thresholds low enough that even a small catalogue gets its graph."""
+    quantization = None
+    if index.quantization == "int8":
+        quantization = qe.ScalarQuantizationConfig(
+            qe.ScalarType.Int8,
+            quantile=index.quantile,
+            # Pinned: in RAM whatever happens to the float vectors; Cached: memory-mapped
+            memory=qe.Memory.Pinned if index.always_ram else qe.Memory.Cached,
+        )
+    return qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+        hnsw_config=qe.HnswIndexConfig(
+            m=index.hnsw_m,
+            ef_construct=index.hnsw_ef_construct,
+            full_scan_threshold=full_scan_threshold_kb(dim),
+        ),
+        quantization_config=quantization,
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
+    )
+
+
+def search_params(hnsw_ef: int, k: int, index: IndexConfig) -> qe.SearchParams:
+    """Search parameters: ``hnsw_ef`` (at least ``k``), and for a quantized store whether to
+    rescore with the float vectors and how many quantized candidates to fetch first. Sent on
+    every search: the engine ignores quantization parameters for a collection without it."""
+    quantization = None
+    if index.quantized:
+        quantization = qe.QuantizationSearchParams(
+            rescore=index.rescore, oversampling=index.oversampling
+        )
+    return qe.SearchParams(hnsw_ef=max(hnsw_ef, k), quantization=quantization)
 
 
 def edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
@@ -331,9 +372,11 @@ class EdgeCollection:
         if self.copy_to is not None:
             shutil.rmtree(self.copy_to, ignore_errors=True)
 
-    def create(self, dim: int, indexes: Sequence[tuple[str, str]]) -> None:
-        """Create the shard with payload indexes (``(field, kind)`` pairs) in a folder that is
-        missing or empty.
+    def create(
+        self, dim: int, indexes: Sequence[tuple[str, str]], index: IndexConfig | None = None
+    ) -> None:
+        """Create the shard with payload indexes (``(field, kind)`` pairs), HNSW and
+        quantization settings (``index``) in a folder that is missing or empty.
 
         Refuses a non-empty folder, so that a mistyped path cannot clobber unrelated data.
         """
@@ -346,15 +389,7 @@ class EdgeCollection:
                     f"Refusing to delete {self.path}: it is not a qdrant-edge collection folder."
                 )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        config = qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-            hnsw_config=qe.HnswIndexConfig(
-                m=HNSW_M,
-                ef_construct=HNSW_EF_CONSTRUCT,
-                full_scan_threshold=full_scan_threshold_kb(dim),
-            ),
-            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
-        )
+        config = edge_config(dim, index or IndexConfig())
         with self._lock:
             try:
                 shard = qe.EdgeShard.create(str(self.path), config)
@@ -392,9 +427,16 @@ class EdgeVectorStore(VectorStore):
 
     backend = "edge"
 
-    def __init__(self, path: Path, hnsw_ef: int = 64, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        hnsw_ef: int = 64,
+        *,
+        read_only: bool = False,
+        index: IndexConfig | None = None,
+    ) -> None:
         self.path = Path(path)
-        super().__init__(self.path.name, read_only=read_only, hnsw_ef=hnsw_ef)
+        super().__init__(self.path.name, read_only=read_only, hnsw_ef=hnsw_ef, index=index)
         self.root = self.path.parent
         self._handles: dict[str, EdgeCollection] = {}
 
@@ -419,7 +461,7 @@ class EdgeVectorStore(VectorStore):
         self, name: str, dim: int, indexes: Sequence[tuple[str, str]], metadata: dict[str, Any]
     ) -> None:
         with self._lock:
-            self._handle(name).create(dim, indexes)
+            self._handle(name).create(dim, indexes, self.index)
             _write_json(self.root / name / META_FILE, metadata)
 
     def _drop(self, name: str) -> None:
@@ -541,7 +583,7 @@ class EdgeVectorStore(VectorStore):
         """Insert or replace points in batches; they are searchable at once (un-indexed)."""
         handle = self._handle(name)
         shard = handle.open()
-        for batch in point_batches(points, batch_size, handle.dim):
+        for batch in point_batches(points, batch_size, handle.dim, self.where(name)):
             with handle.errors("Upsert into"):
                 shard.update(qe.UpdateOperation.upsert_points([qe.Point(*p) for p in batch]))
 
@@ -559,17 +601,17 @@ class EdgeVectorStore(VectorStore):
         handle = self._handle(name)
         shard = handle.open()
         request = qe.SearchRequest(
-            query=qe.Query.Nearest(as_vector(vector, handle.dim).tolist()),
+            query=qe.Query.Nearest(as_vector(vector, handle.dim, where=self.where(name)).tolist()),
             limit=k,
             filter=edge_filter(flt),
-            params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, k)),
+            params=search_params(self.hnsw_ef, k, self.index),
             with_payload=with_payload,
         )
         try:
             points = shard.search(request)
         except Exception as exc:
             if "dimension" in str(exc).lower():
-                raise ValueError(f"Search in {handle.path}: {exc}") from exc
+                raise ValueError(f"Search in the {self.where(name)}: {exc}") from exc
             raise VectorStoreError(f"Search in {handle.path} failed: {exc}") from exc
         return to_hits(points, with_payload)
 
@@ -593,7 +635,35 @@ class EdgeVectorStore(VectorStore):
             dim=handle.dim,
             indexed_vectors=int(info.indexed_vectors_count),
             segments=int(info.segments_count),
+            index=self._index_report(handle, info),
         )
+
+    @staticmethod
+    def _index_report(handle: EdgeCollection, info: Any) -> dict[str, Any]:
+        """What the engine built: its payload schema and the configuration it persisted."""
+        try:
+            config = json.loads((handle.path / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            config = {}
+        hnsw = config.get("hnsw_config") or {}
+        scalar = (config.get("quantization_config") or {}).get("scalar")
+        quantization = None
+        if scalar:
+            quantization = {
+                "type": scalar.get("type"),
+                "quantile": scalar.get("quantile"),
+                "always_ram": scalar.get("memory") == "pinned" or bool(scalar.get("always_ram")),
+            }
+        payload = {
+            name: PAYLOAD_KIND_OF.get(index.data_type, str(index.data_type))
+            for name, index in info.payload_schema.items()
+        }
+        return {
+            "hnsw": {"m": hnsw.get("m"), "ef_construct": hnsw.get("ef_construct")},
+            "quantization": quantization,
+            "payload_indexes": dict(sorted(payload.items())),
+            "applied": True,
+        }
 
     def __repr__(self) -> str:
         return (

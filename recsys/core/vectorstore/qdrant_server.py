@@ -1,9 +1,26 @@
 """Vector store backend on a Qdrant server through qdrant-client.
 
 Use it when several serving processes or machines share one index, or when the catalogue
-outgrows one node. ``location=":memory:"`` (or a ``client=`` in local mode) runs the same client
-calls against qdrant-client's local mode, so tests exercise this module without a server; local
-mode is a brute-force scan in Python, so it is exact but slow and meant for tests only.
+outgrows one node. ``location=":memory:"``, ``path=<folder>`` (``vector_store.path``) or a
+``client=`` in local mode run the same client calls against qdrant-client's local mode, so tests
+and a laptop exercise this module without a server; local mode is a brute-force scan in Python,
+so it is exact but slow (see ``STACK_NOTES.md``) and meant for tests and trying the backend out.
+A ``path`` folder persists, but qdrant-client locks it: one process at a time (stores of one
+process share a client per folder, so the API can follow an alias while its old store is open).
+
+What local mode cannot show, and therefore stays server-only (``tests/test_vectorstore_contract.py``
+runs it against a server when ``QDRANT_URL`` is set):
+
+* HNSW (``m``, ``ef_construct``, ``hnsw_ef`` at search) and int8 quantization are sent by the
+  same calls, but local mode scans exactly and reports Qdrant's defaults in ``get_collection``;
+  :meth:`QdrantServerVectorStore.health` then reports the settings recorded in the collection's
+  metadata with ``applied: false``. Search parameters are left out in local mode only because
+  it warns about them; :meth:`QdrantServerVectorStore.search_params` builds them either way.
+* Payload indexes are accepted and ignored (no ``payload_schema``).
+* :meth:`QdrantServerVectorStore.finalize` polls the collection status until it is green twice
+  in a row; local mode is always green, so the loop passes at once without sleeping.
+* A missing collection is an HTTP 404 on a server and a ``ValueError`` in local mode; both
+  become :class:`CollectionNotFoundError`.
 
 Aliases are Qdrant's own collection aliases: one ``update_collection_aliases`` call that deletes
 and re-creates the alias is atomic on the server (and in local mode, which applies a batch to a
@@ -21,10 +38,13 @@ target). Between the delete and the alias creation (milliseconds) searches by na
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from qdrant_client import QdrantClient
@@ -38,6 +58,7 @@ from recsys.core.vectorstore.base import (
     AliasEntry,
     CollectionNotFoundError,
     Hit,
+    IndexConfig,
     ItemPoint,
     SearchFilter,
     VectorStore,
@@ -59,8 +80,10 @@ MEMORY = ":memory:"
 #: Metadata key, on the collection an alias points at, that holds the alias's history.
 HISTORY_KEY = "alias_history:"
 
-#: How long :meth:`QdrantServerVectorStore.finalize` waits for the server to finish indexing.
+#: How long :meth:`QdrantServerVectorStore.finalize` waits for the server to finish indexing,
+#: and how often it asks.
 FINALIZE_TIMEOUT_S = 600.0
+FINALIZE_POLL_S = 0.5
 
 #: Suffix of the copy made of a plain pre-alias collection (see the module docstring).
 LEGACY_SUFFIX = "legacy"
@@ -68,9 +91,85 @@ LEGACY_SUFFIX = "legacy"
 #: The server's payload index type for each kind that ``VectorStore._create`` names.
 PAYLOAD_SCHEMAS = {
     "keyword": qm.PayloadSchemaType.KEYWORD,
+    "integer": qm.PayloadSchemaType.INTEGER,
     "float": qm.PayloadSchemaType.FLOAT,
     "bool": qm.PayloadSchemaType.BOOL,
 }
+PAYLOAD_KIND_OF = {schema: kind for kind, schema in PAYLOAD_SCHEMAS.items()}
+
+
+def quantization_config(index: IndexConfig) -> qm.ScalarQuantization | None:
+    """The server's quantization config of a new collection (``None``: float vectors only)."""
+    if index.quantization != "int8":
+        return None
+    return qm.ScalarQuantization(
+        scalar=qm.ScalarQuantizationConfig(
+            type=qm.ScalarType.INT8, quantile=index.quantile, always_ram=index.always_ram
+        )
+    )
+
+
+# -- one local-mode client per folder and process --------------------------------------------
+
+_LOCAL_CLIENTS: dict[str, list[Any]] = {}  # resolved path -> [client, number of stores using it]
+_LOCAL_CLIENTS_LOCK = threading.Lock()
+
+
+def acquire_local_client(path: Path) -> QdrantClient:
+    """The process's qdrant-client local-mode client on ``path``, opened on first use.
+
+    qdrant-client locks the folder for one client: a second client, even in the same process,
+    fails. Sharing one per folder lets a process hold several stores on it (the API opens a new
+    store when the alias moves, before it closes the old one), as stores share a server.
+    """
+    key = str(Path(path).resolve())
+    with _LOCAL_CLIENTS_LOCK:
+        entry = _LOCAL_CLIENTS.get(key)
+        if entry is None:
+            Path(key).mkdir(parents=True, exist_ok=True)
+            try:
+                # Searches run in the API's worker threads; local mode's sqlite is only
+                # written by the (single) writer, so the same-thread check is not needed.
+                client = QdrantClient(path=key, force_disable_check_same_thread=True)
+            except RuntimeError as exc:
+                if "already accessed" not in str(exc):
+                    raise
+                raise VectorStoreError(
+                    f"The qdrant-client local store {key} is open in another process (its "
+                    "folder is locked): local mode allows one process per folder. Stop the "
+                    "other process (e.g. `recsys serve`) first, or use a Qdrant server "
+                    "(RECSYS_VECTOR_STORE__URL)."
+                ) from exc
+            entry = _LOCAL_CLIENTS[key] = [client, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release_local_client(path: Path) -> None:
+    """One store stopped using the client on ``path``; the last one closes it (and unlocks)."""
+    key = str(Path(path).resolve())
+    with _LOCAL_CLIENTS_LOCK:
+        entry = _LOCAL_CLIENTS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _LOCAL_CLIENTS[key]
+            entry[0].close()
+
+
+@atexit.register
+def _close_local_clients() -> None:
+    """Unlock the folders of stores never closed, while the interpreter can still do it
+    (qdrant-client's own ``__del__`` at shutdown fails to import its lock library)."""
+    with _LOCAL_CLIENTS_LOCK:
+        entries = list(_LOCAL_CLIENTS.values())
+        _LOCAL_CLIENTS.clear()
+    for client, _ in entries:
+        try:
+            client.close()
+        except Exception:  # exiting anyway: the lock goes with the process
+            log.debug("closing a qdrant-client local store at exit failed", exc_info=True)
 
 
 def server_filter(flt: SearchFilter | None) -> qm.Filter | None:
@@ -91,11 +190,13 @@ def server_filter(flt: SearchFilter | None) -> qm.Filter | None:
 class QdrantServerVectorStore(VectorStore):
     """Collections and aliases on a Qdrant server (``url``) or in qdrant-client's local mode.
 
-    ``location=":memory:"`` runs qdrant-client's in-process local mode (tests); ``client`` shares
-    an existing client (e.g. one local-mode client between a writer and a reader in tests), which
-    :meth:`close` leaves open. The client is created on first use, so constructing a store never
-    touches the network. Searches go to the pinned collection, not to the alias, so that a
-    request never meets item vectors of another model run than the one the API loaded.
+    ``location=":memory:"`` runs qdrant-client's in-process local mode (tests); ``path`` runs it
+    on a folder that persists (one process at a time, see the module docstring); ``client``
+    shares an existing client (e.g. one local-mode client between a writer and a reader in
+    tests), which :meth:`close` leaves open. The client is created on first use, so
+    constructing a store never touches the network. Searches go to the pinned collection, not
+    to the alias, so that a request never meets item vectors of another model run than the one
+    the API loaded.
     """
 
     backend = "qdrant"
@@ -108,46 +209,66 @@ class QdrantServerVectorStore(VectorStore):
         location: str | None = None,
         hnsw_ef: int = 64,
         *,
+        path: str | Path | None = None,
         client: QdrantClient | None = None,
         read_only: bool = False,
+        index: IndexConfig | None = None,
     ) -> None:
-        if not url and not location and client is None:
+        if not url and not location and path is None and client is None:
             raise VectorStoreConfigError(
                 "A Qdrant server URL is required: set RECSYS_VECTOR_STORE__URL "
-                "(e.g. http://localhost:6333), or use RECSYS_VECTOR_STORE__TYPE=edge."
+                "(e.g. http://localhost:6333), RECSYS_VECTOR_STORE__PATH for qdrant-client's "
+                "local mode on a folder (tests, no server), or use "
+                "RECSYS_VECTOR_STORE__TYPE=edge."
             )
-        super().__init__(collection, read_only=read_only, hnsw_ef=hnsw_ef)
+        super().__init__(collection, read_only=read_only, hnsw_ef=hnsw_ef, index=index)
         self.url = url or None
         self.api_key = api_key
-        self.location = None if url else location
+        self.path = None if url or path is None else Path(path)
+        self.location = None if url or self.path else location
         self._owns_client = client is None
         if client is not None:
             self._local = isinstance(getattr(client, "_client", None), QdrantLocal)
         else:
-            self._local = self.url is None and self.location == MEMORY
+            self._local = self.url is None and (self.path is not None or self.location == MEMORY)
         self._client: QdrantClient | None = client
         self._dims: dict[str, int] = {}
+        #: seconds between two status reads while :meth:`finalize` waits for indexing
+        self.poll_s = 0.0 if self._local else FINALIZE_POLL_S
 
     def where(self, name: str | None = None) -> str:
         name = name or self._pinned or self.name
         via = f" (alias {self.name!r})" if name != self.name else ""
-        return f"collection {name!r}{via} at {self.url or self.location or 'a shared client'}"
+        at = self.url or self.location or self.path or "a shared client"
+        return f"collection {name!r}{via} at {at}"
 
     @property
     def client(self) -> QdrantClient:
         """The qdrant-client instance, created on first use."""
         if self._client is None:
-            if self.url:
-                self._client = QdrantClient(url=self.url, api_key=self.api_key)
-            else:
-                self._client = QdrantClient(location=self.location)
+            with self._lock:
+                if self._client is None:
+                    if self.url:
+                        self._client = QdrantClient(url=self.url, api_key=self.api_key)
+                    elif self.path is not None:
+                        self._client = acquire_local_client(self.path)
+                    else:
+                        self._client = QdrantClient(location=self.location)
         return self._client
 
     def close(self) -> None:
-        """Close the connection. An in-memory collection lives in its client and survives."""
-        if self._client is not None and self._owns_client and not self._local:
-            self._client.close()
-            self._client = None
+        """Close the connection. An in-memory collection lives in its client and survives; a
+        ``path`` store lets go of the folder once no store of this process uses it."""
+        with self._lock:
+            if self._client is None or not self._owns_client:
+                return
+            if self.path is not None:
+                self._client = None
+                self._dims.clear()
+                release_local_client(self.path)
+            elif not self._local:
+                self._client.close()
+                self._client = None
 
     # -- error handling ----------------------------------------------------------------------
 
@@ -212,8 +333,13 @@ class QdrantServerVectorStore(VectorStore):
             client.create_collection(
                 name,
                 vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
-                hnsw_config=qm.HnswConfigDiff(full_scan_threshold=full_scan_threshold_kb(dim)),
+                hnsw_config=qm.HnswConfigDiff(
+                    m=self.index.hnsw_m,
+                    ef_construct=self.index.hnsw_ef_construct,
+                    full_scan_threshold=full_scan_threshold_kb(dim),
+                ),
                 optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=0),
+                quantization_config=quantization_config(self.index),
                 metadata=metadata,
             )
             for field_name, kind in indexes:
@@ -291,11 +417,10 @@ class QdrantServerVectorStore(VectorStore):
     def _copy_collection(self, source: str, target: str) -> None:
         """Copy points, vectors, payloads and payload indexes into a new collection."""
         dim = self._collection_dim(source)
-        kinds = {schema: kind for kind, schema in PAYLOAD_SCHEMAS.items()}
         indexes = [
-            (field_name, kinds[index.data_type])
+            (field_name, PAYLOAD_KIND_OF[index.data_type])
             for field_name, index in (self._info(source).payload_schema or {}).items()
-            if index.data_type in kinds
+            if index.data_type in PAYLOAD_KIND_OF
         ]
         self._create(target, dim, indexes, {"created_at": now_iso(), "copied_from": source})
         offset = None
@@ -320,7 +445,8 @@ class QdrantServerVectorStore(VectorStore):
 
     def _upsert(self, points: Iterable[ItemPoint], batch_size: int, name: str) -> None:
         """Insert or replace points in batches, waiting for each batch to be applied."""
-        for batch in point_batches(points, batch_size, self._collection_dim(name)):
+        dim = self._collection_dim(name)
+        for batch in point_batches(points, batch_size, dim, self.where(name)):
             structs = [
                 qm.PointStruct(id=point_id, vector=vector, payload=payload)
                 for point_id, vector, payload in batch
@@ -332,7 +458,10 @@ class QdrantServerVectorStore(VectorStore):
             )
 
     def _finalize(self, name: str) -> None:
-        """Turn indexing on and wait until the server reports the collection green."""
+        """Turn indexing on and wait until the server reports the collection green.
+
+        Local mode has no optimizer and is always green: the same loop passes at once there.
+        """
         self._call(
             "Enabling indexing",
             lambda: self.client.update_collection(
@@ -341,8 +470,6 @@ class QdrantServerVectorStore(VectorStore):
             ),
             name,
         )
-        if self._local:
-            return  # local mode has no optimizer: everything is searchable at once
         deadline = time.monotonic() + FINALIZE_TIMEOUT_S
         greens = 0
         # The optimizer starts asynchronously: ask for green twice in a row to avoid reading
@@ -356,16 +483,16 @@ class QdrantServerVectorStore(VectorStore):
                         f"The {self.where(name)} is still {info.status} after "
                         f"{FINALIZE_TIMEOUT_S:.0f} s of indexing."
                     )
-                time.sleep(0.5)
+                time.sleep(self.poll_s)
 
     # -- reading -----------------------------------------------------------------------------
 
     def _search(
         self, name: str, vector: Any, k: int, flt: SearchFilter | None, with_payload: bool
     ) -> list[Hit]:
-        query = as_vector(vector, self._collection_dim(name))
+        query = as_vector(vector, self._collection_dim(name), where=self.where(name))
         # Local mode is brute force and warns that search params are ignored: leave them out.
-        params = None if self._local else qm.SearchParams(hnsw_ef=max(self.hnsw_ef, k))
+        params = None if self._local else self.search_params(k)
         response = self._call(
             "Search",
             lambda: self.client.query_points(
@@ -380,12 +507,26 @@ class QdrantServerVectorStore(VectorStore):
         )
         return to_hits(response.points, with_payload)
 
+    def search_params(self, k: int) -> qm.SearchParams:
+        """What a search asks of the server: ``hnsw_ef`` (at least ``k``) and, for a quantized
+        store, rescoring and oversampling (ignored by the server for an unquantized
+        collection)."""
+        quantization = None
+        if self.index.quantized:
+            quantization = qm.QuantizationSearchParams(
+                rescore=self.index.rescore, oversampling=self.index.oversampling
+            )
+        return qm.SearchParams(hnsw_ef=max(self.hnsw_ef, k), quantization=quantization)
+
     def _count(self, name: str) -> int:
         result = self._call("Counting", lambda: self.client.count(name, exact=True), name)
         return int(result.count)
 
     def _address(self) -> dict[str, Any]:
-        return {"url": self.url or self.location}
+        address: dict[str, Any] = {"url": self.url or self.location}
+        if self.path is not None:
+            address["path"] = str(self.path)
+        return address
 
     def _describe(self, name: str, out: dict[str, Any]) -> None:
         out["points"] = self._count(name)
@@ -393,11 +534,40 @@ class QdrantServerVectorStore(VectorStore):
         out.update(
             status=str(getattr(info.status, "value", info.status)),
             indexed_vectors=info.indexed_vectors_count,
+            index=self._index_report(name, info),
         )
+
+    def _index_report(self, name: str, info: Any) -> dict[str, Any]:
+        """What the server built (its config and payload schema). Local mode reports fixed
+        defaults and no payload schema, so there the settings recorded at creation are
+        reported, marked ``applied: false``."""
+        if self._local:
+            recorded = self._metadata(name).get("index")
+            if isinstance(recorded, dict):
+                return {**recorded, "applied": False}
+        hnsw = info.config.hnsw_config
+        quantization = None
+        scalar = getattr(info.config.quantization_config, "scalar", None)
+        if scalar is not None:
+            quantization = {
+                "type": str(getattr(scalar.type, "value", scalar.type)),
+                "quantile": scalar.quantile,
+                "always_ram": bool(scalar.always_ram),
+            }
+        payload = {
+            field_name: PAYLOAD_KIND_OF.get(index.data_type, str(index.data_type))
+            for field_name, index in (info.payload_schema or {}).items()
+        }
+        return {
+            "hnsw": {"m": hnsw.m, "ef_construct": hnsw.ef_construct},
+            "quantization": quantization,
+            "payload_indexes": dict(sorted(payload.items())),
+            "applied": not self._local,
+        }
 
     def __repr__(self) -> str:
         return (
             f"QdrantServerVectorStore(collection={self.name!r}, "
-            f"url={self.url or self.location!r}, hnsw_ef={self.hnsw_ef}, "
+            f"url={self.url or self.location or self.path!r}, hnsw_ef={self.hnsw_ef}, "
             f"read_only={self.read_only})"
         )
