@@ -522,13 +522,9 @@ def features(
     ] = None,
 ) -> None:
     """Compute daily user and item feature snapshots with DuckDB (on Ray: by entity shards)."""
-    settings = get_settings()
-    if engine is not None:
-        if engine not in ("duckdb", "ray"):
-            raise typer.BadParameter(f"{engine!r}: give duckdb or ray", param_hint="--engine")
-        features = settings.features.model_copy(update={"engine": engine})
-        settings = settings.model_copy(update={"features": features})
-    run_features(settings)
+    if engine not in (None, "duckdb", "ray"):
+        raise typer.BadParameter(f"{engine!r}: give duckdb or ray", param_hint="--engine")
+    run_features(_override(get_settings(), "features", engine=engine))
 
 
 @app.command()
@@ -542,13 +538,9 @@ def materialize(
     ] = None,
 ) -> None:
     """Register the Feast repo and load the latest features into the online store."""
-    settings = get_settings()
-    if engine is not None:
-        if engine not in ("local", "ray"):
-            raise typer.BadParameter(f"{engine!r}: give local or ray", param_hint="--engine")
-        feast = settings.feast.model_copy(update={"materialize_engine": engine})
-        settings = settings.model_copy(update={"feast": feast})
-    run_materialize(settings)
+    if engine not in (None, "local", "ray"):
+        raise typer.BadParameter(f"{engine!r}: give local or ray", param_hint="--engine")
+    run_materialize(_override(get_settings(), "feast", materialize_engine=engine))
 
 
 @app.command()
