@@ -81,7 +81,7 @@ def bench_size(interactions: int, work: Path) -> dict[str, Any]:
     )  # fmt: skip
     for stage in ("validate", "features", "materialize"):
         stages[stage] = run_stage([stage], env)
-    rows = _materialized_rows(stages["materialize"]["output"])
+    rows = materialized_rows(stages["materialize"]["output"])
     result: dict[str, Any] = {
         "interactions": pq.ParquetFile(raw / "interactions.parquet").metadata.num_rows,
         "users": users,
@@ -94,7 +94,7 @@ def bench_size(interactions: int, work: Path) -> dict[str, Any]:
     return result
 
 
-def _materialized_rows(output: str) -> int | None:
+def materialized_rows(output: str) -> int | None:
     for line in output.splitlines():
         words = line.split()
         if "rows" in words and "from" in words:

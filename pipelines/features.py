@@ -43,7 +43,7 @@ from recsys.core.schema import (
     WINDOWS,
     table_path,
 )
-from recsys.core.sql import ident, parquet, sql_str
+from recsys.core.sql import connect_duckdb, ident, parquet, sql_str
 from recsys.core.terminal import track
 
 log = logging.getLogger(__name__)
@@ -455,23 +455,6 @@ def _plan(
     return "incremental", since
 
 
-def connect(
-    memory_limit: str, temp_dir: Path, threads: int | None = None
-) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection as every feature query runs in, on the driver or in a Ray task: UTC,
-    no progress bar (the CLI prints its own stage timings), and bounded memory: beyond
-    ``memory_limit`` DuckDB spills window and join state to ``temp_dir``."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
-    con.execute(f"SET memory_limit = {sql_str(memory_limit)}")
-    con.execute(f"SET temp_directory = {sql_str(temp_dir)}")
-    con.execute("SET preserve_insertion_order = false")
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    return con
-
-
 @dataclass(frozen=True)
 class Inputs:
     """What the feature queries read: the validated tables and the previous snapshots that an
@@ -565,7 +548,7 @@ def run_shard(job: ShardJob) -> dict[str, int]:
     """Run one :class:`ShardJob`; the rows written per table. Spills go to a folder of this
     node's own, not to the shared data root, and are removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="recsys-features-") as tmp:
-        con = connect(job.memory_limit, Path(tmp), job.threads)
+        con = connect_duckdb(job.memory_limit, Path(tmp), job.threads)
         try:
             return {
                 name: con.execute(
@@ -714,7 +697,7 @@ def compute_features(
         if not required.exists():
             raise FileNotFoundError(f"{required} is missing: run `recsys validate` first.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    con = connect(memory_limit, out_dir / ".duckdb_tmp")
+    con = connect_duckdb(memory_limit, out_dir / ".duckdb_tmp")
     state_path = out_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     mode, since = (

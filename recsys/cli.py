@@ -129,7 +129,9 @@ def run_validate(settings: Settings, max_bad_fraction: float) -> None:
     with stage("validate", DataValidationError, FileNotFoundError):
         result = validate_dataset(settings.raw_dir, settings.validated_dir,
                                   settings.quarantine_dir, settings.reports_dir,
-                                  max_bad_fraction=max_bad_fraction)  # fmt: skip
+                                  max_bad_fraction=max_bad_fraction,
+                                  memory_limit=settings.validation.memory_limit,
+                                  gx_chunk_rows=settings.validation.gx_chunk_rows)  # fmt: skip
         print_summary(result, console)
 
 

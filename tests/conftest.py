@@ -4,6 +4,11 @@ Every test is either ``unit`` (in-process, small data, seconds: ``make test-fast
 (the real CLI, Ray, servers or other processes). A test is ``e2e`` when it says so
 (``@pytest.mark.e2e``) or uses a fixture of :data:`E2E_FIXTURES`; the rest are marked
 ``unit`` here. ``make test`` runs both.
+
+The data roots that many end-to-end tests share (:data:`PREBUILT`) are built by the real CLI in
+a background thread from the moment collection ends, while the tests that do not need them run
+first; their fixtures then wait for the build. The CLI runs in child processes, so the build
+uses the second core that the mostly single-threaded test process leaves idle.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECSYS = Path(sys.executable).with_name("recsys")
 
 #: Fixtures that run the whole pipeline or a real Ray job: a test using one is end-to-end.
-E2E_FIXTURES = frozenset({"pipeline_home", "planted", "ray_run", "live_home"})
+E2E_FIXTURES = frozenset({"pipeline_home", "click_home", "planted", "ray_run", "live_home"})
 
 # Small but structured: enough purchases for a held-out week, fast enough for CI on 2 cores.
 E2E_SIZE = {"users": 800, "items": 300, "days": 40}
@@ -45,6 +52,62 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         if item.get_closest_marker("e2e") is None:
             item.add_marker(pytest.mark.unit)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the shared data roots that the selected tests need (after ``-m`` and
+    ``-k`` deselection, so ``make test-fast`` builds none) and run the modules that need none
+    of them first. Modules stay whole, so module fixtures are set up once."""
+    if session.config.option.collectonly:
+        return
+    items = session.items
+    needs = PREBUILT.keys() & {n for item in items for n in getattr(item, "fixturenames", ())}
+    for name in sorted(needs):
+        _BUILDS[name] = Build(name, PREBUILT[name], _temp_root(session.config, name))
+    late = {item.module for item in items if needs & set(getattr(item, "fixturenames", ()))}
+    items.sort(key=lambda item: getattr(item, "module", None) in late)  # stable: file order kept
+
+
+class Build:
+    """One shared data root built by the CLI in a background thread; :meth:`result` waits."""
+
+    def __init__(self, name: str, build: Callable[[Path], Any], home: Path) -> None:
+        self.name, self.home = name, home
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(build,), name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self, build: Callable[[Path], Any]) -> None:
+        try:
+            self.value = build(self.home)
+        except BaseException as exc:  # re-raised in every test that asks for the root
+            self.error = exc
+
+    def result(self) -> Any:
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"building the shared data root {self.name!r} failed") from (
+                self.error
+            )
+        return self.value
+
+
+_BUILDS: dict[str, Build] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the CLI of builds still running (a run stopped early by ``-x`` or Ctrl-C)."""
+    import psutil
+
+    running = [b.home for b in _BUILDS.values() if b.thread.is_alive()]
+    for proc in psutil.Process().children(recursive=True) if running else []:
+        try:
+            home = proc.environ().get("RECSYS_HOME", "")
+            if any(home.startswith(str(root)) for root in running):
+                proc.kill()
+        except psutil.Error:
+            pass
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
@@ -78,17 +141,57 @@ def run_cli(
     return proc
 
 
-@pytest.fixture(scope="session")
-def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def build_pipeline_home(home: Path) -> tuple[Path, str]:
     """Every stage of ``recsys demo --no-serve`` on a tiny generated shop: (data root, output).
     Through Ray (Ray Data, Ray Train) as on a cluster: the other pipelines here run in-process,
     as one machine does by default."""
-    home = tmp_path_factory.mktemp("recsys_home")
     size = [f"--{k}={v}" for k, v in E2E_SIZE.items()]
     proc = run_cli(home, "demo", "--no-serve", *size, RECSYS_RAY__USE="always")
     # not a demo stage, but served as the session neighbours of runs without a session pipeline
     run_cli(home, "item2vec", RECSYS_RAY__USE="always")
     return home, proc.stdout + proc.stderr  # as a user sees it, piped: both streams
+
+
+def build_click_home(home: Path) -> tuple[Path, dict[str, str]]:
+    """Every stage on a click-only shop (views only): (data root, each stage's output)."""
+    size = [f"--{k}={v}" for k, v in E2E_SIZE.items()]
+    out = {}
+    for stage in (["data", "synth", "--events", "view", *size], ["validate"], ["features"],
+                  ["materialize"], ["train"], ["index"]):  # fmt: skip
+        out[stage[0]] = run_cli(home, *stage).stdout
+    return home, out
+
+
+#: Shared data roots built in the background from the start of the session (fixture -> build).
+PREBUILT: dict[str, Callable[[Path], Any]] = {
+    "pipeline_home": build_pipeline_home,
+    "click_home": build_click_home,
+}
+
+
+def _temp_root(config: pytest.Config, name: str) -> Path:
+    """A fresh folder under the session's base temp (kept for the last runs, as tmp_path is);
+    the hooks that start the builds run before any fixture could hand out tmp_path_factory."""
+    return config._tmp_path_factory.mktemp(name)  # type: ignore[attr-defined]
+
+
+def _prebuilt(request: pytest.FixtureRequest, name: str) -> Any:
+    """The background build of ``name`` (started at collection; started now if it was not)."""
+    if name not in _BUILDS:
+        _BUILDS[name] = Build(name, PREBUILT[name], _temp_root(request.config, name))
+    return _BUILDS[name].result()
+
+
+@pytest.fixture(scope="session")
+def pipeline_home(request: pytest.FixtureRequest) -> tuple[Path, str]:
+    """See :func:`build_pipeline_home`."""
+    return _prebuilt(request, "pipeline_home")
+
+
+@pytest.fixture(scope="session")
+def click_home(request: pytest.FixtureRequest) -> tuple[Path, dict[str, str]]:
+    """See :func:`build_click_home`."""
+    return _prebuilt(request, "click_home")
 
 
 @pytest.fixture(scope="session")

@@ -19,22 +19,10 @@ from recsys.core.run import Run
 from recsys.core.schema import table_path
 from recsys.core.settings import Settings
 from serving.app import create_app
-from tests.conftest import E2E_SIZE, run_cli
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.e2e
 PERSONAL = {"sr", "vsknn", "slist", "cooccurrence", "item_item", "two_tower"}
-
-
-@pytest.fixture(scope="module")
-def click_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """Every stage on a click-only shop: (data root, each stage's output)."""
-    home = tmp_path_factory.mktemp("click_home")
-    size = [f"--{k}={v}" for k, v in E2E_SIZE.items()]
-    out = {}
-    for stage in (["data", "synth", "--events", "view", *size], ["validate"], ["features"],
-                  ["materialize"], ["train"], ["index"]):  # fmt: skip
-        out[stage[0]] = run_cli(home, *stage).stdout
-    return home, out
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ tests. Table-level failures are raised before GX is touched, so those tests are 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -226,6 +227,41 @@ def test_quarantine_files_hold_the_bad_rows(dirty_run: DirtyRun) -> None:
 
     ages = bad["users"].loc[bad["users"]["reason"] == "age_out_of_range", "age"]
     assert sorted(ages.tolist()) == [7, 150]
+
+
+def _stored_results(reports: Path) -> dict[str, dict]:
+    """The validation results GX stored under ``reports``, by suite name (the last run's)."""
+    out: dict[str, dict] = {}
+    for path in sorted((reports / "gx").rglob("*.json"), key=lambda p: p.stat().st_mtime):
+        body = json.loads(path.read_text())
+        if "suite_name" in body and "results" in body:
+            out[body["suite_name"]] = body
+    return out
+
+
+def test_parts_give_the_same_result_as_one_batch(dirty_run: DirtyRun, tmp_path: Path) -> None:
+    """Large tables go through GX in parts (split by key hash, merged into one result): on the
+    dirty data in parts of 16 rows every count, outcome and output equals the one-batch run's."""
+    root, whole = dirty_run
+    write_raw(tmp_path / "raw", *dirty_data())
+    parts = run(tmp_path, max_bad_fraction=0.5, gx_chunk_rows=16)
+    assert parts.tables == whole.tables
+    for folder in ("validated", "quarantine"):
+        for name in EXPECTED_REASONS:
+            got = pd.read_parquet(table_path(tmp_path / folder, name))
+            pd.testing.assert_frame_equal(got, pd.read_parquet(table_path(root / folder, name)))
+
+    for suite, merged in _stored_results(tmp_path / "reports").items():
+        one = _stored_results(root / "reports")[suite]
+        assert merged["success"] == one["success"] is False, suite
+        assert merged["statistics"] == one["statistics"], suite
+        for got, want in zip(merged["results"], one["results"], strict=True):
+            config = got["expectation_config"]["type"], got["expectation_config"]["kwargs"]
+            assert got["success"] == want["success"], config
+            for key in ("element_count", "unexpected_count", "missing_count", "observed_value"):
+                assert got["result"].get(key) == want["result"].get(key), (config, key)
+    interactions = _stored_results(tmp_path / "reports")["recsys_interactions"]
+    assert interactions["meta"]["batch_parameters"] == {"rows": N_EVENTS + 8, "parts": 5}
 
 
 def test_print_summary(dirty_run: DirtyRun) -> None:

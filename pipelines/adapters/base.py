@@ -31,7 +31,7 @@ from recsys.core.schema import INTERACTIONS, TABLES, table_path
 
 if TYPE_CHECKING:
     from recsys.core.settings import Settings
-from recsys.core.sql import ident, parquet, sql_str
+from recsys.core.sql import connect_duckdb, ident, parquet, sql_str
 from recsys.core.terminal import progress_bar
 
 # The tables an import may write; the holdout is interaction data kept out of training.
@@ -153,13 +153,7 @@ class TableWriter:
         self.notes: list[str] = []
         self.written: Callable[[int], None] = lambda rows: None  # told each table's rows
         self._spill = self.out_dir / ".duckdb_tmp"
-        self.con = duckdb.connect()
-        self.con.execute("SET TimeZone='UTC'")  # naive timestamps are UTC; TIMESTAMPTZ -> UTC
-        self.con.execute(f"SET memory_limit={sql_str(memory_limit)}")
-        self.con.execute(f"SET temp_directory={sql_str(self._spill)}")
-        # Without this a COPY buffers rows to keep the source order: memory grows with the input.
-        self.con.execute("SET preserve_insertion_order=false")
-        self.con.execute("SET enable_progress_bar=false")  # CLI output is ours, not a bar
+        self.con = connect_duckdb(memory_limit, self._spill)
 
     def close(self) -> None:
         self.con.close()
@@ -381,6 +375,8 @@ def check_staged(settings: Settings, staged: Path) -> None:
     validate_dataset(
         staged, check / "validated", check / "quarantine", check / "reports",
         max_bad_fraction=settings.validation.max_bad_fraction,
+        memory_limit=settings.validation.memory_limit,
+        gx_chunk_rows=settings.validation.gx_chunk_rows,
     )  # fmt: skip
     shutil.rmtree(check)  # it passed: nothing to keep
 

@@ -44,6 +44,15 @@ class ValidationSettings(BaseModel):
     max_bad_fraction: float = Field(
         default=0.05, ge=0, le=1, description="Share of bad rows per table that fails a run."
     )
+    memory_limit: str = Field(
+        default="2GB", description="DuckDB runs the row rules within this and spills beyond it."
+    )
+    gx_chunk_rows: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="Great Expectations checks a table in parts of about this many rows (each "
+        "one in pandas at a time, ~0.5 GB per million interactions) and merges the results.",
+    )
 
 
 class FeatureSettings(BaseModel):

@@ -9,6 +9,10 @@ hold spaces, dashes, reserved words or quotes of their own).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 def sql_str(value: str | Path) -> str:
@@ -24,3 +28,29 @@ def ident(name: str) -> str:
 def parquet(path: str | Path) -> str:
     """``read_parquet('<path>')`` with the path quoted."""
     return f"read_parquet({sql_str(path)})"
+
+
+def connect_duckdb(
+    memory_limit: str,
+    temp_dir: Path,
+    threads: int | None = None,
+    database: Path | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection as every stage's SQL runs in (import, validation, features, on the
+    driver or in a Ray task): UTC (naive timestamps read as UTC, TIMESTAMPTZ comes back in UTC),
+    no progress bar (the CLI prints its own), and bounded memory: beyond ``memory_limit`` DuckDB
+    spills joins, windows and sorts to ``temp_dir``. Insertion order is not kept unless a query
+    asks with ``ORDER BY``: keeping it makes a ``COPY`` buffer rows, so memory grows with the
+    input. ``database``: a file, for tables that may outgrow memory; default in memory.
+    """
+    import duckdb
+
+    con = duckdb.connect(str(database) if database else ":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    con.execute(f"SET memory_limit = {sql_str(memory_limit)}")
+    con.execute(f"SET temp_directory = {sql_str(temp_dir)}")
+    con.execute("SET preserve_insertion_order = false")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
