@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.core.schema import AGE_BOUNDS, EVENT_TYPES, REQUIRED_COLUMNS, TABLES, table_path
+from recsys.core.settings import ValidationSettings
 from recsys.core.sql import connect_duckdb, ident, sql_str
 from recsys.core.terminal import track
 
@@ -92,6 +93,9 @@ UNIQUE_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
 # columns of the checked tables; they never reach an output file.
 ROW, REASON = "file_row_number", "_recsys_reason"
 CAST_BATCH_ROWS = 1_000_000  # raw rows cast at a time (and rows per written batch)
+
+#: The settings' defaults, for callers that pass none (the CLI passes the user's settings).
+DEFAULTS = ValidationSettings()
 
 GX_DATASOURCE = "recsys_raw"
 GX_BATCH_DEFINITION = "whole_table"
@@ -747,10 +751,10 @@ def validate_dataset(
     validated_dir: Path,
     quarantine_dir: Path,
     reports_dir: Path,
-    max_bad_fraction: float = 0.05,
+    max_bad_fraction: float = DEFAULTS.max_bad_fraction,
     now: datetime | None = None,
-    memory_limit: str = "2GB",
-    gx_chunk_rows: int = 2_000_000,
+    memory_limit: str = DEFAULTS.memory_limit,
+    gx_chunk_rows: int = DEFAULTS.gx_chunk_rows,
 ) -> ValidationResult:
     """Validate the raw tables, write validated + quarantined Parquet and the Data Docs report.
 

@@ -50,8 +50,8 @@ class ValidationSettings(BaseModel):
     gx_chunk_rows: int = Field(
         default=2_000_000,
         ge=1,
-        description="Great Expectations checks a table in parts of about this many rows (each "
-        "one in pandas at a time, ~0.5 GB per million interactions) and merges the results.",
+        description="Great Expectations checks a table in parts of about this many rows, one "
+        "part in pandas at a time, and merges the results into one per table.",
     )
 
 
