@@ -77,7 +77,7 @@ def serve(home: Path) -> dict[str, Any]:
             client, out = LoadClient("127.0.0.1", api.port), []
             rng = random.Random(0)
             for _ in range(SERVE_REQUESTS):
-                status, ms = await client.get(f"/recommendations/{rng.choice(users)}?k=10")
+                status, ms = await client.get(f"/users/{rng.choice(users)}/recommendations?k=10")
                 assert status == 200, status
                 out.append(ms)
             client.close()
