@@ -38,11 +38,14 @@ def _free_port() -> int:
 
 
 def private_copy(home: Path, to: Path) -> Path:
-    """``home`` with its own Feast folder; everything else hard-linked (read here, not written)."""
+    """``home`` with its own Feast folder (registry and config: the SQLite online store, GBs at
+    H&M's size, is left behind, since the run loads Redis); everything else hard-linked (read
+    here, not written)."""
     to.mkdir(parents=True)
     for child in home.iterdir():
         if child.name == "feast":
-            shutil.copytree(child, to / child.name)
+            skip = shutil.ignore_patterns("online_store.db*")
+            shutil.copytree(child, to / child.name, ignore=skip)
         elif child.is_dir():
             shutil.copytree(child, to / child.name, copy_function=os.link)
         else:

@@ -251,8 +251,9 @@ def test_parts_give_the_same_result_as_one_batch(dirty_run: DirtyRun, tmp_path: 
             got = pd.read_parquet(table_path(tmp_path / folder, name))
             pd.testing.assert_frame_equal(got, pd.read_parquet(table_path(root / folder, name)))
 
-    for suite, merged in _stored_results(tmp_path / "reports").items():
-        one = _stored_results(root / "reports")[suite]
+    stored, whole_stored = _stored_results(tmp_path / "reports"), _stored_results(root / "reports")
+    for suite, merged in stored.items():
+        one = whole_stored[suite]
         assert merged["success"] == one["success"] is False, suite
         assert merged["statistics"] == one["statistics"], suite
         for got, want in zip(merged["results"], one["results"], strict=True):
@@ -260,7 +261,7 @@ def test_parts_give_the_same_result_as_one_batch(dirty_run: DirtyRun, tmp_path: 
             assert got["success"] == want["success"], config
             for key in ("element_count", "unexpected_count", "missing_count", "observed_value"):
                 assert got["result"].get(key) == want["result"].get(key), (config, key)
-    interactions = _stored_results(tmp_path / "reports")["recsys_interactions"]
+    interactions = stored["recsys_interactions"]
     assert interactions["meta"]["batch_parameters"] == {"rows": N_EVENTS + 8, "parts": 5}
 
 
