@@ -50,7 +50,7 @@ def stage_args(stage: str, args: argparse.Namespace, raw: Path) -> list[str]:
         return ["data", "import", "generic", f"--interactions={raw / 'interactions.parquet'}",
                 f"--items={raw / 'items.parquet'}", f"--users={raw / 'users.parquet'}"]  # fmt: skip
     if stage == "embed":
-        return ["embed", "text"]
+        return ["embed", "--kind=text"]
     return [stage]
 
 
@@ -127,7 +127,9 @@ def main() -> None:
             result = run_stage(stage_args(stage, args, raw), env)
             tail = result.pop("output")
             print(tail[-1500:], file=sys.stderr, flush=True)
-        report["stages"][stage] = result
+        # what the stage ran with beyond the defaults (e.g. the Redis online store, epochs)
+        overrides = {k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSYS_")}
+        report["stages"][stage] = result | ({"settings": overrides} if overrides else {})
         if stage == "synth":
             report["interactions"] = pq.ParquetFile(raw / "interactions.parquet").metadata.num_rows
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,9 +32,9 @@ from models.served_pipeline import SESSION_PIPELINE, ServedPipeline
 from models.session.protocol import evaluate
 from models.sources import enabled_sources
 from models.two_tower import load_two_tower
-from pipelines.item2vec import read_interactions
 from pipelines.next_item_eval import next_item_split, served_scorer
 from pipelines.session_training import fit_session_pipeline
+from pipelines.train import load_events
 from recsys.core.reporting import emit_report
 from recsys.core.run import Run
 from recsys.core.schema import table_path
@@ -66,7 +66,9 @@ def main() -> None:
     cutoff = pd.Timestamp(run.manifest["data"]["cutoff"])
     signal = run.manifest["data"].get("signal", "purchase")
     catalog = run.sub(SESSION_PIPELINE).read_table(CATALOG)
-    interactions = read_interactions(table_path(settings.validated_dir, "interactions"))
+    interactions = table_path(settings.validated_dir, "interactions")
+    signal_rows = load_events(settings, (signal,))
+    signal_rows = signal_rows[signal_rows["timestamp"] < cutoff]
     _, heldout, cases = next_item_split(settings, items.vocab, cutoff)
 
     defaults = [cls.name for cls, _ in enabled_sources(settings, "session")]
@@ -81,8 +83,8 @@ def main() -> None:
             started = time.perf_counter()
             chosen = variant_settings(settings, off, on)
             out = Run(Path(tmp) / name.replace(" ", "_"))
-            block = fit_session_pipeline(chosen, interactions, signal, items.vocab, catalog,
-                                         cutoff, out, progress=lambda _: None)  # fmt: skip
+            block = fit_session_pipeline(chosen, interactions, signal_rows, items.vocab,
+                                         catalog, cutoff, out, progress=lambda _: None)  # fmt: skip
             fit_seconds = time.perf_counter() - started
             pipeline = ServedPipeline.load_session(out, chosen, items.vocab)
             assert block is not None and pipeline is not None

@@ -62,16 +62,19 @@ def two_tower_data(settings: Settings, work: Path) -> dict[str, Any]:
     positives are used: the ranker's label carve-out and the cold-item experiment (up to a
     tenth of them) are left aside, so the loop is, if anything, a little longer than `recsys
     train`'s."""
-    events = tt.load_events(settings, tuple({"purchase", *settings.train.train_events}))
-    purchases = events[events["event_type"] == "purchase"].drop(columns="event_type")
-    split = tt.split_for_training(settings, events, purchases)
+    purchases = tt.load_events(settings, ("purchase",)).drop(columns="event_type")
+    split = tt.split_for_training(settings, purchases)
     store = open_store(settings)
-    examples = tt.training_examples(store, split.positives, split)
+    positives = work / tt.POSITIVES
+    tt.write_positives(settings, split, positives)
+    examples = tt.training_examples(store, split, positives, settings.train.example_chunk_rows)
     attributes = load_item_attributes(settings)
     arrays = work / tt.ARRAYS
-    items, users, _, model_cfg = tt.encode_training_set(settings, examples, attributes, arrays)
+    items, users, counts, model_cfg = tt.encode_training_set(
+        settings, examples, tt.positive_users(positives), attributes, arrays
+    )
     return {
-        "examples": len(examples),
+        "examples": int(counts.sum()),
         "config": tt.fit_config(settings, arrays, model_cfg),
         "model_cfg": model_cfg,
         "evaluate": (store, users, items, attributes, split.train, split.test, split.cutoff),
@@ -83,10 +86,10 @@ def item2vec_data(settings: Settings, work: Path, cfg: Item2VecConfig) -> dict[s
     cutoff is ``test_days`` before the end of the data; a data root that came with its own
     holdout (ASOS: every event shares one timestamp, so that cutoff would hold out everything)
     trains on all events instead, as the two-tower model does."""
-    events = i2v.read_interactions(table_path(settings.validated_dir, "interactions"))
+    path = table_path(settings.validated_dir, "interactions")
     holdout = table_path(settings.validated_dir, "holdout").exists()
-    cutoff = i2v.default_cutoff(events, 0 if holdout else settings.train.test_days)
-    sessions, vocab = build_sessions(i2v.split_sessions(events, cutoff)[0], min_count=cfg.min_count)
+    cutoff = i2v.event_span(path).default_cutoff(0 if holdout else settings.train.test_days)
+    sessions, vocab = build_sessions(path, min_count=cfg.min_count, before=cutoff)
     arrays, threads = work / i2v.PAIRS, worker_threads(settings)
     n, config = i2v_fit.write_pairs(sessions, vocab.counts, cfg, arrays, threads)
     return {"examples": n, "items": vocab.size - 1, "config": config}

@@ -52,16 +52,36 @@ class ItemEncoder:
     def fit(cls, attributes: pd.DataFrame, examples: pd.DataFrame) -> ItemEncoder:
         """``attributes``: one row per catalogue item (the ``item_attributes`` feature view);
         ``examples``: training rows with the item demand features, for their scaling."""
+        return cls.for_catalogue(attributes).with_demand_scale(item_demand(examples))
+
+    @classmethod
+    def for_catalogue(cls, attributes: pd.DataFrame) -> ItemEncoder:
+        """Everything the catalogue decides (ids, attribute vocabularies, price buckets); the
+        demand scaling is identity until :meth:`with_demand_scale` sets it from the training
+        rows, so that training can encode its examples in chunks before it has seen them all."""
         vocabs = {c: _vocab(attributes[c].fillna("unknown")) for c in ITEM_CATEGORICAL}
         prices = np.log1p(attributes["price"].fillna(0).clip(lower=0).to_numpy())
         edges = np.unique(np.quantile(prices, np.linspace(0, 1, PRICE_BUCKETS + 1)[1:-1]))
-        demand = _log_counts(examples, ITEM_NUMERIC)
         return cls(
             sorted(attributes["item_id"].astype(str)),
             vocabs,
             edges.tolist(),
-            {c: float(demand[c].mean()) for c in ITEM_NUMERIC},
-            {c: float(demand[c].std() or 1.0) for c in ITEM_NUMERIC},
+            dict.fromkeys(ITEM_NUMERIC, 0.0),
+            dict.fromkeys(ITEM_NUMERIC, 1.0),
+        )
+
+    def with_demand_scale(self, demand: np.ndarray) -> ItemEncoder:
+        """This encoder with the demand features scaled by the mean and (sample) standard
+        deviation of ``demand`` (:func:`item_demand` of every training row)."""
+        n = len(demand)
+        means = demand.mean(axis=0, dtype=np.float64) if n else np.zeros(len(ITEM_NUMERIC))
+        stds = demand.std(axis=0, ddof=1, dtype=np.float64) if n > 1 else np.ones(len(ITEM_NUMERIC))
+        return ItemEncoder(
+            self.item_ids,
+            self.attr_vocabs,
+            self.price_edges,
+            {c: float(m) for c, m in zip(ITEM_NUMERIC, means, strict=True)},
+            {c: float(sd or 1.0) for c, sd in zip(ITEM_NUMERIC, stds, strict=True)},
         )
 
     @property
@@ -80,18 +100,25 @@ class ItemEncoder:
 
     def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Tensor inputs of the item tower for rows with item_id + attribute columns."""
+        return self.encode_catalogue(frame) | {
+            "item_numeric": self.scale_demand(item_demand(frame))
+        }
+
+    def encode_catalogue(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The item tower's id, attribute and price inputs (all but the demand features)."""
         out = {"item_idx": self.indices(frame["item_id"].astype(str).tolist())}
         for c, vocab in self.attr_vocabs.items():
             col = frame[c].fillna("unknown").astype(str) if c in frame else ["unknown"] * len(frame)
             out[c] = np.fromiter((vocab.get(v, 0) for v in col), dtype=np.int64, count=len(frame))
         prices = np.log1p(frame["price"].fillna(0).clip(lower=0).to_numpy(dtype=float))
         out["price_bucket"] = np.searchsorted(self.price_edges, prices) + 1
-        demand = _log_counts(frame, ITEM_NUMERIC)
-        out["item_numeric"] = np.stack(
-            [((demand[c] - self.numeric_means[c]) / self.numeric_stds[c]).to_numpy()
-             for c in ITEM_NUMERIC], axis=1,
-        ).astype(np.float32)  # fmt: skip
         return out
+
+    def scale_demand(self, demand: np.ndarray) -> np.ndarray:
+        """:func:`item_demand` rows standardised with the training scaling, as float32."""
+        means = np.array([self.numeric_means[c] for c in ITEM_NUMERIC])
+        stds = np.array([self.numeric_stds[c] for c in ITEM_NUMERIC])
+        return ((demand - means) / stds).astype(np.float32)
 
     def attribute_table(self, catalog: pd.DataFrame) -> np.ndarray:
         """Attribute indices per item index (row 0 = padding) for the model's history pooling,
@@ -123,14 +150,23 @@ class UserEncoder:
 
     @classmethod
     def fit(cls, features: pd.DataFrame, history: int) -> UserEncoder:
-        raw = _user_raw(features, len(features))
+        users = sorted(features["user_id"].astype(str).unique())
+        return cls.fit_raw(users, user_numeric_raw(features, len(features)), history)
+
+    @classmethod
+    def fit_raw(cls, user_ids: list[str], raw: np.ndarray, history: int) -> UserEncoder:
+        """The encoder of ``user_ids`` (sorted) with the numeric scaling of ``raw``
+        (:func:`user_numeric_raw` of every training row; NaN = missing)."""
+        columns = range(len(USER_NUMERIC))
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> defaults
-            mean = np.nan_to_num(np.nanmean(raw, axis=0))
-            std = np.nan_to_num(np.nanstd(raw, axis=0), nan=1.0)
+            # column by column: numpy's temporaries for all columns at once would be float64
+            # copies of the whole table (3.3 GB at 22M training rows)
+            mean = np.nan_to_num([np.nanmean(raw[:, j], dtype=np.float64) for j in columns])
+            std = np.nan_to_num([np.nanstd(raw[:, j], dtype=np.float64) for j in columns], nan=1.0)
         means = {c: float(m) for c, m in zip(USER_NUMERIC, mean, strict=True)}
         stds = {c: float(sd or 1.0) for c, sd in zip(USER_NUMERIC, std, strict=True)}
-        return cls(sorted(features["user_id"].astype(str).unique()), history, means, stds)
+        return cls(user_ids, history, means, stds)
 
     @property
     def n_users(self) -> int:
@@ -143,26 +179,35 @@ class UserEncoder:
         plain arrays rather than pandas so that one online row encodes in microseconds; a
         missing feature (a user's first day) encodes as the training mean."""
         ids = [str(u) for u in features["user_id"]]
-        raw = _user_raw(features, len(ids))
-        filled = np.where(np.isnan(raw), self._means, raw)
-        numeric = ((filled - self._means) / self._stds).astype(np.float32)
-        hist = np.zeros((len(ids), self.history), dtype=np.int64)
         column = features["purchased_items"] if "purchased_items" in features else [None] * len(ids)
-        for row, bought in enumerate(column):
-            if bought is not None and len(bought) > 0:
-                idx = items.indices(list(bought[: self.history]))
-                hist[row, : len(idx)] = idx
         return {
             "user_idx": self.vocab.indices(ids),
-            "user_numeric": np.nan_to_num(numeric),
-            "history": hist,
+            "user_numeric": self.scale(user_numeric_raw(features, len(ids))),
+            "history": history_indices(column, items, self.history),
         }
+
+    def scale(self, raw: np.ndarray) -> np.ndarray:
+        """:func:`user_numeric_raw` rows standardised, a missing value as the training mean."""
+        filled = np.where(np.isnan(raw), self._means, raw)
+        return np.nan_to_num(((filled - self._means) / self._stds).astype(np.float32))
 
     def to_dict(self) -> dict:
         return {"history": self.history, "means": self.means, "stds": self.stds}
 
 
-def _user_raw(features: pd.DataFrame | Mapping[str, Sequence[Any]], n: int) -> np.ndarray:
+def history_indices(
+    purchased: Sequence[Sequence[str] | None], items: ItemEncoder, history: int
+) -> np.ndarray:
+    """The newest ``history`` purchased items of each row as item indices, zero-padded."""
+    hist = np.zeros((len(purchased), history), dtype=np.int64)
+    for row, bought in enumerate(purchased):
+        if bought is not None and len(bought) > 0:
+            idx = items.indices(list(bought[:history]))
+            hist[row, : len(idx)] = idx
+    return hist
+
+
+def user_numeric_raw(features: pd.DataFrame | Mapping[str, Sequence[Any]], n: int) -> np.ndarray:
     """Numeric user features ``(n, len(USER_NUMERIC))`` as floats (NaN = missing), counts on a
     log scale. One array op per step, not per column: the API encodes one row per request."""
     columns = []
@@ -178,13 +223,15 @@ def _user_raw(features: pd.DataFrame | Mapping[str, Sequence[Any]], n: int) -> n
     return raw
 
 
-def _log_counts(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """log1p of count columns; a missing value (never sold yet) counts as zero."""
-    out = pd.DataFrame(index=frame.index)
-    for c in columns:
+def item_demand(frame: pd.DataFrame) -> np.ndarray:
+    """The item demand features ``(n, len(ITEM_NUMERIC))`` as log1p counts (float64); a
+    missing value (never sold yet) counts as zero."""
+    columns = []
+    for c in ITEM_NUMERIC:
         col = pd.to_numeric(frame[c], errors="coerce") if c in frame else 0.0
-        out[c] = np.log1p(pd.Series(col, index=frame.index, dtype=float).fillna(0).clip(lower=0))
-    return out
+        series = pd.Series(col, index=frame.index, dtype=float).fillna(0).clip(lower=0)
+        columns.append(np.log1p(series.to_numpy()))
+    return np.stack(columns, axis=1) if columns else np.zeros((len(frame), 0))
 
 
 def save_encoders(run: Run, users: UserEncoder, items: ItemEncoder) -> None:

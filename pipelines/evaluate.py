@@ -79,7 +79,8 @@ from pipelines.evaluation_report import metric_columns, recall_png, rows, write_
 from pipelines.served_eval import evaluate_served, served_run
 from recsys.core.schema import table_path
 from recsys.core.settings import Settings
-from recsys.core.sql import parquet
+from recsys.core.signal import signal_event
+from recsys.core.sql import parquet, sql_str
 
 log = logging.getLogger(__name__)
 
@@ -381,12 +382,15 @@ def _popularity_block(
 
 
 # --------------------------------------------------------------------------- data and split
-def _load(path: Path) -> pd.DataFrame:
+def _load(path: Path, event_type: str | None = None) -> pd.DataFrame:
+    """The rows of ``path`` (only those of ``event_type`` when given: the signal events, so that
+    tens of millions of views stay in the file), oldest first."""
+    where = "" if event_type is None else f"WHERE event_type = {sql_str(event_type)}"
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         return con.execute(
             f"""SELECT user_id, item_id, "timestamp", event_type
-                FROM {parquet(path)} ORDER BY "timestamp" """
+                FROM {parquet(path)} {where} ORDER BY "timestamp" """
         ).df()
 
 
@@ -400,11 +404,8 @@ def _split(
         raise FileNotFoundError(f"{path} is missing: run `recsys validate` first.")
     if split not in (None, "holdout", "temporal"):
         raise ValueError(f"--split must be 'holdout' or 'temporal', got {split!r}")
-    events = _load(path)
-    if events.empty:
-        raise ValueError(f"{path} has no rows")
-    signal = settings.events.signal(events["event_type"].unique(), where=str(path))
-    events = events[events["event_type"] == signal]
+    signal = signal_event(settings, path)  # raises for a file without weighted events
+    events = _load(path, signal)
     default_holdout = table_path(settings.validated_dir, "holdout")
     if split == "holdout" or (split is None and (holdout is not None or default_holdout.exists())):
         hpath = holdout or default_holdout

@@ -42,7 +42,7 @@ from models.item2vec import (
 )
 from models.metrics import next_item_metrics
 from models.popularity import popularity_order
-from models.session.data import PAD, Sessions, build_sessions, session_keys
+from models.session.data import PAD, Sessions, build_sessions
 from recsys.core.ray_runtime import ensure_ray, fit_torch, ray_wanted, worker_threads
 from recsys.core.run import Run
 from recsys.core.schema import EVENT_TYPES, REQUIRED_COLUMNS, table_path
@@ -64,9 +64,23 @@ class Item2VecResult:
 
 
 # --------------------------------------------------------------------------- data
-def read_interactions(path: Path) -> pd.DataFrame:
-    """Canonical interactions (views, carts, purchases) from Parquet, through DuckDB; without
-    the optional ``session_id`` column every event falls back to the user + day session."""
+@dataclass(frozen=True)
+class EventSpan:
+    """How many session events (views, carts, purchases) a log holds and when they end."""
+
+    events: int
+    last: pd.Timestamp | None
+
+    def default_cutoff(self, test_days: int) -> pd.Timestamp:
+        """Midnight ``test_days`` whole days before the day after the last event."""
+        if self.last is None:
+            raise ValueError("the interactions have no view, add_to_cart or purchase events.")
+        return self.last.floor("D") + pd.Timedelta(days=1) - pd.Timedelta(days=test_days)
+
+
+def event_span(path: Path, before: pd.Timestamp | None = None) -> EventSpan:
+    """:class:`EventSpan` of the canonical interactions at ``path`` (those before ``before``
+    when given), counted by DuckDB without reading the events into memory."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `recsys validate` first.")
@@ -80,25 +94,17 @@ def read_interactions(path: Path) -> pd.DataFrame:
                 f"{path} lacks column(s) {sorted(missing)}: item2vec needs the canonical "
                 "interactions table (recsys/core/schema.py)."
             )
-        session = "session_id" if "session_id" in columns else "NULL::VARCHAR AS session_id"
-        return con.execute(
-            f"""SELECT user_id, item_id, "timestamp", event_type, {session} FROM {source}
-                WHERE list_contains(?, event_type)""",
-            [list(EVENT_TYPES)],
-        ).df()
-
-
-def default_cutoff(events: pd.DataFrame, test_days: int) -> pd.Timestamp:
-    """Midnight ``test_days`` whole days before the day after the last event."""
-    end = pd.to_datetime(events["timestamp"], utc=True).max().floor("D") + pd.Timedelta(days=1)
-    return end - pd.Timedelta(days=test_days)
-
-
-def split_sessions(events: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training events: before ``cutoff``; held-out events: sessions starting at/after it)."""
-    ts = pd.to_datetime(events["timestamp"], utc=True)
-    start = ts.groupby(session_keys(events)).transform("min").to_numpy()
-    return events[(ts < cutoff).to_numpy()], events[start >= cutoff]
+        window = "" if before is None else 'AND "timestamp" < ?'
+        n, last = con.execute(
+            f"""SELECT count(*), max("timestamp") FROM {source}
+                WHERE list_contains(?, event_type) {window}""",
+            [list(EVENT_TYPES), *([] if before is None else [before])],
+        ).fetchone()
+    if last is None:
+        return EventSpan(int(n), None)
+    last = pd.Timestamp(last)
+    last = last.tz_localize("UTC") if last.tzinfo is None else last.tz_convert("UTC")
+    return EventSpan(int(n), last)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -194,22 +200,25 @@ def fit_item2vec(
     ``cooccurrence`` HR/MRR@20, ``pairs``, ``events`` (training events) and ``fit``."""
     cfg = cfg or Item2VecConfig()
     path = Path(interactions_path or table_path(settings.validated_dir, "interactions"))
-    events = read_interactions(path)
-    if events.empty:
+    span = event_span(path)
+    if span.events == 0:
         raise ValueError(f"{path} has no view, add_to_cart or purchase events.")
     if cutoff is None:
-        cutoff = default_cutoff(events, settings.train.test_days)
+        cutoff = span.default_cutoff(settings.train.test_days)
     cutoff = pd.Timestamp(cutoff)
     cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
-    train_events, test_events = split_sessions(events, cutoff)
-    if train_events.empty or test_events.empty:
+    limit = settings.features.duckdb_memory_limit
+    train_sessions, vocab = build_sessions(path, min_count=cfg.min_count, before=cutoff,
+                                           memory_limit=limit)  # fmt: skip
+    heldout, _ = build_sessions(path, vocab, drop_unknown=False, starting_from=cutoff,
+                                memory_limit=limit)  # fmt: skip
+    if not len(train_sessions) or not len(heldout):
         raise ValueError(
-            f"cutoff {cutoff} leaves {len(train_events)} training events and "
-            f"{len(test_events)} held-out events: pick a cutoff inside the data "
-            f"({events['timestamp'].min()} .. {events['timestamp'].max()})."
+            f"cutoff {cutoff} leaves {len(train_sessions)} training sessions and "
+            f"{len(heldout)} held-out sessions: pick a cutoff inside the data "
+            f"(the last event is at {span.last})."
         )
-    train_sessions, vocab = build_sessions(train_events, min_count=cfg.min_count)
-    heldout, _ = build_sessions(test_events, vocab, drop_unknown=False)
+    n_events = event_span(path, before=cutoff).events
     run = Run(Path(out_dir)) if out_dir else Run.create(settings.artifacts_dir, "item2vec_")
     run.path.mkdir(parents=True, exist_ok=True)
     use_ray = ray_wanted(settings, use_ray)
@@ -219,7 +228,7 @@ def fit_item2vec(
     n_pairs, config = write_pairs(train_sessions, vocab.counts, cfg, arrays, threads)
     log.info(
         "item2vec: %d training events, %d sessions, %d items, %d pairs (cutoff %s)",
-        len(train_events),
+        n_events,
         len(train_sessions),
         vocab.size - 1,
         n_pairs,
@@ -249,7 +258,7 @@ def fit_item2vec(
     metrics = {
         **evaluation,
         "pairs": n_pairs,
-        "events": len(train_events),
+        "events": n_events,
         "sessions": len(train_sessions),
         "items": vocab.size - 1,
         "cutoff": str(cutoff),

@@ -34,7 +34,6 @@ from models.session.data import Sessions, build_sessions
 from models.session.protocol import NextItemCases, Scorer, evaluate, next_item_cases, tune
 from models.sources.session import SessionModelSource
 from models.two_tower import load_two_tower
-from pipelines.item2vec import read_interactions, split_sessions
 from pipelines.served_eval import served_run
 from pipelines.session_training import NEXT_CLICK
 from recsys.core.schema import table_path
@@ -83,9 +82,10 @@ def next_item_split(
     interactions split at ``cutoff``, coded in ``vocab``: what every model here is fitted and
     scored on (and what ``benchmarks/session_ablation.py`` reuses)."""
     path = table_path(settings.validated_dir, "interactions")
-    train_events, test_events = split_sessions(read_interactions(path), cutoff)
-    train, _ = build_sessions(train_events, vocab)
-    heldout, _ = build_sessions(test_events, vocab, drop_unknown=False)
+    limit = settings.features.duckdb_memory_limit
+    train, _ = build_sessions(path, vocab, before=cutoff, memory_limit=limit)
+    heldout, _ = build_sessions(path, vocab, drop_unknown=False, starting_from=cutoff,
+                                memory_limit=limit)  # fmt: skip
     return train, heldout, next_item_cases(heldout, np.unique(train.items))
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,22 +57,24 @@ def next_click_cases(sessions: Sessions, vocab: Vocabulary) -> list[tuple[UserCo
 
 def fit_session_pipeline(
     settings: Settings,
-    events: pd.DataFrame,
-    signal: str,
+    interactions: Path,
+    signal_events: pd.DataFrame,
     vocab: Vocabulary,
     catalog: pd.DataFrame,
     cutoff: pd.Timestamp,
     run: Run,
     progress: Any = print,
 ) -> dict[str, Any] | None:
-    """Steps 1-4 of the module docstring on the ``events`` before ``cutoff`` (every event type,
-    with ``session_id`` where known); returns the manifest block, or None (logged) when the
-    data has too few sessions of two or more items for a session pipeline."""
+    """Steps 1-4 of the module docstring on the sessions before ``cutoff`` of the canonical
+    ``interactions`` Parquet file (every event type, with ``session_id`` where known; DuckDB
+    builds them, so the log is never one pandas frame) and on ``signal_events`` (user_id,
+    item_id, timestamp of the signal events before ``cutoff``, what the purchase-based sources
+    fit on); returns the manifest block, or None (logged) when the data has too few sessions
+    of two or more items for a session pipeline."""
     cfg = settings.sessions
     started = time.perf_counter()
-    when = pd.to_datetime(events["timestamp"], utc=True)
-    train_events = events[when < cutoff]
-    sessions, _ = build_sessions(train_events, vocab)
+    sessions, _ = build_sessions(interactions, vocab, before=cutoff,
+                                 memory_limit=settings.features.duckdb_memory_limit)  # fmt: skip
     lengths = np.diff(sessions.offsets)
     multi = np.flatnonzero(lengths >= 2)
     n_labels = min(cfg.label_sessions, int(cfg.label_share * len(multi)))
@@ -85,9 +88,9 @@ def fit_session_pipeline(
     before = sessions.start < label_start
     labels = sessions.select((sessions.start >= label_start) & (lengths >= 2))
     fit_sessions = sessions.select(before)
-    signal_events = train_events[train_events["event_type"] == signal]
     label_time = pd.Timestamp(label_start, tz="UTC")
-    fit_signal = signal_events[when[signal_events.index] < label_time]
+    when = pd.to_datetime(signal_events["timestamp"], utc=True)
+    fit_signal = signal_events[(when < label_time).to_numpy()]
 
     def fit_generator(
         on: Sessions, purchases: pd.DataFrame, end: pd.Timestamp

@@ -1,8 +1,11 @@
 """Train the two-tower model with Ray Train on a point-in-time-correct Feast training set.
 
-Flow: purchases are split by time (the last ``test_days`` are held out); each training purchase
-becomes an example (user, item, timestamp) whose features come from Feast's
-``get_historical_features``; the examples are encoded to arrays on disk;
+Flow: purchases are split by time (the last ``test_days`` are held out); each training event
+(``train.train_events``: purchases and views) before the cutoff becomes an example (user, item,
+timestamp). DuckDB writes them, sorted, to a scratch Parquet file; Feast's
+``get_historical_features`` reads their features ``train.example_chunk_rows`` at a time and each
+chunk is encoded to arrays as it comes, so neither the interaction log nor the feature rows are
+ever one pandas frame (H&M's 22M examples: see the README). The arrays go to disk;
 :func:`pipelines.two_tower_fit.train_func` runs on each Ray Train worker (1 here, N on a
 cluster) over its shard; rank 0's weights come back as a checkpoint. The run is then evaluated
 on the held-out window against popularity and saved.
@@ -12,7 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +31,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from models.encoding import ItemEncoder, UserEncoder
+from models.encoding import (
+    ItemEncoder,
+    UserEncoder,
+    history_indices,
+    item_demand,
+    user_numeric_raw,
+)
 from models.metrics import evaluate_rankings
 from models.popularity import recommend_popular, top_items
 from models.two_tower import (
@@ -37,7 +50,6 @@ from models.two_tower import (
     to_tensors,
 )
 from pipelines.embed import read_vectors
-from pipelines.item2vec import read_interactions
 from pipelines.ranking import carve_labels, fit_ranking
 from pipelines.session_training import fit_session_pipeline
 from pipelines.two_tower_fit import fit_two_tower, train_func
@@ -49,10 +61,13 @@ from recsys.core.run import Run
 from recsys.core.schema import ITEM_NUMERIC, USER_NUMERIC, table_path
 from recsys.core.settings import Settings
 from recsys.core.signal import signal_event
-from recsys.core.sql import parquet
+from recsys.core.sql import connect_duckdb, parquet, sql_str
+from recsys.core.terminal import track
+from recsys.core.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 ARRAYS = "train_arrays.npz"
+POSITIVES = "train_positives.parquet"
 USER_FEATURE_REFS = [f"user_features:{c}" for c in (*USER_NUMERIC, "purchased_items")]
 ITEM_FEATURE_REFS = [f"item_features:{c}" for c in ITEM_NUMERIC]
 RANKING_USER_REFS = [*USER_FEATURE_REFS, "user_features:age_bucket"]
@@ -91,7 +106,6 @@ class TrainingSplit:
     mode: str
     train: pd.DataFrame  # purchases before the cutoff: the "already bought" of evaluation
     test: pd.DataFrame  # purchases to predict
-    positives: pd.DataFrame  # training examples (train_events before the cutoff)
     cutoff: pd.Timestamp  # user features for evaluation are read as of this time
     end: pd.Timestamp
     undated: bool
@@ -103,18 +117,17 @@ class TrainingSplit:
 
 
 def split_for_training(
-    settings: Settings, events: pd.DataFrame, purchases: pd.DataFrame, signal: str = "purchase"
+    settings: Settings, purchases: pd.DataFrame, signal: str = "purchase"
 ) -> TrainingSplit:
     """``purchases``: the ``signal`` events (``EventSettings``), what is held out and scored."""
     cfg = settings.train
     holdout_path = table_path(settings.validated_dir, "holdout")
     end = purchases["timestamp"].max().floor("D") + pd.Timedelta(days=1)  # after the last day
-    positives = events[events["event_type"].isin(cfg.train_events)]
     if holdout_path.exists():
         holdout = pd.read_parquet(holdout_path, columns=["user_id", "item_id", "event_type"])
         test = holdout[holdout["event_type"] == signal][["user_id", "item_id"]]
-        undated = positives["timestamp"].nunique() == 1
-        return TrainingSplit("holdout", purchases, test, positives, end, end, undated)
+        undated = _distinct_timestamps(settings, cfg.train_events) == 1
+        return TrainingSplit("holdout", purchases, test, end, end, undated)
     cutoff = end - pd.Timedelta(days=cfg.test_days)  # the held-out window is [cutoff, end)
     train = purchases[purchases["timestamp"] < cutoff]
     test = purchases[purchases["timestamp"] >= cutoff]
@@ -123,32 +136,105 @@ def split_for_training(
             f"not enough purchases to train and evaluate: {len(train)} before {cutoff}, "
             f"{len(test)} after. Generate more data or lower RECSYS_TRAIN__TEST_DAYS."
         )
-    positives = positives[positives["timestamp"] < cutoff]
-    return TrainingSplit("temporal", train, test, positives, cutoff, end, False)
+    return TrainingSplit("temporal", train, test, cutoff, end, False)
 
 
-def training_examples(store, positives: pd.DataFrame, split: TrainingSplit) -> pd.DataFrame:
-    """The two-tower's training rows: each positive with its point-in-time Feast features
-    (the ``two_tower_training`` service), in a fixed order.
+def _distinct_timestamps(settings: Settings, event_types: tuple[str, ...]) -> int:
+    """How many distinct timestamps the ``event_types`` events have (1: undated data)."""
+    path = table_path(settings.validated_dir, "interactions")
+    with duckdb.connect() as con:
+        return con.execute(
+            f"""SELECT count(DISTINCT "timestamp") FROM {parquet(path)}
+                WHERE list_contains(?, event_type)""",
+            [list(event_types)],
+        ).fetchone()[0]
+
+
+def write_positives(
+    settings: Settings,
+    split: TrainingSplit,
+    path: Path,
+    exclude: pd.DataFrame | None = None,
+    cold_items: frozenset[str] = frozenset(),
+) -> dict[str, int]:
+    """Write the two-tower's positives to ``path``: the ``train.train_events`` events (before
+    the cutoff of a temporal split), less the (user, item) pairs of ``exclude`` (the ranker's
+    labels) and the ``cold_items``, ordered by (timestamp, user, item). DuckDB streams them
+    from the validated interactions into Parquet, spilling beyond the features' memory limit,
+    so tens of millions of views never become one pandas frame. Returns rows per event type.
+    """
+    source = table_path(settings.validated_dir, "interactions")
+    types = ", ".join(sql_str(t) for t in settings.train.train_events)
+    where = [f"event_type IN ({types})"]
+    if split.mode == "temporal":
+        cutoff = sql_str(split.cutoff.isoformat())
+        where.append(f'CAST("timestamp" AS TIMESTAMPTZ) < CAST({cutoff} AS TIMESTAMPTZ)')
+    with tempfile.TemporaryDirectory(prefix="recsys-positives-") as spill:
+        con = connect_duckdb(settings.features.duckdb_memory_limit, Path(spill))
+        try:
+            if cold_items:
+                con.register("cold", pd.DataFrame({"item_id": sorted(cold_items)}))
+                where.append("item_id NOT IN (SELECT item_id FROM cold)")
+            if exclude is not None and len(exclude):
+                con.register("excluded", exclude[["user_id", "item_id"]])
+                where.append("NOT EXISTS (SELECT 1 FROM excluded x "
+                             "WHERE x.user_id = i.user_id AND x.item_id = i.item_id)")  # fmt: skip
+            con.execute(
+                f"""COPY (SELECT user_id, item_id, "timestamp", event_type
+                          FROM {parquet(source)} i WHERE {" AND ".join(where)}
+                          ORDER BY "timestamp", user_id, item_id)
+                    TO {sql_str(path)} (FORMAT parquet)"""
+            )
+            counts = con.execute(
+                f"SELECT event_type, count(*) FROM {parquet(path)} GROUP BY 1 ORDER BY 2 DESC"
+            ).fetchall()
+        finally:
+            con.close()
+    return {str(kind): int(n) for kind, n in counts}
+
+
+def positive_users(path: Path) -> list[str]:
+    """The users of the positives file (sorted): the user vocabulary of the run."""
+    with duckdb.connect() as con:
+        users = con.execute(f"SELECT DISTINCT user_id FROM {parquet(path)}").fetchall()
+    return sorted(str(u) for (u,) in users)
+
+
+def training_examples(
+    store, split: TrainingSplit, positives: Path, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
+    """The two-tower's training rows, ``chunk_rows`` at a time: each positive of the
+    :func:`write_positives` file with its point-in-time Feast features (the
+    ``two_tower_training`` service), in a fixed order.
 
     Undated data (``split.undated``) has no order to respect: every example reads the user as
     of the data's end and its history is everything bought except the example's own item.
     """
-    when = split.end if split.undated else positives["timestamp"]
-    entity_df = positives[["user_id", "item_id"]].assign(event_timestamp=when)
     service = store.get_feature_service("two_tower_training")
-    examples = historical_features(store, entity_df, service)
-    # Feast/DuckDB return rows in no fixed order; training shuffles with a seeded permutation,
-    # so fix the order first or the same seed trains a different model on every run.
-    examples = examples.sort_values(
-        ["event_timestamp", "user_id", "item_id"], kind="stable", ignore_index=True
+    source = pq.ParquetFile(positives)
+    total = math.ceil(source.metadata.num_rows / chunk_rows)
+    batches = source.iter_batches(
+        batch_size=chunk_rows, columns=["user_id", "item_id", "timestamp"]
     )
-    if split.undated:
-        examples["purchased_items"] = [
-            [h for h in (history if history is not None else []) if h != item]
-            for history, item in zip(examples["purchased_items"], examples["item_id"], strict=True)
-        ]
-    return examples
+    for batch in track(batches, "training examples from Feast", total, "chunks", total > 1):
+        rows = batch.to_pandas()
+        when = split.end if split.undated else rows["timestamp"]
+        entity_df = rows[["user_id", "item_id"]].assign(event_timestamp=when)
+        examples = historical_features(store, entity_df, service)
+        # Feast/DuckDB return rows in no fixed order; training shuffles with a seeded
+        # permutation, so fix the order first (the file is in this order already, so chunks
+        # concatenate to one sorted table) or the same seed trains a different model each run.
+        examples = examples.sort_values(
+            ["event_timestamp", "user_id", "item_id"], kind="stable", ignore_index=True
+        )
+        if split.undated:
+            examples["purchased_items"] = [
+                [h for h in (history if history is not None else []) if h != item]
+                for history, item in zip(
+                    examples["purchased_items"], examples["item_id"], strict=True
+                )
+            ]
+        yield examples
 
 
 def catalog_frame(
@@ -194,11 +280,9 @@ def train(settings: Settings, progress=print) -> TrainResult:
     cfg = settings.train
     started = time.perf_counter()
     signal = signal_event(settings)  # purchases; views in a click-only shop
-    events = load_events(settings, tuple(dict.fromkeys([signal, *cfg.train_events])))
-    purchases = events[events["event_type"] == signal].drop(columns="event_type")
-    split = split_for_training(settings, events, purchases, signal)
+    purchases = load_events(settings, (signal,)).drop(columns="event_type")
+    split = split_for_training(settings, purchases, signal)
     cutoff, end, train_rows, test_rows = split.cutoff, split.end, split.train, split.test
-    positives = split.positives
     if signal != "purchase":
         progress(f"  no purchases: the sources, labels and evaluation learn from {signal}s")
     progress(f"  evaluation: {split.describe()}")
@@ -208,26 +292,25 @@ def train(settings: Settings, progress=print) -> TrainResult:
         rk = settings.ranking
         n_labels = max(1, min(rk.label_users, int(rk.label_share * len(train_rows))))
         fit_purchases, labels = carve_labels(train_rows, n_labels, cfg.seed)
-        marked = positives.merge(labels.assign(_label=True), on=["user_id", "item_id"], how="left")
-        positives = positives[marked["_label"].isna().to_numpy()]
     cold_items = _pick_cold_items(test_rows, cfg.cold_item_fraction, cfg.seed)
     if cold_items:
         # an experiment, not a serving setting: these items never reach training, so their
         # vectors come from content alone (the id embedding is zeroed below)
-        positives = positives[~positives["item_id"].isin(cold_items)]
         progress(f"  cold-start check: {len(cold_items):,} items held out of training")
 
     store = open_store(settings)
-    examples = training_examples(store, positives, split)
-    kinds = ", ".join(f"{n:,} {t}s" for t, n in positives["event_type"].value_counts().items())
-    progress(f"  training set: {kinds} with point-in-time features from Feast "
-             f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
-
-    attributes = load_item_attributes(settings)
     run = Run.create(settings.artifacts_dir)
+    kinds = write_positives(settings, split, run.file(POSITIVES), labels, cold_items)
+    attributes = load_item_attributes(settings)
+    examples = training_examples(store, split, run.file(POSITIVES), cfg.example_chunk_rows)
     items, users, counts, model_cfg = encode_training_set(
-        settings, examples, attributes, run.file(ARRAYS)
+        settings, examples, positive_users(run.file(POSITIVES)), attributes, run.file(ARRAYS)
     )
+    run.remove(POSITIVES)
+    n_examples = int(counts.sum())
+    described = ", ".join(f"{n:,} {t}s" for t, n in kinds.items())
+    progress(f"  training set: {described} with point-in-time features from Feast "
+             f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
     if model_cfg.text_dim:
         progress(f"  item text embeddings: {model_cfg.text_dim}-d, in both towers")
     state, fit_metrics, fit_seconds = fit_torch(
@@ -268,9 +351,9 @@ def train(settings: Settings, progress=print) -> TrainResult:
         )  # fmt: skip
     sessions = None
     if settings.sessions.enabled and not split.undated and split.mode == "temporal":
-        interactions = read_interactions(table_path(settings.validated_dir, "interactions"))
-        sessions = fit_session_pipeline(settings, interactions, signal, items.vocab, catalog,
-                                        cutoff, run, progress)  # fmt: skip
+        interactions = table_path(settings.validated_dir, "interactions")
+        sessions = fit_session_pipeline(settings, interactions, train_rows, items.vocab,
+                                        catalog, cutoff, run, progress)  # fmt: skip
     save_two_tower(run, model, users, items)
     run.write_manifest({
         **manifest_entry(model),
@@ -282,7 +365,7 @@ def train(settings: Settings, progress=print) -> TrainResult:
             "evaluation": split.describe(),
             "signal": signal,
             "purchases": len(purchases),
-            "train_examples": len(examples),
+            "train_examples": n_examples,
             "test_purchases": len(test_rows),
             "start": str(purchases["timestamp"].min()),
             "cutoff": str(cutoff),
@@ -298,14 +381,47 @@ def train(settings: Settings, progress=print) -> TrainResult:
 
 
 def encode_training_set(
-    settings: Settings, examples: pd.DataFrame, attributes: pd.DataFrame, arrays_path: Path
+    settings: Settings,
+    examples: Iterable[pd.DataFrame],
+    user_ids: list[str],
+    attributes: pd.DataFrame,
+    arrays_path: Path,
 ) -> tuple[ItemEncoder, UserEncoder, np.ndarray, TwoTowerConfig]:
-    """Fit the encoders, write the arrays ``train_func`` reads (to ``arrays_path``) and size
-    the model. Returns (items, users, examples per item index, model config)."""
+    """Encode the training rows (``examples``: chunks of :func:`training_examples`; users in
+    ``user_ids``), fit the encoders' scaling on all of them, write the arrays ``train_func``
+    reads (to ``arrays_path``) and size the model. Returns (items, users, examples per item
+    index, model config).
+
+    Each chunk is encoded as it arrives and only its arrays are kept (about 200 bytes a row):
+    the numeric features are kept raw until every row is in, then scaled by the statistics of
+    all of them, which gives the arrays of encoding one frame of every row at once."""
     cfg = settings.train
-    items = ItemEncoder.fit(attributes, examples)
-    users = UserEncoder.fit(examples, history=settings.features.recent_items)
-    arrays = users.encode(examples, items) | items.encode(examples)
+    history = settings.features.recent_items
+    catalogue = ItemEncoder.for_catalogue(attributes)
+    user_vocab = Vocabulary(user_ids)
+    parts: dict[str, list[np.ndarray]] = defaultdict(list)
+    for chunk in examples:
+        encoded = catalogue.encode_catalogue(chunk) | {
+            "user_idx": user_vocab.encode(chunk["user_id"].astype(str).to_numpy()),
+            "history": history_indices(chunk["purchased_items"], catalogue, history),
+            # raw until every row is in (float32: half the memory; statistics in float64)
+            "demand": item_demand(chunk).astype(np.float32),
+            "user_raw": user_numeric_raw(chunk, len(chunk)).astype(np.float32),
+        }
+        for name, values in encoded.items():
+            parts[name].append(values)
+    if not sum(len(p) for p in parts["user_idx"]):
+        raise ValueError(
+            "no training examples: the validated interactions have no "
+            f"{'/'.join(cfg.train_events)} events before the cutoff (RECSYS_TRAIN__TRAIN_EVENTS)."
+        )
+    demand, raw = parts.pop("demand"), parts.pop("user_raw")
+    items = catalogue.with_demand_scale(np.concatenate(demand))
+    users = UserEncoder.fit_raw(user_ids, np.concatenate(raw), history)
+    # scaled chunk by chunk: a float64 temporary of every row at once would double the peak
+    parts["item_numeric"] = [items.scale_demand(demand.pop(0)) for _ in range(len(demand))]
+    parts["user_numeric"] = [users.scale(raw.pop(0)) for _ in range(len(raw))]
+    arrays = {name: np.concatenate(parts.pop(name)) for name in list(parts)}
     counts = np.bincount(arrays["item_idx"], minlength=items.n_items).astype(np.float64)
     log_q = np.log((counts + 1.0) / (counts + 1.0).sum()).astype(np.float32)
     item_table = items.attribute_table(item_frame(attributes, items.item_ids))

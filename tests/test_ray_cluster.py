@@ -94,6 +94,20 @@ def cluster() -> Iterator[dict[str, str]]:
         _stop_cluster(temp_dir)
 
 
+def _submit(client, timeout: float = 120.0, **job) -> str:
+    """``client.submit_job(**job)``, retried while the head's job agent is still starting: the
+    dashboard answers before its agent registers, and on a loaded machine a job submitted
+    right after ``ray start`` gets "No available agent to submit job" (a 500) for a while."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def test_recsys_train_as_a_job_on_two_nodes(cluster, pipeline_home, tmp_path) -> None:
     import ray
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -108,7 +122,8 @@ def test_recsys_train_as_a_job_on_two_nodes(cluster, pipeline_home, tmp_path) ->
                  "RECSYS_SESSIONS__ENABLED": "false"}  # fmt: skip
     client = JobSubmissionClient(cluster["dashboard"])
     started = time.monotonic()
-    job = client.submit_job(
+    job = _submit(
+        client,
         entrypoint="python -m recsys train --num-workers 2 --epochs 1",
         runtime_env={
             "working_dir": str(REPO),

@@ -278,20 +278,34 @@ def test_slist_solves_its_objective(alpha: float, max_diagonal: float) -> None:
 
 
 @pytest.mark.unit
-def test_slist_refuses_a_vocabulary_beyond_max_items() -> None:
+def test_slist_beyond_max_items_learns_the_most_frequent_items_only() -> None:
+    # items 1-3 are frequent, 4-6 rare: with max_items=3 SLIST is the full model of the
+    # sessions restricted to 1-3, placed back at their indices, and the rare items score 0
+    lists = [[1, 2, 3], [2, 1], [3, 1, 2], [1, 4], [2, 5, 6], [3, 2], [1, 3]]
+    small = SLIST.fit(sessions_of(lists), 7, max_items=3)
+    assert small.items.tolist() == [1, 2, 3] and small.weights.shape == (4, 4)
+    only_frequent = [[i for i in x if i <= 3] for x in lists]
+    full = SLIST.fit(sessions_of(only_frequent), 4)
+    query = [prefix(2, 5, 1), prefix(6)]
+    scores = small.score(query)
+    assert scores.shape == (2, 7) and not scores[:, 4:].any() and not scores[1].any()
+    np.testing.assert_allclose(scores[0, :4], full.score([prefix(2, 1)])[0], rtol=1e-5)
+    assert SLIST.fit(sessions_of(lists), 7, max_items=6).items.tolist() == [1, 2, 3, 4, 5, 6]
     with pytest.raises(ValueError, match="max_items"):
-        SLIST.fit(sessions_of([[1, 2]]), 50, max_items=10)
+        SLIST.fit(sessions_of([[1, 2]]), 3, max_items=0)
     with pytest.raises(ValueError, match="reg"):
         SLIST.fit(sessions_of([[1, 2]]), 3, reg=0)
 
 
 # --------------------------------------------------------------------------- persistence
 @pytest.mark.unit
-@pytest.mark.parametrize("name", ["sr", "cooccurrence", "vsknn", "slist"])
+@pytest.mark.parametrize("name", ["sr", "cooccurrence", "vsknn", "slist", "slist_top_items"])
 def test_save_load_round_trip_scores_the_same(name: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     train = random_sessions(rng, 60, 10, 6)
-    model: SessionModel = MODELS[name].fit(sessions_of(train), 10)
+    params = {"max_items": 5} if name == "slist_top_items" else {}
+    name = name.removesuffix("_top_items")
+    model: SessionModel = MODELS[name].fit(sessions_of(train), 10, **params)
     run = Run(tmp_path)
     model.save(run, f"session_{name}")
     again = MODELS[name].load(run, f"session_{name}")

@@ -7,14 +7,20 @@ vocabulary: the run's item vocabulary when a served source fits on them, a frequ
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from recsys.core.schema import EVENT_TYPES, REQUIRED_COLUMNS
 from recsys.core.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    import duckdb
 
 PAD = 0  # index 0 of every table: padding, and where unknown items map
 
@@ -127,82 +133,158 @@ class Sessions:
         return cls(items, offsets, start).keep_items(items != PAD)
 
 
-def session_keys(interactions: pd.DataFrame) -> np.ndarray:
-    """An integer session key per row: ``session_id``, or user + UTC calendar day without one
-    (null or empty: adapters for logs without sessions leave it so; a shopper's day is the usual
-    stand-in)."""
-    ts = _utc_ns(interactions["timestamp"])
-    sid = interactions.get("session_id", pd.Series(None, interactions.index, dtype=object))
-    has = (sid.notna() & (sid.astype(object) != "")).to_numpy()
-    key = np.empty(len(interactions), dtype=np.int64)
-    codes, uniques = pd.factorize(sid[has])
-    key[has] = codes
-    day = ts[~has].astype("datetime64[D]")
-    fallback = pd.DataFrame({"u": interactions["user_id"].to_numpy()[~has], "d": day})
-    key[~has] = len(uniques) + fallback.groupby(["u", "d"], sort=False).ngroup().to_numpy()
-    return key
-
-
-def _utc_ns(timestamps: pd.Series) -> np.ndarray:
-    ts = pd.to_datetime(timestamps, utc=True)
-    if ts.isna().any():
-        raise ValueError(
-            f"interactions have {int(ts.isna().sum())} null timestamps: sessions cannot be "
-            "ordered; validate the data first (`recsys validate`)."
-        )
-    return ts.dt.tz_convert(None).to_numpy().astype("datetime64[ns]")
-
-
-def _run_starts(*columns: np.ndarray) -> np.ndarray:
-    """Mask of the positions where any of ``columns`` differs from the position before (and of
-    the first): the first of each run of one item within one session, or of each session."""
-    starts = np.ones(len(columns[0]), dtype=bool)
-    starts[1:] = np.logical_or.reduce([col[1:] != col[:-1] for col in columns])
-    return starts
+_DAY_NS = 86_400_000_000_000
 
 
 def build_sessions(
-    interactions: pd.DataFrame,
-    vocab: SessionVocabulary | None = None,
+    interactions: pd.DataFrame | Path,
+    vocab: SessionVocabulary | Vocabulary | None = None,
     *,
     min_count: int = 1,
     drop_unknown: bool = True,
-) -> tuple[Sessions, SessionVocabulary]:
+    before: pd.Timestamp | None = None,
+    starting_from: pd.Timestamp | None = None,
+    memory_limit: str = "2GB",
+) -> tuple[Sessions, SessionVocabulary | Vocabulary]:
     """Ordered sessions of views, carts and purchases, and the vocabulary they are coded in:
-    events grouped by session (see :func:`session_keys`), sessions ordered by their first event
+    events grouped by session (``session_id``, or user + UTC calendar day where it is null or
+    empty, the usual stand-in for logs without sessions), sessions ordered by their first event
     and events by timestamp (ties keep input order), a run of one item collapsed to one step
     (view -> cart -> purchase of an item is one step of the journey, not three).
+
+    ``interactions``: a frame, or a Parquet file of the canonical table (``validated/
+    interactions.parquet``). Either way the grouping, ordering and collapsing run in DuckDB,
+    which spills beyond ``memory_limit``, and only three numbers per step come back, so a log
+    of tens of millions of events never becomes a pandas frame. ``before``: only events before
+    it (the training side of a time split); ``starting_from``: only sessions whose first event
+    is at or after it (the held-out side: a session that straddles the cut is training's).
 
     Without ``vocab`` one is fitted on these sessions (``min_count``). Items outside the
     vocabulary become 0; ``drop_unknown`` removes them (training: they carry no signal, and the
     neighbours on either side become adjacent), otherwise they stay in place (evaluation: a
     step to an unseen item is a step no model could predict, and must count as a miss).
     """
-    missing = set(REQUIRED_COLUMNS["interactions"]) - set(interactions.columns)
+    import duckdb
+
+    from recsys.core.sql import connect_duckdb
+
+    with tempfile.TemporaryDirectory(prefix="recsys-sessions-") as spill:
+        con = connect_duckdb(memory_limit, Path(spill))
+        try:
+            _events_view(con, interactions)
+            con.execute(_STEPS_SQL.format(where=_window(con, before, starting_from)))
+            if vocab is None:
+                vocab = _fit_vocabulary(con, min_count)
+            codes = pd.DataFrame({"item_id": vocab.ids, "code": np.arange(1, vocab.size)})
+            con.register("vocab", codes)
+            return _fetch_sessions(con, drop_unknown), vocab
+        except duckdb.Error as exc:
+            where = interactions if isinstance(interactions, Path) else "the interactions"
+            raise ValueError(f"sessions could not be built from {where}: {exc}") from exc
+        finally:
+            con.close()
+
+
+def _events_view(con: duckdb.DuckDBPyConnection, interactions: pd.DataFrame | Path) -> None:
+    """View ``events`` (item_id, session key, timestamp in ns, input row number) of the
+    session event types; the errors a user can act on name the column or file at fault."""
+    from recsys.core.sql import parquet, sql_str
+
+    if isinstance(interactions, Path):
+        if not interactions.exists():
+            raise FileNotFoundError(f"{interactions} is missing: run `recsys validate` first.")
+        source = f"{parquet(interactions)[:-1]}, file_row_number = true)"
+        columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        ts, row = 'epoch_ns("timestamp")', "file_row_number"
+    else:
+        frame = interactions.assign(_row=np.arange(len(interactions), dtype=np.int64))
+        columns = set(frame.columns)
+        if "timestamp" in columns:
+            frame["timestamp"] = _utc_ns(frame["timestamp"]).astype(np.int64)
+        con.register("frame", frame)
+        source, ts, row = "frame", '"timestamp"', "_row"
+    where = interactions if isinstance(interactions, Path) else "interactions"
+    missing = set(REQUIRED_COLUMNS["interactions"]) - columns
     if missing:
         raise ValueError(
-            f"interactions lack column(s) {sorted(missing)}: sessions need user_id, item_id, "
+            f"{where} lack(s) column(s) {sorted(missing)}: sessions need user_id, item_id, "
             "timestamp and event_type (see recsys/core/schema.py)."
         )
-    events = interactions[interactions["event_type"].isin(EVENT_TYPES)]
-    key = session_keys(events)
-    ts = _utc_ns(events["timestamp"]).astype(np.int64)
-    item_codes, item_uniques = pd.factorize(events["item_id"])
-    start_of_key = pd.Series(ts).groupby(key).transform("min").to_numpy()
-    order = np.lexsort((np.arange(len(events)), ts, key, start_of_key))
-    key, item_codes, start_of_key = key[order], item_codes[order], start_of_key[order]
-    keep = _run_starts(item_codes, key)
-    key, start_of_key = key[keep], start_of_key[keep]
-    tokens = np.asarray(item_uniques, dtype=object)[item_codes[keep]]
-    if vocab is None:
-        vocab = SessionVocabulary.fit(tokens, min_count)
-    codes = vocab.encode(tokens)
+    sid = "NULLIF(CAST(session_id AS VARCHAR), '')" if "session_id" in columns else "NULL"
+    con.execute(
+        f"""CREATE TEMP VIEW events AS
+            SELECT CAST(item_id AS VARCHAR) AS item_id, {ts} AS ts, {row} AS rn,
+                   coalesce('s' || {sid}, 'u' || CAST(user_id AS VARCHAR) || chr(31)
+                            || CAST({ts} // {_DAY_NS} AS VARCHAR)) AS skey
+            FROM {source} WHERE event_type IN ({", ".join(map(sql_str, EVENT_TYPES))})"""
+    )
+    nulls = con.execute("SELECT count(*) FROM events WHERE ts IS NULL").fetchone()[0]
+    if nulls:
+        raise ValueError(
+            f"{where} has {nulls} null timestamps: sessions cannot be ordered; validate the "
+            "data first (`recsys validate`)."
+        )
+
+
+def _utc_ns(timestamps: pd.Series) -> np.ndarray:
+    ts = pd.to_datetime(timestamps, utc=True)
+    return ts.dt.tz_convert(None).to_numpy().astype("datetime64[ns]")
+
+
+def _window(
+    con: duckdb.DuckDBPyConnection, before: pd.Timestamp | None, starting_from: pd.Timestamp | None
+) -> str:
+    """The WHERE clause of the time split (bound as parameters would stop DuckDB pushing it)."""
+    clauses = ["TRUE"]
+    if before is not None:
+        clauses.append(f"ts < {_ns(before)}")
+    if starting_from is not None:
+        clauses.append(f"start >= {_ns(starting_from)}")
+    return " AND ".join(clauses)
+
+
+def _ns(when: pd.Timestamp) -> int:
+    when = pd.Timestamp(when)
+    return (when.tz_localize("UTC") if when.tzinfo is None else when).value
+
+
+#: Each session's start, then the first event of each run of one item within a session.
+_STEPS_SQL = """
+CREATE TEMP TABLE steps AS
+WITH timed AS (SELECT *, min(ts) OVER (PARTITION BY skey) AS start FROM events),
+     kept AS (SELECT * FROM timed WHERE {where}),
+     marked AS (SELECT *, lag(item_id) OVER (PARTITION BY skey ORDER BY ts, rn) AS prev
+                FROM kept)
+SELECT item_id, skey, start, ts, rn FROM marked WHERE prev IS NULL OR prev <> item_id
+"""
+
+
+def _fit_vocabulary(con: duckdb.DuckDBPyConnection, min_count: int) -> SessionVocabulary:
+    counts = con.execute(
+        "SELECT item_id, count(*) AS n FROM steps GROUP BY item_id HAVING count(*) >= ?",
+        [min_count],
+    ).df()
+    ids, n = counts["item_id"].to_numpy(object), counts["n"].to_numpy(np.int64)
+    order = np.lexsort((ids, -n))
+    return SessionVocabulary(ids[order], np.concatenate([[0], n[order]]).astype(np.int64))
+
+
+def _fetch_sessions(con: duckdb.DuckDBPyConnection, drop_unknown: bool) -> Sessions:
+    """The coded steps in session order, as CSR arrays; with ``drop_unknown`` the unknown
+    items are removed and the runs that makes adjacent collapsed again."""
+    coded = "SELECT s.*, coalesce(v.code, 0) AS code FROM steps s LEFT JOIN vocab v USING (item_id)"
     if drop_unknown:
-        known = codes != PAD
-        codes, key, start_of_key = codes[known], key[known], start_of_key[known]
-        keep = _run_starts(codes, key)
-        codes, key, start_of_key = codes[keep], key[keep], start_of_key[keep]
-    bounds = np.flatnonzero(_run_starts(key))
-    offsets = np.append(bounds, len(key)).astype(np.int64)
-    sessions = Sessions(codes, offsets, start_of_key[bounds].astype("datetime64[ns]"))
-    return sessions, vocab
+        coded = f"""SELECT * FROM (
+            SELECT *, lag(code) OVER (PARTITION BY skey ORDER BY ts, rn) AS prev_code
+            FROM ({coded}) WHERE code <> 0) WHERE prev_code IS NULL OR prev_code <> code"""
+    result = con.execute(
+        f"""SELECT code, start,
+                   row_number() OVER (PARTITION BY skey ORDER BY ts, rn) = 1 AS first
+            FROM ({coded}) ORDER BY start, skey, ts, rn"""
+    ).fetchnumpy()
+    codes = np.asarray(result["code"], dtype=np.int64)
+    first = np.asarray(result["first"], dtype=bool)
+    bounds = np.flatnonzero(first)
+    starts = np.asarray(result["start"], dtype=np.int64)[bounds]
+    offsets = np.append(bounds, len(codes)).astype(np.int64)
+    return Sessions(codes, offsets, starts.astype("datetime64[ns]"))

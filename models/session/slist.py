@@ -24,8 +24,11 @@ the exact minimiser of ``||W^1/2 (T - A B)||^2 + reg ||B||^2`` subject to the di
 ``sum_s exp(-(L - 1 - s) / predict_weight) B[item_s]``. A weight <= 0 means "unweighted" (1), as
 in the paper's code.
 
-The inverse is dense ``n_items x n_items``, so the model refuses vocabularies beyond
-``max_items``.
+The inverse is dense, ``8 n^2`` bytes for ``n`` items (a few copies at once while fitting), so
+SLIST learns over the ``max_items`` items that occur most in the training sessions (all of them
+in a catalogue that small): 10,000 items take 0.8 GB per copy and 0.4 GB served. The other
+items get no SLIST score; the session pipeline's other sources (item-item, session kNN, rules)
+still cover them, and its ranker sees SLIST's score as missing for them.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import numpy as np
 from scipy import sparse
 
 from models.session.base import SessionModel, register_model, resolve_params
-from models.session.data import Sessions
+from models.session.data import PAD, Sessions
 from models.session.rules import check_choice, known_items
 from recsys.core.run import Run
 
@@ -60,7 +63,7 @@ class SLIST(SessionModel):
         "direction": "part",
         "normalize": "l1",
         "max_diagonal": 10.0,
-        "max_items": 30_000,
+        "max_items": 10_000,
     }
     grid: ClassVar[dict[str, Sequence[Any]]] = {
         "alpha": (0.2, 0.5, 0.8),
@@ -70,69 +73,104 @@ class SLIST(SessionModel):
         "predict_weight": (1.0, 4.0, 16.0),
     }
 
-    def __init__(self, n_items: int, params: dict[str, Any], weights: np.ndarray) -> None:
+    def __init__(
+        self,
+        n_items: int,
+        params: dict[str, Any],
+        weights: np.ndarray,
+        items: np.ndarray | None = None,
+    ) -> None:
+        """``weights``: B over the ``items`` it learned (row/column ``j + 1`` is ``items[j]``,
+        0 the padding); ``items`` None: every index ``1..n_items - 1`` (a full vocabulary)."""
         super().__init__(n_items, params)
         self.weights = weights
+        self.items = np.arange(1, n_items, dtype=np.int64) if items is None else items
+        self._position = np.zeros(n_items, dtype=np.int64)  # vocabulary index -> row of B
+        self._position[self.items] = np.arange(1, len(self.items) + 1)
 
     @classmethod
     def fit(cls, sessions: Sessions, n_items: int, **params: Any) -> Self:
         params = resolve_params(cls, params)
-        _check(params, n_items)
+        _check(params)
         sessions = known_items(sessions, n_items)
-        alpha = float(params["alpha"])
-        row_weight = _session_weights(sessions, float(params["session_weight"]))
-        slis_in, slis_out = _slis(sessions, n_items)
-        slit_in, slit_out, slit_session = _slit(
-            sessions, n_items, float(params["train_weight"]), params["direction"]
-        )
-        inputs = sparse.vstack([np.sqrt(alpha) * _normalise(slis_in, params["normalize"]),
-                                np.sqrt(1 - alpha) * _normalise(slit_in, params["normalize"])],
-                               format="csr")  # fmt: skip
-        targets = sparse.vstack(
-            [np.sqrt(alpha) * slis_out, np.sqrt(1 - alpha) * slit_out], format="csr"
-        )
-        w = np.concatenate([row_weight, row_weight[slit_session]])
-        weighted = sparse.csr_array(inputs.multiply(w[:, None]))
-        gram = (inputs.T @ weighted).toarray()
-        gram[np.diag_indices(n_items)] += float(params["reg"])
-        inverse = np.linalg.inv(gram)
-        weights = inverse @ (weighted.T @ targets).toarray()
-        excess = np.diag(weights) - float(params["max_diagonal"])
-        mu = np.maximum(0.0, excess) / np.diag(inverse)
-        weights -= inverse * mu[None, :]
-        return cls(n_items, params, weights.astype(np.float32))
+        items = _most_frequent(sessions, n_items, int(params["max_items"]))
+        position = np.zeros(n_items, dtype=np.int64)
+        position[items] = np.arange(1, len(items) + 1)
+        coded = position[sessions.items]
+        sessions = Sessions(coded, sessions.offsets, sessions.start).keep_items(coded != PAD)
+        weights = _solve(sessions, len(items) + 1, params)
+        return cls(n_items, params, weights, items)
 
     def score(self, prefixes: Sequence[np.ndarray]) -> np.ndarray:
         batch = Sessions.from_prefixes(prefixes, self.n_items)
+        coded = self._position[batch.items]  # items SLIST did not learn score nothing
+        batch = Sessions(coded, batch.offsets, batch.start).keep_items(coded != PAD)
         distance = np.repeat(batch.lengths(), batch.lengths()) - 1 - batch.positions()
         weight = _decay(distance, float(self.params["predict_weight"]))
         # the weighted sum of the prefix items' rows of B, per prefix: a gather and a segment
         # sum (scipy's sparse @ dense costs ~1.4 ms even for one 4-item prefix)
-        out = np.zeros((len(batch), self.n_items), dtype=np.float32)
+        learned = np.zeros((len(batch), len(self.weights)), dtype=np.float32)
         rows = self.weights[batch.items] * weight[:, None].astype(np.float32)
         filled = np.flatnonzero(batch.lengths() > 0)
         if len(filled):
-            out[filled] = np.add.reduceat(rows, batch.offsets[filled], axis=0)
+            learned[filled] = np.add.reduceat(rows, batch.offsets[filled], axis=0)
+        if len(self.items) == self.n_items - 1:
+            return learned  # the full vocabulary: B's columns are the item indices
+        out = np.zeros((len(batch), self.n_items), dtype=np.float32)
+        out[:, self.items] = learned[:, 1:]
         return out
 
     def save(self, run: Run, part: str) -> None:
-        run.write_tensors(part, {"weights": self.weights})
+        run.write_tensors(part, {"weights": self.weights, "items": self.items})
         self.save_params(run, part)
 
     @classmethod
     def load(cls, run: Run, part: str) -> Self:
         n, params = cls.read_params(run, part)
-        return cls(n, params, run.read_tensors(part)["weights"])
+        tensors = run.read_tensors(part)
+        return cls(n, params, tensors["weights"], tensors.get("items"))
 
 
-def _check(params: dict[str, Any], n_items: int) -> None:
-    if n_items > params["max_items"]:
-        raise ValueError(
-            f"SLIST inverts a dense n_items x n_items matrix ({n_items:,} items: "
-            f"{8 * n_items**2 / 2**30:.1f} GiB per copy) but max_items={params['max_items']:,}; "
-            "raise max_items if the machine has the memory, or shrink the vocabulary "
-            "(min_count)."
-        )
+def _solve(sessions: Sessions, n_items: int, params: dict[str, Any]) -> np.ndarray:
+    """B (float32, ``n_items`` square) of the module docstring for sessions coded in
+    ``0..n_items - 1``."""
+    alpha = float(params["alpha"])
+    row_weight = _session_weights(sessions, float(params["session_weight"]))
+    slis_in, slis_out = _slis(sessions, n_items)
+    slit_in, slit_out, slit_session = _slit(
+        sessions, n_items, float(params["train_weight"]), params["direction"]
+    )
+    inputs = sparse.vstack([np.sqrt(alpha) * _normalise(slis_in, params["normalize"]),
+                            np.sqrt(1 - alpha) * _normalise(slit_in, params["normalize"])],
+                           format="csr")  # fmt: skip
+    targets = sparse.vstack(
+        [np.sqrt(alpha) * slis_out, np.sqrt(1 - alpha) * slit_out], format="csr"
+    )
+    w = np.concatenate([row_weight, row_weight[slit_session]])
+    weighted = sparse.csr_array(inputs.multiply(w[:, None]))
+    gram = (inputs.T @ weighted).toarray()
+    gram[np.diag_indices(n_items)] += float(params["reg"])
+    inverse = np.linalg.inv(gram)
+    weights = inverse @ (weighted.T @ targets).toarray()
+    excess = np.diag(weights) - float(params["max_diagonal"])
+    mu = np.maximum(0.0, excess) / np.diag(inverse)
+    weights -= inverse * mu[None, :]
+    return weights.astype(np.float32)
+
+
+def _most_frequent(sessions: Sessions, n_items: int, limit: int) -> np.ndarray:
+    """The vocabulary indices SLIST learns: every one when there are at most ``limit``, else
+    the ``limit`` most frequent in ``sessions`` (ties: lower index), in index order."""
+    if n_items - 1 <= limit:
+        return np.arange(1, n_items, dtype=np.int64)
+    counts = np.bincount(sessions.items, minlength=n_items)[1:]
+    top = np.argsort(-counts, kind="stable")[:limit]
+    return np.sort(top[counts[top] > 0] + 1).astype(np.int64)
+
+
+def _check(params: dict[str, Any]) -> None:
+    if int(params["max_items"]) < 1:
+        raise ValueError(f"SLIST max_items={params['max_items']} must be >= 1")
     if not 0 <= float(params["alpha"]) <= 1:
         raise ValueError(f"SLIST alpha={params['alpha']} must be in [0, 1] (1 = SLIS only)")
     if float(params["reg"]) <= 0:

@@ -170,6 +170,12 @@ class TrainSettings(BaseModel):
         default=0, description="Threads per worker; 0 = the machine's cores / num_workers."
     )
     test_days: int = Field(default=7, description="Last days held out for evaluation.")
+    example_chunk_rows: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Training examples read from Feast (point in time) and encoded this many "
+        "at a time: memory holds one chunk's features plus the encoded arrays (~200 B a row).",
+    )
     cold_item_fraction: float = Field(
         default=0.0,
         ge=0.0,
