@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,7 +113,7 @@ class ServedPipeline:
                 "ranking stage; run `recsys train` (with RECSYS_RANKING__ENABLED=true)"
             )
         model, users, items = load_two_tower(run)
-        ranker = Ranker.load(run)
+        ranker = Ranker.load(run, compile_to=_ranker_cache(settings))
         generator = CandidateGenerator.load(run, settings, items.vocab, vector_search, item_vectors)
         try:
             return cls(generator, ranker, model, users, items, settings.ranking.max_category_share)
@@ -130,7 +131,8 @@ class ServedPipeline:
         try:
             # a visit's next click is often the same kind of item, or the same one in another
             # colour: the session answer is the ranker's order, without diversity rules
-            return cls(generator, Ranker.load(sub), max_category_share=1.0, dedupe_titles=False)
+            ranker = Ranker.load(sub, compile_to=_ranker_cache(settings))
+            return cls(generator, ranker, max_category_share=1.0, dedupe_titles=False)
         except ValueError as exc:
             raise ValueError(f"{sub.part(RANKER, 'text')}: {exc}") from exc
 
@@ -227,3 +229,8 @@ class ServedPipeline:
 
 
 __all__ = ["ServedPipeline", "RankedItem", "Ranking"]
+
+
+def _ranker_cache(settings: Settings) -> Path | None:
+    """Where serving's compiled rankers go; None serves with LightGBM's own predict."""
+    return settings.ranker_cache_dir if settings.ranking.compiled else None

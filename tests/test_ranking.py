@@ -213,6 +213,30 @@ def test_ranker_learns_a_planted_signal_and_round_trips(tmp_path) -> None:
     np.testing.assert_allclose(loaded.predict(x[4000:]), ranker.predict(x[4000:]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("objective", ["binary", "lambdarank"])
+def test_the_compiled_ranker_scores_as_lightgbm_does(tmp_path, objective) -> None:
+    """Serving's trees compiled by lleaves give LightGBM's scores (missing values included),
+    and a second load, as another API worker does, takes the cached library."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6000, 8))
+    x[rng.random(x.shape) < 0.15] = np.nan  # candidates without a source's evidence
+    y = (np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 1]) * x[:, 2] > 0.8).astype(np.float32)
+    names = [f"f{i}" for i in range(8)]
+    run, cache = Run(tmp_path / "run"), tmp_path / "cache"
+    run.path.mkdir()
+    Ranker.fit(x, y, np.full(300, 20), names, rounds=100,
+               params={"objective": objective}).save(run)  # fmt: skip
+    plain = Ranker.load(run)
+    compiled = Ranker.load(run, compile_to=cache)
+    assert plain.compiled is None and compiled.compiled is not None
+    request = x[:200]  # one request's candidates
+    np.testing.assert_allclose(compiled.predict(request), plain.predict(request), atol=1e-6)
+    np.testing.assert_allclose(compiled.predict(x.astype(np.float32)), plain.predict(x), atol=1e-6)
+    assert len(list(cache.glob("*.so"))) == 1 and not list(cache.glob("*.partial"))
+    again = Ranker.load(run, compile_to=cache)
+    np.testing.assert_allclose(again.predict(request), plain.predict(request), atol=1e-6)
+
+
 def test_validation_compares_the_ranker_with_each_source_alone() -> None:
     gen = _generator()
     col = {name: j for j, name in enumerate(gen.features)}
