@@ -200,8 +200,10 @@ def pipeline_settings(pipeline_home: tuple[Path, str]) -> Settings:
 
 
 def copy_home(home: Path, to: Path) -> Path:
-    """A private copy of a data root (what serving needs), for a test that damages things."""
-    skip = shutil.ignore_patterns("ray_results", "reports", "cache")
+    """A private copy of a data root (what serving needs), for a test that damages things.
+    Not the edge store's ``.readers``: other processes' private copies, which their owners
+    (or a stale-reader sweep) may delete while the tree is being copied."""
+    skip = shutil.ignore_patterns("ray_results", "reports", "cache", ".readers")
     return Path(shutil.copytree(home, to, ignore=skip))
 
 
