@@ -119,21 +119,45 @@ class CandidateGenerator:
         item_vectors: np.ndarray | None,
         task: Task = "user",
         sessions: Sessions | None = None,
+        derive_held_out: bool = False,
     ) -> CandidateGenerator:
         """Fit every enabled source of ``task`` on ``purchases`` (user_id, item_id, timestamp:
         the signal events) and ``sessions`` (coded in ``vocab``).
 
         ``items``: catalogue rows (:data:`CATALOG_COLUMNS`, any order); ``end``: where the
-        recency windows end; ``item_vectors``: the run's two-tower item vectors.
+        recency windows end; ``item_vectors``: the run's two-tower item vectors;
+        ``derive_held_out``: :meth:`held_out` will be called (sources keep what it needs).
         """
         enabled = enabled_sources(settings, task)
         frame = catalog_frame(items, purchases, end, settings.ranking.recent_days)
         catalog = ItemCatalog.from_frame(vocab, frame)
         data = SourceData(settings, catalog, purchases, items, user_segments, end, item_vectors,
-                          sessions=sessions)  # fmt: skip
+                          sessions=sessions, derive_held_out=derive_held_out)  # fmt: skip
         sources = [cls_.fit(data, cfg) for cls_, cfg in enabled]
         return cls(catalog, sources, settings.ranking.history_seeds, frame,
                    settings.sessions.max_prefix)  # fmt: skip
+
+    def held_out(
+        self,
+        settings: Settings,
+        vocab: Vocabulary,
+        purchases: pd.DataFrame,
+        labels: pd.DataFrame,
+        items: pd.DataFrame,
+        user_segments: pd.DataFrame | None,
+        end: pd.Timestamp,
+        item_vectors: np.ndarray | None,
+    ) -> CandidateGenerator:
+        """The generator of the ranker's training rows, as if fitted on ``purchases`` (this
+        fit's purchases less ``labels``: user_id, item_id) with the arguments of :meth:`fit`:
+        the catalogue's demand from ``purchases``, each source through
+        :meth:`~models.sources.CandidateSource.held_out` (fitted again, or derived from this
+        fit without each visitor's own labels)."""
+        frame = catalog_frame(items, purchases, end, settings.ranking.recent_days)
+        catalog = ItemCatalog.from_frame(vocab, frame)
+        data = SourceData(settings, catalog, purchases, items, user_segments, end, item_vectors)
+        sources = [source.held_out(data, labels) for source in self.sources]
+        return CandidateGenerator(catalog, sources, self.history_seeds, frame, self.max_prefix)
 
     def save(self, run: Run) -> None:
         if self.catalog_rows is None:

@@ -6,12 +6,16 @@ items: 3.5 GB at 30k items). Serving keeps only each item's ``top_n`` largest we
 matrix, so scoring a user is a sparse gather over the rows of their history: microseconds per
 request, a few MB on disk. Catalogues too large for a dense inverse fall back to cosine
 similarity over co-purchases (item-kNN), which needs only the sparse Gram matrix.
+
+The ranker's training rows need EASE as if fitted without each label user's held-out purchase.
+Fitting it twice (without the labels, then on everything) doubled ``recsys train``'s cost;
+:class:`HeldOutEase` derives each label user's rows from the one fit on everything instead.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -39,6 +43,8 @@ class ItemNeighbors:
     matrix: sp.csr_matrix
     method: str
     params: dict[str, float | int]
+    #: the dense EASE fit, kept only when asked (``keep_dense``) for :class:`HeldOutEase`
+    dense: HeldOutEase | None = field(default=None, repr=False)
 
     @property
     def n_items(self) -> int:
@@ -52,10 +58,13 @@ class ItemNeighbors:
         top_n: int = 200,
         ease_lambda: float = 400.0,
         ease_memory_gb: float = 8.0,
+        keep_dense: bool = False,
     ) -> ItemNeighbors:
         """Fit on a users x items matrix whose columns are the vocabulary (column 0 unused).
 
         ``auto`` picks EASE when its dense matrix fits ``ease_memory_gb``, else cosine.
+        ``keep_dense``: keep EASE's dense weights in ``dense`` (held-out rows need them; they
+        cost ``EASE.required_gb`` until dropped).
         """
         n = interactions.shape[1]
         if method == "auto":
@@ -63,16 +72,19 @@ class ItemNeighbors:
         if method == "ease":
             model = EASE(ease_lambda, memory_gb=ease_memory_gb).fit(interactions)
             weights = _dense_top_n(model.weights, top_n)
+            dense = (
+                HeldOutEase(model.weights, model.inverse_diagonal, top_n) if keep_dense else None
+            )
             del model
             params: dict[str, float | int] = {"lambda": ease_lambda, "top_n": top_n}
         elif method == "cosine":
             weights = ItemKNN(top_n).fit(interactions).similarity
-            params = {"top_n": top_n}
+            dense, params = None, {"top_n": top_n}
         else:
             raise ValueError(f"item-item method must be auto, ease or cosine, got {method!r}")
         weights.eliminate_zeros()
         log.info("item-item %s: %d items, %d weights", method, n, weights.nnz)
-        return cls(weights.tocsr(), method, params)
+        return cls(weights.tocsr(), method, params, dense)
 
     def gather(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Entries of the history rows: (columns, weights, source row) concatenated.
@@ -140,6 +152,65 @@ class ItemNeighbors:
         )  # fmt: skip
         matrix.sort_indices()
         return cls(matrix, method, meta)
+
+
+@dataclass
+class HeldOutEase:
+    """EASE's neighbour rows for one user as if EASE had been fitted without that user's
+    held-out items, derived exactly from the fit on everything.
+
+    Removing a user's held-out items ``l`` (their kept items: ``h``) from the binary matrix
+    changes the Gram matrix by ``l h^T + h l^T + l l^T = U C U^T`` with ``U = [l, h]`` and
+    ``C = [[1, 1], [1, 0]]``: a rank-2 change. By Sherman-Morrison-Woodbury the inverse
+    without them is ``P + Q (C^-1 - U^T Q)^-1 Q^T`` with ``Q = P U``, so the rows a request
+    gathers cost O(items x history) instead of a second O(items^3) fit, and equal that fit's
+    (to float32 rounding; a test compares them).
+    """
+
+    weights: np.ndarray  # EASE's dense B of the fit on everything (zero diagonal)
+    inverse_diagonal: np.ndarray  # diag(P) of that fit: P[i, j] = -B[i, j] * P[j, j], i != j
+    top_n: int
+
+    @property
+    def n_items(self) -> int:
+        return len(self.inverse_diagonal)
+
+    def _inverse_row_sum(self, rows: np.ndarray) -> np.ndarray:
+        """The sum of P's ``rows`` (distinct indices)."""
+        if len(rows) == 0:
+            return np.zeros(self.n_items, dtype=np.float32)
+        out = self.weights[rows[0]] if len(rows) == 1 else self.weights[rows].sum(axis=0)
+        out = out * -self.inverse_diagonal
+        out[rows] += self.inverse_diagonal[rows]  # B's diagonal is 0, P's is diag(P)
+        return out
+
+    def neighbours(
+        self, kept: np.ndarray, held_out: np.ndarray, seeds: np.ndarray
+    ) -> ItemNeighbors:
+        """The rows of ``seeds`` (item indices) of EASE fitted without this user's ``held_out``
+        items (``kept``: all their other items), each cut to its ``top_n`` largest positive
+        weights as :meth:`ItemNeighbors.fit` cuts them; the other rows are empty."""
+        n, d = self.n_items, self.inverse_diagonal
+        held_out = np.unique(held_out[(held_out > 0) & (held_out < n)])
+        kept = np.setdiff1d(kept[(kept > 0) & (kept < n)], held_out)
+        rows = np.unique(seeds[(seeds > 0) & (seeds < n)])
+        if len(rows) == 0:
+            return ItemNeighbors(sp.csr_matrix((n, n), dtype=np.float32), "ease", {})
+        block = self.weights[rows] * -d  # P's rows of the seeds, off-diagonal entries
+        block[np.arange(len(rows)), rows] = d[rows]
+        if len(held_out):
+            q = np.stack([self._inverse_row_sum(held_out), self._inverse_row_sum(kept)])
+            upu = np.array([[q[0, held_out].sum(), q[1, held_out].sum()],
+                            [q[0, kept].sum(), q[1, kept].sum()]], dtype=np.float64)  # fmt: skip
+            k = np.linalg.inv(np.array([[0.0, 1.0], [1.0, -1.0]]) - upu).astype(np.float32)
+            qk = k @ q  # (Q K)^T: 2 x items
+            block += qk[:, rows].T @ q
+            d = d + np.einsum("ij,ij->j", qk, q)
+        block /= -d  # B = -P / diag(P)
+        block[np.arange(len(rows)), rows] = 0.0
+        top = _dense_top_n(block, self.top_n).tocoo()
+        matrix = sp.csr_matrix((top.data, (rows[top.row], top.col)), shape=(n, n), dtype=np.float32)
+        return ItemNeighbors(matrix, "ease", {"top_n": self.top_n})
 
 
 def _dense_top_n(weights: np.ndarray, top_n: int, chunk: int = 2048) -> sp.csr_matrix:

@@ -7,15 +7,21 @@ Protocol (the ranker must learn on rows that look like serving rows, without pee
    label, for as many users as ``label_users`` and ``label_share`` allow: the ranker learns
    only from users whose label some source reaches (~13% on ASOS), so it needs them all.
    The two-tower model is trained without these pairs too (``pipelines/train.py``).
-2. **Sources on the rest.** EASE neighbours, association rules, segment popularity and item
-   demand counts are fitted on the training purchases minus the label slice.
+2. **Sources.** Every source is fitted once on all training purchases: what serving uses.
+   The rows' sources are the same without the label slice
+   (:meth:`~models.candidates.CandidateGenerator.held_out`): association rules, segment
+   popularity and item demand counts are fitted again on the rest (cheap); EASE, whose dense
+   inverse was half of ``recsys train`` when it was fitted twice, answers each label user from
+   the one fit with their own held-out purchase taken out exactly
+   (:class:`~models.item_item.HeldOutEase`; the other users' labels stay in, as every
+   purchase but the visitor's next one is in the served model).
 3. **Rows.** Every label user goes through :class:`~models.candidates.CandidateGenerator`
    (the code the API runs) with user features from Feast's ``get_historical_features`` as of
    the cutoff; a candidate is positive when it is the held-out purchase.
 4. **Ranker.** LightGBM (``ranking.objective``, fixed rounds) on 90% of the label users; the
    other 10% compare it with each source alone (``valid_ndcg@10_vs_sources``).
-5. **Refit.** The sources are fitted again on all training purchases for serving; the ranker
-   keeps its weights (the usual two-stage practice: the features mean the same thing).
+5. **Save.** The sources fitted on everything and the ranker (the usual two-stage practice:
+   the features mean the same thing at serving time).
 
 What it saves in the run (through :class:`~recsys.core.run.Run`): each source's tables, the
 catalogue with its demand counts and the ranker.
@@ -224,14 +230,15 @@ def fit_ranking(
     started = time.perf_counter()
     segments = user_features[["user_id", "age_bucket"]] if "age_bucket" in user_features else None
 
-    def fit_generator(purchases: pd.DataFrame) -> CandidateGenerator:
-        return CandidateGenerator.fit(
-            settings, vocab, purchases, catalog, segments, as_of, item_vectors
-        )
-
-    generator = fit_generator(fit_purchases)
-    progress(f"  ranker sources on {len(fit_purchases):,} purchases: {generator.describe()} "
+    final = CandidateGenerator.fit(settings, vocab, all_purchases, catalog, segments, as_of,
+                                   item_vectors, derive_held_out=True)  # fmt: skip
+    progress(f"  sources on all {len(all_purchases):,} training purchases: {final.describe()} "
              f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
+    t0 = time.perf_counter()
+    generator = final.held_out(settings, vocab, fit_purchases, labels, catalog, segments, as_of,
+                               item_vectors)  # fmt: skip
+    progress(f"  ranker sources without the {len(labels):,} labels: {generator.describe()} "
+             f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
 
     truth = labels.groupby("user_id")["item_id"].agg(set).to_dict()
     history = histories(fit_purchases)
@@ -248,12 +255,9 @@ def fit_ranking(
         "RECSYS_RANKING__LABEL_USERS",
     )  # fmt: skip
 
-    t0 = time.perf_counter()
-    final = fit_generator(all_purchases)
+    del generator  # with it goes EASE's dense matrix, before what follows needs memory
     final.save(run)
     ranker.save(run)
-    progress(f"  sources refitted on all {len(all_purchases):,} training purchases "
-             f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
     return {
         "features": list(final.features),
         "label_users": len(contexts),

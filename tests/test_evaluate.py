@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.baselines import ALS, EASE, InteractionMatrix, ItemKNN
+from models.baselines import ALS, EASE, InteractionMatrix, ItemKNN, _inverse_spd_in_place
 from models.metrics import (
     curve_ks,
     decile_shares,
@@ -83,6 +83,23 @@ def test_ease_matches_a_dense_numpy_reference() -> None:
     np.fill_diagonal(b, 0.0)
     assert model.weights.dtype == np.float32
     np.testing.assert_allclose(model.weights, b, atol=1e-5)
+
+
+def test_the_spd_inverse_is_computed_in_its_own_buffer_in_chunks() -> None:
+    """Both triangles are the inverse's, whatever the chunk the mirrored half is copied in."""
+    rng = np.random.default_rng(1)
+    m = rng.random((50, 30))
+    spd = (m @ m.T + 3 * np.eye(50)).astype(np.float32)
+    expected = np.linalg.inv(spd.astype(np.float64))
+    for chunk in (7, 16, 50, 1024):
+        a = spd.copy()
+        buffer = a.__array_interface__["data"][0]
+        _inverse_spd_in_place(a, chunk=chunk)
+        assert a.__array_interface__["data"][0] == buffer
+        np.testing.assert_allclose(a, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(a, a.T)
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        _inverse_spd_in_place(-spd.copy())
 
 
 def test_ease_refuses_a_matrix_over_its_memory_budget() -> None:

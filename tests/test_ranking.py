@@ -59,6 +59,85 @@ def test_ease_neighbours_keep_only_the_top_n_positive_weights() -> None:
     assert cosine.method == "cosine" and np.diff(cosine.matrix.indptr).max() <= 3
 
 
+def test_held_out_ease_rows_equal_a_fit_without_that_users_own_labels() -> None:
+    """The rows the ranker's training gathers for a label user are EASE refitted without
+    their held-out items (one or two), weights and kept neighbours alike, from the one fit."""
+    rng = np.random.default_rng(2)
+    bought = rng.random((300, 40)) < 0.12
+    bought[:, 0] = False  # column 0: the unknown item
+    x = sp.csr_matrix(bought.astype(np.float32))
+    full = ItemNeighbors.fit(x, "ease", top_n=8, ease_lambda=5.0, keep_dense=True)
+    assert full.dense is not None
+    checked = 0
+    for user in range(60):
+        items = x[user].indices
+        if len(items) < 3:
+            continue
+        held = items[: 1 + user % 2]
+        kept = np.setdiff1d(items, held)
+        without = bought.copy()
+        without[user, held] = False
+        ref = ItemNeighbors.fit(
+            sp.csr_matrix(without.astype(np.float32)), "ease", top_n=8, ease_lambda=5.0
+        )
+        got = full.dense.neighbours(kept, held, seeds=np.r_[kept, 0, 99])  # unknown: ignored
+        expected, actual = ref.matrix[kept].toarray(), got.matrix[kept].toarray()
+        np.testing.assert_array_equal(actual != 0, expected != 0)  # the same top 8 kept
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-6)
+        assert got.matrix[np.setdiff1d(np.arange(40), kept)].nnz == 0  # only the seeds' rows
+        checked += 1
+    assert checked > 20
+    # a user without held-out items gets the fit on everything, cut the same way
+    seeds = x[0].indices
+    plain = full.dense.neighbours(seeds, np.empty(0, dtype=np.int64), seeds)
+    np.testing.assert_allclose(
+        plain.matrix[seeds].toarray(), full.matrix[seeds].toarray(), rtol=1e-6
+    )
+
+
+def test_the_ranker_rows_item_item_source_never_sees_the_visitors_label() -> None:
+    """``held_out`` hands EASE's one fit to the rows' source; a label user's item-item
+    candidates and evidence are those of EASE fitted without their own label."""
+    rng = np.random.default_rng(3)
+    items = [f"i{n:02d}" for n in range(30)]
+    rows = [(f"u{u:03d}", items[(u % 5) + 5 * int(j)], END - pd.Timedelta(days=int(d)))
+            for u in range(250) for d, j in enumerate(rng.choice(6, 3, replace=False))]  # fmt: skip
+    purchases = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    catalog = pd.DataFrame({"item_id": items, "category": ["c"] * 30, "price": 10.0})
+    settings = Settings(sources={name: {"enabled": False} for name in
+                                 ("two_tower", "bought_together", "popular")})  # fmt: skip
+    vocab = Vocabulary(items)
+    fit_purchases, labels = carve_labels(purchases, 10_000, seed=0)
+
+    def fit(on: pd.DataFrame, derive: bool = False) -> CandidateGenerator:
+        return CandidateGenerator.fit(settings, vocab, on, catalog, None, END, None,
+                                      derive_held_out=derive)  # fmt: skip
+
+    everything = fit(purchases, derive=True)
+    rows_generator = everything.held_out(
+        settings, vocab, fit_purchases, labels, catalog, None, END, None
+    )
+    assert everything.source("item_item").neighbours.dense is None  # handed over, not copied
+    assert "label" in rows_generator.describe()
+    histories_ = histories(fit_purchases)
+    stronger = 0
+    for user, label in labels.head(6).itertuples(index=False):
+        own = purchases[(purchases["user_id"] != user) | (purchases["item_id"] != label)]
+        reference = fit(own)
+        ctx = UserContext(user, histories_[user])
+        got, expected = rows_generator.generate(ctx), reference.generate(ctx)
+        np.testing.assert_array_equal(got.items, expected.items)
+        for name in ("ii_score", "ii_rank", "ii_hits", "ii_max"):
+            np.testing.assert_allclose(got.column(name), expected.column(name), rtol=1e-4)
+        served = everything.generate(ctx)  # with the label in, its evidence is stronger
+        label_index = vocab.indices([label])[0]
+        if label_index in served.items and label_index in got.items:
+            assert (served.column("ii_score")[served.items == label_index]
+                    > got.column("ii_score")[got.items == label_index]).all()  # fmt: skip
+            stronger += 1
+    assert stronger >= 3
+
+
 def _purchases(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)

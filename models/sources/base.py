@@ -39,6 +39,8 @@ class SourceData:
     title, category, ...) in vocabulary order. ``user_segments``: (user_id, age_bucket)
     or None. ``end``: where recency windows end. ``item_vectors``: the run's two-tower item
     vectors (row = item index). ``vector_search``: nearest item vectors to a user vector.
+    ``derive_held_out``: :meth:`CandidateSource.held_out` will be asked of this fit, so a
+    source that derives its held-out view from the fit keeps what it needs.
     """
 
     settings: Settings
@@ -50,6 +52,7 @@ class SourceData:
     item_vectors: np.ndarray | None = None
     vector_search: VectorSearch | None = None
     sessions: Sessions | None = None
+    derive_held_out: bool = False
 
 
 @dataclass
@@ -120,6 +123,17 @@ class CandidateSource(ABC):
     def load(cls, run: Run, cfg: SourceSettings, data: SourceData) -> Self:
         """Read what :meth:`save` wrote; ``data`` holds the catalogue, item vectors and
         vector search of the loading process (no purchases)."""
+
+    def held_out(self, data: SourceData, labels: pd.DataFrame) -> CandidateSource:
+        """This source for the ranker's training rows, where no visitor's evidence may come
+        from their own label: as if fitted on ``data.purchases``, the training purchases less
+        ``labels`` (user_id, item_id: each label user's held-out items).
+
+        The default fits the source again on them. A source whose fit is costly may instead
+        derive, from this fit on everything, answers that leave each visitor's own labels out
+        (the item-item source does, see :class:`~models.item_item.HeldOutEase`).
+        """
+        return type(self).fit(data, self.cfg)
 
     def describe(self) -> str:
         """What was fitted, in a few words for logs (e.g. "12,345 rules")."""

@@ -3,6 +3,10 @@
 Its evidence covers every candidate, not only its own: the summed weight from the history, how
 many history items point at the candidate and the strongest single weight (0 when none does,
 NaN when there is no history), so the ranker can weigh a popular item against the history too.
+
+For the ranker's training rows the EASE fit on everything answers each label user without their
+own held-out purchase (:class:`HeldOutItemItemSource`), so EASE's dense inverse is computed once
+per ``recsys train``, not once for the rows and again for serving.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 from typing import Any, Self
 
 import numpy as np
+import pandas as pd
 
 from models.baselines import InteractionMatrix
 from models.context import ItemCatalog, UserContext
-from models.item_item import ItemNeighbors
+from models.item_item import HeldOutEase, ItemNeighbors
 from models.sources import register
 from models.sources.base import CandidateSource, Proposal, Request, SourceData
 from recsys.core.arrays import top_k
@@ -44,8 +49,17 @@ class ItemItemSource(CandidateSource):
             data.purchases, item_ids=[PAD, *data.catalog.item_ids]
         ).matrix
         return cls(cfg, ItemNeighbors.fit(
-            matrix, cfg.method, cfg.neighbours, cfg.ease_lambda, cfg.ease_memory_gb
+            matrix, cfg.method, cfg.neighbours, cfg.ease_lambda, cfg.ease_memory_gb,
+            keep_dense=data.derive_held_out,
         ))  # fmt: skip
+
+    def held_out(self, data: SourceData, labels: pd.DataFrame) -> ItemItemSource:
+        """EASE's rows without each label user's own labels, derived from this fit (which
+        hands its dense weights over: they are freed with the view); cosine refits (cheap)."""
+        dense, self.neighbours.dense = self.neighbours.dense, None
+        if dense is None:
+            return type(self).fit(data, self.cfg)
+        return HeldOutItemItemSource(self.cfg, self.neighbours, dense, data, labels)
 
     def save(self, run: Run) -> None:
         self.neighbours.save(run)
@@ -60,12 +74,16 @@ class ItemItemSource(CandidateSource):
     def summary(self) -> dict[str, Any]:
         return {"method": self.neighbours.method, **self.neighbours.params}
 
+    def neighbours_for(self, req: Request) -> ItemNeighbors:
+        """The neighbour rows this request's seeds are gathered from."""
+        return self.neighbours
+
     def propose(self, req: Request, k: int) -> Proposal | None:
         """Every item reachable from the seeds with its summed, hit-count and best single
         weight (kept as ``state`` for :meth:`evidence`); the ``k`` best by sum are its own."""
         if len(req.seeds) == 0:
             return None
-        cols, weights, rows = self.neighbours.gather(req.seeds)
+        cols, weights, rows = self.neighbours_for(req).gather(req.seeds)
         keep = ~req.blocked[cols]
         cols, weights, rows = cols[keep], weights[keep], rows[keep]
         if len(cols) == 0:  # a history, but no link from it: evidence 0, not missing
@@ -107,3 +125,43 @@ class ItemItemSource(CandidateSource):
             return None
         verb = "viewed" if catalog.item_id(seed) in ctx.session else "bought"
         return f"similar to {catalog.display_name(seed)} you {verb}"
+
+
+class HeldOutItemItemSource(ItemItemSource):
+    """The item-item source of the ranker's training rows: a label user's seeds gather EASE's
+    rows as fitted without their own held-out items (:class:`HeldOutEase`), every other
+    visitor the rows of the fit on everything. Not registered: only ``held_out`` makes one."""
+
+    def __init__(
+        self,
+        cfg: ItemItemSourceSettings,
+        neighbours: ItemNeighbors,
+        dense: HeldOutEase,
+        data: SourceData,
+        labels: pd.DataFrame,
+    ) -> None:
+        super().__init__(cfg, neighbours)
+        self.dense = dense
+        self.held = _items_by_user(labels, data.catalog)
+        purchases = data.purchases if data.purchases is not None else labels.iloc[:0]
+        self.kept = _items_by_user(purchases[purchases["user_id"].isin(self.held)], data.catalog)
+
+    def describe(self) -> str:
+        return "ease, each label user's own labels left out"
+
+    def neighbours_for(self, req: Request) -> ItemNeighbors:
+        held = self.held.get(req.ctx.user_id)
+        if held is None:
+            return self.neighbours
+        kept = self.kept.get(req.ctx.user_id, np.empty(0, dtype=np.int64))
+        return self.dense.neighbours(kept, held, req.seeds)
+
+
+def _items_by_user(frame: pd.DataFrame, catalog: ItemCatalog) -> dict[str, np.ndarray]:
+    """user_id -> the distinct catalogue indices of their rows in ``frame`` (unknown ones out)."""
+    coded = pd.DataFrame(
+        {"user_id": frame["user_id"].to_numpy(),
+         "item": catalog.indices(frame["item_id"].tolist())}
+    )  # fmt: skip
+    coded = coded[coded["item"] > 0].drop_duplicates()
+    return {u: g.to_numpy(np.int64) for u, g in coded.groupby("user_id", sort=False)["item"]}

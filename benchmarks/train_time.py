@@ -1,0 +1,132 @@
+"""Seconds and peak memory of ``recsys train``, this checkout against a git ref, in one sitting.
+
+Both sides train on copies of one prepared data root (``recsys data import``, ``validate``,
+``features``, ``materialize`` and ``embed`` done), one after the other on the same machine,
+each as its own ``python -m recsys.cli train`` process: absolute times differ 2-3x between
+machines of one kind, so the ratio of the two runs is the number to read. The ref is checked
+out in a temporary git worktree and run with this checkout's ``.venv``; ``--rounds 2``
+alternates the sides (base, this, this, base) and keeps each side's fastest.
+
+    .venv/bin/python benchmarks/train_time.py --home /tmp/asos --base 4b4a775 \\
+        --out benchmarks/results/train_time_asos.json
+
+Prints one JSON object: per side the wall seconds, the peak resident memory of the process
+tree, the timed lines ``recsys train`` printed (each phase's seconds) and the load average
+around the run; then the ratio this / base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+TIMED = re.compile(r"\((?P<seconds>[\d.]+)s\)$|in (?P<total>[\d.]+)s$")
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+
+
+def train_once(checkout: Path, home: Path, log: Path) -> dict[str, Any]:
+    """One ``recsys train`` from ``checkout`` on ``home``: seconds, peak memory, timed lines."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env.update(RECSYS_HOME=str(home), PYTHONPATH=str(checkout), TQDM_DISABLE="1")
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    peak = 0
+    with log.open("w") as out:
+        child = psutil.Popen([sys.executable, "-m", "recsys.cli", "train"], cwd=checkout,
+                             env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                with contextlib.suppress(psutil.Error):
+                    peak = max(peak, _tree_rss(child))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = child.wait()
+        done.set()
+        sampler.join()
+    wall = time.perf_counter() - started
+    text = log.read_text()
+    if code != 0:
+        raise RuntimeError(f"recsys train from {checkout} failed ({code}):\n{text[-3000:]}")
+    timed = [line.strip() for line in text.splitlines() if TIMED.search(line.strip())]
+    return {"wall_s": round(wall, 1), "peak_rss_gb": round(peak / 1e9, 2), "timed": timed,
+            "load_before": round(load_before, 2),
+            "load_after": round(os.getloadavg()[0], 2)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", type=Path, required=True, help="prepared data root")
+    parser.add_argument("--base", default="HEAD", help="git ref to compare with (default HEAD)")
+    parser.add_argument("--rounds", type=int, default=1, help="1: base then this; 2: alternate")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    this = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                            capture_output=True, text=True).stdout  # fmt: skip
+    dirty = bool(status.strip())
+    runs: dict[str, list[dict[str, Any]]] = {"base": [], "this": []}
+    with tempfile.TemporaryDirectory(prefix="train_time_") as tmp:
+        work = Path(tmp)
+        worktree = work / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), base], cwd=REPO,
+                       check=True, capture_output=True)  # fmt: skip
+        try:
+            order = ["base", "this"] if args.rounds == 1 else ["base", "this", "this", "base"]
+            for i, side in enumerate(order):
+                home = work / f"home_{i}"
+                shutil.copytree(args.home, home, symlinks=True)
+                checkout = worktree if side == "base" else REPO
+                print(f"round {i + 1}/{len(order)}: {side} ...", file=sys.stderr, flush=True)
+                runs[side].append(train_once(checkout, home, work / f"train_{i}.log"))
+                shutil.rmtree(home)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO,
+                           capture_output=True)  # fmt: skip
+    best = {side: min(r, key=lambda run: run["wall_s"]) for side, r in runs.items()}
+    result = {
+        "created_at": datetime.now(UTC).isoformat(),
+        "home": str(args.home),
+        "base": base,
+        "this": this + ("+changes" if dirty else ""),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        },
+        "runs": runs,
+        "ratio_this_over_base": round(best["this"]["wall_s"] / best["base"]["wall_s"], 3),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
