@@ -4,8 +4,9 @@ Both sides train on copies of one prepared data root (``recsys data import``, ``
 ``features``, ``materialize`` and ``embed`` done), one after the other on the same machine,
 each as its own ``python -m recsys.cli train`` process: absolute times differ 2-3x between
 machines of one kind, so the ratio of the two runs is the number to read. The ref is checked
-out in a temporary git worktree and run with this checkout's ``.venv``; ``--rounds 2``
-alternates the sides (base, this, this, base) and keeps each side's fastest.
+out in a temporary git worktree and run with this checkout's ``.venv`` (as is ``--this REF``,
+else this side is the working tree); ``--rounds 2`` alternates the sides (base, this, this,
+base) and keeps each side's fastest.
 
     .venv/bin/python benchmarks/train_time.py --home /tmp/asos --base 4b4a775 \\
         --out benchmarks/results/train_time_asos.json
@@ -81,34 +82,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, required=True, help="prepared data root")
     parser.add_argument("--base", default="HEAD", help="git ref to compare with (default HEAD)")
+    parser.add_argument("--this", help="git ref of this side (default: the working tree)")
     parser.add_argument("--rounds", type=int, default=1, help="1: base then this; 2: alternate")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO, check=True,
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    this = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    this = subprocess.run(["git", "rev-parse", "--short", args.this or "HEAD"], cwd=REPO,
+                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                             capture_output=True, text=True).stdout  # fmt: skip
-    dirty = bool(status.strip())
+    dirty = args.this is None and bool(status.strip())
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "this": []}
     with tempfile.TemporaryDirectory(prefix="train_time_") as tmp:
         work = Path(tmp)
-        worktree = work / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), base], cwd=REPO,
-                       check=True, capture_output=True)  # fmt: skip
+        trees = {"base": (work / "base", base)}
+        if args.this:
+            trees["this"] = (work / "this", this)
+        for tree, ref in trees.values():
+            subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], cwd=REPO,
+                           check=True, capture_output=True)  # fmt: skip
         try:
             order = ["base", "this"] if args.rounds == 1 else ["base", "this", "this", "base"]
             for i, side in enumerate(order):
                 home = work / f"home_{i}"
                 shutil.copytree(args.home, home, symlinks=True)
-                checkout = worktree if side == "base" else REPO
+                checkout = trees[side][0] if side in trees else REPO
                 print(f"round {i + 1}/{len(order)}: {side} ...", file=sys.stderr, flush=True)
                 runs[side].append(train_once(checkout, home, work / f"train_{i}.log"))
                 shutil.rmtree(home)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO,
-                           capture_output=True)  # fmt: skip
+            for tree, _ in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
+                               capture_output=True)  # fmt: skip
     best = {side: min(r, key=lambda run: run["wall_s"]) for side, r in runs.items()}
     result = {
         "created_at": datetime.now(UTC).isoformat(),

@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.baselines import ALS, EASE, InteractionMatrix, ItemKNN, _inverse_spd_in_place
+from models.baselines import (
+    ALS,
+    EASE,
+    InteractionMatrix,
+    ItemKNN,
+    LocalEASE,
+    _inverse_spd_in_place,
+)
 from models.metrics import (
     curve_ks,
     decile_shares,
@@ -85,6 +92,34 @@ def test_ease_matches_a_dense_numpy_reference() -> None:
     np.testing.assert_allclose(model.weights, b, atol=1e-5)
 
 
+def test_local_ease_is_ease_when_every_pair_is_bought_together_and_keeps_its_support() -> None:
+    rng = np.random.default_rng(2)
+    dense_buys = sp.csr_matrix((rng.random((300, 15)) < 0.6).astype(np.float32))
+    gram = (dense_buys.T @ dense_buys).toarray()
+    assert (gram > 0).all()  # every pair co-occurs: a support of all partners is all items
+    expected = EASE(5.0).fit(dense_buys).weights
+    for batch in (1, 4, 256):  # batches pad to their widest system: padding must not leak
+        local = LocalEASE(5.0, support=100, solve_batch=batch).fit(dense_buys)
+        np.testing.assert_allclose(local.weights.toarray(), expected, atol=1e-5)
+    # the systems are the same whether co-counts come from rows or from the dense hub block
+    by_rows = LocalEASE(5.0, support=8, hub_items=0).fit(dense_buys).weights.toarray()
+    for hubs in (3, 15):
+        mixed = LocalEASE(5.0, support=8, hub_items=hubs).fit(dense_buys).weights.toarray()
+        np.testing.assert_allclose(mixed, by_rows, atol=1e-6)
+
+    sparse_buys = sp.csr_matrix((rng.random((400, 60)) < 0.05).astype(np.float32))
+    narrow = LocalEASE(5.0, support=3).fit(sparse_buys)
+    co = (sparse_buys.T @ sparse_buys).toarray()
+    np.fill_diagonal(co, 0)
+    columns = narrow.weights.tocsc()
+    for item in range(60):
+        support = columns.indices[columns.indptr[item] : columns.indptr[item + 1]]
+        assert len(support) == min(3, np.count_nonzero(co[:, item]))
+        if len(support):  # the strongest partners, none weaker than one left out
+            assert co[support, item].min() >= np.delete(co[:, item], support).max()
+    assert narrow.recommend([0, 1], 5)  # a peer like the others: it ranks users
+
+
 def test_the_spd_inverse_is_computed_in_its_own_buffer_in_chunks() -> None:
     """Both triangles are the inverse's, whatever the chunk the mirrored half is copied in."""
     rng = np.random.default_rng(1)
@@ -136,7 +171,9 @@ def test_harness_temporal_split_writes_every_model(shop: Settings) -> None:
     assert result["protocol"]["tuning"]["grids"] == GRIDS
     assert result["dataset"]["eval_users"] > 10
     models = result["models"]
-    assert set(models) == {"popularity", "popularity_recent", "item_knn", "als", "ease"}
+    assert set(models) == {
+        "popularity", "popularity_recent", "item_knn", "als", "ease", "ease_local"
+    }  # fmt: skip
     for name, m in models.items():
         o = m["overall"]
         for key in ("recall@10", "ndcg@10", "map@12", "hit@10", "coverage@10", "recall@100"):
@@ -152,6 +189,10 @@ def test_harness_temporal_split_writes_every_model(shop: Settings) -> None:
         assert models[name]["params"] == max(tried, key=lambda t: t["recall@10"])["params"]
     # popularity shows the same few items to everyone; CF spreads over the catalogue
     assert models["ease"]["overall"]["coverage@10"] > models["popularity"]["overall"]["coverage@10"]
+    # EASE over each item's strongest partners ranks close to dense EASE on the small shop
+    assert models["ease_local"]["params"] == {"lambda": 400, "support": 300}
+    local, dense = (models[m]["overall"]["recall@10"] for m in ("ease_local", "ease"))
+    assert local >= 0.9 * dense
     report = shop.reports_dir / "evaluation"
     saved = json.loads((report / "evaluation.json").read_text())
     assert set(saved) >= {"dataset", "protocol", "models", "served"}

@@ -57,6 +57,12 @@ def test_ease_neighbours_keep_only_the_top_n_positive_weights() -> None:
     assert (n.matrix.data > 0).all() and n.matrix.diagonal().sum() == 0
     cosine = ItemNeighbors.fit(x, "cosine", top_n=3)
     assert cosine.method == "cosine" and np.diff(cosine.matrix.indptr).max() <= 3
+    # past the dense matrix's memory budget, auto solves EASE per item over its partners
+    local = ItemNeighbors.fit(x, "auto", top_n=3, ease_lambda=10.0, ease_memory_gb=1e-9)
+    assert local.method == "ease_local" and local.params["support"] == 300
+    assert np.diff(local.matrix.indptr).max() <= 3 and (local.matrix.data > 0).all()
+    # 12 items all bought together: the partners are every item, so the weights are EASE's
+    np.testing.assert_allclose(local.matrix.toarray(), n.matrix.toarray(), atol=1e-5)
 
 
 def test_held_out_ease_rows_equal_a_fit_without_that_users_own_labels() -> None:

@@ -50,12 +50,13 @@ class ItemItemSource(CandidateSource):
         ).matrix
         return cls(cfg, ItemNeighbors.fit(
             matrix, cfg.method, cfg.neighbours, cfg.ease_lambda, cfg.ease_memory_gb,
-            keep_dense=data.derive_held_out,
+            keep_dense=data.derive_held_out, ease_support=cfg.ease_support,
         ))  # fmt: skip
 
     def held_out(self, data: SourceData, labels: pd.DataFrame) -> ItemItemSource:
         """EASE's rows without each label user's own labels, derived from this fit (which
-        hands its dense weights over: they are freed with the view); cosine refits (cheap)."""
+        hands its dense weights over: they are freed with the view); ease_local and cosine,
+        which have no dense inverse to derive from, are fitted again."""
         dense, self.neighbours.dense = self.neighbours.dense, None
         if dense is None:
             return type(self).fit(data, self.cfg)

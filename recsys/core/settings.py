@@ -229,11 +229,16 @@ class SourceSettings(BaseModel):
 class ItemItemSourceSettings(SourceSettings):
     """Item-item neighbours (EASE or cosine) summed over the visitor's history."""
 
-    method: Literal["auto", "ease", "cosine"] = Field(
-        default="auto", description="auto: EASE when its dense matrix fits ease_memory_gb."
+    method: Literal["auto", "ease", "ease_local", "cosine"] = Field(
+        default="auto",
+        description="auto: EASE when its dense matrix fits ease_memory_gb, else ease_local "
+        "(EASE over each item's ease_support strongest co-purchase partners).",
     )
     ease_lambda: float = 400.0
     ease_memory_gb: float = 8.0
+    ease_support: int = Field(
+        default=300, ge=1, description="ease_local: partners each item's weights are solved on."
+    )
     neighbours: int = Field(default=200, description="Neighbours kept per item for serving.")
 
 
