@@ -226,8 +226,8 @@ class HeldOutEase:
             q = np.stack([self._inverse_row_sum(held_out), self._inverse_row_sum(kept)])
             upu = np.array([[q[0, held_out].sum(), q[1, held_out].sum()],
                             [q[0, kept].sum(), q[1, kept].sum()]], dtype=np.float64)  # fmt: skip
-            k = np.linalg.inv(np.array([[0.0, 1.0], [1.0, -1.0]]) - upu).astype(np.float32)
-            qk = k @ q  # (Q K)^T: 2 x items
+            inner = np.linalg.inv(np.array([[0.0, 1.0], [1.0, -1.0]]) - upu).astype(np.float32)
+            qk = inner @ q  # (Q (C^-1 - U^T Q)^-1)^T: 2 x items
             block += qk[:, rows].T @ q
             d = d + np.einsum("ij,ij->j", qk, q)
         block /= -d  # B = -P / diag(P)

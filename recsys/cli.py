@@ -275,7 +275,7 @@ def run_evaluate(
 
     from pipelines.evaluate import evaluate as evaluate_peers
 
-    header = "evaluate (popularity, item-kNN, ALS, EASE, the served pipeline)"
+    header = "evaluate (popularity, item-kNN, ALS, EASE, local EASE, the served pipeline)"
     with stage(header, FileNotFoundError, ValueError):
         result = evaluate_peers(settings, holdout=holdout, split=split,  # type: ignore[arg-type]
                                 test_fraction=test_fraction, tune=tune,
@@ -634,9 +634,9 @@ def evaluate(
     task: Annotated[
         str,
         typer.Option(
-            help="user: a shopper's next purchases (popularity, item-kNN, ALS, EASE, the "
-            "served pipeline); next-item: the next click of held-out sessions (popularity, "
-            "co-occurrence, SR, V-SkNN, the served session pipeline)."
+            help="user: a shopper's next purchases (popularity, item-kNN, ALS, EASE, local "
+            "EASE, the served pipeline); next-item: the next click of held-out sessions "
+            "(popularity, co-occurrence, SR, V-SkNN, the served session pipeline)."
         ),
     ] = "user",
 ) -> None:
