@@ -288,7 +288,7 @@ def train(settings: Settings, progress=print) -> TrainResult:
     progress(f"  evaluation: {split.describe()}")
     labels = None
     if settings.ranking.enabled:
-        # the ranker's labels are held out of everything it learns from, the two-tower too
+        # each label is held out of the two-tower and of every source's answer for its user
         rk = settings.ranking
         n_labels = max(1, min(rk.label_users, int(rk.label_share * len(train_rows))))
         fit_purchases, labels = carve_labels(train_rows, n_labels, cfg.seed)
