@@ -38,11 +38,14 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_stage(args: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run ``recsys *args``; return seconds, peak tree RSS (GB) and the tail of its output."""
+def run_measured(
+    command: list[str], env: dict[str, str], cwd: Path | None = None
+) -> dict[str, Any]:
+    """Run ``command`` while sampling its process tree's resident memory every 0.2 s: its
+    return code, seconds, peak tree RSS (bytes) and output (stdout and stderr together)."""
     started = time.perf_counter()
     child = psutil.Popen(  # a subprocess.Popen that is also a psutil.Process
-        [str(RECSYS), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     peak = 0
     done = threading.Event()
@@ -59,10 +62,17 @@ def run_stage(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     output, _ = child.communicate()
     done.set()
     sampler.join()
-    seconds = time.perf_counter() - started
-    if child.returncode != 0:
-        raise RuntimeError(f"recsys {' '.join(args)} failed:\n{output[-3000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_gb": round(peak / 1e9, 3), "output": output}
+    return {"returncode": child.returncode, "seconds": time.perf_counter() - started,
+            "peak_rss": peak, "output": output}  # fmt: skip
+
+
+def run_stage(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``recsys *args``; return seconds, peak tree RSS (GB) and the tail of its output."""
+    run = run_measured([str(RECSYS), *args], env)
+    if run["returncode"] != 0:
+        raise RuntimeError(f"recsys {' '.join(args)} failed:\n{run['output'][-3000:]}")
+    return {"seconds": round(run["seconds"], 2), "peak_rss_gb": round(run["peak_rss"] / 1e9, 3),
+            "output": run["output"]}  # fmt: skip
 
 
 def bench_size(interactions: int, work: Path) -> dict[str, Any]:

@@ -19,7 +19,6 @@ around the run; then the ratio this / base.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -28,53 +27,31 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
+from data_plane import run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 TIMED = re.compile(r"\((?P<seconds>[\d.]+)s\)$|in (?P<total>[\d.]+)s$")
 
 
-def _tree_rss(process: psutil.Process) -> int:
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
-
-
 def train_once(checkout: Path, home: Path, log: Path) -> dict[str, Any]:
-    """One ``recsys train`` from ``checkout`` on ``home``: seconds, peak memory, timed lines."""
+    """One ``recsys train`` from ``checkout`` on ``home``: seconds, peak memory, timed lines
+    (its whole output goes to ``log``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env.update(RECSYS_HOME=str(home), PYTHONPATH=str(checkout), TQDM_DISABLE="1")
     load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    peak = 0
-    with log.open("w") as out:
-        child = psutil.Popen([sys.executable, "-m", "recsys.cli", "train"], cwd=checkout,
-                             env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                with contextlib.suppress(psutil.Error):
-                    peak = max(peak, _tree_rss(child))
-                time.sleep(0.2)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = child.wait()
-        done.set()
-        sampler.join()
-    wall = time.perf_counter() - started
-    text = log.read_text()
-    if code != 0:
-        raise RuntimeError(f"recsys train from {checkout} failed ({code}):\n{text[-3000:]}")
+    run = run_measured([sys.executable, "-m", "recsys.cli", "train"], env, cwd=checkout)
+    text = run["output"]
+    log.write_text(text)
+    if run["returncode"] != 0:
+        raise RuntimeError(f"recsys train from {checkout} failed:\n{text[-3000:]}")
     timed = [line.strip() for line in text.splitlines() if TIMED.search(line.strip())]
-    return {"wall_s": round(wall, 1), "peak_rss_gb": round(peak / 1e9, 2), "timed": timed,
-            "load_before": round(load_before, 2),
+    return {"wall_s": round(run["seconds"], 1), "peak_rss_gb": round(run["peak_rss"] / 1e9, 2),
+            "timed": timed, "load_before": round(load_before, 2),
             "load_after": round(os.getloadavg()[0], 2)}  # fmt: skip
 
 
