@@ -203,7 +203,7 @@ class CandidateGenerator:
         (:meth:`CandidateSource.prime`); :meth:`generate` answers exactly as without."""
         sessions = [self.session_of(ctx) for ctx in contexts]
         for source in self.sources:
-            source.prime(sessions)
+            source.prime(contexts, sessions)
 
     def generate(self, ctx: UserContext, filters: ItemFilters = NO_FILTERS) -> CandidateSet:
         cat = self.catalog

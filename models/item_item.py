@@ -199,55 +199,66 @@ class HeldOutEase:
     def n_items(self) -> int:
         return len(self.inverse_diagonal)
 
-    def _inverse_row_sum(self, rows: np.ndarray) -> np.ndarray:
-        """The sum of P's ``rows`` (distinct indices)."""
-        if len(rows) == 0:
-            return np.zeros(self.n_items, dtype=np.float32)
-        out = self.weights[rows[0]] if len(rows) == 1 else self.weights[rows].sum(axis=0)
-        out = out * -self.inverse_diagonal
-        out[rows] += self.inverse_diagonal[rows]  # B's diagonal is 0, P's is diag(P)
-        return out
-
-    def neighbours(
+    def gather(
         self, kept: np.ndarray, held_out: np.ndarray, seeds: np.ndarray
-    ) -> ItemNeighbors:
-        """The rows of ``seeds`` (item indices) of EASE fitted without this user's ``held_out``
-        items (``kept``: all their other items), each cut to its ``top_n`` largest positive
-        weights as :meth:`ItemNeighbors.fit` cuts them; the other rows are empty."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`ItemNeighbors.gather` over the rows of EASE fitted without this user's
+        ``held_out`` items (``kept``: all their other items), each row cut to its ``top_n``
+        largest positive weights as :meth:`ItemNeighbors.fit` cuts them.
+
+        Built for the ranker's rows (one call per label user): every dense row the user
+        needs is read from memory once, Q comes from one product with them, and the seeds'
+        rows are corrected in place, ``B'[r, j] = (B[r, j] - qk[:, r] . q[:, j] / d[j]) d[j]
+        / d'[j]``, with no n x n sparse matrix per user.
+        """
         n, d = self.n_items, self.inverse_diagonal
+        seeds = seeds[(seeds > 0) & (seeds < n)]
+        if len(seeds) == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, np.empty(0, dtype=np.float32), empty
         held_out = np.unique(held_out[(held_out > 0) & (held_out < n)])
         kept = np.setdiff1d(kept[(kept > 0) & (kept < n)], held_out)
-        rows = np.unique(seeds[(seeds > 0) & (seeds < n)])
-        if len(rows) == 0:
-            return ItemNeighbors(sp.csr_matrix((n, n), dtype=np.float32), "ease", {})
-        block = self.weights[rows] * -d  # P's rows of the seeds, off-diagonal entries
-        block[np.arange(len(rows)), rows] = d[rows]
-        if len(held_out):
-            q = np.stack([self._inverse_row_sum(held_out), self._inverse_row_sum(kept)])
+        rows, seed_row = np.unique(seeds, return_inverse=True)
+        if len(held_out) == 0:
+            block = self.weights[rows]  # the fit on everything
+        else:
+            union = np.union1d(np.union1d(rows, kept), held_out)
+            weights = self.weights[union]  # every row this user needs, read from memory once
+            # Q's columns: the sums of P's rows over the held-out and over the kept items,
+            # P[i, j] = -B[i, j] d[j] off the diagonal and d[i] on it
+            pick = np.zeros((2, len(union)), dtype=weights.dtype)
+            pick[0, np.searchsorted(union, held_out)] = 1.0
+            pick[1, np.searchsorted(union, kept)] = 1.0
+            q = (pick @ weights) * -d
+            q[0, held_out] += d[held_out]
+            q[1, kept] += d[kept]
             upu = np.array([[q[0, held_out].sum(), q[1, held_out].sum()],
                             [q[0, kept].sum(), q[1, kept].sum()]], dtype=np.float64)  # fmt: skip
             inner = np.linalg.inv(np.array([[0.0, 1.0], [1.0, -1.0]]) - upu).astype(np.float32)
             qk = inner @ q  # (Q (C^-1 - U^T Q)^-1)^T: 2 x items
-            block += qk[:, rows].T @ q
-            d = d + np.einsum("ij,ij->j", qk, q)
-        block /= -d  # B = -P / diag(P)
+            new_d = d + np.einsum("ij,ij->j", qk, q)  # diag(P) without the held-out items
+            # B'[r, j] = -P'[r, j] / d'[j] = (B[r, j] - qk[:, r] . q[:, j] / d[j]) d[j] / d'[j]
+            block = weights[np.searchsorted(union, rows)]
+            block -= qk[:, rows].T @ (q / d)
+            block *= d / new_d
         block[np.arange(len(rows)), rows] = 0.0
         k = min(self.top_n, n - 1)
+        floors = self.floors[rows]
         cols, vals = [], []
-        for values, floor in zip(block, self.floors[rows], strict=True):
-            # while k weights stay above the floor, the top k are among them: no full sort
-            found = np.flatnonzero(values > floor)
+        for r, floor in enumerate(floors):
+            # while k weights stay above the row's floor, its top k are among them: no sort
+            found = np.flatnonzero(block[r] > floor)
             if floor > 0 and len(found) < k:
-                found = np.flatnonzero(values > 0)
-            best = found[top_k(values[found], k)]
+                found = np.flatnonzero(block[r] > 0)
+            best = np.sort(found[top_k(block[r, found], k)])
             cols.append(best)
-            vals.append(values[best])
-        sizes = [len(c) for c in cols]
-        matrix = sp.csr_matrix(
-            (np.concatenate(vals), (np.repeat(rows, sizes), np.concatenate(cols))),
-            shape=(n, n), dtype=np.float32,
-        )  # fmt: skip
-        return ItemNeighbors(matrix, "ease", {"top_n": self.top_n})
+            vals.append(block[r, best])
+        sizes = np.array([len(c) for c in cols])[seed_row]
+        return (
+            np.concatenate([cols[r] for r in seed_row]),
+            np.concatenate([vals[r] for r in seed_row]),
+            np.repeat(seeds, sizes),
+        )
 
 
 def _dense_top_n(weights: np.ndarray, top_n: int, chunk: int = 2048) -> sp.csr_matrix:

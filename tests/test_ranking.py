@@ -18,7 +18,7 @@ from models.sources import MISSING_RANK
 from models.sources.bought_together import BoughtTogetherSource
 from models.sources.item_item import ItemItemSource
 from models.sources.popular import PopularSource
-from models.sources.two_tower import TwoTowerSource, exact_search
+from models.sources.two_tower import ExactSearch, TwoTowerSource
 from pipelines.ranking import carve_labels, compare_on_validation, histories
 from recsys.core.run import Run
 from recsys.core.settings import Settings
@@ -86,19 +86,19 @@ def test_held_out_ease_rows_equal_a_fit_without_that_users_own_labels() -> None:
         ref = ItemNeighbors.fit(
             sp.csr_matrix(without.astype(np.float32)), "ease", top_n=8, ease_lambda=5.0
         )
-        got = full.dense.neighbours(kept, held, seeds=np.r_[kept, 0, 99])  # unknown: ignored
-        expected, actual = ref.matrix[kept].toarray(), got.matrix[kept].toarray()
-        np.testing.assert_array_equal(actual != 0, expected != 0)  # the same top 8 kept
-        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-6)
-        assert got.matrix[np.setdiff1d(np.arange(40), kept)].nnz == 0  # only the seeds' rows
+        seeds = np.r_[kept[::-1], kept[0], 0, 99]  # a repeat, unknown ones: ignored
+        cols, weights, rows = full.dense.gather(kept, held, seeds)
+        expected = ref.gather(seeds)  # the same entries, in the same order
+        np.testing.assert_array_equal(rows, expected[2])
+        np.testing.assert_array_equal(cols, expected[0])  # the same top 8 kept
+        np.testing.assert_allclose(weights, expected[1], rtol=1e-4, atol=1e-6)
         checked += 1
     assert checked > 20
     # a user without held-out items gets the fit on everything, cut the same way
     seeds = x[0].indices
-    plain = full.dense.neighbours(seeds, np.empty(0, dtype=np.int64), seeds)
-    np.testing.assert_allclose(
-        plain.matrix[seeds].toarray(), full.matrix[seeds].toarray(), rtol=1e-6
-    )
+    plain = full.dense.gather(seeds, np.empty(0, dtype=np.int64), seeds)
+    for got, expected in zip(plain, full.gather(seeds), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
 def test_the_ranker_rows_item_item_source_never_sees_the_visitors_label() -> None:
@@ -274,11 +274,34 @@ def test_exact_search_respects_exclusions_and_filters() -> None:
     catalog = _catalog()
     vectors = np.zeros((catalog.n_items, 2), dtype=np.float32)
     vectors[1:, 0] = np.arange(1, catalog.n_items)  # later items score higher
-    search = exact_search(vectors, catalog)
+    search = ExactSearch(vectors, catalog)
     idx, scores = search(np.array([1.0, 0.0]), 3, ItemFilters(), np.array([12]))
     assert idx.tolist() == [11, 10, 9] and list(scores) == sorted(scores, reverse=True)
     idx, _ = search(np.array([1.0, 0.0]), 3, ItemFilters(category="dress"), np.array([], int))
     assert idx.tolist() == [6, 5, 4]
+
+
+def test_exact_search_answers_the_same_primed_with_a_batch() -> None:
+    """The ranker's rows score a batch of user vectors in one product (``prime``): each
+    answer is the one-at-a-time answer, the primed scores are let go with an empty batch."""
+    catalog = _catalog()
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((catalog.n_items, 8)).astype(np.float32)
+    search = ExactSearch(vectors, catalog)
+    users = list(rng.standard_normal((20, 8)).astype(np.float32))
+    exclude, dresses = np.array([3, 7]), ItemFilters(category="dress")
+    alone = [search(u, 5, f, exclude) for u in users for f in (ItemFilters(), dresses)]
+    search.prime(users)
+    search.item_vectors = -vectors  # from here only the primed scores give the old answers
+    primed = [search(u, 5, f, exclude) for u in users for f in (ItemFilters(), dresses)]
+    for (idx, scores), (idx_primed, scores_primed) in zip(alone, primed, strict=True):
+        np.testing.assert_array_equal(idx_primed, idx)
+        np.testing.assert_allclose(scores_primed, scores, rtol=1e-5)
+    search.prime([])  # let go: the item vectors answer again
+    expected = -vectors @ users[0]
+    expected[[0, *exclude]] = -np.inf
+    idx, _ = search(users[0], 5, ItemFilters(), exclude)
+    np.testing.assert_array_equal(idx, np.argsort(-expected)[:5])
 
 
 # --------------------------------------------------------------------------- ranker

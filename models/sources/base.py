@@ -12,6 +12,7 @@ settings (``RECSYS_SOURCES__<NAME>__K=...``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self
 
@@ -144,10 +145,13 @@ class CandidateSource(ABC):
         return {}
 
     # ------------------------------------------------------------------ request time
-    def prime(self, sessions: list[np.ndarray]) -> None:  # noqa: B027 - most need nothing
+    def prime(  # noqa: B027 - most need nothing
+        self, contexts: Sequence[UserContext], sessions: list[np.ndarray]
+    ) -> None:
         """Before a batch of requests (the ranker's training rows): work that is cheaper for
-        all of them at once, keyed by each request's ``Request.session`` (nothing by default).
-        What :meth:`propose` then returns must not change."""
+        all of them at once, keyed by what each request carries (``sessions``: each one's
+        ``Request.session``); nothing by default. What :meth:`propose` then returns must not
+        change (beyond the float rounding of a batched matrix product)."""
 
     @abstractmethod
     def propose(self, req: Request, k: int) -> Proposal | None:

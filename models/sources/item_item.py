@@ -75,16 +75,16 @@ class ItemItemSource(CandidateSource):
     def summary(self) -> dict[str, Any]:
         return {"method": self.neighbours.method, **self.neighbours.params}
 
-    def neighbours_for(self, req: Request) -> ItemNeighbors:
-        """The neighbour rows this request's seeds are gathered from."""
-        return self.neighbours
+    def gather(self, req: Request) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The seeds' neighbour rows: :meth:`ItemNeighbors.gather`'s (columns, weights, row)."""
+        return self.neighbours.gather(req.seeds)
 
     def propose(self, req: Request, k: int) -> Proposal | None:
         """Every item reachable from the seeds with its summed, hit-count and best single
         weight (kept as ``state`` for :meth:`evidence`); the ``k`` best by sum are its own."""
         if len(req.seeds) == 0:
             return None
-        cols, weights, rows = self.neighbours_for(req).gather(req.seeds)
+        cols, weights, rows = self.gather(req)
         keep = ~req.blocked[cols]
         cols, weights, rows = cols[keep], weights[keep], rows[keep]
         if len(cols) == 0:  # a history, but no link from it: evidence 0, not missing
@@ -150,12 +150,12 @@ class HeldOutItemItemSource(ItemItemSource):
     def describe(self) -> str:
         return "ease, each label user's own labels left out"
 
-    def neighbours_for(self, req: Request) -> ItemNeighbors:
+    def gather(self, req: Request) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         held = self.held.get(req.ctx.user_id)
         if held is None:
-            return self.neighbours
+            return self.neighbours.gather(req.seeds)
         kept = self.kept.get(req.ctx.user_id, np.empty(0, dtype=np.int64))
-        return self.dense.neighbours(kept, held, req.seeds)
+        return self.dense.gather(kept, held, req.seeds)
 
 
 def _items_by_user(frame: pd.DataFrame, catalog: ItemCatalog) -> dict[str, np.ndarray]:
