@@ -403,7 +403,6 @@ def run_rollback(settings: Settings, to: str | None) -> None:
 
 
 def run_serve(settings: Settings, host: str, port: int) -> None:
-    import torch
     import uvicorn
 
     from serving.app import create_app
@@ -414,10 +413,6 @@ def run_serve(settings: Settings, host: str, port: int) -> None:
         check_exposure(settings.serve, host)
     except ValueError as exc:
         raise _fail(exc) from exc
-    # One request is a tiny forward pass: intra-op threads only add overhead; concurrency
-    # comes from requests (and uvicorn workers), not from parallel matrix kernels.
-    torch.set_num_threads(1)
-
     console.rule("[bold]serve")
     workers = settings.serve.workers
     console.print(f"  API on http://{host}:{port}  (docs: http://{host}:{port}/docs), "

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
+import torch
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StrictBool, StringConstraints
+from threadpoolctl import threadpool_limits
 
 from models.context import ItemFilters
 from models.sources import REGISTRY
@@ -284,10 +286,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.recommender = Recommender(settings)
-        log.info("serving model %s", app.state.recommender.model_version)
-        yield
-        app.state.recommender.close()
+        with single_threaded_kernels():
+            app.state.recommender = Recommender(settings)
+            log.info("serving model %s", app.state.recommender.model_version)
+            yield
+            app.state.recommender.close()
 
     app = FastAPI(
         title="Fashion recommendations",
@@ -560,6 +563,25 @@ def _console_routes(app: FastAPI, reads: list[Any], max_k: int, data_docs: FileP
         if found is None:
             raise HTTPException(404, "no such Data Docs page (run `recsys validate`)")
         return FileResponse(found)
+
+
+@contextmanager
+def single_threaded_kernels() -> Iterator[None]:
+    """torch's and the BLAS's kernels on one thread while the app serves, as before it.
+
+    A request is a tiny forward pass and a few small products: intra-op threads only add
+    hand-offs, and every uvicorn worker is its own process, so N workers with a thread per
+    core each would oversubscribe the cores. Concurrency comes from requests and workers.
+    Set here, in each worker's start-up (``recsys serve --workers N`` spawns them), and
+    restored at shutdown (an app in a test process leaves the process as it was).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _json(body: BaseModel) -> Response:

@@ -299,3 +299,25 @@ def test_session_filters_are_strict_about_types(client) -> None:
         headers={"content-type": "application/json"},
     )  # fmt: skip
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "max_price"
+
+
+def test_the_app_serves_on_single_threaded_kernels_and_restores_them() -> None:
+    """Each worker's start-up (the lifespan) puts torch and the BLAS on one thread, so N
+    workers do not oversubscribe the cores; shutting down restores what the process had."""
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from serving.app import single_threaded_kernels
+
+    def numpy_blas_threads() -> list[int]:  # the BLAS numpy's products run on
+        return [p["num_threads"] for p in threadpool_info() if "numpy" in p["filepath"]]
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threadpool_limits(limits=2):  # as a process on two cores starts
+            with single_threaded_kernels():
+                assert torch.get_num_threads() == 1 and numpy_blas_threads() == [1]
+            assert torch.get_num_threads() == 2 and numpy_blas_threads() == [2]
+    finally:
+        torch.set_num_threads(previous)
