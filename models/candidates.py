@@ -200,7 +200,8 @@ class CandidateGenerator:
 
     def prime(self, contexts: Sequence[UserContext]) -> None:
         """Let every source do at once what is cheaper in a batch for these coming visitors
-        (:meth:`CandidateSource.prime`); :meth:`generate` answers exactly as without."""
+        (:meth:`CandidateSource.prime`); :meth:`generate` answers as without (to the float
+        rounding of a batched product)."""
         sessions = [self.session_of(ctx) for ctx in contexts]
         for source in self.sources:
             source.prime(contexts, sessions)

@@ -567,7 +567,7 @@ def _console_routes(app: FastAPI, reads: list[Any], max_k: int, data_docs: FileP
 
 @contextmanager
 def single_threaded_kernels() -> Iterator[None]:
-    """torch's and the BLAS's kernels on one thread while the app serves, as before it.
+    """torch's and the BLAS's kernels on one thread while the app serves, restored after.
 
     A request is a tiny forward pass and a few small products: intra-op threads only add
     hand-offs, and every uvicorn worker is its own process, so N workers with a thread per
