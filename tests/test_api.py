@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -303,21 +306,25 @@ def test_session_filters_are_strict_about_types(client) -> None:
 
 def test_the_app_serves_on_single_threaded_kernels_and_restores_them() -> None:
     """Each worker's start-up (the lifespan) puts torch and the BLAS on one thread, so N
-    workers do not oversubscribe the cores; shutting down restores what the process had."""
-    import torch
-    from threadpoolctl import threadpool_info, threadpool_limits
+    workers do not oversubscribe the cores; shutting down restores what the process had.
+    In a fresh interpreter: this one's thread settings are shared with the module's app."""
+    script = """
+import json, torch
+from threadpoolctl import threadpool_info, threadpool_limits
+from serving.app import single_threaded_kernels
 
-    from serving.app import single_threaded_kernels
+def now():  # torch's threads and those of the BLAS numpy's products run on
+    blas = [p["num_threads"] for p in threadpool_info() if "numpy" in p["filepath"]]
+    return [torch.get_num_threads(), blas]
 
-    def numpy_blas_threads() -> list[int]:  # the BLAS numpy's products run on
-        return [p["num_threads"] for p in threadpool_info() if "numpy" in p["filepath"]]
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with threadpool_limits(limits=2):  # as a process on two cores starts
-            with single_threaded_kernels():
-                assert torch.get_num_threads() == 1 and numpy_blas_threads() == [1]
-            assert torch.get_num_threads() == 2 and numpy_blas_threads() == [2]
-    finally:
-        torch.set_num_threads(previous)
+torch.set_num_threads(2)
+with threadpool_limits(limits=2):  # as a process on two cores starts
+    before = now()
+    with single_threaded_kernels():
+        inside = now()
+    print(json.dumps([before, inside, now()]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[1])  # fmt: skip
+    before, inside, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before == [2, [2]] and inside == [1, [1]] and after == before
