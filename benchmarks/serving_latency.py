@@ -166,16 +166,18 @@ def main() -> None:
             closed_loop(host, port, users, args.concurrency, args.seconds)
         )
         # the tail at half of that throughput: a server with headroom answers evenly
-        half = round(report["saturation"]["throughput_rps"] / 2, 1)
-        report["half_saturation"] = asyncio.run(open_loop(host, port, users, half, args.seconds))
+        half_rate = round(report["saturation"]["throughput_rps"] / 2, 1)
+        report["half_saturation"] = asyncio.run(
+            open_loop(host, port, users, half_rate, args.seconds)
+        )
     report["api_p50_over_floor"] = round(
         report["api_at_rate"]["p50_ms"] / report["floor"]["floor_p50_ms"], 2
     )
     report["server_p50_over_floor"] = round(
         report["api_at_rate"]["server_side"]["p50_ms"] / report["floor"]["floor_p50_ms"], 2
     )
-    half = report["half_saturation"]
-    report["half_saturation_p99_over_p50"] = round(half["p99_ms"] / half["p50_ms"], 2)
+    tail = report["half_saturation"]
+    report["half_saturation_p99_over_p50"] = round(tail["p99_ms"] / tail["p50_ms"], 2)
     report["load_average_end"] = os.getloadavg()
     emit_report(report, args.out)
 
