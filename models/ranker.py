@@ -1,7 +1,8 @@
 """The ranker: LightGBM over the merged candidates of every source.
 
-Each source is good at something different (EASE at co-purchase structure, the two-tower at
-profile and content, rules at complements, popularity at what sells now); a learned ranker
+Each source is good at something different (EASE at co-purchase structure, ALS at what the
+whole purchase matrix shares, the two-tower at profile and content, rules at complements,
+popularity at what sells now); a learned ranker
 over their scores plus user, item and user x item features decides per user which to trust.
 The objective is configurable (``RECSYS_RANKING__OBJECTIVE``): LambdaRank optimises NDCG over
 each user's list directly, a binary (pointwise) loss was the least noisy on sparse data (see

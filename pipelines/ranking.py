@@ -9,7 +9,7 @@ Protocol (the ranker must learn on rows that look like serving rows, without pee
    The two-tower model is trained without these pairs too (``pipelines/train.py``).
 2. **Sources.** Every source is fitted once on all training purchases: what serving uses.
    The rows' sources are the same without the label slice
-   (:meth:`~models.candidates.CandidateGenerator.held_out`): association rules, segment
+   (:meth:`~models.candidates.CandidateGenerator.held_out`): association rules, ALS, segment
    popularity and item demand counts are fitted again on the rest (cheap); EASE, whose dense
    inverse was half of ``recsys train`` when it was fitted twice, answers each label user from
    the one fit with their own held-out purchase taken out exactly

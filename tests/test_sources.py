@@ -18,7 +18,15 @@ from models.candidates import CandidateGenerator
 from models.context import ItemCatalog, UserContext
 from models.ranker import Ranker
 from models.served_pipeline import ServedPipeline
-from models.sources import REGISTRY, CandidateSource, Proposal, Request, SourceData, register
+from models.sources import (
+    REGISTRY,
+    CandidateSource,
+    Proposal,
+    Request,
+    SourceData,
+    enabled_sources,
+    register,
+)
 from pipelines.ranking import carve_labels, fit_ranking
 from recsys.core.run import Run
 from recsys.core.settings import Settings, SourceSettings
@@ -120,15 +128,17 @@ def test_a_source_in_one_file_is_proposed_featurised_ranked_and_explained(
     )  # fmt: skip
 
     # featurised and ranked: its columns are the ranker's, and training compared it alone
-    assert info["features"][9:11] == ["new_in_score", "new_in_rank"]
+    own_columns = [i for i, name in enumerate(info["features"]) if name.startswith("new_in")]
+    assert [info["features"][i] for i in own_columns] == ["new_in_score", "new_in_rank"]
+    assert own_columns[0] == sum(len(s.features) for s in _builtin(settings))  # after theirs
     assert "new_in" in info["ranker"]["valid_ndcg@10_vs_sources"]
     assert run.read_json("new_in") == {"first_new": vocab.size - 20}  # saved into the run
 
     # loaded back from the run (its own load), proposed and explained
     generator = CandidateGenerator.load(run, settings, vocab, vector_search=None,
                                         item_vectors=vectors)  # fmt: skip
-    assert [s.name for s in generator.sources] == [
-        "item_item", "two_tower", "bought_together", "popular", "new_in"
+    assert [s.name for s in generator.sources] == [s.name for s in _builtin(settings)] + [
+        "new_in"
     ]  # fmt: skip
     pipeline = ServedPipeline(generator, Ranker.load(run))
     history = ["i000", "i006"]
@@ -153,6 +163,11 @@ def test_a_source_in_one_file_is_proposed_featurised_ranked_and_explained(
     assert "new_in_score" not in without.features
     with pytest.raises(ValueError, match="retrain"):
         ServedPipeline(without, Ranker.load(run))
+
+
+def _builtin(settings: Settings) -> list[type[CandidateSource]]:
+    """The built-in sources the user task runs by default, in their order."""
+    return [cls for cls, _ in enabled_sources(settings) if cls.name != NewInSource.name]
 
 
 def test_a_configured_but_unknown_source_is_an_error(tmp_path) -> None:

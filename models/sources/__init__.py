@@ -61,7 +61,7 @@ def enabled_sources(
 
 
 # the built-in sources, in the order they run (and their features come in the ranker's rows)
-from models.sources import item_item, two_tower, bought_together, popular  # noqa: E402, I001
+from models.sources import item_item, two_tower, als, bought_together, popular  # noqa: E402, I001
 from models.sources import session  # noqa: E402
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
     "Request",
     "SourceData",
     "Task",
+    "als",
     "bought_together",
     "enabled_sources",
     "item_item",

@@ -246,6 +246,19 @@ class TwoTowerSourceSettings(SourceSettings):
     """Nearest item vectors to the two-tower user vector (the vector store when serving)."""
 
 
+class AlsSourceSettings(SourceSettings):
+    """implicit's ALS over all purchases; the visitor's factors folded in from the history.
+
+    The defaults are the middle of ``recsys evaluate``'s ALS grid (its 64 factors are the
+    cheapest): the ranker weighs the score, so it need not be tuned per shop."""
+
+    k: int = 50
+    factors: int = Field(default=64, ge=1)
+    regularization: float = Field(default=0.5, gt=0)
+    alpha: float = Field(default=20.0, gt=0, description="Confidence of a purchase.")
+    iterations: int = Field(default=15, ge=1)
+
+
 class BoughtTogetherSourceSettings(SourceSettings):
     """Association rules of the visitor's most recent items."""
 
@@ -283,6 +296,7 @@ class SourcesSettings(BaseModel):
 
     item_item: ItemItemSourceSettings = ItemItemSourceSettings()
     two_tower: TwoTowerSourceSettings = TwoTowerSourceSettings()
+    als: AlsSourceSettings = AlsSourceSettings()
     bought_together: BoughtTogetherSourceSettings = BoughtTogetherSourceSettings()
     popular: PopularSourceSettings = PopularSourceSettings()
     # the session task's own sources (``SessionSettings``): what comes next in this visit
