@@ -198,21 +198,27 @@ class CandidateGenerator:
         session = self.catalog.indices(ctx.session[: self.max_prefix])[::-1]
         return session[session > 0]
 
+    def seeds_of(self, ctx: UserContext) -> np.ndarray:
+        """The known items the behavioural sources start from (``Request.seeds``): the
+        newest ``history_seeds`` of the visit and the history, as catalogue indices."""
+        seeds = self.catalog.indices(ctx.seeds(self.history_seeds))
+        return seeds[seeds > 0]
+
     def prime(self, contexts: Sequence[UserContext]) -> None:
         """Let every source do at once what is cheaper in a batch for these coming visitors
         (:meth:`CandidateSource.prime`); :meth:`generate` answers as without (to the float
         rounding of a batched product)."""
+        seeds = [self.seeds_of(ctx) for ctx in contexts]
         sessions = [self.session_of(ctx) for ctx in contexts]
         for source in self.sources:
-            source.prime(contexts, sessions)
+            source.prime(contexts, seeds, sessions)
 
     def generate(self, ctx: UserContext, filters: ItemFilters = NO_FILTERS) -> CandidateSet:
         cat = self.catalog
         allowed = cat.allowed(filters)
         hidden = [*ctx.history, *ctx.session] if filters.hide_seen else ctx.history
         excluded = cat.indices(hidden)
-        seeds = cat.indices(ctx.seeds(self.history_seeds))
-        seeds = seeds[seeds > 0]
+        seeds = self.seeds_of(ctx)
         session = self.session_of(ctx)
         blocked = np.zeros(cat.n_items, dtype=bool)
         blocked[0] = True

@@ -146,12 +146,16 @@ class CandidateSource(ABC):
 
     # ------------------------------------------------------------------ request time
     def prime(  # noqa: B027 - most need nothing
-        self, contexts: Sequence[UserContext], sessions: list[np.ndarray]
+        self,
+        contexts: Sequence[UserContext],
+        seeds: list[np.ndarray],
+        sessions: list[np.ndarray],
     ) -> None:
         """Before a batch of requests (the ranker's training rows): work that is cheaper for
-        all of them at once, keyed by what each request carries (``sessions``: each one's
-        ``Request.session``); nothing by default. What :meth:`propose` then returns must not
-        change (beyond the float rounding of a batched matrix product)."""
+        all of them at once, keyed by what each request carries (``seeds`` and ``sessions``:
+        each one's ``Request.seeds`` and ``Request.session``); nothing by default. What
+        :meth:`propose` then returns must not change (beyond the float rounding of a batched
+        matrix product)."""
 
     @abstractmethod
     def propose(self, req: Request, k: int) -> Proposal | None:

@@ -73,7 +73,12 @@ class SessionModelSource(CandidateSource):
     def summary(self) -> dict[str, Any]:
         return {"model": self.model, **self.fitted.params}
 
-    def prime(self, contexts: Sequence[UserContext], sessions: list[np.ndarray]) -> None:
+    def prime(
+        self,
+        contexts: Sequence[UserContext],
+        seeds: list[np.ndarray],
+        sessions: list[np.ndarray],
+    ) -> None:
         """Score every session of the coming requests in one call: the models score batches
         of prefixes (V-SkNN's neighbour search, the rules' row gathers) many times faster per
         prefix than one at a time, and a prefix's scores do not depend on its batch."""

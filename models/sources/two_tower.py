@@ -57,7 +57,12 @@ class TwoTowerSource(CandidateSource):
         vectors = data.item_vectors if data.item_vectors is not None else run.item_vectors()
         return cls(cfg, vectors, data.vector_search)
 
-    def prime(self, contexts: Sequence[UserContext], sessions: list[np.ndarray]) -> None:
+    def prime(
+        self,
+        contexts: Sequence[UserContext],
+        seeds: list[np.ndarray],
+        sessions: list[np.ndarray],
+    ) -> None:
         """The ranker's rows: their exact search scores the batch's user vectors at once."""
         if isinstance(self.search, ExactSearch):
             self.search.prime([c.vector for c in contexts if c.vector is not None])
