@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from models.baselines import ALS, InteractionMatrix, binarize
+from models.baselines import ALS, binarize
 from models.context import ItemCatalog, UserContext
 from models.sources import register
 from models.sources.base import CandidateSource, Proposal, Request, SourceData
@@ -28,7 +28,6 @@ from recsys.core.run import Run
 from recsys.core.settings import AlsSourceSettings
 
 ALS_PART = "als"  # its part of a run folder (als.safetensors)
-PAD = "\x00pad"  # column 0 of the interaction matrix: the vocabulary's "unknown item"
 
 
 class FoldIn:
@@ -73,11 +72,8 @@ class AlsSource(CandidateSource):
     def fit(cls, data: SourceData, cfg: AlsSourceSettings) -> Self:
         """implicit's ALS on the binary user x item matrix of ``data.purchases`` (columns in
         vocabulary order); only the item factors are kept."""
-        matrix = InteractionMatrix.from_frame(
-            data.purchases, item_ids=[PAD, *data.catalog.item_ids]
-        ).matrix
         model = ALS(cfg.factors, cfg.regularization, cfg.alpha, cfg.iterations).fit(
-            binarize(matrix)
+            binarize(data.purchase_matrix())
         )
         return cls(cfg, FoldIn(model.item_factors, cfg.regularization, cfg.alpha))
 
@@ -127,7 +123,7 @@ class AlsSource(CandidateSource):
                 return None
             scores = self.fold_in.item_factors @ user
         masked = np.where(req.blocked, -np.inf, scores)
-        top = top_k(masked, min(k, len(masked)), finite_only=True)
+        top = top_k(masked, k, finite_only=True)
         return Proposal(top, scores[top].astype(np.float64), state=scores)
 
     def evidence(

@@ -18,12 +18,16 @@ from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
+from models.baselines import InteractionMatrix
 from models.context import ItemCatalog, ItemFilters, UserContext, VectorSearch
 from models.session.data import Sessions
 from recsys.core.run import Run
 from recsys.core.settings import Settings, SourceSettings
 
+#: The id of :meth:`SourceData.purchase_matrix`'s column 0 (no catalogue item has it).
+UNKNOWN_COLUMN = "\x00pad"
 #: The rank feature of an item its source did not propose (ranks start at 1).
 MISSING_RANK = 1000.0
 #: What a pipeline answers: ``user``, a known shopper's next purchases (their history, their
@@ -54,6 +58,15 @@ class SourceData:
     vector_search: VectorSearch | None = None
     sessions: Sessions | None = None
     derive_held_out: bool = False
+
+    def purchase_matrix(self) -> sp.csr_matrix:
+        """User x item purchase counts of ``purchases``, one column per vocabulary index
+        (column 0, the unknown item, stays empty): what the matrix-fitted sources learn on."""
+        if self.purchases is None:
+            raise ValueError("this SourceData holds no purchases: sources are fitted on them")
+        return InteractionMatrix.from_frame(
+            self.purchases, item_ids=[UNKNOWN_COLUMN, *self.catalog.item_ids]
+        ).matrix
 
 
 @dataclass

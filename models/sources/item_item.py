@@ -16,7 +16,6 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from models.baselines import InteractionMatrix
 from models.context import ItemCatalog, UserContext
 from models.item_item import HeldOutEase, ItemNeighbors
 from models.sources import register
@@ -24,8 +23,6 @@ from models.sources.base import CandidateSource, Proposal, Request, SourceData
 from recsys.core.arrays import top_k
 from recsys.core.run import Run
 from recsys.core.settings import ItemItemSourceSettings
-
-PAD = "\x00pad"  # column 0 of the interaction matrix: the vocabulary's "unknown item"
 
 
 @register
@@ -45,11 +42,8 @@ class ItemItemSource(CandidateSource):
 
     @classmethod
     def fit(cls, data: SourceData, cfg: ItemItemSourceSettings) -> Self:
-        matrix = InteractionMatrix.from_frame(
-            data.purchases, item_ids=[PAD, *data.catalog.item_ids]
-        ).matrix
         return cls(cfg, ItemNeighbors.fit(
-            matrix, cfg.method, cfg.neighbours, cfg.ease_lambda, cfg.ease_memory_gb,
+            data.purchase_matrix(), cfg.method, cfg.neighbours, cfg.ease_lambda, cfg.ease_memory_gb,
             keep_dense=data.derive_held_out, ease_support=cfg.ease_support,
         ))  # fmt: skip
 
