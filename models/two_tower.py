@@ -26,6 +26,9 @@ from recsys.core.schema import ITEM_CATEGORICAL
 WEIGHTS = "two_tower"
 # Mean norm of the centred text rows the projection reads (see ``TwoTower.set_item_text``).
 TEXT_NORM = 4.0
+# Below this mean norm of the centred text rows, the texts are taken as all alike (unit rows
+# that differ carry norms of 0.1 and more).
+MIN_TEXT_SPREAD = 1e-3
 ITEM_INPUTS = ("item_idx", *ITEM_CATEGORICAL, "price_bucket", "item_numeric")
 
 
@@ -44,6 +47,10 @@ class TwoTowerConfig:
     # Width of the frozen item text embeddings (0: none). Defaults to 0 so that runs saved
     # before text embeddings existed (no such key in their manifest) still load.
     text_dim: int = 0
+    # Whether the user tower learns an embedding per user id. Off, the user is their history
+    # and features alone (the table stays, all zeros and frozen, so shapes and saved runs do
+    # not change). Defaults to True so that runs saved before the switch load as they were.
+    user_ids: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +74,9 @@ class TwoTower(nn.Module):
         self.item_mlp = nn.Sequential(nn.Linear(width, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
         for emb in (self.user_id, self.item_id, self.history_item, *self.attrs.values()):
             nn.init.normal_(emb.weight, std=0.05)
+        if not cfg.user_ids:
+            nn.init.zeros_(self.user_id.weight)
+            self.user_id.weight.requires_grad_(False)
         # Attribute indices of every catalogue item (row = item index), so that the history
         # is pooled from what the bought items *are*, not only from their ids: this carries
         # taste across items that few users bought. Filled by ``set_item_table``; saved with
@@ -116,8 +126,10 @@ class TwoTower(nn.Module):
         rows = table[table.abs().sum(1) > 0]  # the items that have a text
         if len(rows):
             self.text_mean.copy_(rows.mean(0))
-            norm = (rows - self.text_mean).norm(dim=1).mean().clamp(min=1e-6)
-            self.text_scale.fill_(TEXT_NORM / float(norm))
+            norm = float((rows - self.text_mean).norm(dim=1).mean())
+            # Rows that (nearly) all agree say nothing about any item; scaling their rounding
+            # noise up to TEXT_NORM would feed the towers noise, so they project to the bias.
+            self.text_scale.fill_(TEXT_NORM / norm if norm > MIN_TEXT_SPREAD else 0.0)
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         """``text_proj`` of centred, rescaled text rows ``x`` (an item without text, a zero

@@ -33,15 +33,17 @@ def _optimizers(model: TwoTower, config: dict[str, Any]) -> list[torch.optim.Opt
     thousands of times a batch: a sparse gradient would only add a sort). SparseAdam has no
     weight decay, so ``weight_decay > 0`` (or ``"sparse": False``) trains all with dense Adam."""
     lr, decay = config["lr"], config["weight_decay"]
+    trained = [p for p in model.parameters() if p.requires_grad]  # not a frozen user_id table
     if not config.get("sparse", SPARSE_ID_TABLES) or decay:
-        return [torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)]
-    tables = [model.user_id, model.item_id, model.history_item]
+        return [torch.optim.Adam(trained, lr=lr, weight_decay=decay)]
+    tables = [t for t in (model.user_id, model.item_id, model.history_item)
+              if t.weight.requires_grad]  # fmt: skip
     for table in tables:
         table.sparse = True
     sparse_ids = {id(t.weight) for t in tables}
     return [
         torch.optim.SparseAdam([t.weight for t in tables], lr=lr),
-        torch.optim.Adam([p for p in model.parameters() if id(p) not in sparse_ids], lr=lr),
+        torch.optim.Adam([p for p in trained if id(p) not in sparse_ids], lr=lr),
     ]
 
 

@@ -563,8 +563,9 @@ def _content_space(model: Any, item_vectors: np.ndarray) -> tuple[np.ndarray, st
 
     The model's frozen text embeddings when it has them: they say what an item *is* (its
     description), where item-tower vectors also carry who bought it. `recsys embed` writes
-    unit rows (zeros for items without text), so a dot product is the cosine; rows are
-    re-normalised here only if a table from elsewhere is not.
+    unit rows and training zeroes those of items without text (left out of the answers), so
+    a dot product is the cosine; rows are re-normalised here only if a table from elsewhere
+    is not.
     """
     if getattr(model.cfg, "text_dim", 0) <= 0:
         return item_vectors, BY_TOWER

@@ -123,6 +123,18 @@ def test_the_towers_train_on_the_text_table_and_read_it(shop: dict) -> None:
     # text (a zero row) reads nothing, not minus the mean
     assert torch.allclose(model.text_mean, torch.as_tensor(shop["text"][1:].mean(0)), atol=1e-6)
     assert torch.equal(model._project(torch.zeros(1, TEXT_DIM))[0], model.text_proj.bias)
+    # texts that are all alike (one template for the whole catalogue) carry nothing: their
+    # rounding noise is not scaled up to TEXT_NORM, every item projects to the bias
+    alike = np.tile(shop["text"][1], (len(shop["text"]), 1))
+    alike[0] = 0.0
+    model.set_item_text(torch.as_tensor(alike))
+    try:
+        assert model.text_scale.item() == 0.0
+        bias = model.text_proj.bias.expand(len(alike) - 1, -1)
+        assert torch.allclose(model._project(model.item_text[1:]), bias)
+    finally:
+        model.set_item_text(torch.as_tensor(shop["text"]))
+    assert model.text_scale.item() > 0
 
 
 @torch.no_grad()
@@ -195,6 +207,7 @@ def test_the_text_table_follows_the_vocabulary(
 ) -> None:
     settings = Settings(home=tmp_path)
     vocab = ["a", "b", "c", "d"]
+    _write_items(settings, {"a": "red dress", "b": "blue jeans", "c": "boots", "d": "sandals"})
     caplog.set_level(logging.WARNING, logger="pipelines.train")
     assert item_text_table(settings, vocab) is None
     assert "recsys embed" in caplog.text  # says how to add them
@@ -214,6 +227,34 @@ def test_the_text_table_follows_the_vocabulary(
     _write_embeddings(path, ["a"], vectors[:1], kind="image")
     with pytest.raises(ValueError, match=r"item_text_embeddings\.parquet is not text"):
         item_text_table(settings, vocab)
+
+
+def _write_items(settings: Settings, titles: dict[str, str | None]) -> None:
+    """A validated items table: item ids and titles, every other text column empty."""
+    path = table_path(settings.validated_dir, "items")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"item_id": list(titles), "title": list(titles.values()),
+                          "description": None, "category": None, "colour": "unknown"})  # fmt: skip
+    frame.to_parquet(path)
+
+
+def test_items_without_text_get_zero_rows_and_none_with_text_means_no_table(
+    tmp_path: Path,
+) -> None:
+    """``recsys embed`` encodes an empty text like any other: the one vector every item
+    without text shares must not reach the towers (on an id-only catalogue it was the whole
+    table, and the two-tower ranked like popularity)."""
+    settings = Settings(home=tmp_path)
+    vocab = ["a", "b", "c"]
+    vectors = unit_rows(np.random.default_rng(1).normal(size=(3, 8))).astype(np.float32)
+    _write_embeddings(settings.item_embeddings_path("text"), vocab, vectors)
+    _write_items(settings, {"a": "red dress", "b": None, "c": "  "})
+    table = item_text_table(settings, vocab)
+    assert table is not None
+    np.testing.assert_array_equal(table[1], vectors[0])
+    assert not table[2:].any()  # b, c: no title, description or attribute
+    _write_items(settings, {"a": None, "b": None, "c": None})
+    assert item_text_table(settings, vocab) is None
 
 
 # --------------------------------------------------------------------------- the pipeline

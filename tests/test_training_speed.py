@@ -90,3 +90,21 @@ def test_sparse_id_tables_train_to_a_similar_loss(tmp_path: Path) -> None:
     _, decayed = train_plain(config | {"weight_decay": 1e-6})
     _, dense_decayed = train_plain(config | {"sparse": False, "weight_decay": 1e-6})
     assert decayed["loss"] == dense_decayed["loss"]
+
+
+@pytest.mark.parametrize("extra", [{}, {"weight_decay": 1e-4}], ids=["sparse", "dense"])
+def test_without_user_ids_the_user_table_stays_zero_and_the_rest_trains(
+    tmp_path: Path, extra: dict
+) -> None:
+    """``user_ids=False``: a user is their history and features; neither optimizer may move
+    the (frozen, zero) id table, weight decay included, while the loss still falls."""
+    config = _config(tmp_path) | extra
+    config["model"] = config["model"] | {"user_ids": False}
+    model = TwoTower(TwoTowerConfig(**config["model"]))
+    assert not model.user_id.weight.any() and not model.user_id.weight.requires_grad
+    params = {id(p) for opt in _optimizers(model, config) for g in opt.param_groups
+              for p in g["params"]}  # fmt: skip
+    assert id(model.user_id.weight) not in params and id(model.item_id.weight) in params
+    state, metrics = train_plain(config)
+    assert not state["user_id.weight"].any()
+    assert metrics["loss_history"][-1] < metrics["loss_history"][0]

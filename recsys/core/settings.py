@@ -165,6 +165,10 @@ class TrainSettings(BaseModel):
     id_dropout: float = Field(
         default=0.5, description="Share of rows trained without their user/item id embedding."
     )
+    user_id_embedding: bool = Field(
+        default=True,
+        description="Learn an embedding per user id; off, a user is their history and features.",
+    )
     num_workers: int = 1
     cpus_per_worker: int = Field(
         default=0, description="Threads per worker; 0 = the machine's cores / num_workers."
