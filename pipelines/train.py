@@ -458,8 +458,7 @@ def item_text_table(settings: Settings, item_ids: list[str]) -> np.ndarray | Non
     zero row: the towers then place them from their id and attributes alone, as without text.
     So do items with no title, description or attribute: ``recsys embed`` encodes their empty
     text like any other, and one shared vector for all of them told the towers that they are
-    alike. On ASOS (ids only) that vector for every item was the whole table: the two-tower
-    ranked like popularity (Recall@10 0.0199), 0.0241 without it.
+    alike (on ASOS, ids only, that vector for every item was the whole table).
     """
     if settings.train.text_embeddings == "off":
         log.info("item text embeddings off (RECSYS_TRAIN__TEXT_EMBEDDINGS=off)")
