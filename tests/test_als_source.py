@@ -100,5 +100,5 @@ def test_primed_answers_are_the_one_at_a_time_answers(tmp_path) -> None:
         np.testing.assert_allclose(got.column("als_score"), expected.column("als_score"),
                                    rtol=1e-5, atol=1e-6)  # fmt: skip
     generator.prime([])
-    assert source._primed == {}
+    assert len(source._primed) == 0
     source.fold_in.item_factors[:] = factors

@@ -22,7 +22,7 @@ import numpy as np
 from models.baselines import ALS, binarize
 from models.context import ItemCatalog, UserContext
 from models.sources import register
-from models.sources.base import CandidateSource, Proposal, Request, SourceData
+from models.sources.base import CandidateSource, PrimedScores, Proposal, Request, SourceData
 from recsys.core.arrays import top_k
 from recsys.core.run import Run
 from recsys.core.settings import AlsSourceSettings
@@ -66,7 +66,7 @@ class AlsSource(CandidateSource):
     def __init__(self, cfg: AlsSourceSettings, fold_in: FoldIn) -> None:
         super().__init__(cfg)
         self.fold_in = fold_in
-        self._primed: dict[bytes, np.ndarray] = {}  # history (seeds) -> scores, from prime()
+        self._primed = PrimedScores()  # history (seeds) -> scores, from prime()
 
     @classmethod
     def fit(cls, data: SourceData, cfg: AlsSourceSettings) -> Self:
@@ -108,15 +108,14 @@ class AlsSource(CandidateSource):
     ) -> None:
         """The ranker's rows: each coming history's factors folded in, then all of them scored
         in one matrix product (one request at a time streams every item's factors)."""
-        self._primed = {}
         folded = [(s, self.fold_in(s)) for s in seeds if len(s)]
         folded = [(s, user) for s, user in folded if user is not None]
-        if folded:
-            scores = np.stack([user for _, user in folded]) @ self.fold_in.item_factors.T
-            self._primed = {s.tobytes(): row for (s, _), row in zip(folded, scores, strict=True)}
+        users = [user for _, user in folded]
+        scores = np.stack(users) @ self.fold_in.item_factors.T if users else []
+        self._primed.fill([s for s, _ in folded], scores)
 
     def propose(self, req: Request, k: int) -> Proposal | None:
-        scores = self._primed.get(req.seeds.tobytes())
+        scores = self._primed.get(req.seeds)
         if scores is None:
             user = self.fold_in(req.seeds)
             if user is None:

@@ -35,6 +35,25 @@ MISSING_RANK = 1000.0
 Task = Literal["user", "session"]
 
 
+class PrimedScores:
+    """Score rows computed ahead, in one batch, for the coming requests (a source's
+    ``prime()``), keyed by the array each was computed from (a history, a session, a user
+    vector): a request finds its row by the same array, or computes it alone when absent."""
+
+    def __init__(self) -> None:
+        self._rows: dict[bytes, np.ndarray] = {}
+
+    def fill(self, keys: Sequence[np.ndarray], rows: Sequence[np.ndarray] | np.ndarray) -> None:
+        """Keep ``rows[i]`` for ``keys[i]``, letting go of the previous batch's."""
+        self._rows = {key.tobytes(): row for key, row in zip(keys, rows, strict=True)}
+
+    def get(self, key: np.ndarray) -> np.ndarray | None:
+        return self._rows.get(key.tobytes())
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
 @dataclass
 class SourceData:
     """What sources are fitted on and what they may use when loaded.

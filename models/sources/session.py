@@ -19,7 +19,7 @@ from models.context import ItemCatalog, UserContext
 from models.session import gru4rec, item2vec, knn, rules, slist
 from models.session.base import MODELS, SessionModel, resolve_params
 from models.sources import register
-from models.sources.base import CandidateSource, Proposal, Request, SourceData
+from models.sources.base import CandidateSource, PrimedScores, Proposal, Request, SourceData
 from recsys.core.arrays import top_k
 from recsys.core.run import Run
 from recsys.core.settings import SessionSourceSettings
@@ -39,7 +39,7 @@ class SessionModelSource(CandidateSource):
     def __init__(self, cfg: SessionSourceSettings, fitted: SessionModel) -> None:
         super().__init__(cfg)
         self.fitted = fitted
-        self._primed: dict[bytes, np.ndarray] = {}  # session -> scores, from prime()
+        self._primed = PrimedScores()  # session -> scores, from prime()
 
     @classmethod
     def fit(cls, data: SourceData, cfg: SessionSourceSettings) -> Self:
@@ -83,17 +83,14 @@ class SessionModelSource(CandidateSource):
         of prefixes (V-SkNN's neighbour search, the rules' row gathers) many times faster per
         prefix than one at a time, and a prefix's scores do not depend on its batch."""
         todo = [s for s in sessions if len(s)]
-        self._primed = {}
-        if todo:
-            scores = self.fitted.score(todo)
-            self._primed = {s.tobytes(): row for s, row in zip(todo, scores, strict=True)}
+        self._primed.fill(todo, self.fitted.score(todo) if todo else [])
 
     def propose(self, req: Request, k: int) -> Proposal | None:
         """The ``k`` best-scored items (score > 0) not blocked; every item's score is kept as
         ``state`` for :meth:`evidence`."""
         if len(req.session) == 0:
             return None
-        primed = self._primed.get(req.session.tobytes())
+        primed = self._primed.get(req.session)
         row = primed if primed is not None else self.fitted.score([req.session])[0]
         scores = row.astype(np.float64)
         open_scores = np.where(req.blocked[: len(scores)], -np.inf, scores)

@@ -14,7 +14,7 @@ import numpy as np
 
 from models.context import ItemCatalog, ItemFilters, UserContext, VectorSearch
 from models.sources import register
-from models.sources.base import CandidateSource, Proposal, Request, SourceData
+from models.sources.base import CandidateSource, PrimedScores, Proposal, Request, SourceData
 from recsys.core.arrays import top_k
 from recsys.core.run import Run
 from recsys.core.settings import TwoTowerSourceSettings
@@ -98,21 +98,21 @@ class ExactSearch:
 
     def __init__(self, item_vectors: np.ndarray, catalog: ItemCatalog) -> None:
         self.item_vectors, self.catalog = item_vectors, catalog
-        self._primed: dict[bytes, np.ndarray] = {}  # user vector -> scores, from prime()
+        self._primed = PrimedScores()  # user vector -> scores, from prime()
 
     def prime(self, vectors: Sequence[np.ndarray]) -> None:
         """Score these coming user vectors at once (an empty list lets go of the scores)."""
-        self._primed = {}
-        if vectors:
-            queries = np.stack(vectors).astype(self.item_vectors.dtype, copy=False)
-            scores = queries @ self.item_vectors.T
-            self._primed = {q.tobytes(): row for q, row in zip(queries, scores, strict=True)}
+        if not vectors:
+            self._primed.fill([], [])
+            return
+        queries = np.stack(vectors).astype(self.item_vectors.dtype, copy=False)
+        self._primed.fill(queries, queries @ self.item_vectors.T)
 
     def __call__(
         self, vector: np.ndarray, k: int, filters: ItemFilters, exclude: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         query = vector.astype(self.item_vectors.dtype, copy=False)
-        primed = self._primed.get(query.tobytes())
+        primed = self._primed.get(query)
         scores = primed.copy() if primed is not None else self.item_vectors @ query
         scores[0] = -np.inf
         scores[exclude] = -np.inf
