@@ -6,8 +6,9 @@ features, materialize, text embeddings, train, index, then ``recsys serve``: sec
 memory (resident, process tree) per stage, and for serving the start-up, resident memory and
 server-side latency of sequential recommendation requests.
 
-The JSON is rewritten after every stage, so a run stopped half way keeps what it measured, and
-``--from STAGE`` continues a run in the same ``--workdir``:
+The JSON is rewritten after every stage, so a run stopped half way keeps what it measured (each
+stage's whole output goes to ``<workdir>/logs/<stage>.log``), and ``--from STAGE`` continues a
+run in the same ``--workdir``:
 
     .venv/bin/python benchmarks/hm_scale.py --workdir /big/disk --out hm.json
     .venv/bin/python benchmarks/hm_scale.py --workdir /big/disk --out hm.json --from train
@@ -125,8 +126,12 @@ def main() -> None:
             result = serve(home)
         else:
             result = run_stage(stage_args(stage, args, raw), env)
-            tail = result.pop("output")
-            print(tail[-1500:], file=sys.stderr, flush=True)
+            # the whole output stays in the workdir: its progress lines time each phase
+            log_file = args.workdir / "logs" / f"{stage}.log"
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            output = result.pop("output")
+            log_file.write_text(output)
+            print(output[-1500:] + f"\n(all of it: {log_file})", file=sys.stderr, flush=True)
         # what the stage ran with beyond the defaults (e.g. the Redis online store, epochs)
         overrides = {k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSYS_")}
         report["stages"][stage] = result | ({"settings": overrides} if overrides else {})
