@@ -25,7 +25,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from checkouts import REPO, worktrees
+
 RESULTS = REPO / "benchmarks" / "results" / "demo_stages.json"
 STAGE = re.compile(r"^✓ (?P<name>.+?) in (?P<seconds>[\d.]+)s$")
 TOTAL = re.compile(r"all stages in (?P<seconds>[\d.]+)s")
@@ -62,19 +63,13 @@ def main() -> None:
                          text=True, check=True).stdout.strip()  # fmt: skip
     result: dict = {"created_at": datetime.now(UTC).isoformat(), "base": sha,
                     "cpus": os.cpu_count()}  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="demo_stages_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="demo_stages_") as tmp, \
+            worktrees({"base": sha}, Path(tmp)) as trees:  # fmt: skip
         root = Path(tmp)
-        worktree = root / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), sha], cwd=REPO,
-                       check=True, capture_output=True)  # fmt: skip
-        try:
-            for side, checkout in (("base", worktree), ("current", REPO)):
-                print(f"running the demo of {side} ...", file=sys.stderr)
-                result[side] = run_demo(checkout, root / f"home_{side}", root / f"{side}.log")
-                shutil.rmtree(root / f"home_{side}", ignore_errors=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO,
-                           check=False, capture_output=True)  # fmt: skip
+        for side, checkout in (("base", trees["base"]), ("current", REPO)):
+            print(f"running the demo of {side} ...", file=sys.stderr)
+            result[side] = run_demo(checkout, root / f"home_{side}", root / f"{side}.log")
+            shutil.rmtree(root / f"home_{side}", ignore_errors=True)
     base, current = result["base"]["all_stages_s"], result["current"]["all_stages_s"]
     result["ratio_current_over_base"] = round(current / base, 3) if base and current else None
     text = json.dumps(result, indent=2)

@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -32,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from checkouts import REPO, short_ref, working_tree_dirty, worktrees
 from data_plane import run_measured
 
-REPO = Path(__file__).resolve().parents[1]
 TIMED = re.compile(r"\((?P<seconds>[\d.]+)s\)$|in (?P<total>[\d.]+)s$")
 
 
@@ -63,35 +62,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="1: base then this; 2: alternate")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
-    base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO, check=True,
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
-    this = subprocess.run(["git", "rev-parse", "--short", args.this or "HEAD"], cwd=REPO,
-                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                            capture_output=True, text=True).stdout  # fmt: skip
-    dirty = args.this is None and bool(status.strip())
+    base, this = short_ref(args.base), short_ref(args.this or "HEAD")
+    dirty = args.this is None and working_tree_dirty()
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "this": []}
-    with tempfile.TemporaryDirectory(prefix="train_time_") as tmp:
+    refs = {"base": base, **({"this": this} if args.this else {})}
+    with tempfile.TemporaryDirectory(prefix="train_time_") as tmp, \
+            worktrees(refs, Path(tmp)) as trees:  # fmt: skip
         work = Path(tmp)
-        trees = {"base": (work / "base", base)}
-        if args.this:
-            trees["this"] = (work / "this", this)
-        for tree, ref in trees.values():
-            subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], cwd=REPO,
-                           check=True, capture_output=True)  # fmt: skip
-        try:
-            order = ["base", "this"] if args.rounds == 1 else ["base", "this", "this", "base"]
-            for i, side in enumerate(order):
-                home = work / f"home_{i}"
-                shutil.copytree(args.home, home, symlinks=True)
-                checkout = trees[side][0] if side in trees else REPO
-                print(f"round {i + 1}/{len(order)}: {side} ...", file=sys.stderr, flush=True)
-                runs[side].append(train_once(checkout, home, work / f"train_{i}.log"))
-                shutil.rmtree(home)
-        finally:
-            for tree, _ in trees.values():
-                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
-                               capture_output=True)  # fmt: skip
+        order = ["base", "this"] if args.rounds == 1 else ["base", "this", "this", "base"]
+        for i, side in enumerate(order):
+            home = work / f"home_{i}"
+            shutil.copytree(args.home, home, symlinks=True)
+            checkout = trees.get(side, REPO)
+            print(f"round {i + 1}/{len(order)}: {side} ...", file=sys.stderr, flush=True)
+            runs[side].append(train_once(checkout, home, work / f"train_{i}.log"))
+            shutil.rmtree(home)
     best = {side: min(r, key=lambda run: run["wall_s"]) for side, r in runs.items()}
     result = {
         "created_at": datetime.now(UTC).isoformat(),

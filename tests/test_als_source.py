@@ -80,25 +80,23 @@ def test_it_proposes_from_the_historys_side_and_scores_every_candidate(tmp_path)
     assert loaded.generate(UserContext("anonymous")).items.size == 0  # no history: no factors
 
 
-def test_primed_answers_are_the_one_at_a_time_answers(tmp_path) -> None:
-    """The ranker's rows score a batch of histories in one product (``prime``); each visitor
-    gets what they get alone, and an empty batch lets the scores go."""
+def test_its_candidates_are_those_a_scan_of_every_item_gives(tmp_path) -> None:
+    """Only items whose factor norm can reach the top are scored, in serving and in the
+    ranker's rows alike; what comes out is the best of a full scan, the history left out."""
     vocab, purchases, catalog = _shop()
     settings = Settings(home=tmp_path, sources={**OTHERS_OFF, "als": {"k": 8, "factors": 4}})
     generator = CandidateGenerator.fit(settings, vocab, purchases, catalog, None, END, None)
-    contexts = [UserContext(f"v{n}", history=[f"i{(3 * n + j) % 40:02d}" for j in range(n % 4)])
-                for n in range(12)]  # fmt: skip
-    alone = [generator.generate(ctx) for ctx in contexts]
-    generator.prime(contexts)
     source = generator.source("als")
-    assert source is not None and len(source._primed) == 9  # the 9 with a history
-    factors = source.fold_in.item_factors.copy()
-    source.fold_in.item_factors *= -1  # from here only the primed scores give the old answers
-    for ctx, expected in zip(contexts, alone, strict=True):
-        got = generator.generate(ctx)
-        np.testing.assert_array_equal(got.items, expected.items)
-        np.testing.assert_allclose(got.column("als_score"), expected.column("als_score"),
+    assert source is not None
+    factors = source.fold_in.item_factors
+    for n in range(1, 12):
+        ctx = UserContext(f"v{n}", history=[f"i{(3 * n + j) % 40:02d}" for j in range(1 + n % 4)])
+        cand = generator.generate(ctx)
+        user = source.fold_in(generator.seeds_of(ctx))
+        scores = factors @ user
+        scores[0] = -np.inf  # the vocabulary's unknown item
+        scores[generator.catalog.indices(ctx.history)] = -np.inf
+        expected = np.sort(np.argsort(-scores, kind="stable")[:8])
+        np.testing.assert_array_equal(cand.items, expected)
+        np.testing.assert_allclose(cand.column("als_score"), factors[cand.items] @ user,
                                    rtol=1e-5, atol=1e-6)  # fmt: skip
-    generator.prime([])
-    assert len(source._primed) == 0
-    source.fold_in.item_factors[:] = factors

@@ -14,7 +14,6 @@ nothing per user is stored in the run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Self
 
 import numpy as np
@@ -22,8 +21,8 @@ import numpy as np
 from models.baselines import ALS, binarize
 from models.context import ItemCatalog, UserContext
 from models.sources import register
-from models.sources.base import CandidateSource, PrimedScores, Proposal, Request, SourceData
-from recsys.core.arrays import top_k
+from models.sources.base import CandidateSource, Proposal, Request, SourceData
+from recsys.core.arrays import InnerProductTopK
 from recsys.core.run import Run
 from recsys.core.settings import AlsSourceSettings
 
@@ -66,7 +65,7 @@ class AlsSource(CandidateSource):
     def __init__(self, cfg: AlsSourceSettings, fold_in: FoldIn) -> None:
         super().__init__(cfg)
         self.fold_in = fold_in
-        self._primed = PrimedScores()  # history (seeds) -> scores, from prime()
+        self.top = InnerProductTopK(fold_in.item_factors)
 
     @classmethod
     def fit(cls, data: SourceData, cfg: AlsSourceSettings) -> Self:
@@ -100,37 +99,23 @@ class AlsSource(CandidateSource):
         return {"factors": f.item_factors.shape[1], "regularization": f.regularization,
                 "alpha": f.alpha}  # fmt: skip
 
-    def prime(
-        self,
-        contexts: Sequence[UserContext],
-        seeds: list[np.ndarray],
-        sessions: list[np.ndarray],
-    ) -> None:
-        """The ranker's rows: each coming history's factors folded in, then all of them scored
-        in one matrix product (one request at a time streams every item's factors)."""
-        folded = [(s, self.fold_in(s)) for s in seeds if len(s)]
-        folded = [(s, user) for s, user in folded if user is not None]
-        users = [user for _, user in folded]
-        scores = np.stack(users) @ self.fold_in.item_factors.T if users else []
-        self._primed.fill([s for s, _ in folded], scores)
-
     def propose(self, req: Request, k: int) -> Proposal | None:
-        scores = self._primed.get(req.seeds)
-        if scores is None:
-            user = self.fold_in(req.seeds)
-            if user is None:
-                return None
-            scores = self.fold_in.item_factors @ user
-        masked = np.where(req.blocked, -np.inf, scores)
-        top = top_k(masked, k, finite_only=True)
-        return Proposal(top, scores[top].astype(np.float64), state=scores)
+        """The ``k`` best unblocked items for the history's folded-in factors. Only the items
+        whose factor norm lets them reach the top are scored (:class:`InnerProductTopK`,
+        exact); the ranker's rows take this same path, one label user at a time."""
+        user = self.fold_in(req.seeds)
+        if user is None:
+            return None
+        top, scores, _ = self.top(user, k, req.blocked)
+        return Proposal(top, scores.astype(np.float64), state=user)
 
     def evidence(
         self, req: Request, items: np.ndarray, own: Proposal | None
     ) -> dict[str, np.ndarray]:
         out = super().evidence(req, items, own)
         if own is not None:  # the score of every candidate, not only its own
-            out["als_score"] = own.state[items].astype(np.float64)
+            user = own.state
+            out["als_score"] = (self.fold_in.item_factors[items] @ user).astype(np.float64)
         return out
 
     def reason(self, ctx: UserContext, catalog: ItemCatalog, seed: int) -> str | None:
