@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 
 from recsys.core.feast_store import apply, online_store_target, open_store
+from recsys.core.online_features import read_rows
 from recsys.core.ray_runtime import ensure_ray
 from recsys.core.settings import Settings
 from recsys.core.sql import parquet
@@ -35,6 +36,41 @@ def _scalar(sql: str, params: list[Any] | None = None) -> Any:
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         return con.execute(sql, params).fetchone()[0]
+
+
+def _emptied_views(store: Any) -> list[str]:
+    """The views Feast's registry says were loaded that the online store no longer holds.
+
+    The registry keeps, per view, the time it was materialized up to, whatever happened to the
+    store since: a Redis restarted without persistence, or a deleted SQLite file, is empty
+    while the next incremental run would load only what is newer (nothing, for a shop whose
+    data did not move). A loaded view has a row for the key its offline data updated last; one
+    read of that key tells (Feast's online read applies no TTL, so an old row still counts).
+    """
+    provider = store._get_provider()  # the public API has no per-view raw read
+    emptied = []
+    for view in store.list_feature_views():
+        loaded_to = view.most_recent_end_time
+        if loaded_to is None or len(view.join_keys) != 1 or not view.features:
+            continue
+        key_column = view.join_keys[0]
+        last_key = _scalar(
+            f"SELECT CAST({key_column} AS VARCHAR) FROM {parquet(view.batch_source.path)} "
+            "WHERE event_timestamp <= ? ORDER BY event_timestamp DESC LIMIT 1",
+            [loaded_to if loaded_to.tzinfo else loaded_to.replace(tzinfo=UTC)],
+        )
+        if last_key is None:
+            continue
+        try:
+            [(written, _)] = read_rows(provider, store.config, view, key_column, [last_key],
+                                       [view.features[0].name])  # fmt: skip
+        except Exception as exc:  # e.g. a deleted SQLite file: "no such table"
+            log.warning("reading %s's online row failed (%s: %s)", view.name,
+                        type(exc).__name__, exc)  # fmt: skip
+            written = None
+        if written is None:
+            emptied.append(f"{last_key!r} of {view.name}")
+    return emptied
 
 
 def materialize(settings: Settings, end: datetime | None = None) -> MaterializeSummary:
@@ -60,6 +96,18 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
     target = online_store_target(settings)
     marker = settings.feast_dir / "materialized_into.txt"
     same_store = marker.exists() and marker.read_text().strip() == target
+    if same_store and (emptied := _emptied_views(store)):
+        log.warning(
+            "the online store %s has lost what was loaded into it (no row for the key %s "
+            "updated last, e.g. a Redis restarted without persistence or a deleted SQLite "
+            "file): loading every view from its start again", target, ", ".join(emptied)
+        )  # fmt: skip
+        same_store = False
+        # `feast apply` changes nothing on an unchanged repo: make the store's tables again
+        store._get_provider().update_infra(
+            project=store.project, tables_to_delete=[], tables_to_keep=store.list_feature_views(),
+            entities_to_delete=[], entities_to_keep=store.list_entities(), partial=True,
+        )  # fmt: skip
     if not same_store:
         log.info("materializing every view from its start into %s", target)
     rows: dict[str, int] = {}
