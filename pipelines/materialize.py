@@ -15,7 +15,6 @@ from typing import Any
 import duckdb
 
 from recsys.core.feast_store import apply, online_store_target, open_store
-from recsys.core.online_features import read_rows
 from recsys.core.ray_runtime import ensure_ray
 from recsys.core.settings import Settings
 from recsys.core.sql import parquet
@@ -47,6 +46,10 @@ def _emptied_views(store: Any) -> list[str]:
     data did not move). A loaded view has a row for the key its offline data updated last; one
     read of that key tells (Feast's online read applies no TTL, so an old row still counts).
     """
+    # here, not at the top: importing Feast's modules (which this one does) outside
+    # `import_feast` turns every library's deprecation warnings back on (`open_store` ran it)
+    from recsys.core.online_features import read_rows
+
     provider = store._get_provider()  # the public API has no per-view raw read
     emptied = []
     for view in store.list_feature_views():
@@ -98,9 +101,9 @@ def materialize(settings: Settings, end: datetime | None = None) -> MaterializeS
     same_store = marker.exists() and marker.read_text().strip() == target
     if same_store and (emptied := _emptied_views(store)):
         log.warning(
-            "the online store %s has lost what was loaded into it (no row for the key %s "
-            "updated last, e.g. a Redis restarted without persistence or a deleted SQLite "
-            "file): loading every view from its start again", target, ", ".join(emptied)
+            "the online store %s has lost what was loaded into it (e.g. a Redis restarted "
+            "without persistence, a deleted SQLite file): no row for the last-updated key %s; "
+            "loading every view from its start again", target, ", ".join(emptied)
         )  # fmt: skip
         same_store = False
         # `feast apply` changes nothing on an unchanged repo: make the store's tables again

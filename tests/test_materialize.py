@@ -1,5 +1,7 @@
-"""`recsys materialize` on a store that lost its rows: Feast's registry still says every view
-is loaded up to its last run, so an incremental run alone would leave the store empty."""
+"""`recsys materialize` on a copied data root and on a store that lost its rows: the copy must
+leave the original's store alone, and a wiped store must be loaded again (Feast's registry
+still says every view is loaded up to its last run, so an incremental run would leave it
+empty)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ def test_a_wiped_online_store_is_loaded_again_and_a_full_one_is_not(pipeline_hom
     user = str(pd.read_parquet(features, columns=["user_id"])["user_id"].iloc[0])
     run_cli(home, "materialize")  # the copy's store is another SQLite file: loaded in full
     assert _user_row_written(home, user) is not None
+    # the copied registry named the original's tables: Feast's apply used to drop them
+    assert _user_row_written(pipeline_home[0], user) is not None
 
     again = run_cli(home, "materialize")
     assert _rows_loaded(again.stdout + again.stderr) == 0  # nothing newer: nothing reloaded

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import logging
 import os
 import sys
 import warnings
@@ -21,6 +22,8 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from recsys.core.settings import Settings, feast_repo_settings
+
+log = logging.getLogger(__name__)
 
 os.environ.setdefault("FEAST_USAGE", "False")
 
@@ -173,6 +176,33 @@ def open_store(settings: Settings):  # -> feast.FeatureStore (import is slow: ke
     return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=resolved_yaml(settings))
 
 
+def _forget_other_roots_tables(settings: Settings) -> None:
+    """Drop from the registry the online tables it records in another data root's SQLite file.
+
+    Feast's registry records each online table with the file it lives in, and ``feast apply``
+    tears down every recorded table that its new plan does not keep. A data root copied with
+    its registry (a staging copy, a benchmark's copy) would then drop the *original* root's
+    tables on its first apply. Forgetting them first leaves the other root alone; this root's
+    tables are made again by the same apply (the next materialize loads them: the marker names
+    another store).
+    """
+    registry_path = settings.feast_dir / "registry.db"
+    if not registry_path.exists():
+        return
+    store = open_store(settings)
+    infra = store.registry.get_infra(store.project)
+    own = str(settings.feast_dir / "online_store.db")
+    others = [o for o in infra.infra_objects if getattr(o, "path", own) != own]
+    if others:
+        from feast.infra.infra_object import Infra
+
+        kept = Infra()
+        kept.infra_objects = [o for o in infra.infra_objects if o not in others]
+        store.registry.update_infra(kept, store.project, commit=True)
+        log.info("the registry named %d online tables of another data root (%s): forgotten, "
+                 "not dropped", len(others), others[0].path)  # fmt: skip
+
+
 def apply(settings: Settings) -> None:
     """``feast apply`` in-process: register the definitions in ``feature_repo/``."""
     import_feast()
@@ -180,6 +210,7 @@ def apply(settings: Settings) -> None:
     from feast.repo_operations import apply_total
 
     config = load_repo_config(settings.feature_repo, resolved_yaml(settings))
+    _forget_other_roots_tables(settings)
     sys.modules.pop("definitions", None)  # re-import: the data root may differ from last time
     cwd = Path.cwd()
     sys.path.insert(0, str(settings.feature_repo))  # Feast imports definitions.py by name
