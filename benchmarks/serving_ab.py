@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from checkouts import REPO, short_ref, working_tree_dirty, worktrees
+from serving_latency import LOAD_OPTIONS, add_load_arguments
 
 LATENCY = Path(__file__).with_name("serving_latency.py")
 
@@ -39,9 +40,8 @@ def round_once(checkout: Path, home: Path, settings: dict[str, str], args: argpa
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env.update(settings, RECSYS_HOME=str(home), PYTHONPATH=str(checkout), TQDM_DISABLE="1")
-    command = [sys.executable, str(LATENCY), "--rate", str(args.rate), "--seconds",
-               str(args.seconds), "--concurrency", str(args.concurrency), "--users",
-               str(args.users), "--workers", str(args.workers), "--out", str(out)]  # fmt: skip
+    load = [arg for name in LOAD_OPTIONS for arg in (f"--{name}", str(getattr(args, name)))]
+    command = [sys.executable, str(LATENCY), *load, "--out", str(out)]
     done = subprocess.run(command, env=env, cwd=checkout, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"serving_latency.py with {checkout} on {home} failed:\n"
@@ -81,11 +81,7 @@ def main() -> None:
         parser.add_argument(f"--{side}-env", action="append", default=[], metavar="KEY=VALUE",
                             help=f"a RECSYS_* setting of the {side} API (repeatable)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2, help="rounds per side (alternating)")
-    parser.add_argument("--rate", type=float, default=100.0)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--users", type=int, default=500)
-    parser.add_argument("--workers", type=int, default=1)
+    add_load_arguments(parser)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     for home in (args.base_home, args.home):

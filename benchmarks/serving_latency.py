@@ -130,13 +130,22 @@ async def closed_loop(host: str, port: int, users: list[str], concurrency: int,
             **percentiles(latencies)}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+#: The options that set the load of a run (``serving_ab.py`` passes them on to every round).
+LOAD_OPTIONS = ("rate", "seconds", "concurrency", "users", "workers")
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--rate --seconds --concurrency --users --workers`` (:data:`LOAD_OPTIONS`)."""
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_load_arguments(parser)
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
 

@@ -66,9 +66,6 @@ class InnerProductTopK:
         #: the bound let through (answers never depend on it, only how many products it takes)
         self.first = float(max(1, first))
 
-    def __len__(self) -> int:
-        return len(self.order)
-
     def __call__(
         self, query: np.ndarray, k: int, blocked: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
